@@ -1,0 +1,333 @@
+//! JSON bodies of the HTTP API. The server owns the routes; these types are the
+//! contract its clients (terminal, relay, admin) compile against. Every request
+//! body refuses unknown fields, so a typo is an error rather than a silent default.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AccountId, Currency, TransactionId};
+
+/// Lifecycle of a transaction. Only `pending` ever changes, and only once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransactionStatus {
+    Pending,
+    Settled,
+    Rejected,
+    Expired,
+    Failed,
+}
+
+impl TransactionStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TransactionStatus::Pending => "pending",
+            TransactionStatus::Settled => "settled",
+            TransactionStatus::Rejected => "rejected",
+            TransactionStatus::Expired => "expired",
+            TransactionStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TransactionStatus> {
+        Some(match s {
+            "pending" => TransactionStatus::Pending,
+            "settled" => TransactionStatus::Settled,
+            "rejected" => TransactionStatus::Rejected,
+            "expired" => TransactionStatus::Expired,
+            "failed" => TransactionStatus::Failed,
+            _ => return None,
+        })
+    }
+
+    pub fn is_final(&self) -> bool {
+        *self != TransactionStatus::Pending
+    }
+}
+
+/// Machine-readable reason for every outcome other than `settled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Reason {
+    /// The signature does not verify against the payload the server stored.
+    BadSignature,
+    /// The holder declined on the device or the phone.
+    Declined,
+    /// The signature counter did not increase: a replayed or cloned device.
+    CounterReplay,
+    /// The signing device is not enrolled, not active, or not the payer's.
+    UnknownDevice,
+    /// The device's certificate failed validation (issuer, validity, binding).
+    CertificateInvalid,
+    /// The PIN entered on the phone was wrong.
+    WrongPin,
+    /// The device's PIN is blocked after too many wrong attempts.
+    PinBlocked,
+    /// The device could not be reached or answered with an error.
+    DeviceError,
+    /// The confirmation window passed.
+    Expired,
+    /// The payer's balance does not cover the amount.
+    InsufficientFunds,
+}
+
+impl Reason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::BadSignature => "bad_signature",
+            Reason::Declined => "declined",
+            Reason::CounterReplay => "counter_replay",
+            Reason::UnknownDevice => "unknown_device",
+            Reason::CertificateInvalid => "certificate_invalid",
+            Reason::WrongPin => "wrong_pin",
+            Reason::PinBlocked => "pin_blocked",
+            Reason::DeviceError => "device_error",
+            Reason::Expired => "expired",
+            Reason::InsufficientFunds => "insufficient_funds",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Reason> {
+        Some(match s {
+            "bad_signature" => Reason::BadSignature,
+            "declined" => Reason::Declined,
+            "counter_replay" => Reason::CounterReplay,
+            "unknown_device" => Reason::UnknownDevice,
+            "certificate_invalid" => Reason::CertificateInvalid,
+            "wrong_pin" => Reason::WrongPin,
+            "pin_blocked" => Reason::PinBlocked,
+            "device_error" => Reason::DeviceError,
+            "expired" => Reason::Expired,
+            "insufficient_funds" => Reason::InsufficientFunds,
+            _ => return None,
+        })
+    }
+
+    /// Plain words for a person at a terminal.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Reason::BadSignature => "the device's signature does not match this transaction",
+            Reason::Declined => "the payer declined on the security device",
+            Reason::CounterReplay => "the device's signature counter went backwards (replay)",
+            Reason::UnknownDevice => "the signing device is not enrolled for the payer",
+            Reason::CertificateInvalid => "the device's certificate is not valid",
+            Reason::WrongPin => "a wrong PIN was entered on the security device",
+            Reason::PinBlocked => "the security device's PIN is blocked",
+            Reason::DeviceError => "the security device could not complete the signature",
+            Reason::Expired => "the payer did not confirm in time",
+            Reason::InsufficientFunds => "the payer's balance does not cover the amount",
+        }
+    }
+}
+
+/// `POST /v1/transactions` (terminal; `Authorization: Bearer <api key>`,
+/// `Idempotency-Key: <client-chosen key>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTransaction {
+    pub payer: AccountId,
+    pub payee: AccountId,
+    pub amount_minor: u64,
+    pub currency: Currency,
+    pub order_id: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A transaction as every client sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransactionView {
+    pub id: TransactionId,
+    pub status: TransactionStatus,
+    pub reason: Option<Reason>,
+    pub payer: AccountId,
+    pub payee: AccountId,
+    pub payee_name: String,
+    pub amount_minor: u64,
+    pub currency: Currency,
+    /// The amount formatted for its currency, e.g. `CNY 12.34`.
+    pub amount_display: String,
+    pub order_id: String,
+    pub description: String,
+    pub created_at_unix_s: u64,
+    pub expires_at_unix_s: u64,
+}
+
+/// Server → relay, one JSON text message per WebSocket frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RelayMessage {
+    /// Please have the device confirm this payload.
+    ConfirmationRequest {
+        transaction_id: TransactionId,
+        /// The canonical confirmation payload, base64 (standard alphabet).
+        payload: String,
+    },
+    /// The transaction ended elsewhere (expired, another device answered).
+    Cancelled { transaction_id: TransactionId },
+}
+
+/// `POST /v1/confirmations/{id}` (relay; `Authorization: Bearer <device credential>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Confirmation {
+    Signed {
+        counter: u32,
+        /// DER ECDSA signature, base64 (standard alphabet).
+        signature: String,
+    },
+    Declined {
+        reason: DeclineReason,
+    },
+}
+
+/// Why the phone did not return a signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeclineReason {
+    Declined,
+    WrongPin,
+    PinBlocked,
+    DeviceError,
+}
+
+impl From<DeclineReason> for Reason {
+    fn from(d: DeclineReason) -> Reason {
+        match d {
+            DeclineReason::Declined => Reason::Declined,
+            DeclineReason::WrongPin => Reason::WrongPin,
+            DeclineReason::PinBlocked => Reason::PinBlocked,
+            DeclineReason::DeviceError => Reason::DeviceError,
+        }
+    }
+}
+
+/// `POST /v1/admin/accounts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccount {
+    pub id: AccountId,
+    pub display_name: String,
+    pub currency: Currency,
+    /// Funded by a double-entry transfer from the currency's issuance account.
+    #[serde(default)]
+    pub opening_balance_minor: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountView {
+    pub id: AccountId,
+    pub display_name: String,
+    pub currency: Currency,
+    /// Signed: system accounts (issuance) run negative by design.
+    pub balance_minor: i64,
+    pub balance_display: String,
+    pub system: bool,
+}
+
+/// `POST /v1/admin/terminals`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTerminal {
+    pub name: String,
+}
+
+/// Returned once; the server keeps only a hash of `api_key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalCreated {
+    pub id: String,
+    pub name: String,
+    pub api_key: String,
+}
+
+/// `POST /v1/admin/devices`: issue a certificate for a card's public key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollDevice {
+    pub account: AccountId,
+    /// SEC1 uncompressed P-256 point (65 bytes), base64.
+    pub public_key: String,
+    #[serde(default)]
+    pub label: String,
+}
+
+/// Returned once; the server keeps only a hash of `credential`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceEnrolled {
+    pub device_id: String,
+    pub account: AccountId,
+    /// The issued X.509 certificate, DER, base64.
+    pub certificate: String,
+    /// The relay's secret for `/v1/relay` and `/v1/confirmations`.
+    pub credential: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceView {
+    pub device_id: String,
+    pub account: AccountId,
+    pub label: String,
+    pub status: String,
+    pub last_counter: u32,
+}
+
+/// The one error body of every endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable, machine-readable code such as `invalid_request`.
+    pub error: String,
+    pub message: String,
+}
+
+/// Base64 (standard alphabet, padded) used for every binary field.
+pub mod b64 {
+    use base64::Engine;
+
+    pub fn encode(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    pub fn decode(text: &str) -> Option<Vec<u8>> {
+        base64::engine::general_purpose::STANDARD.decode(text).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let body = r#"{"payer":"a","payee":"b","amount_minor":1,"currency":"CNY","order_id":"o","amont":5}"#;
+        assert!(serde_json::from_str::<CreateTransaction>(body).is_err());
+    }
+
+    #[test]
+    fn floats_and_negative_amounts_are_refused() {
+        for amount in ["12.5", "-1", "1e2"] {
+            let body = format!(
+                r#"{{"payer":"a","payee":"b","amount_minor":{amount},"currency":"CNY","order_id":"o"}}"#
+            );
+            assert!(serde_json::from_str::<CreateTransaction>(&body).is_err(), "{amount}");
+        }
+    }
+
+    #[test]
+    fn confirmation_wire_shape() {
+        let c: Confirmation =
+            serde_json::from_str(r#"{"result":"declined","reason":"wrong_pin"}"#).unwrap();
+        assert_eq!(c, Confirmation::Declined { reason: DeclineReason::WrongPin });
+        let r = RelayMessage::Cancelled { transaction_id: TransactionId([1; 16]) };
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.starts_with(r#"{"type":"cancelled""#), "{json}");
+    }
+
+    #[test]
+    fn reasons_round_trip() {
+        for r in [Reason::BadSignature, Reason::InsufficientFunds, Reason::PinBlocked] {
+            assert_eq!(Reason::parse(r.as_str()), Some(r));
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! What every KeyBridge role speaks.
+//!
+//! - [`Money`] and [`Currency`]: integer minor units with an ISO 4217 code; never floats.
+//! - [`TransactionId`], [`AccountId`], [`Challenge`]: newtypes for what the server hands out.
+//! - [`ConfirmationPayload`]: the canonical BER-TLV structure the security device
+//!   signs. Its encoding is the single source of truth for what was confirmed: the
+//!   server verifies signatures against the bytes it stored, never against a copy.
+//! - [`applet`]: the KeyBridge transaction applet's AID, instructions and formats,
+//!   shared by the card (which answers them) and the relay (which sends them).
+//! - [`api`]: the JSON bodies of the HTTP API, shared by the server and its clients.
+//!
+//! This crate does no IO and reads no clock: times come in as arguments.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod applet;
+mod ids;
+mod money;
+mod payload;
+pub mod tlv;
+
+pub use ids::{AccountId, Challenge, IdError, TransactionId};
+pub use money::{Currency, Money, MoneyError};
+pub use payload::{signed_message, ConfirmationPayload, PayloadError, PAYLOAD_VERSION};
