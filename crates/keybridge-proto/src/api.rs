@@ -308,7 +308,10 @@ mod tests {
             let body = format!(
                 r#"{{"payer":"a","payee":"b","amount_minor":{amount},"currency":"CNY","order_id":"o"}}"#
             );
-            assert!(serde_json::from_str::<CreateTransaction>(&body).is_err(), "{amount}");
+            assert!(
+                serde_json::from_str::<CreateTransaction>(&body).is_err(),
+                "{amount}"
+            );
         }
     }
 
@@ -316,15 +319,26 @@ mod tests {
     fn confirmation_wire_shape() {
         let c: Confirmation =
             serde_json::from_str(r#"{"result":"declined","reason":"wrong_pin"}"#).unwrap();
-        assert_eq!(c, Confirmation::Declined { reason: DeclineReason::WrongPin });
-        let r = RelayMessage::Cancelled { transaction_id: TransactionId([1; 16]) };
+        assert_eq!(
+            c,
+            Confirmation::Declined {
+                reason: DeclineReason::WrongPin
+            }
+        );
+        let r = RelayMessage::Cancelled {
+            transaction_id: TransactionId([1; 16]),
+        };
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.starts_with(r#"{"type":"cancelled""#), "{json}");
     }
 
     #[test]
     fn reasons_round_trip() {
-        for r in [Reason::BadSignature, Reason::InsufficientFunds, Reason::PinBlocked] {
+        for r in [
+            Reason::BadSignature,
+            Reason::InsufficientFunds,
+            Reason::PinBlocked,
+        ] {
             assert_eq!(Reason::parse(r.as_str()), Some(r));
             let json = serde_json::to_string(&r).unwrap();
             assert_eq!(json, format!("\"{}\"", r.as_str()));

@@ -41,7 +41,11 @@ impl FromStr for TransactionId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<TransactionId, IdError> {
         let mut out = [0u8; 16];
-        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        if s.len() != 32
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
             return Err(IdError::Transaction);
         }
         hex::decode_to_slice(s, &mut out).map_err(|_| IdError::Transaction)?;
@@ -84,8 +88,7 @@ impl AccountId {
     pub fn new(s: &str) -> Result<AccountId, IdError> {
         let ok = !s.is_empty()
             && s.len() <= Self::LEN_MAX
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
         if ok {
             Ok(AccountId(s.to_owned()))

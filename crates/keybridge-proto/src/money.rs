@@ -207,7 +207,11 @@ mod tests {
     fn parses_exact_minor_units() {
         let check = |text: &str, code: &str, minor: u64| {
             let c = Currency::from_code(code).unwrap();
-            assert_eq!(Money::parse_major(text, c).unwrap().minor_units, minor, "{text}");
+            assert_eq!(
+                Money::parse_major(text, c).unwrap().minor_units,
+                minor,
+                "{text}"
+            );
         };
         check("12.34", "CNY", 1234);
         check("12.3", "CNY", 1230);
@@ -223,7 +227,11 @@ mod tests {
         let c = cny();
         assert_eq!(Money::parse_major("1.234", c), Err(MoneyError::TooPrecise));
         for bad in ["", ".5", "5.", "-1", "1e3", "1,00", " 1", "١٢"] {
-            assert_eq!(Money::parse_major(bad, c), Err(MoneyError::Malformed), "{bad:?}");
+            assert_eq!(
+                Money::parse_major(bad, c),
+                Err(MoneyError::Malformed),
+                "{bad:?}"
+            );
         }
         assert_eq!(
             Money::parse_major("184467440737095516.16", c),

@@ -92,9 +92,19 @@ impl ConfirmationPayload {
     /// Checks every field against the limits `decode` enforces.
     pub fn validate(&self) -> Result<(), PayloadError> {
         check_text(TAG_ORIGIN, &self.origin, 1, Self::ORIGIN_LEN_MAX)?;
-        check_text(TAG_PAYEE_NAME, &self.payee_name, 1, Self::PAYEE_NAME_LEN_MAX)?;
+        check_text(
+            TAG_PAYEE_NAME,
+            &self.payee_name,
+            1,
+            Self::PAYEE_NAME_LEN_MAX,
+        )?;
         check_text(TAG_ORDER_ID, &self.order_id, 1, Self::ORDER_ID_LEN_MAX)?;
-        check_text(TAG_DESCRIPTION, &self.description, 0, Self::DESCRIPTION_LEN_MAX)?;
+        check_text(
+            TAG_DESCRIPTION,
+            &self.description,
+            0,
+            Self::DESCRIPTION_LEN_MAX,
+        )?;
         if self.expires_at_unix_s <= self.created_at_unix_s {
             return Err(PayloadError::BadTimes);
         }
@@ -112,12 +122,24 @@ impl ConfirmationPayload {
         tlv::write(&mut body, TAG_PAYER, self.payer.as_str().as_bytes());
         tlv::write(&mut body, TAG_PAYEE, self.payee.as_str().as_bytes());
         tlv::write(&mut body, TAG_PAYEE_NAME, self.payee_name.as_bytes());
-        tlv::write(&mut body, TAG_AMOUNT, &self.amount.minor_units.to_be_bytes());
+        tlv::write(
+            &mut body,
+            TAG_AMOUNT,
+            &self.amount.minor_units.to_be_bytes(),
+        );
         tlv::write(&mut body, TAG_CURRENCY, &self.amount.currency.as_bytes());
         tlv::write(&mut body, TAG_ORDER_ID, self.order_id.as_bytes());
         tlv::write(&mut body, TAG_DESCRIPTION, self.description.as_bytes());
-        tlv::write(&mut body, TAG_CREATED, &self.created_at_unix_s.to_be_bytes());
-        tlv::write(&mut body, TAG_EXPIRES, &self.expires_at_unix_s.to_be_bytes());
+        tlv::write(
+            &mut body,
+            TAG_CREATED,
+            &self.created_at_unix_s.to_be_bytes(),
+        );
+        tlv::write(
+            &mut body,
+            TAG_EXPIRES,
+            &self.expires_at_unix_s.to_be_bytes(),
+        );
         let mut out = Vec::with_capacity(body.len() + 4);
         tlv::write(&mut out, TAG_TEMPLATE, &body);
         debug_assert!(out.len() <= Self::ENCODED_LEN_MAX);
@@ -222,7 +244,8 @@ impl<'a> Fields<'a> {
 
 fn check_text(tag: u16, s: &str, min: usize, max: usize) -> Result<(), PayloadError> {
     let bad_char = |c: char| {
-        c.is_control() || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+        c.is_control()
+            || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
     };
     if s.len() < min || s.len() > max || s.chars().any(bad_char) {
         return Err(PayloadError::BadField { tag });
@@ -274,7 +297,12 @@ mod tests {
     fn refuses_what_a_display_could_misrender() {
         let mut p = sample();
         p.payee_name = "Shop\nPay mallory".into();
-        assert_eq!(p.encode(), Err(PayloadError::BadField { tag: TAG_PAYEE_NAME }));
+        assert_eq!(
+            p.encode(),
+            Err(PayloadError::BadField {
+                tag: TAG_PAYEE_NAME
+            })
+        );
         p.payee_name = "Shop \u{202E}".into();
         assert!(p.encode().is_err());
         let mut p = sample();
@@ -286,11 +314,17 @@ mod tests {
     fn refuses_trailing_bytes_version_and_unknown_currency() {
         let mut bytes = sample().encode().unwrap();
         bytes.push(0);
-        assert_eq!(ConfirmationPayload::decode(&bytes), Err(PayloadError::TrailingBytes));
+        assert_eq!(
+            ConfirmationPayload::decode(&bytes),
+            Err(PayloadError::TrailingBytes)
+        );
 
         let mut bytes = sample().encode().unwrap();
         bytes[5] = 2;
-        assert_eq!(ConfirmationPayload::decode(&bytes), Err(PayloadError::Version(2)));
+        assert_eq!(
+            ConfirmationPayload::decode(&bytes),
+            Err(PayloadError::Version(2))
+        );
 
         let bytes = sample().encode().unwrap();
         let cny = bytes.windows(3).position(|w| w == b"CNY").unwrap();
@@ -308,7 +342,8 @@ mod tests {
     }
 
     fn text(max: usize) -> impl Strategy<Value = String> {
-        proptest::string::string_regex(&format!("[a-zA-Z0-9 äöü€中文.,-]{{1,{}}}", max / 3)).unwrap()
+        proptest::string::string_regex(&format!("[a-zA-Z0-9 äöü€中文.,-]{{1,{}}}", max / 3))
+            .unwrap()
     }
 
     prop_compose! {

@@ -111,7 +111,10 @@ pub fn write(out: &mut Vec<u8>, tag: u16, value: &[u8]) {
 }
 
 fn write_length(out: &mut Vec<u8>, len: usize) {
-    assert!(len <= 0xFFFF, "TLV value of {len} bytes exceeds the codec's bound");
+    assert!(
+        len <= 0xFFFF,
+        "TLV value of {len} bytes exceeds the codec's bound"
+    );
     let bytes = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
     match len {
         0..=0x7F => out.push(bytes[3]),
@@ -137,8 +140,20 @@ mod tests {
     #[test]
     fn reads_short_and_long_lengths() {
         let mut r = Reader::new(&[0x80, 0x01, 0xAA, 0x5F, 0x20, 0x00]);
-        assert_eq!(r.next_tlv().unwrap(), Some(Tlv { tag: 0x80, value: &[0xAA] }));
-        assert_eq!(r.next_tlv().unwrap(), Some(Tlv { tag: 0x5F20, value: &[] }));
+        assert_eq!(
+            r.next_tlv().unwrap(),
+            Some(Tlv {
+                tag: 0x80,
+                value: &[0xAA]
+            })
+        );
+        assert_eq!(
+            r.next_tlv().unwrap(),
+            Some(Tlv {
+                tag: 0x5F20,
+                value: &[]
+            })
+        );
         assert_eq!(r.next_tlv().unwrap(), None);
     }
 
@@ -147,7 +162,10 @@ mod tests {
         let check = |bytes: &[u8], err: TlvError| {
             assert_eq!(Reader::new(bytes).next_tlv(), Err(err), "{bytes:02x?}");
         };
-        check(&[0x80, 0x81, 0x05, 1, 2, 3, 4, 5], TlvError::NonMinimalLength);
+        check(
+            &[0x80, 0x81, 0x05, 1, 2, 3, 4, 5],
+            TlvError::NonMinimalLength,
+        );
         check(&[0x80, 0x82, 0x00, 0x90], TlvError::NonMinimalLength);
         check(&[0x80, 0x83, 0, 0, 1, 0], TlvError::UnsupportedLength);
         check(&[0x80, 0x80], TlvError::UnsupportedLength);

@@ -1,1 +1,21 @@
+//! How the phone reaches the security device.
+//!
+//! - [`apdu`]: ISO/IEC 7816-4 command and response APDUs (short and extended
+//!   length, command chaining) and [`StatusWord`], every status word a typed variant.
+//! - [`channel`]: the [`CardChannel`] trait (send raw APDU bytes, get raw response
+//!   bytes) and [`transmit`], which turns a logical command into what a card
+//!   accepts: chaining, `61xx` GET RESPONSE, `6Cxx` retries.
+//! - [`vpcd`]: vsmartcard's vpcd wire protocol, both sides: [`vpcd::VpcdReader`]
+//!   is the reader (it listens; a card connects) and [`vpcd::VpcdCard`] is the card.
+//!
+//! The codecs do no IO. Only `vpcd` touches sockets, with blocking std IO: card
+//! links are slow, sequential conversations, and callers in async code run them
+//! on a blocking thread.
 #![forbid(unsafe_code)]
+
+pub mod apdu;
+pub mod channel;
+pub mod vpcd;
+
+pub use apdu::{ApduError, Command, Response, StatusWord};
+pub use channel::{transmit, CardChannel, LinkError, TransmitOptions};
