@@ -1,0 +1,340 @@
+//! The phone's session with the server.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use keybridge_proto::api::{b64, Confirmation, DeclineReason, RelayMessage};
+use keybridge_proto::{AccountId, ConfirmationPayload, TransactionId};
+use keybridge_terminal::{Client, ClientError};
+use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use zeroize::Zeroizing;
+
+use crate::driver::{self, DriverError, SignOutcome};
+use crate::enroll::DeviceCredential;
+use crate::link::{CardLink, CardLinkSpec};
+use crate::screen;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    #[error("device credential: {0}")]
+    Credential(String),
+    #[error("the server refused the device credential")]
+    Unauthorized,
+    #[error("card: {0}")]
+    Card(#[from] DriverError),
+    #[error("card link: {0}")]
+    Link(#[from] keybridge_transport::LinkError),
+    #[error("server: {0}")]
+    Server(#[from] ClientError),
+    #[error("PIN refused: {0:?}")]
+    Pin(DeclineReason),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("a card worker panicked")]
+    Poisoned,
+}
+
+/// What the phone's holder decides before the card is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Approve,
+    Decline,
+    /// Ask on standard input.
+    Prompt,
+}
+
+/// Demonstrates the attack the server must catch: a relay that changes what
+/// the card signs. Used by `keybridge demo --scenario tamper` and its tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tamper {
+    /// Adds 100 minor units to the amount.
+    Amount,
+    /// Replaces the payee with `mallory`.
+    Payee,
+}
+
+impl Tamper {
+    fn apply(self, payload: &ConfirmationPayload) -> Option<Vec<u8>> {
+        let mut p = payload.clone();
+        match self {
+            Tamper::Amount => p.amount.minor_units = p.amount.minor_units.saturating_add(100),
+            Tamper::Payee => {
+                p.payee = AccountId::new("mallory").ok()?;
+                p.payee_name = "Mallory".into();
+            }
+        }
+        p.encode().ok()
+    }
+}
+
+#[derive(Debug)]
+pub struct RelayOptions {
+    pub credential: DeviceCredential,
+    pub card: CardLinkSpec,
+    /// `None`: ask on standard input for each payment.
+    pub pin: Option<Zeroizing<String>>,
+    pub decision: Decision,
+    pub tamper: Option<Tamper>,
+    /// How long to wait for the card to be present for one request.
+    pub card_wait: Duration,
+}
+
+/// Bounded retries when the card goes away mid-conversation.
+const CARD_ATTEMPTS_MAX: u32 = 3;
+
+struct Context {
+    options: RelayOptions,
+    client: Client,
+    link: Arc<Mutex<CardLink>>,
+    seen: Mutex<HashSet<TransactionId>>,
+}
+
+/// Runs the relay until the server refuses its credential or the process ends.
+pub async fn run(options: RelayOptions) -> Result<(), RelayError> {
+    let link = CardLink::open(&options.card)?;
+    println!("[phone] card reader ready at {}", options.card);
+    let client = Client::new(&options.credential.server, &options.credential.credential)?;
+    let ctx = Arc::new(Context {
+        link: Arc::new(Mutex::new(link)),
+        client,
+        options,
+        seen: Mutex::new(HashSet::new()),
+    });
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match session(&ctx).await {
+            Err(RelayError::Unauthorized) => return Err(RelayError::Unauthorized),
+            Err(e) => tracing::warn!("server session ended: {e}"),
+            Ok(()) => tracing::info!("server closed the session"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn websocket_url(server: &str) -> String {
+    let base = server.trim_end_matches('/');
+    let base = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_owned()
+    };
+    format!("{base}/v1/relay")
+}
+
+async fn session(ctx: &Arc<Context>) -> Result<(), RelayError> {
+    let mut request = websocket_url(&ctx.options.credential.server)
+        .into_client_request()
+        .map_err(|e| RelayError::Protocol(e.to_string()))?;
+    let bearer = format!("Bearer {}", ctx.options.credential.credential);
+    request.headers_mut().insert(
+        "Authorization",
+        bearer
+            .parse()
+            .map_err(|_| RelayError::Credential("credential is not a valid header".into()))?,
+    );
+    let (mut ws, _) = match tokio_tungstenite::connect_async(request).await {
+        Ok(ok) => ok,
+        Err(tungstenite::Error::Http(r)) if r.status() == 401 => {
+            return Err(RelayError::Unauthorized)
+        }
+        Err(e) => return Err(RelayError::Protocol(e.to_string())),
+    };
+    println!(
+        "[phone] connected to {} as device {} for account {}",
+        ctx.options.credential.server,
+        ctx.options.credential.device_id,
+        ctx.options.credential.account
+    );
+    while let Some(message) = ws.next().await {
+        let text = match message.map_err(|e| RelayError::Protocol(e.to_string()))? {
+            tungstenite::Message::Text(text) => text,
+            tungstenite::Message::Close(_) => break,
+            _ => continue,
+        };
+        match serde_json::from_str::<RelayMessage>(&text) {
+            Ok(RelayMessage::ConfirmationRequest {
+                transaction_id,
+                payload,
+            }) => {
+                let fresh = ctx
+                    .seen
+                    .lock()
+                    .map_err(|_| RelayError::Poisoned)?
+                    .insert(transaction_id);
+                if fresh {
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move { handle(ctx, transaction_id, payload).await });
+                }
+            }
+            Ok(RelayMessage::Cancelled { transaction_id }) => {
+                println!("[phone] transaction {transaction_id} ended on the server");
+            }
+            Err(e) => tracing::warn!("ignoring a message the relay does not understand: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn now_unix_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn handle(ctx: Arc<Context>, id: TransactionId, payload_b64: String) {
+    match confirm(&ctx, id, &payload_b64).await {
+        Ok(Some(view)) => {
+            let reason = view
+                .reason
+                .map(|r| format!(" ({})", r.as_str()))
+                .unwrap_or_default();
+            println!("[phone] server answered: {}{reason}", view.status.as_str());
+        }
+        Ok(None) => {}
+        Err(e) => println!("[phone] transaction {id}: {e}"),
+    }
+}
+
+/// One request, start to end. `Ok(None)` when nothing was sent to the server.
+async fn confirm(
+    ctx: &Arc<Context>,
+    id: TransactionId,
+    payload_b64: &str,
+) -> Result<Option<keybridge_proto::api::TransactionView>, RelayError> {
+    let bytes = b64::decode(payload_b64)
+        .ok_or_else(|| RelayError::Protocol("payload is not base64".into()))?;
+    // The phone parses what it shows; if it does not parse, nobody signs it.
+    let payload = ConfirmationPayload::decode(&bytes)
+        .map_err(|e| RelayError::Protocol(format!("payload refused: {e}")))?;
+    if payload.transaction_id != id {
+        return Err(RelayError::Protocol("payload names another transaction".into()));
+    }
+    println!("[phone] confirmation request {id}");
+    for line in screen::confirmation_panel(&payload, now_unix_s()) {
+        println!("[phone] {line}");
+    }
+    let approved = match ctx.options.decision {
+        Decision::Approve => true,
+        Decision::Decline => false,
+        Decision::Prompt => ask("[phone] Send to your security device? [y/N] ").await,
+    };
+    if !approved {
+        println!("[phone] declined on the phone");
+        let answer = Confirmation::Declined {
+            reason: DeclineReason::Declined,
+        };
+        return Ok(Some(ctx.client.submit_confirmation(&id, &answer).await?));
+    }
+    let to_sign = match ctx.options.tamper {
+        Some(t) => {
+            println!("[phone] TAMPERING: altering the {t:?} before the card sees it");
+            t.apply(&payload)
+                .ok_or_else(|| RelayError::Protocol("cannot tamper".into()))?
+        }
+        None => bytes,
+    };
+    let pin = match &ctx.options.pin {
+        Some(pin) => pin.clone(),
+        None => Zeroizing::new(read_line("[phone] PIN: ").await),
+    };
+    println!("[phone] sending {} payload bytes to the card", to_sign.len());
+    let outcome = sign_with_retries(ctx, pin, to_sign, payload.expires_at_unix_s).await?;
+    let answer = match outcome {
+        Some(SignOutcome::Signed { counter, signature }) => {
+            println!("[phone] card signed (counter {counter}, {} byte signature)", signature.len());
+            Confirmation::Signed {
+                counter,
+                signature: b64::encode(&signature),
+            }
+        }
+        Some(SignOutcome::Declined(reason)) => {
+            println!("[phone] card did not sign: {reason:?}");
+            Confirmation::Declined { reason }
+        }
+        None => {
+            println!("[phone] card not reachable; tap again before the request expires");
+            return Ok(None);
+        }
+    };
+    println!("[phone] submitting to the server");
+    Ok(Some(ctx.client.submit_confirmation(&id, &answer).await?))
+}
+
+/// Runs the card conversation on a blocking thread, retrying when the card
+/// went away (as a phone does when the card leaves the NFC field). `Ok(None)`
+/// when the card stayed unreachable until the request expired.
+async fn sign_with_retries(
+    ctx: &Arc<Context>,
+    pin: Zeroizing<String>,
+    payload: Vec<u8>,
+    expires_at_unix_s: u64,
+) -> Result<Option<SignOutcome>, RelayError> {
+    let link = ctx.link.clone();
+    let card_wait = ctx.options.card_wait;
+    tokio::task::spawn_blocking(move || {
+        let mut link = link.lock().map_err(|_| RelayError::Poisoned)?;
+        for attempt in 1..=CARD_ATTEMPTS_MAX {
+            let left = Duration::from_secs(expires_at_unix_s.saturating_sub(now_unix_s()));
+            if left.is_zero() {
+                break;
+            }
+            let result = link
+                .wait_for_card(card_wait.min(left))
+                .map_err(DriverError::from)
+                .and_then(|()| driver::sign_transaction(&mut link, pin.as_bytes(), &payload));
+            match result {
+                Ok(outcome) => return Ok(Some(outcome)),
+                Err(DriverError::Link(e)) => {
+                    tracing::warn!("card link failed (attempt {attempt}/{CARD_ATTEMPTS_MAX}): {e}");
+                }
+                Err(DriverError::Refused { step, sw }) => {
+                    tracing::warn!("card refused {step} with {sw}");
+                    return Ok(Some(SignOutcome::Declined(DeclineReason::DeviceError)));
+                }
+                Err(e) => {
+                    tracing::warn!("card error: {e}");
+                    return Ok(Some(SignOutcome::Declined(DeclineReason::DeviceError)));
+                }
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .map_err(|_| RelayError::Poisoned)?
+}
+
+async fn read_line(prompt: &'static str) -> String {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        print!("{prompt}");
+        let _ = std::io::stdout().flush();
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        line.trim().to_owned()
+    })
+    .await
+    .unwrap_or_default()
+}
+
+async fn ask(prompt: &'static str) -> bool {
+    matches!(read_line(prompt).await.as_str(), "y" | "Y" | "yes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_urls() {
+        assert_eq!(websocket_url("http://127.0.0.1:8080/"), "ws://127.0.0.1:8080/v1/relay");
+        assert_eq!(websocket_url("https://kb.example"), "wss://kb.example/v1/relay");
+    }
+}

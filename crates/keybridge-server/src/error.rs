@@ -1,0 +1,176 @@
+//! Errors: [`ApiError`] is what an HTTP client may see, each variant mapped
+//! explicitly to a status and a stable code; [`ServerError`] is what stops the
+//! server from starting or running.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use keybridge_proto::api::ErrorBody;
+
+use crate::ca::CaError;
+use crate::store::StoreError;
+
+/// Every error an endpoint can answer with. Messages are written for clients:
+/// they never carry database errors, secrets or internal detail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// 400 `invalid_request`: malformed JSON, unknown fields, bad values.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// 401 `unauthorized`: missing or wrong credential.
+    #[error("missing or invalid credentials")]
+    Unauthorized,
+    /// 404 `not_found`.
+    #[error("not found")]
+    NotFound,
+    /// 409 `idempotency_conflict`: the key was used with a different body.
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyConflict,
+    /// 409 `not_pending`: the transaction already ended.
+    #[error("the transaction is no longer pending")]
+    NotPending,
+    /// 409 `already_exists`.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// 413 `payload_too_large`.
+    #[error("request body is too large")]
+    PayloadTooLarge,
+    /// 422 `unknown_account`.
+    #[error("unknown account: {0}")]
+    UnknownAccount(String),
+    /// 422 `currency_mismatch`.
+    #[error("the accounts' currency does not match the request")]
+    CurrencyMismatch,
+    /// 422 `no_device`.
+    #[error("the payer has no active security device")]
+    NoDevice,
+    /// 500 `internal_error`. The cause is logged where it happens, never sent.
+    #[error("an internal error occurred")]
+    Internal,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::IdempotencyConflict | ApiError::NotPending | ApiError::AlreadyExists(_) => {
+                StatusCode::CONFLICT
+            }
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnknownAccount(_) | ApiError::CurrencyMismatch | ApiError::NoDevice => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code of [`ErrorBody::error`].
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound => "not_found",
+            ApiError::IdempotencyConflict => "idempotency_conflict",
+            ApiError::NotPending => "not_pending",
+            ApiError::AlreadyExists(_) => "already_exists",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::UnknownAccount(_) => "unknown_account",
+            ApiError::CurrencyMismatch => "currency_mismatch",
+            ApiError::NoDevice => "no_device",
+            ApiError::Internal => "internal_error",
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::InvalidRequest(message.into())
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: self.code().to_owned(),
+            message: self.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if self == ApiError::Unauthorized {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+/// Store failures reach clients only as `internal_error`; the cause is logged here.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        tracing::error!(error = %e, "store error");
+        ApiError::Internal
+    }
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("certificate authority: {0}")]
+    Ca(#[from] CaError),
+}
+
+impl ServerError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+        let context = context.into();
+        move |source| ServerError::Io { context, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_has_its_documented_status_and_code() {
+        let table = [
+            (ApiError::invalid("x"), 400, "invalid_request"),
+            (ApiError::Unauthorized, 401, "unauthorized"),
+            (ApiError::NotFound, 404, "not_found"),
+            (ApiError::IdempotencyConflict, 409, "idempotency_conflict"),
+            (ApiError::NotPending, 409, "not_pending"),
+            (ApiError::AlreadyExists("a".into()), 409, "already_exists"),
+            (ApiError::PayloadTooLarge, 413, "payload_too_large"),
+            (ApiError::UnknownAccount("a".into()), 422, "unknown_account"),
+            (ApiError::CurrencyMismatch, 422, "currency_mismatch"),
+            (ApiError::NoDevice, 422, "no_device"),
+            (ApiError::Internal, 500, "internal_error"),
+        ];
+        for (e, status, code) in table {
+            assert_eq!(e.status().as_u16(), status, "{e:?}");
+            assert_eq!(e.code(), code);
+        }
+    }
+
+    #[test]
+    fn store_errors_do_not_leak() {
+        let e: ApiError = StoreError::Backend("UNIQUE constraint failed: secret_table".into()).into();
+        assert_eq!(e, ApiError::Internal);
+        assert!(!e.body().message.contains("secret_table"));
+    }
+}

@@ -1,0 +1,119 @@
+//! The payment unit's rules, as a pure function. A store backend reads the
+//! rows inside its database transaction, asks [`decide`], and applies the
+//! answer before committing; so the rules are written (and tested) once.
+
+use keybridge_proto::api::{Reason, TransactionStatus};
+
+/// The facts the payment unit needs, read inside the database transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PaymentFacts {
+    pub status: TransactionStatus,
+    /// The device is active and belongs to the payer.
+    pub device_usable: bool,
+    pub device_last_counter: u32,
+    pub counter: u32,
+    pub payer_balance_minor: i64,
+    /// System (issuance) accounts may run negative; customer accounts may not.
+    pub payer_is_system: bool,
+    pub amount_minor: u64,
+}
+
+/// What the backend must write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentDecision {
+    /// Another confirmation or the sweeper ended it first: write nothing.
+    NotPending,
+    /// End the transaction `rejected` with this reason; the counter is not consumed.
+    Reject(Reason),
+    /// End it `failed/insufficient_funds`; the counter is consumed (the card used it).
+    InsufficientFunds,
+    /// Consume the counter, write one transfer, move both balances, `settled`.
+    Settle,
+}
+
+impl PaymentDecision {
+    /// The final status and reason this decision writes, if any.
+    pub fn outcome(&self) -> Option<(TransactionStatus, Option<Reason>)> {
+        match self {
+            PaymentDecision::NotPending => None,
+            PaymentDecision::Reject(r) => Some((TransactionStatus::Rejected, Some(*r))),
+            PaymentDecision::InsufficientFunds => {
+                Some((TransactionStatus::Failed, Some(Reason::InsufficientFunds)))
+            }
+            PaymentDecision::Settle => Some((TransactionStatus::Settled, None)),
+        }
+    }
+
+    pub fn consumes_counter(&self) -> bool {
+        matches!(self, PaymentDecision::InsufficientFunds | PaymentDecision::Settle)
+    }
+}
+
+/// The rules, in order. The counter and device are checked again here (the
+/// verification unit saw a snapshot) because only inside the database
+/// transaction is the check atomic with consuming the counter.
+pub fn decide(f: PaymentFacts) -> PaymentDecision {
+    if f.status != TransactionStatus::Pending {
+        return PaymentDecision::NotPending;
+    }
+    if !f.device_usable {
+        return PaymentDecision::Reject(Reason::UnknownDevice);
+    }
+    if f.counter <= f.device_last_counter {
+        return PaymentDecision::Reject(Reason::CounterReplay);
+    }
+    let covered = match i64::try_from(f.amount_minor) {
+        Ok(amount) => f.payer_is_system || f.payer_balance_minor >= amount,
+        Err(_) => false,
+    };
+    if !covered {
+        return PaymentDecision::InsufficientFunds;
+    }
+    PaymentDecision::Settle
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> PaymentFacts {
+        PaymentFacts {
+            status: TransactionStatus::Pending,
+            device_usable: true,
+            device_last_counter: 4,
+            counter: 5,
+            payer_balance_minor: 1000,
+            payer_is_system: false,
+            amount_minor: 1000,
+        }
+    }
+
+    #[test]
+    fn settles_when_everything_holds_even_to_a_zero_balance() {
+        assert_eq!(decide(facts()), PaymentDecision::Settle);
+        assert!(PaymentDecision::Settle.consumes_counter());
+    }
+
+    #[test]
+    fn rules_apply_in_order() {
+        // Not pending beats everything: a second confirmation writes nothing.
+        let f = PaymentFacts { status: TransactionStatus::Settled, device_usable: false, counter: 0, ..facts() };
+        assert_eq!(decide(f), PaymentDecision::NotPending);
+        // A disabled device beats a replayed counter.
+        let f = PaymentFacts { device_usable: false, counter: 1, ..facts() };
+        assert_eq!(decide(f), PaymentDecision::Reject(Reason::UnknownDevice));
+        // A replayed counter beats insufficient funds and is not consumed.
+        let f = PaymentFacts { counter: 4, payer_balance_minor: 0, ..facts() };
+        assert_eq!(decide(f), PaymentDecision::Reject(Reason::CounterReplay));
+        assert!(!decide(f).consumes_counter());
+        let f = PaymentFacts { payer_balance_minor: 999, ..facts() };
+        assert_eq!(decide(f), PaymentDecision::InsufficientFunds);
+        assert!(PaymentDecision::InsufficientFunds.consumes_counter());
+    }
+
+    #[test]
+    fn amounts_beyond_i64_never_settle() {
+        let f = PaymentFacts { amount_minor: u64::MAX, payer_balance_minor: i64::MAX, ..facts() };
+        assert_eq!(decide(f), PaymentDecision::InsufficientFunds);
+    }
+}

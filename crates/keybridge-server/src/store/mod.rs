@@ -1,0 +1,161 @@
+//! The `Store` abstraction: everything the server persists, behind one
+//! object-safe async trait used as `Arc<dyn Store>`.
+//!
+//! Architecture invariant: handlers and the verification unit know no SQL.
+//! A backend implements each method atomically (one database transaction per
+//! call); the money rules themselves live in [`crate::payment`] and the audit
+//! hash in [`audit`], so a second backend (PostgreSQL) shares them.
+
+pub mod audit;
+mod records;
+mod sqlite;
+
+use async_trait::async_trait;
+use keybridge_proto::api::{Reason, TransactionStatus};
+use keybridge_proto::{AccountId, TransactionId};
+
+pub use records::{
+    AccountRecord, AuditRecord, DeviceRecord, DeviceStatus, NewAccount, NewDevice, NewTerminal,
+    TerminalRecord, TransactionRecord, TransferKind, TransferRecord,
+};
+pub use sqlite::SqliteStore;
+
+/// Why a store call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A record with this id (or unique key) already exists.
+    #[error("already exists")]
+    AlreadyExists,
+    /// The referenced account does not exist or may not be used here.
+    #[error("unknown account")]
+    UnknownAccount,
+    /// A balance would leave the i64 range: an operating limit, not a bug.
+    #[error("balance out of range")]
+    BalanceOverflow,
+    /// A stored value does not decode (corruption or a bug in a migration).
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// The audit log's hash chain breaks at this sequence number.
+    #[error("audit chain broken at seq {seq}")]
+    AuditChainBroken { seq: u64 },
+    /// The database itself failed. The text may hold internals: log it, never send it.
+    #[error("backend: {0}")]
+    Backend(String),
+}
+
+/// Result of [`Store::insert_transaction`]: the unique index on
+/// `(terminal_id, idempotency_key)` decides which request created the row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertOutcome {
+    Created(TransactionRecord),
+    /// Another request with the same terminal and key got there first.
+    Existing(TransactionRecord),
+}
+
+/// Result of a compare-and-set from `pending` to a final status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finalized {
+    /// This call ended the transaction; the record shows the new status.
+    Applied(TransactionRecord),
+    /// The transaction had already ended; the record shows how.
+    NotPending(TransactionRecord),
+    NotFound,
+}
+
+/// A signed confirmation that passed the verification unit, for the payment unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedConfirmation {
+    pub transaction_id: TransactionId,
+    pub device_id: String,
+    pub counter: u32,
+    pub now_unix_s: u64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    // Accounts.
+    /// Creates the account and, on demand, the currency's issuance account, and
+    /// funds the opening balance with one transfer from it. `AlreadyExists` if taken.
+    async fn create_account(
+        &self,
+        account: NewAccount,
+        now_unix_s: u64,
+    ) -> Result<AccountRecord, StoreError>;
+    async fn get_account(&self, id: &AccountId) -> Result<Option<AccountRecord>, StoreError>;
+    /// Every account, system accounts included, ordered by id.
+    async fn list_accounts(&self) -> Result<Vec<AccountRecord>, StoreError>;
+
+    // Terminals.
+    async fn create_terminal(&self, terminal: NewTerminal) -> Result<TerminalRecord, StoreError>;
+    async fn terminal_by_key_hash(
+        &self,
+        api_key_hash: [u8; 32],
+    ) -> Result<Option<TerminalRecord>, StoreError>;
+
+    // Devices.
+    /// `UnknownAccount` if the account is missing or a system account.
+    async fn create_device(&self, device: NewDevice) -> Result<DeviceRecord, StoreError>;
+    async fn device_by_credential_hash(
+        &self,
+        credential_hash: [u8; 32],
+    ) -> Result<Option<DeviceRecord>, StoreError>;
+    async fn list_devices(&self) -> Result<Vec<DeviceRecord>, StoreError>;
+    /// Marks the device disabled (idempotent). `None` if there is no such device.
+    async fn disable_device(
+        &self,
+        device_id: &str,
+        now_unix_s: u64,
+    ) -> Result<Option<DeviceRecord>, StoreError>;
+    async fn count_active_devices(&self, account: &AccountId) -> Result<u64, StoreError>;
+
+    // Transactions.
+    async fn transaction_by_idempotency_key(
+        &self,
+        terminal_id: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<TransactionRecord>, StoreError>;
+    /// Inserts a new `pending` transaction and its audit row.
+    async fn insert_transaction(
+        &self,
+        transaction: TransactionRecord,
+    ) -> Result<InsertOutcome, StoreError>;
+    async fn get_transaction(
+        &self,
+        id: &TransactionId,
+    ) -> Result<Option<TransactionRecord>, StoreError>;
+    /// Newest first.
+    async fn list_transactions(&self, limit: u32) -> Result<Vec<TransactionRecord>, StoreError>;
+    /// Pending transactions of `payer` whose expiry is still ahead of `now`.
+    async fn pending_for_payer(
+        &self,
+        payer: &AccountId,
+        now_unix_s: u64,
+    ) -> Result<Vec<TransactionRecord>, StoreError>;
+    /// Ends a pending transaction without moving money (reject, expire), with an audit row.
+    async fn finalize(
+        &self,
+        id: &TransactionId,
+        status: TransactionStatus,
+        reason: Reason,
+        now_unix_s: u64,
+    ) -> Result<Finalized, StoreError>;
+    /// The payment unit: in one database transaction, re-checks `pending`, the
+    /// device and its counter, consumes the counter, and settles (one transfer)
+    /// or fails for insufficient funds. Rules: [`crate::payment::decide`].
+    async fn apply_signed_confirmation(
+        &self,
+        confirmation: SignedConfirmation,
+    ) -> Result<Finalized, StoreError>;
+    /// Expires every pending transaction with `expires_at <= now`; returns them.
+    async fn expire_due(&self, now_unix_s: u64) -> Result<Vec<TransactionRecord>, StoreError>;
+
+    // Ledger and audit.
+    async fn transfers_for_transaction(
+        &self,
+        id: &TransactionId,
+    ) -> Result<Vec<TransferRecord>, StoreError>;
+    async fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Recomputes the hash chain; returns the number of rows checked.
+    async fn verify_audit_chain(&self) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,1058 @@
+//! The SQLite backend: one connection behind a mutex, every call run on the
+//! blocking pool, every write in one `BEGIN IMMEDIATE` transaction.
+//! Correctness over throughput: calls are serialised, so compare-and-set
+//! updates and the unique indexes are a second line of defence, not the first.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use keybridge_proto::api::{Reason, TransactionStatus};
+use keybridge_proto::{AccountId, Currency, TransactionId};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+use super::audit;
+use super::{
+    AccountRecord, AuditRecord, DeviceRecord, DeviceStatus, Finalized, InsertOutcome, NewAccount,
+    NewDevice, NewTerminal, SignedConfirmation, Store, StoreError, TerminalRecord,
+    TransactionRecord, TransferKind, TransferRecord,
+};
+use crate::payment::{self, PaymentDecision, PaymentFacts};
+
+/// Numbered migrations, applied in order and recorded in `schema_migrations`.
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "0001_init", include_str!("../../migrations/0001_init.sql")),
+    (2, "0002_append_only", include_str!("../../migrations/0002_append_only.sql")),
+];
+
+const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+const TX_COLUMNS: &str = "id, terminal_id, idempotency_key, request_hash, payer, payee, \
+     payee_name, amount_minor, currency, order_id, description, payload, status, reason, \
+     created_at, expires_at, updated_at";
+const DEVICE_COLUMNS: &str =
+    "id, account_id, label, public_key, certificate, status, last_counter, created_at";
+const ACCOUNT_COLUMNS: &str = "id, display_name, currency, balance_minor, system, created_at";
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies pending migrations.
+    pub fn open(path: &Path, now_unix_s: u64) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(path).map_err(backend)?;
+        SqliteStore::init(conn, now_unix_s)
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn open_in_memory(now_unix_s: u64) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open_in_memory().map_err(backend)?;
+        SqliteStore::init(conn, now_unix_s)
+    }
+
+    fn init(mut conn: Connection, now_unix_s: u64) -> Result<SqliteStore, StoreError> {
+        // WAL lets readers proceed during a write; FULL syncs the WAL on every
+        // commit, because a settled payment must survive a power cut.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
+            .map_err(backend)?;
+        migrate(&mut conn, now_unix_s)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Backend("connection mutex poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("blocking task failed: {e}")))?
+    }
+
+    /// Runs `f` inside one immediate (write-locking) transaction.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(backend)?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn migrate(conn: &mut Connection, now_unix_s: u64) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    INTEGER PRIMARY KEY,
+             name       TEXT NOT NULL,
+             applied_at INTEGER NOT NULL
+         )",
+    )
+    .map_err(backend)?;
+    for (version, name, sql) in MIGRATIONS {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let applied: Option<i64> = tx
+            .query_row(
+                "SELECT version FROM schema_migrations WHERE version = ?1",
+                [version],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        if applied.is_none() {
+            tx.execute_batch(sql).map_err(backend)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+                params![version, name, to_i64(now_unix_s)?],
+            )
+            .map_err(backend)?;
+            tracing::info!(version, name, "applied migration");
+        }
+        tx.commit().map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation
+                && (f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+    )
+}
+
+fn to_i64(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{v} exceeds the i64 range")))
+}
+
+fn to_u64(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{v} is negative")))
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_owned())
+}
+
+fn account_id(s: &str) -> Result<AccountId, StoreError> {
+    AccountId::new(s).map_err(|_| corrupt("account id"))
+}
+
+fn currency(s: &str) -> Result<Currency, StoreError> {
+    Currency::from_code(s).map_err(|_| corrupt("currency"))
+}
+
+fn transaction_id(s: &str) -> Result<TransactionId, StoreError> {
+    s.parse().map_err(|_| corrupt("transaction id"))
+}
+
+fn hash32(v: Vec<u8>) -> Result<[u8; 32], StoreError> {
+    v.try_into().map_err(|_| corrupt("hash length"))
+}
+
+/// The column values of one `transactions` row, before domain decoding.
+type TxRow = (
+    (String, String, String, Vec<u8>, String, String, String, i64),
+    (String, String, String, Vec<u8>, String, Option<String>, i64, i64, i64),
+);
+
+fn read_tx_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TxRow> {
+    Ok((
+        (
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+        ),
+        (
+            r.get(8)?,
+            r.get(9)?,
+            r.get(10)?,
+            r.get(11)?,
+            r.get(12)?,
+            r.get(13)?,
+            r.get(14)?,
+            r.get(15)?,
+            r.get(16)?,
+        ),
+    ))
+}
+
+fn decode_tx(row: TxRow) -> Result<TransactionRecord, StoreError> {
+    let (
+        (id, terminal_id, idempotency_key, request_hash, payer, payee, payee_name, amount),
+        (cur, order_id, description, payload, status, reason, created, expires, updated),
+    ) = row;
+    Ok(TransactionRecord {
+        id: transaction_id(&id)?,
+        terminal_id,
+        idempotency_key,
+        request_hash: hash32(request_hash)?,
+        payer: account_id(&payer)?,
+        payee: account_id(&payee)?,
+        payee_name,
+        amount_minor: to_u64(amount)?,
+        currency: currency(&cur)?,
+        order_id,
+        description,
+        payload,
+        status: TransactionStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
+        reason: match reason {
+            Some(r) => Some(Reason::parse(&r).ok_or_else(|| corrupt("reason"))?),
+            None => None,
+        },
+        created_at_unix_s: to_u64(created)?,
+        expires_at_unix_s: to_u64(expires)?,
+        updated_at_unix_s: to_u64(updated)?,
+    })
+}
+
+fn query_txs(
+    conn: &Connection,
+    where_clause: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<TransactionRecord>, StoreError> {
+    let sql = format!("SELECT {TX_COLUMNS} FROM transactions {where_clause}");
+    let mut stmt = conn.prepare(&sql).map_err(backend)?;
+    let rows = stmt
+        .query_map(params, read_tx_row)
+        .map_err(backend)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
+    rows.into_iter().map(decode_tx).collect()
+}
+
+fn get_tx(conn: &Connection, id: &TransactionId) -> Result<Option<TransactionRecord>, StoreError> {
+    Ok(query_txs(conn, "WHERE id = ?1", [id.to_hex()])?.into_iter().next())
+}
+
+type DeviceRow = (String, String, String, Vec<u8>, Vec<u8>, String, i64, i64);
+
+fn read_device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+    ))
+}
+
+fn decode_device(row: DeviceRow) -> Result<DeviceRecord, StoreError> {
+    let (id, account, label, public_key, certificate, status, last_counter, created) = row;
+    Ok(DeviceRecord {
+        id,
+        account: account_id(&account)?,
+        label,
+        public_key,
+        certificate,
+        status: DeviceStatus::parse(&status).ok_or_else(|| corrupt("device status"))?,
+        last_counter: u32::try_from(last_counter).map_err(|_| corrupt("device counter"))?,
+        created_at_unix_s: to_u64(created)?,
+    })
+}
+
+fn query_devices(
+    conn: &Connection,
+    where_clause: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<DeviceRecord>, StoreError> {
+    let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices {where_clause}");
+    let mut stmt = conn.prepare(&sql).map_err(backend)?;
+    let rows = stmt
+        .query_map(params, read_device_row)
+        .map_err(backend)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
+    rows.into_iter().map(decode_device).collect()
+}
+
+type AccountRow = (String, String, String, i64, i64, i64);
+
+fn decode_account(row: AccountRow) -> Result<AccountRecord, StoreError> {
+    let (id, display_name, cur, balance_minor, system, created) = row;
+    Ok(AccountRecord {
+        id: account_id(&id)?,
+        display_name,
+        currency: currency(&cur)?,
+        balance_minor,
+        system: system != 0,
+        created_at_unix_s: to_u64(created)?,
+    })
+}
+
+fn query_accounts(
+    conn: &Connection,
+    where_clause: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<AccountRecord>, StoreError> {
+    let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts {where_clause}");
+    let mut stmt = conn.prepare(&sql).map_err(backend)?;
+    let rows = stmt
+        .query_map(params, |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+        })
+        .map_err(backend)?
+        .collect::<Result<Vec<AccountRow>, _>>()
+        .map_err(backend)?;
+    rows.into_iter().map(decode_account).collect()
+}
+
+fn get_account(conn: &Connection, id: &AccountId) -> Result<Option<AccountRecord>, StoreError> {
+    Ok(query_accounts(conn, "WHERE id = ?1", [id.as_str()])?.into_iter().next())
+}
+
+/// Appends one audit row, chained to the last one, inside the caller's transaction.
+fn append_audit(
+    tx: &Transaction<'_>,
+    at_unix_s: u64,
+    transaction_id: Option<&TransactionId>,
+    event: &str,
+    detail: &serde_json::Value,
+) -> Result<(), StoreError> {
+    let last: Option<(i64, Vec<u8>)> = tx
+        .query_row(
+            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(backend)?;
+    let (seq, prev_hash) = match last {
+        Some((seq, hash)) => (to_u64(seq)? + 1, hash32(hash)?),
+        None => (1, audit::GENESIS_HASH),
+    };
+    let tx_hex = transaction_id.map(TransactionId::to_hex);
+    let detail = detail.to_string();
+    let hash = audit::row_hash(&prev_hash, seq, at_unix_s, tx_hex.as_deref(), event, &detail);
+    tx.execute(
+        "INSERT INTO audit_log (seq, at, transaction_id, event, detail, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            to_i64(seq)?,
+            to_i64(at_unix_s)?,
+            tx_hex,
+            event,
+            detail,
+            prev_hash.as_slice(),
+            hash.as_slice()
+        ],
+    )
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// Adds `delta` to an account's balance with checked arithmetic.
+fn add_to_balance(tx: &Transaction<'_>, id: &AccountId, delta: i64) -> Result<i64, StoreError> {
+    let balance: i64 = tx
+        .query_row(
+            "SELECT balance_minor FROM accounts WHERE id = ?1",
+            [id.as_str()],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    let new = balance.checked_add(delta).ok_or(StoreError::BalanceOverflow)?;
+    tx.execute(
+        "UPDATE accounts SET balance_minor = ?1 WHERE id = ?2",
+        params![new, id.as_str()],
+    )
+    .map_err(backend)?;
+    Ok(new)
+}
+
+/// Writes one double-entry transfer and moves both balances by the same amount.
+fn transfer(
+    tx: &Transaction<'_>,
+    kind: TransferKind,
+    transaction_id: Option<&TransactionId>,
+    debit: &AccountId,
+    credit: &AccountId,
+    amount_minor: u64,
+    currency: Currency,
+    now_unix_s: u64,
+) -> Result<(), StoreError> {
+    let amount = i64::try_from(amount_minor).map_err(|_| StoreError::BalanceOverflow)?;
+    tx.execute(
+        "INSERT INTO transfers
+             (transaction_id, kind, debit_account, credit_account, amount_minor, currency, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            transaction_id.map(TransactionId::to_hex),
+            kind.as_str(),
+            debit.as_str(),
+            credit.as_str(),
+            amount,
+            currency.code(),
+            to_i64(now_unix_s)?
+        ],
+    )
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::AlreadyExists
+        } else {
+            backend(e)
+        }
+    })?;
+    add_to_balance(tx, debit, -amount)?;
+    add_to_balance(tx, credit, amount)?;
+    Ok(())
+}
+
+/// Compare-and-set from `pending` to a final status, with its audit row.
+fn end_pending(
+    tx: &Transaction<'_>,
+    id: &TransactionId,
+    status: TransactionStatus,
+    reason: Option<Reason>,
+    now_unix_s: u64,
+    detail: serde_json::Value,
+) -> Result<bool, StoreError> {
+    debug_assert!(status.is_final());
+    let changed = tx
+        .execute(
+            "UPDATE transactions SET status = ?1, reason = ?2, updated_at = ?3
+             WHERE id = ?4 AND status = 'pending'",
+            params![
+                status.as_str(),
+                reason.map(|r| r.as_str()),
+                to_i64(now_unix_s)?,
+                id.to_hex()
+            ],
+        )
+        .map_err(backend)?;
+    if changed == 1 {
+        let event = format!("transaction_{}", status.as_str());
+        append_audit(tx, now_unix_s, Some(id), &event, &detail)?;
+    }
+    Ok(changed == 1)
+}
+
+fn issuance_account_id(currency: Currency) -> Result<AccountId, StoreError> {
+    AccountId::new(&format!("{}{}", crate::ISSUANCE_PREFIX, currency.code()))
+        .map_err(|_| corrupt("issuance account id"))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_account(
+        &self,
+        account: NewAccount,
+        now_unix_s: u64,
+    ) -> Result<AccountRecord, StoreError> {
+        self.write(move |tx| {
+            if get_account(tx, &account.id)?.is_some() {
+                return Err(StoreError::AlreadyExists);
+            }
+            let now = to_i64(now_unix_s)?;
+            let issuance = issuance_account_id(account.currency)?;
+            if get_account(tx, &issuance)?.is_none() {
+                tx.execute(
+                    "INSERT INTO accounts (id, display_name, currency, balance_minor, system, created_at)
+                     VALUES (?1, ?2, ?3, 0, 1, ?4)",
+                    params![
+                        issuance.as_str(),
+                        format!("{} issuance", account.currency.code()),
+                        account.currency.code(),
+                        now
+                    ],
+                )
+                .map_err(backend)?;
+                append_audit(
+                    tx,
+                    now_unix_s,
+                    None,
+                    "account_created",
+                    &serde_json::json!({"account": issuance.as_str(), "system": true}),
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO accounts (id, display_name, currency, balance_minor, system, created_at)
+                 VALUES (?1, ?2, ?3, 0, 0, ?4)",
+                params![
+                    account.id.as_str(),
+                    account.display_name,
+                    account.currency.code(),
+                    now
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::AlreadyExists
+                } else {
+                    backend(e)
+                }
+            })?;
+            if account.opening_balance_minor > 0 {
+                transfer(
+                    tx,
+                    TransferKind::Opening,
+                    None,
+                    &issuance,
+                    &account.id,
+                    account.opening_balance_minor,
+                    account.currency,
+                    now_unix_s,
+                )?;
+            }
+            append_audit(
+                tx,
+                now_unix_s,
+                None,
+                "account_created",
+                &serde_json::json!({
+                    "account": account.id.as_str(),
+                    "currency": account.currency.code(),
+                    "opening_balance_minor": account.opening_balance_minor,
+                }),
+            )?;
+            get_account(tx, &account.id)?.ok_or_else(|| corrupt("account vanished"))
+        })
+        .await
+    }
+
+    async fn get_account(&self, id: &AccountId) -> Result<Option<AccountRecord>, StoreError> {
+        let id = id.clone();
+        self.run(move |conn| get_account(conn, &id)).await
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
+        self.run(|conn| query_accounts(conn, "ORDER BY id", [])).await
+    }
+
+    async fn create_terminal(&self, terminal: NewTerminal) -> Result<TerminalRecord, StoreError> {
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO terminals (id, name, api_key_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    terminal.id,
+                    terminal.name,
+                    terminal.api_key_hash.as_slice(),
+                    to_i64(terminal.created_at_unix_s)?
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::AlreadyExists
+                } else {
+                    backend(e)
+                }
+            })?;
+            append_audit(
+                tx,
+                terminal.created_at_unix_s,
+                None,
+                "terminal_created",
+                &serde_json::json!({"terminal": terminal.id, "name": terminal.name}),
+            )?;
+            Ok(TerminalRecord {
+                id: terminal.id,
+                name: terminal.name,
+            })
+        })
+        .await
+    }
+
+    async fn terminal_by_key_hash(
+        &self,
+        api_key_hash: [u8; 32],
+    ) -> Result<Option<TerminalRecord>, StoreError> {
+        self.run(move |conn| {
+            conn.query_row(
+                "SELECT id, name FROM terminals WHERE api_key_hash = ?1",
+                [api_key_hash.as_slice()],
+                |r| {
+                    Ok(TerminalRecord {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn create_device(&self, device: NewDevice) -> Result<DeviceRecord, StoreError> {
+        self.write(move |tx| {
+            match get_account(tx, &device.account)? {
+                Some(a) if !a.system => {}
+                _ => return Err(StoreError::UnknownAccount),
+            }
+            let now = to_i64(device.created_at_unix_s)?;
+            tx.execute(
+                "INSERT INTO devices (id, account_id, label, public_key, certificate,
+                     credential_hash, status, last_counter, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'active', 0, ?7, ?7)",
+                params![
+                    device.id,
+                    device.account.as_str(),
+                    device.label,
+                    device.public_key,
+                    device.certificate,
+                    device.credential_hash.as_slice(),
+                    now
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::AlreadyExists
+                } else {
+                    backend(e)
+                }
+            })?;
+            append_audit(
+                tx,
+                device.created_at_unix_s,
+                None,
+                "device_enrolled",
+                &serde_json::json!({"device": device.id, "account": device.account.as_str()}),
+            )?;
+            query_devices(tx, "WHERE id = ?1", [&device.id])?
+                .into_iter()
+                .next()
+                .ok_or_else(|| corrupt("device vanished"))
+        })
+        .await
+    }
+
+    async fn device_by_credential_hash(
+        &self,
+        credential_hash: [u8; 32],
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        self.run(move |conn| {
+            Ok(
+                query_devices(conn, "WHERE credential_hash = ?1", [credential_hash.as_slice()])?
+                    .into_iter()
+                    .next(),
+            )
+        })
+        .await
+    }
+
+    async fn list_devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.run(|conn| query_devices(conn, "ORDER BY created_at, id", []))
+            .await
+    }
+
+    async fn disable_device(
+        &self,
+        device_id: &str,
+        now_unix_s: u64,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        let device_id = device_id.to_owned();
+        self.write(move |tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE devices SET status = 'disabled', updated_at = ?1
+                     WHERE id = ?2 AND status <> 'disabled'",
+                    params![to_i64(now_unix_s)?, device_id],
+                )
+                .map_err(backend)?;
+            if changed == 1 {
+                append_audit(
+                    tx,
+                    now_unix_s,
+                    None,
+                    "device_disabled",
+                    &serde_json::json!({"device": device_id}),
+                )?;
+            }
+            Ok(query_devices(tx, "WHERE id = ?1", [&device_id])?.into_iter().next())
+        })
+        .await
+    }
+
+    async fn count_active_devices(&self, account: &AccountId) -> Result<u64, StoreError> {
+        let account = account.clone();
+        self.run(move |conn| {
+            let n: i64 = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM devices WHERE account_id = ?1 AND status = 'active'",
+                    [account.as_str()],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            to_u64(n)
+        })
+        .await
+    }
+
+    async fn transaction_by_idempotency_key(
+        &self,
+        terminal_id: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<TransactionRecord>, StoreError> {
+        let (terminal_id, key) = (terminal_id.to_owned(), idempotency_key.to_owned());
+        self.run(move |conn| {
+            Ok(query_txs(
+                conn,
+                "WHERE terminal_id = ?1 AND idempotency_key = ?2",
+                params![terminal_id, key],
+            )?
+            .into_iter()
+            .next())
+        })
+        .await
+    }
+
+    async fn insert_transaction(
+        &self,
+        t: TransactionRecord,
+    ) -> Result<InsertOutcome, StoreError> {
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let inserted = tx.execute(
+                &format!(
+                    "INSERT INTO transactions ({TX_COLUMNS})
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+                ),
+                params![
+                    t.id.to_hex(),
+                    t.terminal_id,
+                    t.idempotency_key,
+                    t.request_hash.as_slice(),
+                    t.payer.as_str(),
+                    t.payee.as_str(),
+                    t.payee_name,
+                    to_i64(t.amount_minor)?,
+                    t.currency.code(),
+                    t.order_id,
+                    t.description,
+                    t.payload,
+                    t.status.as_str(),
+                    t.reason.map(|r| r.as_str()),
+                    to_i64(t.created_at_unix_s)?,
+                    to_i64(t.expires_at_unix_s)?,
+                    to_i64(t.updated_at_unix_s)?
+                ],
+            );
+            match inserted {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => {
+                    // The unique index on (terminal_id, idempotency_key) decides the race.
+                    drop(tx);
+                    let existing = query_txs(
+                        conn,
+                        "WHERE terminal_id = ?1 AND idempotency_key = ?2",
+                        params![t.terminal_id, t.idempotency_key],
+                    )?
+                    .into_iter()
+                    .next()
+                    .ok_or(StoreError::AlreadyExists)?;
+                    return Ok(InsertOutcome::Existing(existing));
+                }
+                Err(e) => return Err(backend(e)),
+            }
+            append_audit(
+                &tx,
+                t.created_at_unix_s,
+                Some(&t.id),
+                "transaction_created",
+                &serde_json::json!({
+                    "terminal": t.terminal_id,
+                    "payer": t.payer.as_str(),
+                    "payee": t.payee.as_str(),
+                    "amount_minor": t.amount_minor,
+                    "currency": t.currency.code(),
+                    "order_id": t.order_id,
+                    "payload_sha256": hex::encode(keybridge_proto::ConfirmationPayload::digest(&t.payload)),
+                }),
+            )?;
+            let stored = get_tx(&tx, &t.id)?.ok_or_else(|| corrupt("transaction vanished"))?;
+            tx.commit().map_err(backend)?;
+            Ok(InsertOutcome::Created(stored))
+        })
+        .await
+    }
+
+    async fn get_transaction(
+        &self,
+        id: &TransactionId,
+    ) -> Result<Option<TransactionRecord>, StoreError> {
+        let id = *id;
+        self.run(move |conn| get_tx(conn, &id)).await
+    }
+
+    async fn list_transactions(&self, limit: u32) -> Result<Vec<TransactionRecord>, StoreError> {
+        self.run(move |conn| query_txs(conn, "ORDER BY seq DESC LIMIT ?1", [limit]))
+            .await
+    }
+
+    async fn pending_for_payer(
+        &self,
+        payer: &AccountId,
+        now_unix_s: u64,
+    ) -> Result<Vec<TransactionRecord>, StoreError> {
+        let payer = payer.clone();
+        self.run(move |conn| {
+            query_txs(
+                conn,
+                "WHERE payer = ?1 AND status = 'pending' AND expires_at > ?2 ORDER BY seq",
+                params![payer.as_str(), to_i64(now_unix_s)?],
+            )
+        })
+        .await
+    }
+
+    async fn finalize(
+        &self,
+        id: &TransactionId,
+        status: TransactionStatus,
+        reason: Reason,
+        now_unix_s: u64,
+    ) -> Result<Finalized, StoreError> {
+        let id = *id;
+        self.write(move |tx| {
+            let Some(current) = get_tx(tx, &id)? else {
+                return Ok(Finalized::NotFound);
+            };
+            let detail = serde_json::json!({"reason": reason.as_str()});
+            if !end_pending(tx, &id, status, Some(reason), now_unix_s, detail)? {
+                return Ok(Finalized::NotPending(current));
+            }
+            let updated = get_tx(tx, &id)?.ok_or_else(|| corrupt("transaction vanished"))?;
+            Ok(Finalized::Applied(updated))
+        })
+        .await
+    }
+
+    async fn apply_signed_confirmation(
+        &self,
+        c: SignedConfirmation,
+    ) -> Result<Finalized, StoreError> {
+        self.write(move |tx| {
+            let Some(current) = get_tx(tx, &c.transaction_id)? else {
+                return Ok(Finalized::NotFound);
+            };
+            let device = query_devices(tx, "WHERE id = ?1", [&c.device_id])?
+                .into_iter()
+                .next();
+            let payer = get_account(tx, &current.payer)?.ok_or_else(|| corrupt("payer missing"))?;
+            let (device_usable, device_last_counter) = match &device {
+                Some(d) => (
+                    d.status == DeviceStatus::Active && d.account == current.payer,
+                    d.last_counter,
+                ),
+                None => (false, 0),
+            };
+            let decision = payment::decide(PaymentFacts {
+                status: current.status,
+                device_usable,
+                device_last_counter,
+                counter: c.counter,
+                payer_balance_minor: payer.balance_minor,
+                payer_is_system: payer.system,
+                amount_minor: current.amount_minor,
+            });
+            let Some((status, reason)) = decision.outcome() else {
+                return Ok(Finalized::NotPending(current));
+            };
+            if decision.consumes_counter() {
+                let changed = tx
+                    .execute(
+                        "UPDATE devices SET last_counter = ?1, updated_at = ?2
+                         WHERE id = ?3 AND last_counter < ?1",
+                        params![c.counter, to_i64(c.now_unix_s)?, c.device_id],
+                    )
+                    .map_err(backend)?;
+                if changed != 1 {
+                    return Err(corrupt("device counter moved inside the transaction"));
+                }
+            }
+            if decision == PaymentDecision::Settle {
+                let balance_before = payer.balance_minor;
+                transfer(
+                    tx,
+                    TransferKind::Payment,
+                    Some(&current.id),
+                    &current.payer,
+                    &current.payee,
+                    current.amount_minor,
+                    current.currency,
+                    c.now_unix_s,
+                )?;
+                // Paired assertion around the write: exactly the amount left the payer.
+                let after = get_account(tx, &current.payer)?.ok_or_else(|| corrupt("payer"))?;
+                let amount = i64::try_from(current.amount_minor).map_err(|_| corrupt("amount"))?;
+                if after.balance_minor != balance_before - amount
+                    || (!after.system && after.balance_minor < 0)
+                {
+                    return Err(corrupt("payer balance after settlement"));
+                }
+            }
+            let detail = serde_json::json!({
+                "device": c.device_id,
+                "counter": c.counter,
+                "reason": reason.map(|r| r.as_str()),
+            });
+            if !end_pending(tx, &current.id, status, reason, c.now_unix_s, detail)? {
+                return Err(corrupt("pending transaction changed inside the transaction"));
+            }
+            let updated =
+                get_tx(tx, &current.id)?.ok_or_else(|| corrupt("transaction vanished"))?;
+            Ok(Finalized::Applied(updated))
+        })
+        .await
+    }
+
+    async fn expire_due(&self, now_unix_s: u64) -> Result<Vec<TransactionRecord>, StoreError> {
+        self.write(move |tx| {
+            let due = query_txs(
+                tx,
+                "WHERE status = 'pending' AND expires_at <= ?1 ORDER BY seq",
+                [to_i64(now_unix_s)?],
+            )?;
+            let mut expired = Vec::with_capacity(due.len());
+            for t in due {
+                let detail = serde_json::json!({"reason": Reason::Expired.as_str(), "by": "sweeper"});
+                if end_pending(
+                    tx,
+                    &t.id,
+                    TransactionStatus::Expired,
+                    Some(Reason::Expired),
+                    now_unix_s,
+                    detail,
+                )? {
+                    expired.push(get_tx(tx, &t.id)?.ok_or_else(|| corrupt("vanished"))?);
+                }
+            }
+            Ok(expired)
+        })
+        .await
+    }
+
+    async fn transfers_for_transaction(
+        &self,
+        id: &TransactionId,
+    ) -> Result<Vec<TransferRecord>, StoreError> {
+        let id = *id;
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT id, transaction_id, kind, debit_account, credit_account, amount_minor,
+                            currency, created_at
+                     FROM transfers WHERE transaction_id = ?1 ORDER BY id",
+                )
+                .map_err(backend)?;
+            type Row = (i64, Option<String>, String, String, String, i64, String, i64);
+            let rows = stmt
+                .query_map([id.to_hex()], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                    ))
+                })
+                .map_err(backend)?
+                .collect::<Result<Vec<Row>, _>>()
+                .map_err(backend)?;
+            rows.into_iter()
+                .map(|(tid, t, kind, debit, credit, amount, cur, created)| {
+                    Ok(TransferRecord {
+                        id: tid,
+                        transaction_id: t.as_deref().map(transaction_id).transpose()?,
+                        kind: TransferKind::parse(&kind).ok_or_else(|| corrupt("transfer kind"))?,
+                        debit_account: account_id(&debit)?,
+                        credit_account: account_id(&credit)?,
+                        amount_minor: to_u64(amount)?,
+                        currency: currency(&cur)?,
+                        created_at_unix_s: to_u64(created)?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError> {
+        self.run(|conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT seq, at, transaction_id, event, detail, prev_hash, hash
+                     FROM audit_log ORDER BY seq",
+                )
+                .map_err(backend)?;
+            type Row = (i64, i64, Option<String>, String, String, Vec<u8>, Vec<u8>);
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                })
+                .map_err(backend)?
+                .collect::<Result<Vec<Row>, _>>()
+                .map_err(backend)?;
+            rows.into_iter()
+                .map(|(seq, at, t, event, detail, prev, hash)| {
+                    Ok(AuditRecord {
+                        seq: to_u64(seq)?,
+                        at_unix_s: to_u64(at)?,
+                        transaction_id: t.as_deref().map(transaction_id).transpose()?,
+                        event,
+                        detail,
+                        prev_hash: hash32(prev)?,
+                        hash: hash32(hash)?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn verify_audit_chain(&self) -> Result<u64, StoreError> {
+        let rows = self.audit_log().await?;
+        audit::verify_chain(&rows)
+    }
+}
+
+#[cfg(test)]
+mod tests;

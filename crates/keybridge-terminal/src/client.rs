@@ -1,0 +1,158 @@
+//! A typed HTTP client for the KeyBridge API.
+
+use std::time::Duration;
+
+use keybridge_proto::api::{
+    AccountView, Confirmation, CreateAccount, CreateTerminal, CreateTransaction, DeviceEnrolled, DeviceView,
+    EnrollDevice, ErrorBody, TerminalCreated, TransactionView,
+};
+use keybridge_proto::{AccountId, TransactionId};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server answered with an error body.
+    #[error("{code}: {message} (HTTP {status})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("cannot reach the server: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// One server, one credential.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    bearer: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base_url: &str, bearer: &str) -> Result<Client, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Client {
+            base: base_url.trim_end_matches('/').to_owned(),
+            bearer: bearer.to_owned(),
+            http,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let response = request.bearer_auth(&self.bearer).send().await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response.json().await?);
+        }
+        let text = response.text().await.unwrap_or_default();
+        let body: ErrorBody = serde_json::from_str(&text).unwrap_or(ErrorBody {
+            error: "http_error".into(),
+            message: text.chars().take(200).collect(),
+        });
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            code: body.error,
+            message: body.message,
+        })
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    // Terminal.
+
+    pub async fn create_transaction(
+        &self,
+        idempotency_key: &str,
+        body: &CreateTransaction,
+    ) -> Result<TransactionView, ClientError> {
+        let request = self
+            .http
+            .post(format!("{}/v1/transactions", self.base))
+            .header("Idempotency-Key", idempotency_key)
+            .json(body);
+        self.send(request).await
+    }
+
+    /// Long-polls: the server answers as soon as the transaction is final, or
+    /// after `wait_s` with it still pending.
+    pub async fn get_transaction(
+        &self,
+        id: &TransactionId,
+        wait_s: u32,
+    ) -> Result<TransactionView, ClientError> {
+        let request = self
+            .http
+            .get(format!("{}/v1/transactions/{id}?wait={wait_s}", self.base))
+            .timeout(Duration::from_secs(u64::from(wait_s) + 15));
+        self.send(request).await
+    }
+
+    // Relay.
+
+    /// Posts the device's answer for a transaction (bearer: device credential).
+    pub async fn submit_confirmation(
+        &self,
+        id: &TransactionId,
+        confirmation: &Confirmation,
+    ) -> Result<TransactionView, ClientError> {
+        self.post(&format!("/v1/confirmations/{id}"), confirmation)
+            .await
+    }
+
+    // Admin.
+
+    pub async fn create_account(&self, body: &CreateAccount) -> Result<AccountView, ClientError> {
+        self.post("/v1/admin/accounts", body).await
+    }
+
+    pub async fn accounts(&self) -> Result<Vec<AccountView>, ClientError> {
+        self.get("/v1/admin/accounts").await
+    }
+
+    pub async fn account(&self, id: &AccountId) -> Result<AccountView, ClientError> {
+        self.get(&format!("/v1/admin/accounts/{id}")).await
+    }
+
+    pub async fn create_terminal(&self, name: &str) -> Result<TerminalCreated, ClientError> {
+        let body = CreateTerminal { name: name.to_owned() };
+        self.post("/v1/admin/terminals", &body).await
+    }
+
+    pub async fn enroll_device(&self, body: &EnrollDevice) -> Result<DeviceEnrolled, ClientError> {
+        self.post("/v1/admin/devices", body).await
+    }
+
+    pub async fn devices(&self) -> Result<Vec<DeviceView>, ClientError> {
+        self.get("/v1/admin/devices").await
+    }
+
+    pub async fn transactions(&self, limit: u32) -> Result<Vec<TransactionView>, ClientError> {
+        self.get(&format!("/v1/admin/transactions?limit={limit}"))
+            .await
+    }
+}
