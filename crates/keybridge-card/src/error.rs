@@ -29,6 +29,8 @@ pub enum CardError {
     CorruptState { path: PathBuf, reason: String },
     #[error("the initial PIN must be 4 to 8 ASCII digits")]
     BadPin,
+    #[error("PIN retries must be 1 to 15, not {0}")]
+    BadPinRetries(u8),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -38,6 +38,9 @@ pub struct Screen {
 }
 
 impl Screen {
+    /// Characters per rendered line.
+    pub const WIDTH: usize = 48;
+
     pub fn from_payload(payload: &ConfirmationPayload, now_unix_s: u64) -> Screen {
         Screen {
             amount: payload.amount,
@@ -76,9 +79,14 @@ impl Screen {
         ]
     }
 
-    /// The lines as a framed panel, each line prefixed with `[card] `, ending in a newline.
+    /// The lines as a framed panel at most [`Screen::WIDTH`] characters wide
+    /// (longer lines wrap at spaces), each line prefixed with `[card] `.
     pub fn render(&self) -> String {
-        let lines = self.lines();
+        let lines: Vec<String> = self
+            .lines()
+            .iter()
+            .flat_map(|line| wrap(line, Screen::WIDTH))
+            .collect();
         let width = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0);
         let rule = format!("[card] +{}+\n", "-".repeat(width + 2));
         let mut out = rule.clone();
@@ -91,6 +99,31 @@ impl Screen {
     }
 }
 
+/// Splits `line` into pieces of at most `width` characters, at spaces where
+/// possible.
+fn wrap(line: &str, width: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for word in line.split(' ') {
+        let mut word: Vec<char> = word.chars().collect();
+        let current_len = current.chars().count();
+        if current_len > 0 && current_len + 1 + word.len() <= width {
+            current.push(' ');
+            current.extend(word);
+            continue;
+        }
+        if current_len > 0 {
+            out.push(std::mem::take(&mut current));
+        }
+        while word.len() > width {
+            out.push(word.drain(..width).collect());
+        }
+        current = word.into_iter().collect();
+    }
+    out.push(current);
+    out
+}
+
 /// The person holding the card, as the applet sees them.
 pub trait Holder {
     /// Shows the payment on the device's display.
@@ -100,10 +133,7 @@ pub trait Holder {
 }
 
 fn print_screen(screen: &Screen) {
-    let mut err = std::io::stderr().lock();
-    // A display that cannot be written to is not a reason to stop the card.
-    let _ = err.write_all(screen.render().as_bytes());
-    let _ = err.flush();
+    eprint!("{}", screen.render());
 }
 
 /// Approves every payment (tests, demos): prints the screen and says so.
@@ -154,10 +184,7 @@ impl Holder for Prompt {
             Ok(0) | Err(_) => false,
             Ok(_) => matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"),
         };
-        eprintln!(
-            "[card] {}",
-            if approved { "approved" } else { "declined" }
-        );
+        eprintln!("[card] {}", if approved { "approved" } else { "declined" });
         approved
     }
 }
@@ -197,6 +224,20 @@ mod tests {
             ]
         );
         assert_eq!(screen(1_700_000_125).lines()[4], "EXPIRED 5 s ago");
+    }
+
+    #[test]
+    fn long_lines_wrap_at_spaces() {
+        assert_eq!(wrap("ab cd ef", 5), ["ab cd", "ef"]);
+        assert_eq!(wrap("abcdefgh ij", 3), ["abc", "def", "gh", "ij"]);
+        assert_eq!(wrap("", 3), [""]);
+        let mut s = screen(0);
+        s.description = "word ".repeat(40);
+        let text = s.render();
+        assert!(text
+            .lines()
+            .all(|l| l.chars().count() <= "[card] | ".len() + Screen::WIDTH + 2));
+        assert!(text.lines().count() > 8);
     }
 
     #[test]

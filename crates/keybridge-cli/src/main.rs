@@ -1,1 +1,89 @@
-fn main() {}
+//! `keybridge`: one binary, one subcommand per role. This crate is glue: it
+//! parses flags, reads secrets from the environment (never from argv, where
+//! `ps` would show them) and calls the role crates.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod demo;
+mod pay;
+mod roles;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keybridge",
+    version,
+    about = "Out-of-band payment confirmation with an external security device, bridged by a phone"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the confirmation server (HTTP API, relay channels, verification, ledger).
+    Server(roles::ServerArgs),
+    /// Run the virtual security device (a smart card speaking vpcd).
+    Card(roles::CardArgs),
+    /// Run the phone: receive confirmation requests and drive the card.
+    Relay(roles::RelayArgs),
+    /// Pay from a terminal and wait for the outcome (exit 0 only when settled).
+    Pay(pay::PayArgs),
+    /// Manage accounts, terminals and devices.
+    Admin(admin::AdminArgs),
+    /// Start everything on loopback in a temp dir and run one payment end to end.
+    Demo(demo::DemoArgs),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYBRIDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn,hyper=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    // Under `keybridge demo` the parent stamps each line with its own clock.
+    if std::env::var("KEYBRIDGE_LOG_STYLE").as_deref() == Ok("demo") {
+        builder
+            .without_time()
+            .with_level(false)
+            .with_ansi(false)
+            .init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Server(args) => runtime.block_on(roles::server(args)),
+        Command::Card(args) => roles::card(args),
+        Command::Relay(args) => runtime.block_on(roles::relay(args)),
+        Command::Pay(args) => return runtime.block_on(pay::run(args)),
+        Command::Admin(args) => runtime.block_on(admin::run(args)),
+        Command::Demo(args) => return runtime.block_on(demo::run(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -50,7 +50,9 @@ pub fn select(link: &mut CardLink) -> Result<(), DriverError> {
 
 pub fn status(link: &mut CardLink) -> Result<CardStatus, DriverError> {
     let data = get_data(link, applet::OBJ_STATUS)?;
-    CardStatus::decode(&data).ok_or(DriverError::Malformed { step: "GET DATA status" })
+    CardStatus::decode(&data).ok_or(DriverError::Malformed {
+        step: "GET DATA status",
+    })
 }
 
 pub fn get_data(link: &mut CardLink, object: u8) -> Result<Vec<u8>, DriverError> {

@@ -215,7 +215,9 @@ async fn confirm(
     let payload = ConfirmationPayload::decode(&bytes)
         .map_err(|e| RelayError::Protocol(format!("payload refused: {e}")))?;
     if payload.transaction_id != id {
-        return Err(RelayError::Protocol("payload names another transaction".into()));
+        return Err(RelayError::Protocol(
+            "payload names another transaction".into(),
+        ));
     }
     println!("[phone] confirmation request {id}");
     for line in screen::confirmation_panel(&payload, now_unix_s()) {
@@ -245,11 +247,17 @@ async fn confirm(
         Some(pin) => pin.clone(),
         None => Zeroizing::new(read_line("[phone] PIN: ").await),
     };
-    println!("[phone] sending {} payload bytes to the card", to_sign.len());
+    println!(
+        "[phone] sending {} payload bytes to the card",
+        to_sign.len()
+    );
     let outcome = sign_with_retries(ctx, pin, to_sign, payload.expires_at_unix_s).await?;
     let answer = match outcome {
         Some(SignOutcome::Signed { counter, signature }) => {
-            println!("[phone] card signed (counter {counter}, {} byte signature)", signature.len());
+            println!(
+                "[phone] card signed (counter {counter}, {} byte signature)",
+                signature.len()
+            );
             Confirmation::Signed {
                 counter,
                 signature: b64::encode(&signature),
@@ -334,7 +342,13 @@ mod tests {
 
     #[test]
     fn websocket_urls() {
-        assert_eq!(websocket_url("http://127.0.0.1:8080/"), "ws://127.0.0.1:8080/v1/relay");
-        assert_eq!(websocket_url("https://kb.example"), "wss://kb.example/v1/relay");
+        assert_eq!(
+            websocket_url("http://127.0.0.1:8080/"),
+            "ws://127.0.0.1:8080/v1/relay"
+        );
+        assert_eq!(
+            websocket_url("https://kb.example"),
+            "wss://kb.example/v1/relay"
+        );
     }
 }

@@ -10,12 +10,14 @@ use std::path::Path;
 
 use keybridge_proto::AccountId;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair,
-    KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
 use x509_parser::extensions::GeneralName;
-use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_SIG_ECDSA_WITH_SHA256};
+use x509_parser::oid_registry::{
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_SIG_ECDSA_WITH_SHA256,
+};
 
 /// Length of a SEC1 uncompressed P-256 point: `04 ‖ x ‖ y`.
 pub const P256_POINT_LEN: usize = 65;
@@ -85,7 +87,9 @@ pub struct Ca {
 
 impl std::fmt::Debug for Ca {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ca").field("key", &"<redacted>").finish_non_exhaustive()
+        f.debug_struct("Ca")
+            .field("key", &"<redacted>")
+            .finish_non_exhaustive()
     }
 }
 
@@ -100,8 +104,7 @@ impl Ca {
             move |source| CaError::Io { context, source }
         };
         if key_path.exists() || cert_path.exists() {
-            let key_pem =
-                std::fs::read_to_string(&key_path).map_err(io("reading", &key_path))?;
+            let key_pem = std::fs::read_to_string(&key_path).map_err(io("reading", &key_path))?;
             let cert_pem =
                 std::fs::read_to_string(&cert_path).map_err(io("reading", &cert_path))?;
             return Ca::from_pem(&key_pem, &cert_pem);
@@ -156,7 +159,9 @@ impl Ca {
             .map_err(|_| CaError::Invalid("CA certificate does not parse".into()))?;
         let public_key = key.public_key_raw().to_vec();
         if parsed.public_key().subject_public_key.data.as_ref() != public_key.as_slice() {
-            return Err(CaError::Invalid("CA key does not match its certificate".into()));
+            return Err(CaError::Invalid(
+                "CA key does not match its certificate".into(),
+            ));
         }
         Ok(Ca {
             key,
@@ -370,17 +375,18 @@ mod tests {
         let der = ca
             .issue_device_certificate("dev_1", &alice(), &key, "keybridge.test", NOW)
             .unwrap();
-        assert_eq!(ca.verify_device_certificate(&der, &alice(), NOW).unwrap(), key);
+        assert_eq!(
+            ca.verify_device_certificate(&der, &alice(), NOW).unwrap(),
+            key
+        );
 
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
         let subject = cert.subject().to_string();
         assert!(subject.contains("KeyBridge device dev_1"), "{subject}");
         assert!(subject.contains("keybridge.test"), "{subject}");
         assert!(!cert.is_ca());
-        assert_eq!(cert.issuer().as_raw(), {
-            let (_, ca_cert) = x509_parser::parse_x509_certificate(ca.cert_der()).unwrap();
-            ca_cert.subject().as_raw()
-        });
+        let (_, ca_cert) = x509_parser::parse_x509_certificate(ca.cert_der()).unwrap();
+        assert_eq!(cert.issuer().as_raw(), ca_cert.subject().as_raw());
     }
 
     #[test]
@@ -412,7 +418,9 @@ mod tests {
             Err(CertificateError::Malformed)
         );
         // The CA's own certificate is well signed but is not a device certificate.
-        assert!(ca.verify_device_certificate(ca.cert_der(), &alice(), NOW).is_err());
+        assert!(ca
+            .verify_device_certificate(ca.cert_der(), &alice(), NOW)
+            .is_err());
     }
 
     #[test]
@@ -424,7 +432,10 @@ mod tests {
         for i in (0..der.len()).step_by(7) {
             let mut bad = der.clone();
             bad[i] ^= 0x01;
-            assert!(ca.verify_device_certificate(&bad, &alice(), NOW).is_err(), "byte {i}");
+            assert!(
+                ca.verify_device_certificate(&bad, &alice(), NOW).is_err(),
+                "byte {i}"
+            );
         }
     }
 
@@ -437,7 +448,9 @@ mod tests {
             .unwrap();
         let reloaded = Ca::load_or_create(dir.path(), "ignored", NOW).unwrap();
         assert_eq!(reloaded.cert_pem(), ca.cert_pem());
-        assert!(reloaded.verify_device_certificate(&der, &alice(), NOW).is_ok());
+        assert!(reloaded
+            .verify_device_certificate(&der, &alice(), NOW)
+            .is_ok());
         let der2 = reloaded
             .issue_device_certificate("dev_2", &alice(), &device_key(), "o", NOW)
             .unwrap();
@@ -445,7 +458,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(CA_KEY_FILE)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(CA_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

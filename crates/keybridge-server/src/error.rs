@@ -24,6 +24,9 @@ pub enum ApiError {
     /// 404 `not_found`.
     #[error("not found")]
     NotFound,
+    /// 405 `method_not_allowed`: the path exists, the method does not.
+    #[error("method not allowed")]
+    MethodNotAllowed,
     /// 409 `idempotency_conflict`: the key was used with a different body.
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyConflict,
@@ -56,6 +59,7 @@ impl ApiError {
             ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::IdempotencyConflict | ApiError::NotPending | ApiError::AlreadyExists(_) => {
                 StatusCode::CONFLICT
             }
@@ -73,6 +77,7 @@ impl ApiError {
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::IdempotencyConflict => "idempotency_conflict",
             ApiError::NotPending => "not_pending",
             ApiError::AlreadyExists(_) => "already_exists",
@@ -152,6 +157,7 @@ mod tests {
             (ApiError::invalid("x"), 400, "invalid_request"),
             (ApiError::Unauthorized, 401, "unauthorized"),
             (ApiError::NotFound, 404, "not_found"),
+            (ApiError::MethodNotAllowed, 405, "method_not_allowed"),
             (ApiError::IdempotencyConflict, 409, "idempotency_conflict"),
             (ApiError::NotPending, 409, "not_pending"),
             (ApiError::AlreadyExists("a".into()), 409, "already_exists"),
@@ -169,7 +175,8 @@ mod tests {
 
     #[test]
     fn store_errors_do_not_leak() {
-        let e: ApiError = StoreError::Backend("UNIQUE constraint failed: secret_table".into()).into();
+        let e: ApiError =
+            StoreError::Backend("UNIQUE constraint failed: secret_table".into()).into();
         assert_eq!(e, ApiError::Internal);
         assert!(!e.body().message.contains("secret_table"));
     }

@@ -1,1 +1,170 @@
+//! The KeyBridge server: receives payment requests from terminals, pushes
+//! confirmation payloads to the payer's relay, verifies the device's
+//! signature against the payload it stored, and settles in one database
+//! transaction.
+//!
+//! Modules, one job each:
+//! - [`config`] — [`ServerConfig`].
+//! - [`clock`] — injected time ([`SystemClock`], [`ManualClock`]); the core never reads the system clock.
+//! - [`error`] — [`ApiError`] (wire codes and statuses) and [`ServerError`].
+//! - [`store`] — the [`Store`] trait, its records, the audit hash chain, and the SQLite backend.
+//! - [`ca`] — the built-in CA: issues device certificates, validates them.
+//! - [`verify`] — the verification unit, a pure function from submission to verdict.
+//! - [`payment`] — the payment unit's rules, applied by the store inside one transaction.
+//! - [`service`] — the processing unit: create, confirm, expire.
+//! - [`hub`] — in-process fan-out of events to relay sockets and waiting terminals.
+//! - `routes` — the HTTP API ([`app`]), its extractors and handlers.
+//! - `random`, `secret`, `state`, `sweeper` — the CSPRNG, bearer-secret hashing,
+//!   shared state, and the expiry task.
+//!
+//! Not here: TLS (terminate it in front, or in the CLI), PostgreSQL (the
+//! trait is ready for it), webhooks, OCRA and PIV verification, rate limits.
 #![forbid(unsafe_code)]
+
+pub mod ca;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod payment;
+mod random;
+mod routes;
+mod secret;
+pub mod service;
+mod state;
+pub mod store;
+mod sweeper;
+pub mod verify;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::ServerConfig;
+pub use error::{ApiError, ServerError};
+pub use routes::app;
+pub use state::{AppState, Shared};
+pub use store::Store;
+
+/// Account ids with this prefix are the currencies' issuance accounts.
+pub const ISSUANCE_PREFIX: &str = "issuance:";
+
+/// A server listening on [`RunningServer::addr`], with its sweeper running.
+#[derive(Debug)]
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    state: AppState,
+    stop: tokio::sync::watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+    sweeper: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// The shared state (store, clock, CA), for tests and tools in-process.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The store, e.g. to verify the audit chain after a run.
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.state.store)
+    }
+
+    /// Stops accepting, ends long-lived streams, and waits for in-flight requests.
+    pub async fn shutdown(self) {
+        let _ = self.finish().await;
+    }
+
+    /// Runs until ctrl-c (then shuts down gracefully) or until the server fails.
+    pub async fn wait(mut self) -> Result<(), ServerError> {
+        tokio::select! {
+            signal = tokio::signal::ctrl_c() => {
+                if let Err(e) = signal {
+                    tracing::error!(error = %e, "cannot listen for ctrl-c");
+                }
+                tracing::info!("shutting down");
+                self.finish().await
+            }
+            result = &mut self.server => {
+                self.sweeper.abort();
+                flatten(result)
+            }
+        }
+    }
+
+    async fn finish(self) -> Result<(), ServerError> {
+        self.state.hub.begin_shutdown();
+        self.stop.send_replace(true);
+        self.sweeper.abort();
+        let result = flatten(self.server.await);
+        tracing::info!("server stopped");
+        result
+    }
+}
+
+fn flatten(joined: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), ServerError> {
+    match joined {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(source)) => Err(ServerError::Io {
+            context: "serving HTTP".into(),
+            source,
+        }),
+        Err(e) => Err(ServerError::Io {
+            context: "server task".into(),
+            source: std::io::Error::other(e.to_string()),
+        }),
+    }
+}
+
+/// Starts the server with the system clock.
+pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    start_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// Starts the server with an injected clock (tests use [`ManualClock`]).
+pub async fn start_with_clock(
+    config: ServerConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<RunningServer, ServerError> {
+    // Opening SQLite and reading the CA files block: keep them off the runtime.
+    let state = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || AppState::open(&config, clock))
+            .await
+            .map_err(|e| ServerError::Config(format!("startup task failed: {e}")))??
+    };
+    start_with_state(&config, state).await
+}
+
+/// Starts the server on already-assembled state (another store backend, a fixed CA).
+pub async fn start_with_state(
+    config: &ServerConfig,
+    state: AppState,
+) -> Result<RunningServer, ServerError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(ServerError::io(format!("binding {}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(ServerError::io("reading the bound address"))?;
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let router = app(state.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    let sweeper = tokio::spawn(sweeper::run(state.clone()));
+    tracing::info!(%addr, origin = %config.origin, "KeyBridge server listening");
+    Ok(RunningServer {
+        addr,
+        state,
+        stop,
+        server,
+        sweeper,
+    })
+}

@@ -45,7 +45,10 @@ impl PaymentDecision {
     }
 
     pub fn consumes_counter(&self) -> bool {
-        matches!(self, PaymentDecision::InsufficientFunds | PaymentDecision::Settle)
+        matches!(
+            self,
+            PaymentDecision::InsufficientFunds | PaymentDecision::Settle
+        )
     }
 }
 
@@ -97,23 +100,43 @@ mod tests {
     #[test]
     fn rules_apply_in_order() {
         // Not pending beats everything: a second confirmation writes nothing.
-        let f = PaymentFacts { status: TransactionStatus::Settled, device_usable: false, counter: 0, ..facts() };
+        let f = PaymentFacts {
+            status: TransactionStatus::Settled,
+            device_usable: false,
+            counter: 0,
+            ..facts()
+        };
         assert_eq!(decide(f), PaymentDecision::NotPending);
         // A disabled device beats a replayed counter.
-        let f = PaymentFacts { device_usable: false, counter: 1, ..facts() };
+        let f = PaymentFacts {
+            device_usable: false,
+            counter: 1,
+            ..facts()
+        };
         assert_eq!(decide(f), PaymentDecision::Reject(Reason::UnknownDevice));
         // A replayed counter beats insufficient funds and is not consumed.
-        let f = PaymentFacts { counter: 4, payer_balance_minor: 0, ..facts() };
+        let f = PaymentFacts {
+            counter: 4,
+            payer_balance_minor: 0,
+            ..facts()
+        };
         assert_eq!(decide(f), PaymentDecision::Reject(Reason::CounterReplay));
         assert!(!decide(f).consumes_counter());
-        let f = PaymentFacts { payer_balance_minor: 999, ..facts() };
+        let f = PaymentFacts {
+            payer_balance_minor: 999,
+            ..facts()
+        };
         assert_eq!(decide(f), PaymentDecision::InsufficientFunds);
         assert!(PaymentDecision::InsufficientFunds.consumes_counter());
     }
 
     #[test]
     fn amounts_beyond_i64_never_settle() {
-        let f = PaymentFacts { amount_minor: u64::MAX, payer_balance_minor: i64::MAX, ..facts() };
+        let f = PaymentFacts {
+            amount_minor: u64::MAX,
+            payer_balance_minor: i64::MAX,
+            ..facts()
+        };
         assert_eq!(decide(f), PaymentDecision::InsufficientFunds);
     }
 }

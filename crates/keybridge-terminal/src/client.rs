@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use keybridge_proto::api::{
-    AccountView, Confirmation, CreateAccount, CreateTerminal, CreateTransaction, DeviceEnrolled, DeviceView,
-    EnrollDevice, ErrorBody, TerminalCreated, TransactionView,
+    AccountView, Confirmation, CreateAccount, CreateTerminal, CreateTransaction, DeviceEnrolled,
+    DeviceView, EnrollDevice, ErrorBody, TerminalCreated, TransactionView,
 };
 use keybridge_proto::{AccountId, TransactionId};
 use serde::de::DeserializeOwned;
@@ -139,7 +139,9 @@ impl Client {
     }
 
     pub async fn create_terminal(&self, name: &str) -> Result<TerminalCreated, ClientError> {
-        let body = CreateTerminal { name: name.to_owned() };
+        let body = CreateTerminal {
+            name: name.to_owned(),
+        };
         self.post("/v1/admin/terminals", &body).await
     }
 

@@ -40,7 +40,14 @@ pub fn verify_chain(rows: &[AuditRecord]) -> Result<u64, StoreError> {
             }
         }
         let tx = row.transaction_id.map(|t| t.to_hex());
-        let hash = row_hash(&prev, row.seq, row.at_unix_s, tx.as_deref(), &row.event, &row.detail);
+        let hash = row_hash(
+            &prev,
+            row.seq,
+            row.at_unix_s,
+            tx.as_deref(),
+            &row.event,
+            &row.detail,
+        );
         if row.prev_hash != prev || row.hash != hash {
             return Err(StoreError::AuditChainBroken { seq: row.seq });
         }
@@ -84,11 +91,17 @@ mod tests {
     fn an_edited_deleted_or_reordered_row_breaks_the_chain() {
         let mut c = chain(5);
         c[2].detail = "forged".into();
-        assert_eq!(verify_chain(&c), Err(StoreError::AuditChainBroken { seq: 3 }));
+        assert_eq!(
+            verify_chain(&c),
+            Err(StoreError::AuditChainBroken { seq: 3 })
+        );
 
         let mut c = chain(5);
         c.remove(1);
-        assert_eq!(verify_chain(&c), Err(StoreError::AuditChainBroken { seq: 3 }));
+        assert_eq!(
+            verify_chain(&c),
+            Err(StoreError::AuditChainBroken { seq: 3 })
+        );
 
         let mut c = chain(5);
         c.swap(3, 4);

@@ -21,8 +21,16 @@ use crate::payment::{self, PaymentDecision, PaymentFacts};
 
 /// Numbered migrations, applied in order and recorded in `schema_migrations`.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "0001_init", include_str!("../../migrations/0001_init.sql")),
-    (2, "0002_append_only", include_str!("../../migrations/0002_append_only.sql")),
+    (
+        1,
+        "0001_init",
+        include_str!("../../migrations/0001_init.sql"),
+    ),
+    (
+        2,
+        "0002_append_only",
+        include_str!("../../migrations/0002_append_only.sql"),
+    ),
 ];
 
 const BUSY_TIMEOUT_MS: u64 = 5_000;
@@ -55,9 +63,12 @@ impl SqliteStore {
     fn init(mut conn: Connection, now_unix_s: u64) -> Result<SqliteStore, StoreError> {
         // WAL lets readers proceed during a write; FULL syncs the WAL on every
         // commit, because a settled payment must survive a power cut.
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(backend)?;
         conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
             .map_err(backend)?;
         migrate(&mut conn, now_unix_s)?;
@@ -181,7 +192,17 @@ fn hash32(v: Vec<u8>) -> Result<[u8; 32], StoreError> {
 /// The column values of one `transactions` row, before domain decoding.
 type TxRow = (
     (String, String, String, Vec<u8>, String, String, String, i64),
-    (String, String, String, Vec<u8>, String, Option<String>, i64, i64, i64),
+    (
+        String,
+        String,
+        String,
+        Vec<u8>,
+        String,
+        Option<String>,
+        i64,
+        i64,
+        i64,
+    ),
 );
 
 fn read_tx_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TxRow> {
@@ -255,7 +276,9 @@ fn query_txs(
 }
 
 fn get_tx(conn: &Connection, id: &TransactionId) -> Result<Option<TransactionRecord>, StoreError> {
-    Ok(query_txs(conn, "WHERE id = ?1", [id.to_hex()])?.into_iter().next())
+    Ok(query_txs(conn, "WHERE id = ?1", [id.to_hex()])?
+        .into_iter()
+        .next())
 }
 
 type DeviceRow = (String, String, String, Vec<u8>, Vec<u8>, String, i64, i64);
@@ -325,7 +348,14 @@ fn query_accounts(
     let mut stmt = conn.prepare(&sql).map_err(backend)?;
     let rows = stmt
         .query_map(params, |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
         })
         .map_err(backend)?
         .collect::<Result<Vec<AccountRow>, _>>()
@@ -334,7 +364,9 @@ fn query_accounts(
 }
 
 fn get_account(conn: &Connection, id: &AccountId) -> Result<Option<AccountRecord>, StoreError> {
-    Ok(query_accounts(conn, "WHERE id = ?1", [id.as_str()])?.into_iter().next())
+    Ok(query_accounts(conn, "WHERE id = ?1", [id.as_str()])?
+        .into_iter()
+        .next())
 }
 
 /// Appends one audit row, chained to the last one, inside the caller's transaction.
@@ -359,7 +391,14 @@ fn append_audit(
     };
     let tx_hex = transaction_id.map(TransactionId::to_hex);
     let detail = detail.to_string();
-    let hash = audit::row_hash(&prev_hash, seq, at_unix_s, tx_hex.as_deref(), event, &detail);
+    let hash = audit::row_hash(
+        &prev_hash,
+        seq,
+        at_unix_s,
+        tx_hex.as_deref(),
+        event,
+        &detail,
+    );
     tx.execute(
         "INSERT INTO audit_log (seq, at, transaction_id, event, detail, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -386,7 +425,9 @@ fn add_to_balance(tx: &Transaction<'_>, id: &AccountId, delta: i64) -> Result<i6
             |r| r.get(0),
         )
         .map_err(backend)?;
-    let new = balance.checked_add(delta).ok_or(StoreError::BalanceOverflow)?;
+    let new = balance
+        .checked_add(delta)
+        .ok_or(StoreError::BalanceOverflow)?;
     tx.execute(
         "UPDATE accounts SET balance_minor = ?1 WHERE id = ?2",
         params![new, id.as_str()],
@@ -395,17 +436,26 @@ fn add_to_balance(tx: &Transaction<'_>, id: &AccountId, delta: i64) -> Result<i6
     Ok(new)
 }
 
-/// Writes one double-entry transfer and moves both balances by the same amount.
-fn transfer(
-    tx: &Transaction<'_>,
+/// One transfer to write.
+struct Transfer<'a> {
     kind: TransferKind,
-    transaction_id: Option<&TransactionId>,
-    debit: &AccountId,
-    credit: &AccountId,
+    transaction_id: Option<&'a TransactionId>,
+    debit: &'a AccountId,
+    credit: &'a AccountId,
     amount_minor: u64,
     currency: Currency,
-    now_unix_s: u64,
-) -> Result<(), StoreError> {
+}
+
+/// Writes one double-entry transfer and moves both balances by the same amount.
+fn transfer(tx: &Transaction<'_>, t: Transfer<'_>, now_unix_s: u64) -> Result<(), StoreError> {
+    let Transfer {
+        kind,
+        transaction_id,
+        debit,
+        credit,
+        amount_minor,
+        currency,
+    } = t;
     let amount = i64::try_from(amount_minor).map_err(|_| StoreError::BalanceOverflow)?;
     tx.execute(
         "INSERT INTO transfers
@@ -518,16 +568,15 @@ impl Store for SqliteStore {
                 }
             })?;
             if account.opening_balance_minor > 0 {
-                transfer(
-                    tx,
-                    TransferKind::Opening,
-                    None,
-                    &issuance,
-                    &account.id,
-                    account.opening_balance_minor,
-                    account.currency,
-                    now_unix_s,
-                )?;
+                let opening = Transfer {
+                    kind: TransferKind::Opening,
+                    transaction_id: None,
+                    debit: &issuance,
+                    credit: &account.id,
+                    amount_minor: account.opening_balance_minor,
+                    currency: account.currency,
+                };
+                transfer(tx, opening, now_unix_s)?;
             }
             append_audit(
                 tx,
@@ -551,7 +600,8 @@ impl Store for SqliteStore {
     }
 
     async fn list_accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
-        self.run(|conn| query_accounts(conn, "ORDER BY id", [])).await
+        self.run(|conn| query_accounts(conn, "ORDER BY id", []))
+            .await
     }
 
     async fn create_terminal(&self, terminal: NewTerminal) -> Result<TerminalRecord, StoreError> {
@@ -656,11 +706,13 @@ impl Store for SqliteStore {
         credential_hash: [u8; 32],
     ) -> Result<Option<DeviceRecord>, StoreError> {
         self.run(move |conn| {
-            Ok(
-                query_devices(conn, "WHERE credential_hash = ?1", [credential_hash.as_slice()])?
-                    .into_iter()
-                    .next(),
-            )
+            Ok(query_devices(
+                conn,
+                "WHERE credential_hash = ?1",
+                [credential_hash.as_slice()],
+            )?
+            .into_iter()
+            .next())
         })
         .await
     }
@@ -693,7 +745,9 @@ impl Store for SqliteStore {
                     &serde_json::json!({"device": device_id}),
                 )?;
             }
-            Ok(query_devices(tx, "WHERE id = ?1", [&device_id])?.into_iter().next())
+            Ok(query_devices(tx, "WHERE id = ?1", [&device_id])?
+                .into_iter()
+                .next())
         })
         .await
     }
@@ -731,10 +785,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn insert_transaction(
-        &self,
-        t: TransactionRecord,
-    ) -> Result<InsertOutcome, StoreError> {
+    async fn insert_transaction(&self, t: TransactionRecord) -> Result<InsertOutcome, StoreError> {
         self.run(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -899,16 +950,15 @@ impl Store for SqliteStore {
             }
             if decision == PaymentDecision::Settle {
                 let balance_before = payer.balance_minor;
-                transfer(
-                    tx,
-                    TransferKind::Payment,
-                    Some(&current.id),
-                    &current.payer,
-                    &current.payee,
-                    current.amount_minor,
-                    current.currency,
-                    c.now_unix_s,
-                )?;
+                let payment = Transfer {
+                    kind: TransferKind::Payment,
+                    transaction_id: Some(&current.id),
+                    debit: &current.payer,
+                    credit: &current.payee,
+                    amount_minor: current.amount_minor,
+                    currency: current.currency,
+                };
+                transfer(tx, payment, c.now_unix_s)?;
                 // Paired assertion around the write: exactly the amount left the payer.
                 let after = get_account(tx, &current.payer)?.ok_or_else(|| corrupt("payer"))?;
                 let amount = i64::try_from(current.amount_minor).map_err(|_| corrupt("amount"))?;
@@ -924,7 +974,9 @@ impl Store for SqliteStore {
                 "reason": reason.map(|r| r.as_str()),
             });
             if !end_pending(tx, &current.id, status, reason, c.now_unix_s, detail)? {
-                return Err(corrupt("pending transaction changed inside the transaction"));
+                return Err(corrupt(
+                    "pending transaction changed inside the transaction",
+                ));
             }
             let updated =
                 get_tx(tx, &current.id)?.ok_or_else(|| corrupt("transaction vanished"))?;
@@ -942,7 +994,8 @@ impl Store for SqliteStore {
             )?;
             let mut expired = Vec::with_capacity(due.len());
             for t in due {
-                let detail = serde_json::json!({"reason": Reason::Expired.as_str(), "by": "sweeper"});
+                let detail =
+                    serde_json::json!({"reason": Reason::Expired.as_str(), "by": "sweeper"});
                 if end_pending(
                     tx,
                     &t.id,
@@ -972,7 +1025,16 @@ impl Store for SqliteStore {
                      FROM transfers WHERE transaction_id = ?1 ORDER BY id",
                 )
                 .map_err(backend)?;
-            type Row = (i64, Option<String>, String, String, String, i64, String, i64);
+            type Row = (
+                i64,
+                Option<String>,
+                String,
+                String,
+                String,
+                i64,
+                String,
+                i64,
+            );
             let rows = stmt
                 .query_map([id.to_hex()], |r| {
                     Ok((

@@ -1,0 +1,215 @@
+//! The process shell: the only part of the card that touches sockets or the clock.
+//!
+//! [`run`] loads (or creates) the state file, builds a [`Card`] with the
+//! transaction applet, connects to a vpcd reader as a card does, and answers:
+//! get-ATR at any time with [`ATR`], power on/off and reset by resetting the
+//! card (nothing selected, PIN forgotten, no chain), APDUs through the card.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use keybridge_transport::vpcd::{Control, ReaderMessage, VpcdCard};
+
+use crate::applet::Context;
+use crate::atr::ATR;
+use crate::dispatch::Card;
+use crate::error::CardError;
+use crate::holder::{AutoApprove, AutoDecline, Holder, Prompt};
+use crate::state::{init_state, CardState, FileStore};
+use crate::transaction::TransactionApplet;
+
+/// How long to wait between attempts to reach a reader that is not there.
+pub const RECONNECT_INTERVAL_MS: u64 = 250;
+
+/// Who answers "approve this payment?".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Ask on the terminal (stdin); end of input declines.
+    #[default]
+    Prompt,
+    /// Approve everything (tests, demos).
+    Approve,
+    /// Decline everything.
+    Decline,
+}
+
+impl Policy {
+    pub fn holder(self) -> Box<dyn Holder> {
+        match self {
+            Policy::Prompt => Box::new(Prompt),
+            Policy::Approve => Box::new(AutoApprove),
+            Policy::Decline => Box::new(AutoDecline),
+        }
+    }
+}
+
+impl FromStr for Policy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Policy, String> {
+        match s {
+            "prompt" => Ok(Policy::Prompt),
+            "approve" => Ok(Policy::Approve),
+            "decline" => Ok(Policy::Decline),
+            other => Err(format!(
+                "unknown policy {other:?} (expected prompt, approve or decline)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Policy::Prompt => "prompt",
+            Policy::Approve => "approve",
+            Policy::Decline => "decline",
+        })
+    }
+}
+
+/// How to run the card process.
+#[derive(Clone)]
+pub struct CardOptions {
+    /// The card's state file (key, certificate, PIN verifier, counters).
+    pub state_path: PathBuf,
+    /// The reader to connect to, `host:port` (vpcd in pcscd listens on 35963).
+    pub vpcd_addr: String,
+    pub policy: Policy,
+    /// Create the state file with this PIN if it does not exist yet.
+    pub init_pin: Option<String>,
+    /// Keep reconnecting when the reader goes away or is not there yet.
+    /// When `false`, [`run`] returns once the reader closes the link.
+    pub reconnect: bool,
+}
+
+impl CardOptions {
+    /// Options with the defaults: prompt the holder, no initial PIN, reconnect.
+    pub fn new(state_path: impl Into<PathBuf>, vpcd_addr: impl Into<String>) -> CardOptions {
+        CardOptions {
+            state_path: state_path.into(),
+            vpcd_addr: vpcd_addr.into(),
+            policy: Policy::default(),
+            init_pin: None,
+            reconnect: true,
+        }
+    }
+}
+
+impl fmt::Debug for CardOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CardOptions")
+            .field("state_path", &self.state_path)
+            .field("vpcd_addr", &self.vpcd_addr)
+            .field("policy", &self.policy)
+            .field("init_pin", &self.init_pin.as_ref().map(|_| "<redacted>"))
+            .field("reconnect", &self.reconnect)
+            .finish()
+    }
+}
+
+/// Runs the card: returns only on an error, or when the reader closes the link
+/// and `reconnect` is off.
+pub fn run(options: CardOptions) -> Result<(), CardError> {
+    let state = match (options.state_path.exists(), options.init_pin.as_deref()) {
+        (false, Some(pin)) => {
+            init_state(&options.state_path, pin)?;
+            tracing::info!(path = %options.state_path.display(), "created card state");
+            CardState::load(&options.state_path)?
+        }
+        _ => CardState::load(&options.state_path)?,
+    };
+    tracing::debug!(state = ?state, "card state loaded");
+    let applet = TransactionApplet::new(state, Box::new(FileStore::new(&options.state_path)));
+    let mut card = Card::new().with_applet(Box::new(applet));
+    let mut holder = options.policy.holder();
+    let mut rng = rand::rngs::OsRng;
+
+    loop {
+        let mut link = connect(&options)?;
+        eprintln!("[card] connected to reader {}", options.vpcd_addr);
+        tracing::debug!(reader = %options.vpcd_addr, "connected to reader");
+        let ended = serve(&mut link, &mut card, holder.as_mut(), &mut rng);
+        card.reset();
+        match &ended {
+            Ok(()) => tracing::debug!("reader closed the link"),
+            Err(e) => tracing::warn!(error = %e, "reader link failed"),
+        }
+        if !options.reconnect {
+            return ended.map_err(CardError::io("talking to the reader"));
+        }
+        eprintln!("[card] reader went away; reconnecting");
+    }
+}
+
+/// Connects to the reader; with `reconnect`, retries forever, saying so once per outage.
+fn connect(options: &CardOptions) -> Result<VpcdCard, CardError> {
+    let mut waiting = false;
+    loop {
+        match VpcdCard::connect(options.vpcd_addr.as_str()) {
+            Ok(link) => return Ok(link),
+            Err(source) if !options.reconnect => {
+                return Err(CardError::Connect {
+                    addr: options.vpcd_addr.clone(),
+                    source,
+                })
+            }
+            Err(e) => {
+                if !waiting {
+                    eprintln!(
+                        "[card] waiting for reader {} ({e}); retrying every {RECONNECT_INTERVAL_MS} ms",
+                        options.vpcd_addr
+                    );
+                    tracing::debug!(reader = %options.vpcd_addr, error = %e, "reader not reachable");
+                    waiting = true;
+                }
+                std::thread::sleep(Duration::from_millis(RECONNECT_INTERVAL_MS));
+            }
+        }
+    }
+}
+
+/// Answers the reader until it closes the link.
+fn serve(
+    link: &mut VpcdCard,
+    card: &mut Card,
+    holder: &mut dyn Holder,
+    rng: &mut rand::rngs::OsRng,
+) -> std::io::Result<()> {
+    while let Some(message) = link.next_message()? {
+        match message {
+            ReaderMessage::Control(Control::GetAtr) => link.reply(&ATR)?,
+            ReaderMessage::Control(control) => {
+                tracing::debug!(?control, "power/reset: card session cleared");
+                card.reset();
+            }
+            ReaderMessage::UnknownControl(byte) => {
+                tracing::debug!(byte, "ignoring unknown vpcd control byte");
+            }
+            ReaderMessage::Apdu(bytes) => {
+                let mut context = Context {
+                    holder,
+                    rng,
+                    now_unix_s: now_unix_s(),
+                };
+                let response = card.process(&bytes, &mut context);
+                tracing::debug!(
+                    header = %hex::encode_upper(bytes.get(..4).unwrap_or(&bytes)),
+                    sw = %hex::encode_upper(response.get(response.len().saturating_sub(2)..).unwrap_or(&[])),
+                    "apdu"
+                );
+                link.reply(&response)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn now_unix_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,269 @@
+//! The KeyBridge transaction applet: [`keybridge_proto::applet`]'s table, answered.
+//!
+//! | command            | refused with                                                     |
+//! |--------------------|------------------------------------------------------------------|
+//! | VERIFY             | `6A86` P1-P2 ≠ `0080`; `6983` blocked; `6A80` not 4–8 digits; `63Cx` wrong PIN (`6983` when that was the last try); `6581` state not saved |
+//! | VERIFY (no data)   | `9000` verified; `63Cx` not verified; `6983` blocked            |
+//! | GENERATE KEY       | `6A86` P1-P2 ≠ `0000`; `6700` data present; `6983`; `6982` PIN not verified; `6581` |
+//! | GET DATA           | `6A86` P1 ≠ `00`; `6700` data present; `6A88` no such object (or no key/certificate yet) |
+//! | PUT DATA           | `6A86` P1-P2 ≠ `0002`; `6983`; `6982`; `6700` empty or over [`CERTIFICATE_LEN_MAX`]; `6A88` no key; `6A80` not a certificate for the card's key; `6581` |
+//! | SIGN TRANSACTION   | `6A86` P1-P2 ≠ `9E9A`; `6983`; `6982`; `6A88` no key; `6A80` payload does not decode; `6985` counter exhausted or holder declined; `6581` |
+//! | anything else      | `6D00`                                                           |
+//!
+//! Rules the table cannot show:
+//! - A wrong-PIN attempt is counted and saved *before* the PIN is compared, so
+//!   cutting the power mid-command cannot buy a free guess; a right PIN then
+//!   restores the retries (a second save).
+//! - A verified PIN is consumed by the next SIGN TRANSACTION whatever its
+//!   outcome, and forgotten on deselect, reset and power off.
+//! - The counter is incremented and saved before the signature is made; if the
+//!   save fails the answer is `6581` and no signature leaves the card. A
+//!   counter value is never used twice.
+//! - GENERATE KEY drops the stored certificate: it certifies the old key.
+//! - An expired payload is still shown (marked EXPIRED) and may be signed: the
+//!   card's time comes from its host and is not trusted; the server decides.
+
+use keybridge_proto::applet::{
+    self, pin_is_well_formed, INS_GENERATE_KEY, INS_GET_DATA, INS_PUT_DATA, INS_SIGN, INS_VERIFY,
+    OBJ_CERTIFICATE, OBJ_PUBLIC_KEY, OBJ_STATUS, P1_SIGN, P2_PIN, P2_SIGN,
+};
+use keybridge_proto::{signed_message, ConfirmationPayload};
+use keybridge_transport::{Command, Response, StatusWord};
+use p256::ecdsa::signature::Signer;
+use p256::ecdsa::{Signature, SigningKey};
+use p256::PublicKey;
+
+use crate::applet::{Applet, Context};
+use crate::holder::Screen;
+use crate::state::{CardState, StateStore};
+
+pub use crate::state::CERTIFICATE_LEN_MAX;
+
+/// The byte SELECT answers: the applet interface version.
+pub const APPLET_VERSION: u8 = 0x01;
+
+type Outcome = Result<Vec<u8>, StatusWord>;
+
+/// The transaction applet: state, where to save it, and the session.
+pub struct TransactionApplet {
+    state: CardState,
+    store: Box<dyn StateStore>,
+    /// Session only: set by a right PIN, cleared by SIGN, deselect and reset.
+    pin_verified: bool,
+}
+
+impl std::fmt::Debug for TransactionApplet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransactionApplet")
+            .field("state", &self.state)
+            .field("pin_verified", &self.pin_verified)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TransactionApplet {
+    pub fn new(state: CardState, store: Box<dyn StateStore>) -> TransactionApplet {
+        TransactionApplet {
+            state,
+            store,
+            pin_verified: false,
+        }
+    }
+
+    pub fn state(&self) -> &CardState {
+        &self.state
+    }
+
+    fn persist(&mut self) -> Result<(), StatusWord> {
+        self.store.save(&self.state).map_err(|e| {
+            tracing::error!(error = %e, "card state not saved; answering 6581");
+            StatusWord::MemoryFailure
+        })
+    }
+
+    fn blocked(&self) -> bool {
+        self.state.pin_retries_left == 0
+    }
+
+    /// The checks every PIN-protected command starts with.
+    fn require_pin(&self) -> Result<(), StatusWord> {
+        if self.blocked() {
+            return Err(StatusWord::AuthenticationBlocked);
+        }
+        if !self.pin_verified {
+            return Err(StatusWord::SecurityNotSatisfied);
+        }
+        Ok(())
+    }
+
+    fn verify(&mut self, command: &Command) -> Outcome {
+        if (command.p1, command.p2) != (0, P2_PIN) {
+            return Err(StatusWord::IncorrectP1P2);
+        }
+        if self.blocked() {
+            self.pin_verified = false;
+            return Err(StatusWord::AuthenticationBlocked);
+        }
+        let pin = command.data.as_slice();
+        if pin.is_empty() {
+            return match self.pin_verified {
+                true => Ok(Vec::new()),
+                false => Err(StatusWord::VerifyFailed(self.state.pin_retries_left)),
+            };
+        }
+        if !pin_is_well_formed(pin) {
+            return Err(StatusWord::IncorrectData);
+        }
+        self.pin_verified = false;
+        // Count the attempt first (not blocked, so at least one try is left).
+        self.state.pin_retries_left = self.state.pin_retries_left.saturating_sub(1);
+        self.persist()?;
+        if self.state.pin.matches(pin) {
+            self.state.pin_retries_left = self.state.pin_retries_max;
+            self.persist()?;
+            self.pin_verified = true;
+            return Ok(Vec::new());
+        }
+        match self.state.pin_retries_left {
+            0 => Err(StatusWord::AuthenticationBlocked),
+            left => Err(StatusWord::VerifyFailed(left)),
+        }
+    }
+
+    fn generate_key(&mut self, command: &Command, context: &mut Context<'_>) -> Outcome {
+        if (command.p1, command.p2) != (0, 0) {
+            return Err(StatusWord::IncorrectP1P2);
+        }
+        if !command.data.is_empty() {
+            return Err(StatusWord::WrongLength);
+        }
+        self.require_pin()?;
+        let key = SigningKey::random(&mut context.rng);
+        let old_key = self.state.private_key.replace(key);
+        let old_certificate = self.state.certificate.take();
+        if let Err(sw) = self.persist() {
+            // Nothing about the new key left the card: keep the saved one.
+            self.state.private_key = old_key;
+            self.state.certificate = old_certificate;
+            return Err(sw);
+        }
+        self.state
+            .public_key_sec1()
+            .ok_or(StatusWord::NoPreciseDiagnosis)
+    }
+
+    fn get_data(&self, command: &Command) -> Outcome {
+        if command.p1 != 0 {
+            return Err(StatusWord::IncorrectP1P2);
+        }
+        if !command.data.is_empty() {
+            return Err(StatusWord::WrongLength);
+        }
+        let found = match command.p2 {
+            OBJ_PUBLIC_KEY => self.state.public_key_sec1(),
+            OBJ_CERTIFICATE => self.state.certificate.clone(),
+            OBJ_STATUS => Some(self.state.status().encode().to_vec()),
+            _ => None,
+        };
+        found.ok_or(StatusWord::ReferencedDataNotFound)
+    }
+
+    fn put_data(&mut self, command: &Command) -> Outcome {
+        if (command.p1, command.p2) != (0, OBJ_CERTIFICATE) {
+            return Err(StatusWord::IncorrectP1P2);
+        }
+        self.require_pin()?;
+        let certificate = &command.data;
+        if certificate.is_empty() || certificate.len() > CERTIFICATE_LEN_MAX {
+            return Err(StatusWord::WrongLength);
+        }
+        let key = self
+            .state
+            .private_key
+            .as_ref()
+            .ok_or(StatusWord::ReferencedDataNotFound)?;
+        let certified = crate::der::certificate_public_key(certificate)
+            .and_then(|sec1| PublicKey::from_sec1_bytes(sec1).ok())
+            .ok_or(StatusWord::IncorrectData)?;
+        if certified != PublicKey::from(key.verifying_key()) {
+            return Err(StatusWord::IncorrectData);
+        }
+        let old = self.state.certificate.replace(certificate.clone());
+        if let Err(sw) = self.persist() {
+            self.state.certificate = old;
+            return Err(sw);
+        }
+        Ok(Vec::new())
+    }
+
+    fn sign(&mut self, command: &Command, context: &mut Context<'_>) -> Outcome {
+        if (command.p1, command.p2) != (P1_SIGN, P2_SIGN) {
+            return Err(StatusWord::IncorrectP1P2);
+        }
+        self.require_pin()?;
+        // One verified PIN, one SIGN, whatever happens next.
+        self.pin_verified = false;
+        let key = self
+            .state
+            .private_key
+            .clone()
+            .ok_or(StatusWord::ReferencedDataNotFound)?;
+        let payload =
+            ConfirmationPayload::decode(&command.data).map_err(|_| StatusWord::IncorrectData)?;
+        let counter = self
+            .state
+            .counter
+            .checked_add(1)
+            .ok_or(StatusWord::ConditionsNotSatisfied)?;
+        let screen = Screen::from_payload(&payload, context.now_unix_s);
+        context.holder.show(&screen);
+        if !context.holder.confirm(&screen) {
+            tracing::info!("holder declined the payment");
+            return Err(StatusWord::ConditionsNotSatisfied);
+        }
+        // The counter is spent before the signature exists: never used twice.
+        self.state.counter = counter;
+        self.persist()?;
+        let signature: Signature = key.sign(&signed_message(&command.data, counter));
+        let der = signature.to_der();
+        let mut out = Vec::with_capacity(4 + der.as_bytes().len());
+        out.extend_from_slice(&counter.to_be_bytes());
+        out.extend_from_slice(der.as_bytes());
+        tracing::info!(counter, "signed a payment");
+        Ok(out)
+    }
+}
+
+impl Applet for TransactionApplet {
+    fn aid(&self) -> &[u8] {
+        &applet::AID
+    }
+
+    fn select(&mut self) -> Response {
+        self.pin_verified = false;
+        Response::ok(vec![APPLET_VERSION])
+    }
+
+    fn deselect(&mut self) {
+        self.pin_verified = false;
+    }
+
+    fn call(&mut self, command: &Command, context: &mut Context<'_>) -> Response {
+        let outcome = match command.ins {
+            INS_VERIFY => self.verify(command),
+            INS_GENERATE_KEY => self.generate_key(command, context),
+            INS_GET_DATA => self.get_data(command),
+            INS_PUT_DATA => self.put_data(command),
+            INS_SIGN => self.sign(command, context),
+            _ => Err(StatusWord::InsNotSupported),
+        };
+        match outcome {
+            Ok(data) => Response::ok(data),
+            Err(sw) => Response::status(sw),
+        }
+    }
+
+    fn is_repeatable(&self, command: &Command) -> bool {
+        command.ins == INS_GET_DATA
+    }
+}

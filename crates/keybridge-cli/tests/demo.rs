@@ -1,0 +1,84 @@
+//! Every demo scenario, run as a user runs it: the real `keybridge` binary,
+//! which starts server, card, relay and terminal as separate processes on
+//! loopback sockets. Each test proves its scenario's outcome and that money
+//! moved only when the payment settled (the demo checks balances before and
+//! after and exits non-zero otherwise).
+
+use std::process::Command;
+
+fn demo(scenario: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_keybridge"))
+        .args(["demo", "--scenario", scenario])
+        .env_remove("KEYBRIDGE_LOG")
+        .output()
+        .expect("run keybridge demo");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "demo {scenario} exited {}:\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn assert_outcome(stdout: &str, outcome: &str) {
+    let want = format!("outcome {outcome} as expected");
+    assert!(stdout.contains(&want), "expected {want:?} in:\n{stdout}");
+}
+
+#[test]
+fn happy_path_settles_and_moves_exactly_the_amount() {
+    let out = demo("happy");
+    assert_outcome(&out, "settled");
+    assert!(out.contains("payer moved -1234, payee moved 1234"), "{out}");
+    // The flow passed through every role.
+    for step in [
+        "Confirm payment",
+        "card signed (counter 1",
+        "settled: CNY 12.34 paid to Corner Bookshop",
+    ] {
+        assert!(out.contains(step), "missing {step:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn decline_on_the_card_moves_no_money() {
+    let out = demo("decline");
+    assert_outcome(&out, "rejected (declined)");
+    assert!(out.contains("payer moved 0, payee moved 0"), "{out}");
+}
+
+#[test]
+fn wrong_pin_moves_no_money() {
+    let out = demo("wrong-pin");
+    assert_outcome(&out, "rejected (wrong_pin)");
+}
+
+#[test]
+fn tampered_amount_fails_verification() {
+    let out = demo("tamper");
+    assert_outcome(&out, "rejected (bad_signature)");
+    // The card really signed something: the attack got past the phone and the
+    // card, and only the server's check against its stored payload stopped it.
+    assert!(out.contains("card signed"), "{out}");
+}
+
+#[test]
+fn tampered_payee_fails_verification() {
+    let out = demo("tamper-payee");
+    assert_outcome(&out, "rejected (bad_signature)");
+}
+
+#[test]
+fn offline_phone_expires() {
+    let out = demo("expired");
+    assert_outcome(&out, "expired (expired)");
+}
+
+#[test]
+fn insufficient_funds_fails() {
+    let out = demo("insufficient-funds");
+    assert_outcome(&out, "failed (insufficient_funds)");
+    assert!(out.contains("payer moved 0, payee moved 0"), "{out}");
+}

@@ -1,0 +1,176 @@
+//! Extractors. Each one rejects with an [`ApiError`], so axum's plain-text
+//! rejections never reach a client.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use keybridge_proto::TransactionId;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::secret::{constant_time_eq, sha256};
+use crate::state::AppState;
+use crate::store::{DeviceRecord, DeviceStatus, TerminalRecord};
+
+/// Bearer secrets are 68 characters; anything far longer is not one of ours.
+const BEARER_LEN_MAX: usize = 512;
+/// `Idempotency-Key`: 1 to 128 printable ASCII characters.
+pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 128;
+
+/// A JSON body, refusing unknown fields (the API types say so), floats for
+/// integers, and bodies over the limit (413), always with an `ErrorBody`.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::invalid("could not read the request body")
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(ApiJson)
+            .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= BEARER_LEN_MAX)
+        .then_some(token)
+}
+
+/// The admin token, compared in constant time (as hashes, so lengths match).
+#[derive(Debug)]
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        if constant_time_eq(&sha256(token), &state.admin_token_hash) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+/// A terminal, found by the hash of its API key.
+#[derive(Debug)]
+pub struct Terminal(pub TerminalRecord);
+
+impl FromRequestParts<AppState> for Terminal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        state
+            .store
+            .terminal_by_key_hash(sha256(token))
+            .await?
+            .map(Terminal)
+            .ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// An active device, found by the hash of its credential and read fresh from
+/// the store on every request, so disabling takes effect immediately.
+#[derive(Debug)]
+pub struct Device(pub DeviceRecord);
+
+impl FromRequestParts<AppState> for Device {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        match state.store.device_by_credential_hash(sha256(token)).await? {
+            Some(d) if d.status == DeviceStatus::Active => Ok(Device(d)),
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// A `{id}` path segment holding a transaction id; anything else is a 404.
+#[derive(Debug)]
+pub struct TxId(pub TransactionId);
+
+impl<S: Send + Sync> FromRequestParts<S> for TxId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::NotFound)?;
+        raw.parse().map(TxId).map_err(|_| ApiError::NotFound)
+    }
+}
+
+/// A `{id}` path segment as text.
+#[derive(Debug)]
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::NotFound)?;
+        Ok(PathId(raw))
+    }
+}
+
+/// The `Idempotency-Key` header, required on `POST /v1/transactions`.
+#[derive(Debug)]
+pub struct IdempotencyKey(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let value = parts
+            .headers
+            .get("idempotency-key")
+            .ok_or_else(|| ApiError::invalid("the Idempotency-Key header is required"))?;
+        let key = value.as_bytes();
+        let printable = key.iter().all(|b| (0x20..=0x7E).contains(b));
+        if key.is_empty() || key.len() > IDEMPOTENCY_KEY_LEN_MAX || !printable {
+            return Err(ApiError::invalid(
+                "Idempotency-Key must be 1 to 128 printable ASCII characters",
+            ));
+        }
+        // Checked printable ASCII above, so this cannot fail.
+        let key = String::from_utf8(key.to_vec())
+            .map_err(|_| ApiError::invalid("Idempotency-Key must be ASCII"))?;
+        Ok(IdempotencyKey(key))
+    }
+}
+
+/// A query string decoded into `T`, rejecting with `invalid_request`.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError::invalid(format!("invalid query string: {}", e.body_text())))
+    }
+}

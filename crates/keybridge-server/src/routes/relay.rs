@@ -1,0 +1,151 @@
+//! Relay endpoints: the WebSocket that carries confirmation requests to the
+//! payer's phone, and the confirmation it posts back.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use axum::Json;
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use keybridge_proto::api::{b64, Confirmation, RelayMessage, TransactionView};
+use keybridge_proto::{AccountId, TransactionId};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::extract::{ApiJson, Device, TxId};
+use crate::error::ApiError;
+use crate::hub::{shutdown_begun, HubEvent};
+use crate::service;
+use crate::state::AppState;
+use crate::store::DeviceRecord;
+
+/// Keeps NATs and proxies from dropping an idle socket, and finds dead peers.
+pub const RELAY_PING_INTERVAL_S: u64 = 15;
+/// Relays send nothing we act on; bound what they may send anyway.
+const RELAY_MESSAGE_LEN_MAX: usize = 4096;
+
+/// `POST /v1/confirmations/{id}`: 200 with the outcome, whatever it is.
+pub async fn confirm(
+    State(state): State<AppState>,
+    Device(device): Device,
+    TxId(id): TxId,
+    ApiJson(confirmation): ApiJson<Confirmation>,
+) -> Result<Json<TransactionView>, ApiError> {
+    service::confirm(&state, &device, &id, &confirmation)
+        .await
+        .map(Json)
+}
+
+/// `GET /v1/relay`: upgrade to a WebSocket for this device's account.
+pub async fn connect(
+    State(state): State<AppState>,
+    Device(device): Device,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|_| ApiError::invalid("expected a WebSocket upgrade"))?;
+    tracing::info!(device = %device.id, account = %device.account, "relay connected");
+    Ok(upgrade
+        .max_message_size(RELAY_MESSAGE_LEN_MAX)
+        .on_upgrade(move |socket| session(state, device, socket)))
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+async fn send(sink: &mut Sink, message: &RelayMessage) -> Result<(), ()> {
+    let json = serde_json::to_string(message).map_err(|_| ())?;
+    sink.send(Message::Text(json.into())).await.map_err(|_| ())
+}
+
+/// Sends a request for every pending, unexpired transaction of `account` not
+/// yet sent, and `Cancelled` for sent ones that are no longer pending.
+async fn resync(
+    state: &AppState,
+    account: &AccountId,
+    sink: &mut Sink,
+    sent: &mut HashSet<TransactionId>,
+) -> Result<(), ()> {
+    let pending = state
+        .store
+        .pending_for_payer(account, state.now_unix_s())
+        .await
+        .map_err(|e| tracing::error!(error = %e, "relay resync failed"))?;
+    let still: HashSet<TransactionId> = pending.iter().map(|t| t.id).collect();
+    let gone: Vec<TransactionId> = sent.difference(&still).copied().collect();
+    for transaction_id in gone {
+        sent.remove(&transaction_id);
+        send(sink, &RelayMessage::Cancelled { transaction_id }).await?;
+    }
+    for t in pending {
+        if sent.insert(t.id) {
+            let message = RelayMessage::ConfirmationRequest {
+                transaction_id: t.id,
+                payload: b64::encode(&t.payload),
+            };
+            send(sink, &message).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn session(state: AppState, device: DeviceRecord, socket: WebSocket) {
+    let (mut sink, mut incoming) = socket.split();
+    // Subscribe before the initial read so nothing created in between is lost;
+    // `sent` drops the duplicates that overlap.
+    let mut events = state.hub.subscribe();
+    let mut sent = HashSet::new();
+    let account = device.account.clone();
+    if resync(&state, &account, &mut sink, &mut sent)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut ping = tokio::time::interval(Duration::from_secs(RELAY_PING_INTERVAL_S));
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let shutdown = shutdown_begun(state.hub.shutdown_signal());
+    tokio::pin!(shutdown);
+    loop {
+        let step: Result<(), ()> = tokio::select! {
+            _ = &mut shutdown => Err(()),
+            _ = ping.tick() => sink.send(Message::Ping(Bytes::new())).await.map_err(|_| ()),
+            message = incoming.next() => match message {
+                // Pongs are handled by the library; other messages are ignored.
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => Err(()),
+                Some(Ok(_)) => Ok(()),
+            },
+            event = events.recv() => match event {
+                Ok(HubEvent::Created { view, payload }) if view.payer == account => {
+                    if sent.insert(view.id) {
+                        let message = RelayMessage::ConfirmationRequest {
+                            transaction_id: view.id,
+                            payload: b64::encode(&payload),
+                        };
+                        send(&mut sink, &message).await
+                    } else {
+                        Ok(())
+                    }
+                }
+                Ok(HubEvent::Ended { view }) if view.payer == account => {
+                    sent.remove(&view.id);
+                    send(&mut sink, &RelayMessage::Cancelled { transaction_id: view.id }).await
+                }
+                Ok(HubEvent::DeviceDisabled { device_id }) if device_id == device.id => {
+                    tracing::info!(device = %device.id, "closing relay of disabled device");
+                    Err(())
+                }
+                Ok(_) => Ok(()),
+                Err(RecvError::Lagged(_)) => resync(&state, &account, &mut sink, &mut sent).await,
+                Err(RecvError::Closed) => Err(()),
+            },
+        };
+        if step.is_err() {
+            break;
+        }
+    }
+    let _ = sink.send(Message::Close(None)).await;
+    tracing::info!(device = %device.id, "relay disconnected");
+}

@@ -1,0 +1,191 @@
+//! Terminal endpoints: create a transaction, then learn its outcome by
+//! long-poll or server-sent events. A terminal sees only its own transactions.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::IntoResponse;
+use axum::Json;
+use futures_util::stream::{self, Stream};
+use keybridge_proto::api::{CreateTransaction, TransactionView};
+use keybridge_proto::TransactionId;
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, watch};
+
+use super::extract::{ApiJson, ApiQuery, IdempotencyKey, Terminal, TxId};
+use crate::error::ApiError;
+use crate::hub::{shutdown_begun, HubEvent};
+use crate::service::{self, Created};
+use crate::state::AppState;
+use crate::store::TerminalRecord;
+
+/// Longest a long-poll may hold a request open.
+pub const WAIT_S_MAX: u64 = 60;
+const SSE_KEEP_ALIVE_S: u64 = 15;
+
+pub async fn create(
+    State(state): State<AppState>,
+    Terminal(terminal): Terminal,
+    IdempotencyKey(key): IdempotencyKey,
+    ApiJson(body): ApiJson<CreateTransaction>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(
+        match service::create_transaction(&state, &terminal, &key, body).await? {
+            Created::New(view) => (StatusCode::ACCEPTED, Json(view)),
+            Created::Replayed(view) => (StatusCode::OK, Json(view)),
+        },
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    wait: Option<u64>,
+}
+
+/// The terminal's own transaction, or 404 (also for other terminals' ids).
+async fn own(
+    state: &AppState,
+    terminal: &TerminalRecord,
+    id: &TransactionId,
+) -> Result<TransactionView, ApiError> {
+    match state.store.get_transaction(id).await? {
+        Some(t) if t.terminal_id == terminal.id => Ok(t.view()),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+/// `GET /v1/transactions/{id}?wait=N`: answers at once if final or `N` is 0,
+/// otherwise as soon as it becomes final or `N` seconds pass.
+pub async fn get(
+    State(state): State<AppState>,
+    Terminal(terminal): Terminal,
+    TxId(id): TxId,
+    ApiQuery(query): ApiQuery<WaitQuery>,
+) -> Result<Json<TransactionView>, ApiError> {
+    let wait_s = query.wait.unwrap_or(0);
+    if wait_s > WAIT_S_MAX {
+        return Err(ApiError::invalid(format!(
+            "wait must be 0 to {WAIT_S_MAX} seconds"
+        )));
+    }
+    // Subscribe before reading, so an end between the two is not missed.
+    let mut events = state.hub.subscribe();
+    let view = own(&state, &terminal, &id).await?;
+    if view.status.is_final() || wait_s == 0 {
+        return Ok(Json(view));
+    }
+    let deadline = tokio::time::sleep(Duration::from_secs(wait_s));
+    let shutdown = shutdown_begun(state.hub.shutdown_signal());
+    tokio::pin!(deadline, shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            _ = &mut shutdown => break,
+            event = events.recv() => match event {
+                Ok(HubEvent::Ended { view }) if view.id == id => return Ok(Json(view)),
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => {
+                    let view = own(&state, &terminal, &id).await?;
+                    if view.status.is_final() {
+                        return Ok(Json(view));
+                    }
+                }
+                Err(RecvError::Closed) => break,
+            },
+        }
+    }
+    Ok(Json(own(&state, &terminal, &id).await?))
+}
+
+/// `GET /v1/transactions/{id}/events`: `event: status` with the view now,
+/// then at its end; the stream closes after a final status.
+pub async fn events(
+    State(state): State<AppState>,
+    Terminal(terminal): Terminal,
+    TxId(id): TxId,
+) -> Result<impl IntoResponse, ApiError> {
+    let events = state.hub.subscribe();
+    let view = own(&state, &terminal, &id).await?;
+    let shutdown = state.hub.shutdown_signal();
+    let stream = status_stream(state, terminal, id, view, events, shutdown);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(SSE_KEEP_ALIVE_S))))
+}
+
+enum Phase {
+    Send(TransactionView),
+    Wait,
+    Done,
+}
+
+struct StreamState {
+    state: AppState,
+    terminal: TerminalRecord,
+    id: TransactionId,
+    events: broadcast::Receiver<HubEvent>,
+    shutdown: watch::Receiver<bool>,
+    phase: Phase,
+}
+
+fn status_event(view: &TransactionView) -> Result<Event, axum::Error> {
+    Event::default().event("status").json_data(view)
+}
+
+fn status_stream(
+    state: AppState,
+    terminal: TerminalRecord,
+    id: TransactionId,
+    first: TransactionView,
+    events: broadcast::Receiver<HubEvent>,
+    shutdown: watch::Receiver<bool>,
+) -> impl Stream<Item = Result<Event, axum::Error>> {
+    let start = StreamState {
+        state,
+        terminal,
+        id,
+        events,
+        shutdown,
+        phase: Phase::Send(first),
+    };
+    stream::unfold(start, |mut s| async move {
+        loop {
+            match std::mem::replace(&mut s.phase, Phase::Done) {
+                Phase::Done => return None,
+                Phase::Send(view) => {
+                    s.phase = if view.status.is_final() {
+                        Phase::Done
+                    } else {
+                        Phase::Wait
+                    };
+                    return Some((status_event(&view), s));
+                }
+                Phase::Wait => {
+                    s.phase = Phase::Wait;
+                    let next = tokio::select! {
+                        _ = shutdown_begun(s.shutdown.clone()) => return None,
+                        event = s.events.recv() => event,
+                    };
+                    match next {
+                        Ok(HubEvent::Ended { view }) if view.id == s.id => {
+                            s.phase = Phase::Send(view);
+                        }
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(_)) => {
+                            // Fell behind: the store says whether we missed the end.
+                            match own(&s.state, &s.terminal, &s.id).await {
+                                Ok(view) if view.status.is_final() => s.phase = Phase::Send(view),
+                                Ok(_) => {}
+                                Err(_) => return None,
+                            }
+                        }
+                        Err(RecvError::Closed) => return None,
+                    }
+                }
+            }
+        }
+    })
+}

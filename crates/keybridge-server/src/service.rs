@@ -1,0 +1,302 @@
+//! The processing unit: what happens when a terminal asks for a payment, a
+//! relay answers, or time runs out. HTTP-free (handlers translate), SQL-free
+//! (the store persists), clock-injected.
+
+use std::sync::Arc;
+
+use keybridge_proto::api::{Confirmation, CreateTransaction, TransactionStatus, TransactionView};
+use keybridge_proto::{Challenge, ConfirmationPayload, Money, TransactionId};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::hub::HubEvent;
+use crate::random;
+use crate::state::AppState;
+use crate::store::{
+    DeviceRecord, Finalized, InsertOutcome, SignedConfirmation, StoreError, TerminalRecord,
+    TransactionRecord,
+};
+use crate::verify::{self, Submission, Verdict};
+
+/// How `POST /v1/transactions` was answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// A new transaction (202).
+    New(TransactionView),
+    /// The same terminal, key and body as before: the original (200).
+    Replayed(TransactionView),
+}
+
+/// SHA-256 of the request's canonical JSON (fields in declaration order).
+fn request_hash(body: &CreateTransaction) -> Result<[u8; 32], ApiError> {
+    let canonical = serde_json::to_vec(body).map_err(|e| {
+        tracing::error!(error = %e, "serialising a parsed request failed");
+        ApiError::Internal
+    })?;
+    Ok(Sha256::digest(&canonical).into())
+}
+
+fn replay(existing: TransactionRecord, request_hash: [u8; 32]) -> Result<Created, ApiError> {
+    if existing.request_hash == request_hash {
+        Ok(Created::Replayed(existing.view()))
+    } else {
+        Err(ApiError::IdempotencyConflict)
+    }
+}
+
+fn check_text(name: &str, value: &str, min: usize, max: usize) -> Result<(), ApiError> {
+    if value.len() < min || value.len() > max || value.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!(
+            "{name} must be {min} to {max} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Validates, builds the confirmation payload, stores the transaction
+/// `pending` and tells the payer's relays.
+pub async fn create_transaction(
+    state: &AppState,
+    terminal: &TerminalRecord,
+    idempotency_key: &str,
+    body: CreateTransaction,
+) -> Result<Created, ApiError> {
+    let hash = request_hash(&body)?;
+    // A replay is answered from the store before any validation, so a retry
+    // after the payer's device was disabled still finds its transaction.
+    if let Some(existing) = state
+        .store
+        .transaction_by_idempotency_key(&terminal.id, idempotency_key)
+        .await?
+    {
+        return replay(existing, hash);
+    }
+
+    if body.amount_minor == 0 || i64::try_from(body.amount_minor).is_err() {
+        return Err(ApiError::invalid(
+            "amount_minor must be 1 to 9223372036854775807",
+        ));
+    }
+    if body.payer == body.payee {
+        return Err(ApiError::invalid("payer and payee must differ"));
+    }
+    check_text(
+        "order_id",
+        &body.order_id,
+        1,
+        ConfirmationPayload::ORDER_ID_LEN_MAX,
+    )?;
+    check_text(
+        "description",
+        &body.description,
+        0,
+        ConfirmationPayload::DESCRIPTION_LEN_MAX,
+    )?;
+    let customer = |a: Option<crate::store::AccountRecord>, id: &keybridge_proto::AccountId| match a
+    {
+        Some(a) if !a.system => Ok(a),
+        _ => Err(ApiError::UnknownAccount(id.to_string())),
+    };
+    let payer = customer(state.store.get_account(&body.payer).await?, &body.payer)?;
+    let payee = customer(state.store.get_account(&body.payee).await?, &body.payee)?;
+    if payer.currency != body.currency || payee.currency != body.currency {
+        return Err(ApiError::CurrencyMismatch);
+    }
+    if state.store.count_active_devices(&payer.id).await? == 0 {
+        return Err(ApiError::NoDevice);
+    }
+
+    let now = state.now_unix_s();
+    let expires = now
+        .checked_add(state.confirmation_ttl_s)
+        .ok_or(ApiError::Internal)?;
+    let rng = |e: random::RandomError| {
+        tracing::error!(error = %e, "CSPRNG failed");
+        ApiError::Internal
+    };
+    let id = TransactionId(random::bytes::<16>().map_err(rng)?);
+    let payload = ConfirmationPayload {
+        origin: state.origin.clone(),
+        transaction_id: id,
+        challenge: Challenge(random::bytes::<32>().map_err(rng)?),
+        payer: payer.id.clone(),
+        payee: payee.id.clone(),
+        payee_name: payee.display_name.clone(),
+        amount: Money::new(body.amount_minor, body.currency),
+        order_id: body.order_id.clone(),
+        description: body.description.clone(),
+        created_at_unix_s: now,
+        expires_at_unix_s: expires,
+    };
+    let encoded = payload
+        .encode()
+        .map_err(|e| ApiError::invalid(format!("cannot build the confirmation payload: {e}")))?;
+    let record = TransactionRecord {
+        id,
+        terminal_id: terminal.id.clone(),
+        idempotency_key: idempotency_key.to_owned(),
+        request_hash: hash,
+        payer: payer.id,
+        payee: payee.id,
+        payee_name: payee.display_name,
+        amount_minor: body.amount_minor,
+        currency: body.currency,
+        order_id: body.order_id,
+        description: body.description,
+        payload: encoded,
+        status: TransactionStatus::Pending,
+        reason: None,
+        created_at_unix_s: now,
+        expires_at_unix_s: expires,
+        updated_at_unix_s: now,
+    };
+    match state.store.insert_transaction(record).await? {
+        InsertOutcome::Created(stored) => {
+            tracing::info!(transaction = %stored.id, status = "pending", terminal = %terminal.id, "transaction created");
+            let view = stored.view();
+            state.hub.publish(HubEvent::Created {
+                view: view.clone(),
+                payload: Arc::from(stored.payload.as_slice()),
+            });
+            Ok(Created::New(view))
+        }
+        // Lost the race to a concurrent request with the same key.
+        InsertOutcome::Existing(existing) => replay(existing, hash),
+    }
+}
+
+/// Judges a relay's confirmation and, if valid, has the payment unit settle.
+/// `device` is the authenticated device, read from the store for this request.
+pub async fn confirm(
+    state: &AppState,
+    device: &DeviceRecord,
+    id: &TransactionId,
+    confirmation: &Confirmation,
+) -> Result<TransactionView, ApiError> {
+    let transaction = state
+        .store
+        .get_transaction(id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    // Another account's device learns nothing and changes nothing.
+    if transaction.payer != device.account {
+        return Err(ApiError::NotFound);
+    }
+    if transaction.status.is_final() {
+        return Err(ApiError::NotPending);
+    }
+    let now = state.now_unix_s();
+    let verdict = verify::verify(
+        &state.ca,
+        Submission {
+            device,
+            transaction: &transaction,
+            confirmation,
+            now_unix_s: now,
+        },
+    );
+    let finalized = match verdict {
+        Verdict::End { status, reason } => state.store.finalize(id, status, reason, now).await?,
+        Verdict::Accept { counter } => {
+            state
+                .store
+                .apply_signed_confirmation(SignedConfirmation {
+                    transaction_id: *id,
+                    device_id: device.id.clone(),
+                    counter,
+                    now_unix_s: now,
+                })
+                .await?
+        }
+    };
+    match finalized {
+        Finalized::Applied(record) => {
+            announce_end(state, &record);
+            Ok(record.view())
+        }
+        Finalized::NotPending(_) => Err(ApiError::NotPending),
+        Finalized::NotFound => Err(ApiError::NotFound),
+    }
+}
+
+/// Expires every overdue pending transaction; returns how many.
+pub async fn sweep(state: &AppState) -> Result<usize, StoreError> {
+    let expired = state.store.expire_due(state.now_unix_s()).await?;
+    for record in &expired {
+        announce_end(state, record);
+    }
+    Ok(expired.len())
+}
+
+/// Logs a final status and tells relays and waiting terminals.
+fn announce_end(state: &AppState, record: &TransactionRecord) {
+    tracing::info!(
+        transaction = %record.id,
+        status = record.status.as_str(),
+        reason = record.reason.map(|r| r.as_str()).unwrap_or("-"),
+        "transaction ended"
+    );
+    state.hub.publish(HubEvent::Ended {
+        view: record.view(),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keybridge_proto::{AccountId, Currency};
+
+    fn body(amount_minor: u64) -> CreateTransaction {
+        CreateTransaction {
+            payer: AccountId::new("alice").unwrap(),
+            payee: AccountId::new("shop").unwrap(),
+            amount_minor,
+            currency: Currency::from_code("CNY").unwrap(),
+            order_id: "o-1".into(),
+            description: String::new(),
+        }
+    }
+
+    fn stored(hash: [u8; 32]) -> TransactionRecord {
+        TransactionRecord {
+            id: TransactionId([1; 16]),
+            terminal_id: "t".into(),
+            idempotency_key: "k".into(),
+            request_hash: hash,
+            payer: AccountId::new("alice").unwrap(),
+            payee: AccountId::new("shop").unwrap(),
+            payee_name: "Shop".into(),
+            amount_minor: 100,
+            currency: Currency::from_code("CNY").unwrap(),
+            order_id: "o-1".into(),
+            description: String::new(),
+            payload: vec![],
+            status: TransactionStatus::Settled,
+            reason: None,
+            created_at_unix_s: 1,
+            expires_at_unix_s: 2,
+            updated_at_unix_s: 2,
+        }
+    }
+
+    #[test]
+    fn a_replay_with_the_same_body_returns_the_original_even_if_it_ended() {
+        let hash = request_hash(&body(100)).unwrap();
+        assert_eq!(hash, request_hash(&body(100)).unwrap());
+        match replay(stored(hash), hash).unwrap() {
+            Created::Replayed(view) => assert_eq!(view.status, TransactionStatus::Settled),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_same_key_with_another_body_is_a_conflict() {
+        let hash = request_hash(&body(100)).unwrap();
+        let other = request_hash(&body(101)).unwrap();
+        assert_ne!(hash, other);
+        assert_eq!(
+            replay(stored(hash), other),
+            Err(ApiError::IdempotencyConflict)
+        );
+    }
+}

@@ -1,0 +1,384 @@
+//! The SQLite backend against the `Store` contract: money moves once,
+//! idempotency holds under the unique index, the audit chain detects edits.
+
+use super::*;
+
+const NOW: u64 = 1_750_000_000;
+
+fn cny() -> Currency {
+    Currency::from_code("CNY").unwrap()
+}
+
+fn acct(s: &str) -> AccountId {
+    AccountId::new(s).unwrap()
+}
+
+async fn seeded() -> SqliteStore {
+    let store = SqliteStore::open_in_memory(NOW).unwrap();
+    for (id, opening) in [("alice", 10_000u64), ("shop", 0)] {
+        store
+            .create_account(
+                NewAccount {
+                    id: acct(id),
+                    display_name: id.to_uppercase(),
+                    currency: cny(),
+                    opening_balance_minor: opening,
+                },
+                NOW,
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .create_terminal(NewTerminal {
+            id: "term_1".into(),
+            name: "till".into(),
+            api_key_hash: [1; 32],
+            created_at_unix_s: NOW,
+        })
+        .await
+        .unwrap();
+    store
+        .create_device(NewDevice {
+            id: "dev_1".into(),
+            account: acct("alice"),
+            label: "card".into(),
+            public_key: vec![4; 65],
+            certificate: vec![0x30],
+            credential_hash: [2; 32],
+            created_at_unix_s: NOW,
+        })
+        .await
+        .unwrap();
+    store
+}
+
+fn pending(id: u8, key: &str, amount: u64) -> TransactionRecord {
+    TransactionRecord {
+        id: TransactionId([id; 16]),
+        terminal_id: "term_1".into(),
+        idempotency_key: key.into(),
+        request_hash: [id; 32],
+        payer: acct("alice"),
+        payee: acct("shop"),
+        payee_name: "SHOP".into(),
+        amount_minor: amount,
+        currency: cny(),
+        order_id: "o".into(),
+        description: String::new(),
+        payload: vec![0x71, 0x00],
+        status: TransactionStatus::Pending,
+        reason: None,
+        created_at_unix_s: NOW,
+        expires_at_unix_s: NOW + 120,
+        updated_at_unix_s: NOW,
+    }
+}
+
+fn signed(id: u8, counter: u32) -> SignedConfirmation {
+    SignedConfirmation {
+        transaction_id: TransactionId([id; 16]),
+        device_id: "dev_1".into(),
+        counter,
+        now_unix_s: NOW + 1,
+    }
+}
+
+async fn balances_sum_to_zero(store: &SqliteStore) {
+    let total: i64 = store
+        .list_accounts()
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.balance_minor)
+        .sum();
+    assert_eq!(total, 0);
+}
+
+async fn balance(store: &SqliteStore, id: &str) -> i64 {
+    store
+        .get_account(&acct(id))
+        .await
+        .unwrap()
+        .unwrap()
+        .balance_minor
+}
+
+#[tokio::test]
+async fn opening_balances_come_from_the_issuance_account() {
+    let store = seeded().await;
+    let issuance = store
+        .get_account(&acct("issuance:CNY"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(issuance.system);
+    assert_eq!(issuance.balance_minor, -10_000);
+    assert_eq!(balance(&store, "alice").await, 10_000);
+    balances_sum_to_zero(&store).await;
+    let again = store
+        .create_account(
+            NewAccount {
+                id: acct("alice"),
+                display_name: "A".into(),
+                currency: cny(),
+                opening_balance_minor: 5,
+            },
+            NOW,
+        )
+        .await;
+    assert_eq!(again, Err(StoreError::AlreadyExists));
+    assert_eq!(balance(&store, "alice").await, 10_000);
+}
+
+#[tokio::test]
+async fn migrations_are_recorded_and_applied_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    drop(SqliteStore::open(&path, NOW).unwrap());
+    let store = SqliteStore::open(&path, NOW + 5).unwrap();
+    let conn = store.conn.lock().unwrap();
+    let versions: Vec<(i64, i64)> = conn
+        .prepare("SELECT version, applied_at FROM schema_migrations ORDER BY version")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let expected: Vec<(i64, i64)> = MIGRATIONS.iter().map(|m| (m.0, 1_750_000_000)).collect();
+    assert_eq!(versions, expected);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn the_unique_index_decides_idempotent_inserts() {
+    let store = seeded().await;
+    let first = store
+        .insert_transaction(pending(1, "k1", 100))
+        .await
+        .unwrap();
+    assert!(matches!(first, InsertOutcome::Created(_)));
+    // Same terminal and key, different id: the first row wins.
+    let second = store
+        .insert_transaction(pending(2, "k1", 100))
+        .await
+        .unwrap();
+    match second {
+        InsertOutcome::Existing(t) => assert_eq!(t.id, TransactionId([1; 16])),
+        other => panic!("expected Existing, got {other:?}"),
+    }
+    assert_eq!(store.list_transactions(10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_settlement_moves_money_exactly_once() {
+    let store = seeded().await;
+    store
+        .insert_transaction(pending(1, "k1", 2_500))
+        .await
+        .unwrap();
+    let Finalized::Applied(t) = store.apply_signed_confirmation(signed(1, 1)).await.unwrap() else {
+        panic!("not applied");
+    };
+    assert_eq!(t.status, TransactionStatus::Settled);
+    assert_eq!(t.reason, None);
+    assert_eq!(balance(&store, "alice").await, 7_500);
+    assert_eq!(balance(&store, "shop").await, 2_500);
+    balances_sum_to_zero(&store).await;
+
+    // A second valid-looking confirmation finds it settled and writes nothing.
+    let again = store.apply_signed_confirmation(signed(1, 2)).await.unwrap();
+    assert!(matches!(again, Finalized::NotPending(_)));
+    let transfers = store.transfers_for_transaction(&t.id).await.unwrap();
+    assert_eq!(transfers.len(), 1);
+    assert_eq!(transfers[0].amount_minor, 2_500);
+    assert_eq!(transfers[0].debit_account, acct("alice"));
+    assert_eq!(balance(&store, "alice").await, 7_500);
+    let device = store
+        .device_by_credential_hash([2; 32])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(device.last_counter, 1);
+}
+
+#[tokio::test]
+async fn a_replayed_counter_is_rejected_and_not_consumed() {
+    let store = seeded().await;
+    store
+        .insert_transaction(pending(1, "k1", 100))
+        .await
+        .unwrap();
+    store
+        .insert_transaction(pending(2, "k2", 100))
+        .await
+        .unwrap();
+    store.apply_signed_confirmation(signed(1, 7)).await.unwrap();
+    let Finalized::Applied(t) = store.apply_signed_confirmation(signed(2, 7)).await.unwrap() else {
+        panic!("not applied");
+    };
+    assert_eq!(
+        (t.status, t.reason),
+        (TransactionStatus::Rejected, Some(Reason::CounterReplay))
+    );
+    assert!(store
+        .transfers_for_transaction(&t.id)
+        .await
+        .unwrap()
+        .is_empty());
+    let device = store
+        .device_by_credential_hash([2; 32])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(device.last_counter, 7);
+}
+
+#[tokio::test]
+async fn insufficient_funds_fail_but_consume_the_counter() {
+    let store = seeded().await;
+    store
+        .insert_transaction(pending(1, "k1", 10_001))
+        .await
+        .unwrap();
+    let Finalized::Applied(t) = store.apply_signed_confirmation(signed(1, 3)).await.unwrap() else {
+        panic!("not applied");
+    };
+    assert_eq!(
+        (t.status, t.reason),
+        (TransactionStatus::Failed, Some(Reason::InsufficientFunds))
+    );
+    assert_eq!(balance(&store, "alice").await, 10_000);
+    let device = store
+        .device_by_credential_hash([2; 32])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(device.last_counter, 3);
+}
+
+#[tokio::test]
+async fn a_disabled_device_cannot_settle() {
+    let store = seeded().await;
+    store
+        .insert_transaction(pending(1, "k1", 100))
+        .await
+        .unwrap();
+    store.disable_device("dev_1", NOW).await.unwrap();
+    let Finalized::Applied(t) = store.apply_signed_confirmation(signed(1, 1)).await.unwrap() else {
+        panic!("not applied");
+    };
+    assert_eq!(t.reason, Some(Reason::UnknownDevice));
+    assert_eq!(store.count_active_devices(&acct("alice")).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn expiry_ends_only_overdue_pending_transactions() {
+    let store = seeded().await;
+    store
+        .insert_transaction(pending(1, "k1", 100))
+        .await
+        .unwrap();
+    let mut later = pending(2, "k2", 100);
+    later.expires_at_unix_s = NOW + 500;
+    store.insert_transaction(later).await.unwrap();
+    assert!(store.expire_due(NOW + 119).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .pending_for_payer(&acct("alice"), NOW + 119)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let expired = store.expire_due(NOW + 120).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].reason, Some(Reason::Expired));
+    assert_eq!(
+        store
+            .pending_for_payer(&acct("alice"), NOW + 120)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Finalising an ended transaction is a no-op that reports how it ended.
+    let f = store
+        .finalize(
+            &TransactionId([1; 16]),
+            TransactionStatus::Rejected,
+            Reason::Declined,
+            NOW + 121,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(f, Finalized::NotPending(t) if t.status == TransactionStatus::Expired));
+}
+
+#[tokio::test]
+async fn every_state_change_is_audited_and_the_chain_detects_edits() {
+    let store = seeded().await;
+    store
+        .insert_transaction(pending(1, "k1", 100))
+        .await
+        .unwrap();
+    store.apply_signed_confirmation(signed(1, 1)).await.unwrap();
+    let log = store.audit_log().await.unwrap();
+    let events: Vec<&str> = log.iter().map(|r| r.event.as_str()).collect();
+    assert_eq!(
+        events,
+        [
+            "account_created", // issuance:CNY
+            "account_created", // alice
+            "account_created", // shop
+            "terminal_created",
+            "device_enrolled",
+            "transaction_created",
+            "transaction_settled",
+        ]
+    );
+    assert_eq!(store.verify_audit_chain().await.unwrap(), 7);
+
+    // The database refuses edits outright...
+    {
+        let conn = store.conn.lock().unwrap();
+        let edit = conn.execute("UPDATE audit_log SET detail = '{}' WHERE seq = 2", []);
+        assert!(edit.is_err());
+        assert!(conn.execute("DELETE FROM transfers", []).is_err());
+        // ...and if someone gets past that, the chain shows it.
+        conn.execute_batch("DROP TRIGGER audit_log_no_update")
+            .unwrap();
+        conn.execute("UPDATE audit_log SET detail = '{}' WHERE seq = 2", [])
+            .unwrap();
+    }
+    assert_eq!(
+        store.verify_audit_chain().await,
+        Err(StoreError::AuditChainBroken { seq: 2 })
+    );
+}
+
+#[tokio::test]
+async fn devices_need_a_customer_account() {
+    let store = seeded().await;
+    let mut d = NewDevice {
+        id: "dev_2".into(),
+        account: acct("nobody"),
+        label: String::new(),
+        public_key: vec![4; 65],
+        certificate: vec![0x30],
+        credential_hash: [3; 32],
+        created_at_unix_s: NOW,
+    };
+    assert_eq!(
+        store.create_device(d.clone()).await,
+        Err(StoreError::UnknownAccount)
+    );
+    d.account = acct("issuance:CNY");
+    assert_eq!(
+        store.create_device(d).await,
+        Err(StoreError::UnknownAccount)
+    );
+}

@@ -1,0 +1,400 @@
+//! A real server on loopback, a reqwest client, a software P-256 "card" and a
+//! tokio-tungstenite relay. The software key stands in for the device only in
+//! these server-level tests; the real card is exercised end to end elsewhere.
+#![allow(dead_code)] // Each test binary uses a different subset of the helpers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use keybridge_proto::api::{
+    b64, Confirmation, DeviceEnrolled, ErrorBody, RelayMessage, TerminalCreated, TransactionView,
+};
+use keybridge_proto::{signed_message, TransactionId};
+use keybridge_server::{ManualClock, RunningServer, ServerConfig};
+use p256::ecdsa::signature::Signer;
+use p256::ecdsa::{DerSignature, SigningKey};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// A guard against a hung test, not a speed assertion.
+pub const GUARD: Duration = Duration::from_secs(20);
+
+pub struct Harness {
+    pub server: Option<RunningServer>,
+    pub clock: Arc<ManualClock>,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Options {
+    pub sweep_interval_ms: u64,
+    pub body_limit_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            sweep_interval_ms: 50,
+            body_limit_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// A software stand-in for an enrolled card.
+pub struct Card {
+    pub key: SigningKey,
+    pub enrolled: DeviceEnrolled,
+    /// The card's signature counter; a `Cell` so signing borrows the card shared.
+    pub counter: std::cell::Cell<u32>,
+}
+
+impl Card {
+    /// Signs `payload ‖ counter` with the next counter value.
+    pub fn sign(&self, payload: &[u8]) -> Confirmation {
+        self.counter.set(self.counter.get() + 1);
+        sign_with(&self.key, payload, self.counter.get())
+    }
+}
+
+pub fn sign_with(key: &SigningKey, payload: &[u8], counter: u32) -> Confirmation {
+    let sig: DerSignature = key.sign(&signed_message(payload, counter));
+    Confirmation::Signed {
+        counter,
+        signature: b64::encode(sig.as_bytes()),
+    }
+}
+
+pub fn software_key() -> SigningKey {
+    use ring::rand::{SecureRandom, SystemRandom};
+    loop {
+        let mut seed = [0u8; 32];
+        SystemRandom::new().fill(&mut seed).unwrap();
+        if let Ok(key) = SigningKey::from_slice(&seed) {
+            return key;
+        }
+    }
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Harness::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::starting_now());
+        let server = launch(dir.path(), &clock, &options).await;
+        let base = format!("http://{}", server.addr);
+        Harness {
+            server: Some(server),
+            clock,
+            base,
+            http: reqwest::Client::new(),
+            dir,
+        }
+    }
+
+    /// Stops the server and starts a new one on the same data directory.
+    pub async fn restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+        let server = launch(self.dir.path(), &self.clock, &Options::default()).await;
+        self.base = format!("http://{}", server.addr);
+        self.server = Some(server);
+    }
+
+    pub fn server(&self) -> &RunningServer {
+        self.server.as_ref().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn admin_post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn admin_get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn account(&self, id: &str, currency: &str, opening: u64) {
+        let r = self
+            .admin_post(
+                "/v1/admin/accounts",
+                json!({"id": id, "display_name": format!("{id} display"), "currency": currency, "opening_balance_minor": opening}),
+            )
+            .await;
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "{}",
+            r.text().await.unwrap()
+        );
+    }
+
+    pub async fn terminal(&self) -> TerminalCreated {
+        let r = self
+            .admin_post("/v1/admin/terminals", json!({"name": "till 1"}))
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        r.json().await.unwrap()
+    }
+
+    pub async fn enroll(&self, account: &str) -> Card {
+        let key = software_key();
+        let point = key.verifying_key().to_encoded_point(false);
+        let r = self
+            .admin_post(
+                "/v1/admin/devices",
+                json!({"account": account, "public_key": b64::encode(point.as_bytes()), "label": "test card"}),
+            )
+            .await;
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "{}",
+            r.text().await.unwrap()
+        );
+        Card {
+            key,
+            enrolled: r.json().await.unwrap(),
+            counter: std::cell::Cell::new(0),
+        }
+    }
+
+    /// alice (10 000.00 CNY) pays shop; one terminal; one card for alice.
+    pub async fn standard() -> (Harness, TerminalCreated, Card) {
+        let h = Harness::start().await;
+        h.standard_setup().await
+    }
+
+    pub async fn standard_setup(self) -> (Harness, TerminalCreated, Card) {
+        self.account("alice", "CNY", 1_000_000).await;
+        self.account("shop", "CNY", 0).await;
+        let terminal = self.terminal().await;
+        let card = self.enroll("alice").await;
+        (self, terminal, card)
+    }
+
+    pub async fn create(
+        &self,
+        api_key: &str,
+        idempotency_key: &str,
+        body: Value,
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/transactions"))
+            .bearer_auth(api_key)
+            .header("Idempotency-Key", idempotency_key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Creates alice → shop for `amount`, expecting 202.
+    pub async fn pay(&self, terminal: &TerminalCreated, amount: u64) -> TransactionView {
+        let key = format!(
+            "order-{}",
+            hex::encode(software_key().to_bytes())[..16].to_owned()
+        );
+        let r = self.create(&terminal.api_key, &key, payment(amount)).await;
+        assert_eq!(
+            r.status(),
+            StatusCode::ACCEPTED,
+            "{}",
+            r.text().await.unwrap()
+        );
+        r.json().await.unwrap()
+    }
+
+    /// The payload bytes the server stored (what a relay receives).
+    pub async fn payload(&self, id: &TransactionId) -> Vec<u8> {
+        self.server()
+            .store()
+            .get_transaction(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .payload
+    }
+
+    pub async fn confirm(
+        &self,
+        credential: &str,
+        id: &TransactionId,
+        confirmation: &Confirmation,
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/v1/confirmations/{id}")))
+            .bearer_auth(credential)
+            .json(confirmation)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Confirms and expects a 200 with the resulting view.
+    pub async fn confirm_ok(
+        &self,
+        card: &Card,
+        id: &TransactionId,
+        confirmation: &Confirmation,
+    ) -> TransactionView {
+        let r = self
+            .confirm(&card.enrolled.credential, id, confirmation)
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+        r.json().await.unwrap()
+    }
+
+    pub async fn balances(&self) -> HashMap<String, i64> {
+        let r = self.admin_get("/v1/admin/accounts").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let accounts: Vec<keybridge_proto::api::AccountView> = r.json().await.unwrap();
+        accounts
+            .into_iter()
+            .map(|a| (a.id.to_string(), a.balance_minor))
+            .collect()
+    }
+
+    /// The ledger invariant: per currency, all balances sum to zero.
+    pub async fn assert_ledger_balanced(&self) {
+        let r = self.admin_get("/v1/admin/accounts").await;
+        let accounts: Vec<keybridge_proto::api::AccountView> = r.json().await.unwrap();
+        let mut sums: HashMap<String, i64> = HashMap::new();
+        for a in accounts {
+            *sums.entry(a.currency.code().to_owned()).or_default() += a.balance_minor;
+        }
+        for (currency, sum) in sums {
+            assert_eq!(sum, 0, "{currency} balances do not sum to zero");
+        }
+        self.server().store().verify_audit_chain().await.unwrap();
+    }
+
+    pub async fn transfer_count(&self, id: &TransactionId) -> usize {
+        self.server()
+            .store()
+            .transfers_for_transaction(id)
+            .await
+            .unwrap()
+            .len()
+    }
+
+    pub async fn relay(&self, credential: &str) -> Relay {
+        let url = self.base.replacen("http://", "ws://", 1) + "/v1/relay";
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {credential}").parse().unwrap(),
+        );
+        let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        Relay { socket }
+    }
+}
+
+async fn launch(
+    dir: &std::path::Path,
+    clock: &Arc<ManualClock>,
+    options: &Options,
+) -> RunningServer {
+    let mut config = ServerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.to_path_buf(),
+        ADMIN_TOKEN.into(),
+    );
+    config.origin = "keybridge.test".into();
+    config.sweep_interval_ms = options.sweep_interval_ms;
+    config.body_limit_bytes = options.body_limit_bytes;
+    keybridge_server::start_with_clock(config, clock.clone())
+        .await
+        .unwrap()
+}
+
+pub fn payment(amount: u64) -> Value {
+    json!({
+        "payer": "alice",
+        "payee": "shop",
+        "amount_minor": amount,
+        "currency": "CNY",
+        "order_id": "ORD-1",
+        "description": "Two books"
+    })
+}
+
+pub async fn error_body(r: reqwest::Response) -> (StatusCode, ErrorBody) {
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not an ErrorBody: {text}"));
+    (status, body)
+}
+
+pub struct Relay {
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl Relay {
+    /// The next JSON message, skipping pings.
+    pub async fn next(&mut self) -> RelayMessage {
+        loop {
+            let message = tokio::time::timeout(GUARD, self.socket.next())
+                .await
+                .expect("relay waited too long")
+                .expect("relay socket closed")
+                .expect("relay socket error");
+            match message {
+                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected relay message {other:?}"),
+            }
+        }
+    }
+
+    /// Waits for the server to close the socket.
+    pub async fn closed(&mut self) -> bool {
+        loop {
+            match tokio::time::timeout(GUARD, self.socket.next()).await {
+                Err(_) => return false,
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return true,
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.socket.send(Message::Close(None)).await;
+    }
+}
+
+/// The confirmation request for `id`, from a relay, as payload bytes.
+pub fn request_payload(message: &RelayMessage, id: &TransactionId) -> Vec<u8> {
+    match message {
+        RelayMessage::ConfirmationRequest {
+            transaction_id,
+            payload,
+        } if transaction_id == id => b64::decode(payload).unwrap(),
+        other => panic!("expected a request for {id}, got {other:?}"),
+    }
+}
