@@ -197,7 +197,7 @@ impl CardState {
             private_key_hex: self
                 .private_key
                 .as_ref()
-                .map(|k| hex::encode(Zeroizing::new(k.to_bytes()).as_slice())),
+                .map(|k| hex::encode(&Zeroizing::new(k.to_bytes())[..])),
             certificate_base64: self
                 .certificate
                 .as_ref()
