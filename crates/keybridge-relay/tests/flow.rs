@@ -1,0 +1,176 @@
+//! The relay between a real server (in-process, real loopback HTTP and
+//! WebSocket) and a real card (the `keybridge-card` process shell in a thread,
+//! speaking vpcd over a loopback socket to the relay's reader). Nothing is
+//! mocked: these tests prove what the phone does with what the card answers.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keybridge_proto::api::{CreateAccount, Reason, TransactionStatus};
+use keybridge_proto::{AccountId, Currency, Money};
+use keybridge_relay::{CardLink, CardLinkSpec, Decision, RelayOptions};
+use keybridge_terminal::{pay, Client, PayRequest};
+use zeroize::Zeroizing;
+
+const PIN: &str = "123456";
+
+struct World {
+    _dir: tempfile::TempDir,
+    _server: keybridge_server::RunningServer,
+    admin: Client,
+    terminal: Client,
+    card_link: CardLinkSpec,
+    credential: keybridge_relay::DeviceCredential,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A server with alice (CNY 100.00) and shop, a terminal, and a card enrolled
+/// for alice. The card keeps running in its thread for the rest of the test.
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "admin-token-for-relay-tests".to_owned();
+    let config = keybridge_server::ServerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("server"),
+        token.clone(),
+    );
+    std::fs::create_dir_all(&config.data_dir).unwrap();
+    let server = keybridge_server::start(config).await.unwrap();
+    let url = format!("http://{}", server.addr);
+    let admin = Client::new(&url, &token).unwrap();
+    let cny = Currency::from_code("CNY").unwrap();
+    for (id, balance) in [("alice", 10_000), ("shop", 0)] {
+        admin
+            .create_account(&CreateAccount {
+                id: AccountId::new(id).unwrap(),
+                display_name: id.to_uppercase(),
+                currency: cny,
+                opening_balance_minor: balance,
+            })
+            .await
+            .unwrap();
+    }
+    let t = admin.create_terminal("till").await.unwrap();
+    let terminal = Client::new(&url, &t.api_key).unwrap();
+
+    let port = free_port();
+    let card_link = CardLinkSpec::VpcdListen(format!("127.0.0.1:{port}"));
+    let enrol = Arc::new(Mutex::new(CardLink::open(&card_link).unwrap()));
+    let options = keybridge_card::CardOptions {
+        state_path: dir.path().join("card.json"),
+        vpcd_addr: format!("127.0.0.1:{port}"),
+        policy: keybridge_card::Policy::Approve,
+        init_pin: Some(PIN.to_owned()),
+        reconnect: true,
+    };
+    std::thread::spawn(move || keybridge_card::run(options));
+    let (_, credential) = keybridge_relay::enroll(
+        &admin,
+        enrol,
+        &AccountId::new("alice").unwrap(),
+        "test card",
+        Zeroizing::new(PIN.to_owned()),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    World {
+        _dir: dir,
+        _server: server,
+        admin,
+        terminal,
+        card_link,
+        credential,
+    }
+}
+
+fn start_relay(w: &World, pin: &str) {
+    let options = RelayOptions {
+        credential: w.credential.clone(),
+        card: w.card_link.clone(),
+        pin: Some(Zeroizing::new(pin.to_owned())),
+        decision: Decision::Approve,
+        tamper: None,
+        card_wait: Duration::from_secs(10),
+    };
+    tokio::spawn(keybridge_relay::run(options));
+}
+
+fn request(order: &str, key: &str) -> PayRequest {
+    PayRequest {
+        payer: AccountId::new("alice").unwrap(),
+        payee: AccountId::new("shop").unwrap(),
+        amount: Money::new(250, Currency::from_code("CNY").unwrap()),
+        order_id: order.to_owned(),
+        description: String::new(),
+        idempotency_key: key.to_owned(),
+        wait_max: Duration::from_secs(30),
+    }
+}
+
+async fn balance(w: &World, id: &str) -> i64 {
+    w.admin
+        .account(&AccountId::new(id).unwrap())
+        .await
+        .unwrap()
+        .balance_minor
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_pins_block_the_card_and_nothing_is_paid() {
+    let w = world().await;
+    start_relay(&w, "999999");
+    // Three tries (63C2, 63C1, 63C0), then the card answers 6983 for good.
+    let expected = [
+        Reason::WrongPin,
+        Reason::WrongPin,
+        Reason::PinBlocked,
+        Reason::PinBlocked,
+    ];
+    for (i, want) in expected.into_iter().enumerate() {
+        let out = pay(
+            &w.terminal,
+            &request(&format!("O-{i}"), &format!("k-{i}")),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.last.status, TransactionStatus::Rejected, "payment {i}");
+        assert_eq!(out.last.reason, Some(want), "payment {i}");
+    }
+    assert_eq!(balance(&w, "alice").await, 10_000);
+    assert_eq!(balance(&w, "shop").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_payment_needs_the_card_and_the_counter_moves_forward() {
+    let w = world().await;
+    start_relay(&w, PIN);
+    let first = pay(&w.terminal, &request("O-1", "k-1"), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(first.last.status, TransactionStatus::Settled);
+    let second = pay(&w.terminal, &request("O-2", "k-2"), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(second.last.status, TransactionStatus::Settled);
+    let devices = w.admin.devices().await.unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].last_counter, 2, "one signature per payment");
+
+    // A retry with the first key is the first payment, not a third one.
+    let retry = pay(&w.terminal, &request("O-1", "k-1"), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(retry.created.id, first.created.id);
+    assert_eq!(retry.last.status, TransactionStatus::Settled);
+    assert_eq!(balance(&w, "alice").await, 10_000 - 2 * 250);
+    assert_eq!(balance(&w, "shop").await, 500);
+}
