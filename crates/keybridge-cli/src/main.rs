@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod bench;
 mod demo;
 mod pay;
 mod roles;
@@ -37,6 +38,8 @@ enum Command {
     Admin(admin::AdminArgs),
     /// Start everything on loopback in a temp dir and run one payment end to end.
     Demo(demo::DemoArgs),
+    /// Run many payments end to end and report throughput, latency and the crypto limit.
+    Bench(bench::BenchArgs),
 }
 
 fn init_tracing() {
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::Pay(args) => return runtime.block_on(pay::run(args)),
         Command::Admin(args) => runtime.block_on(admin::run(args)),
         Command::Demo(args) => return runtime.block_on(demo::run(args)),
+        Command::Bench(args) => runtime.block_on(bench::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

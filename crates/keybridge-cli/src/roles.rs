@@ -178,6 +178,7 @@ pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
             TamperArg::Payee => Tamper::Payee,
         }),
         card_wait: Duration::from_secs(args.card_wait_s),
+        quiet: false,
     };
     keybridge_relay::run(options).await?;
     Ok(())

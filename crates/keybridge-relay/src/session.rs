@@ -17,6 +17,16 @@ use crate::enroll::DeviceCredential;
 use crate::link::{CardLink, CardLinkSpec};
 use crate::screen;
 
+/// The phone's screen: lines for the holder, unless the relay runs quietly
+/// (benchmarks, where thousands of panels would drown the report).
+macro_rules! say {
+    ($quiet:expr, $($arg:tt)*) => {
+        if !$quiet {
+            println!("[phone] {}", format_args!($($arg)*));
+        }
+    };
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RelayError {
@@ -81,6 +91,8 @@ pub struct RelayOptions {
     pub tamper: Option<Tamper>,
     /// How long to wait for the card to be present for one request.
     pub card_wait: Duration,
+    /// Print nothing on the phone's screen (benchmarks); logs still go to tracing.
+    pub quiet: bool,
 }
 
 /// Bounded retries when the card goes away mid-conversation.
@@ -91,18 +103,25 @@ struct Context {
     client: Client,
     link: Arc<Mutex<CardLink>>,
     seen: Mutex<HashSet<TransactionId>>,
+    /// One payment at a time on the card, from VERIFY to the server's answer.
+    /// The server requires each device's counter to grow, so signatures must
+    /// reach it in the order the card made them: releasing the card before the
+    /// submission lands would let a later signature overtake an earlier one
+    /// and get the earlier payment refused as a replay.
+    turn: tokio::sync::Mutex<()>,
 }
 
 /// Runs the relay until the server refuses its credential or the process ends.
 pub async fn run(options: RelayOptions) -> Result<(), RelayError> {
     let link = CardLink::open(&options.card)?;
-    println!("[phone] card reader ready at {}", options.card);
+    say!(options.quiet, "card reader ready at {}", options.card);
     let client = Client::new(&options.credential.server, &options.credential.credential)?;
     let ctx = Arc::new(Context {
         link: Arc::new(Mutex::new(link)),
         client,
         options,
         seen: Mutex::new(HashSet::new()),
+        turn: tokio::sync::Mutex::new(()),
     });
     let mut backoff = Duration::from_millis(250);
     loop {
@@ -146,8 +165,9 @@ async fn session(ctx: &Arc<Context>) -> Result<(), RelayError> {
         }
         Err(e) => return Err(RelayError::Protocol(e.to_string())),
     };
-    println!(
-        "[phone] connected to {} as device {} for account {}",
+    say!(
+        ctx.options.quiet,
+        "connected to {} as device {} for account {}",
         ctx.options.credential.server,
         ctx.options.credential.device_id,
         ctx.options.credential.account
@@ -174,7 +194,10 @@ async fn session(ctx: &Arc<Context>) -> Result<(), RelayError> {
                 }
             }
             Ok(RelayMessage::Cancelled { transaction_id }) => {
-                println!("[phone] transaction {transaction_id} ended on the server");
+                say!(
+                    ctx.options.quiet,
+                    "transaction {transaction_id} ended on the server"
+                );
             }
             Err(e) => tracing::warn!("ignoring a message the relay does not understand: {e}"),
         }
@@ -196,10 +219,14 @@ async fn handle(ctx: Arc<Context>, id: TransactionId, payload_b64: String) {
                 .reason
                 .map(|r| format!(" ({})", r.as_str()))
                 .unwrap_or_default();
-            println!("[phone] server answered: {}{reason}", view.status.as_str());
+            say!(
+                ctx.options.quiet,
+                "server answered: {}{reason}",
+                view.status.as_str()
+            );
         }
         Ok(None) => {}
-        Err(e) => println!("[phone] transaction {id}: {e}"),
+        Err(e) => say!(ctx.options.quiet, "transaction {id}: {e}"),
     }
 }
 
@@ -219,9 +246,9 @@ async fn confirm(
             "payload names another transaction".into(),
         ));
     }
-    println!("[phone] confirmation request {id}");
+    say!(ctx.options.quiet, "confirmation request {id}");
     for line in screen::confirmation_panel(&payload, now_unix_s()) {
-        println!("[phone] {line}");
+        say!(ctx.options.quiet, "{line}");
     }
     let approved = match ctx.options.decision {
         Decision::Approve => true,
@@ -229,7 +256,7 @@ async fn confirm(
         Decision::Prompt => ask("[phone] Send to your security device? [y/N] ").await,
     };
     if !approved {
-        println!("[phone] declined on the phone");
+        say!(ctx.options.quiet, "declined on the phone");
         let answer = Confirmation::Declined {
             reason: DeclineReason::Declined,
         };
@@ -237,25 +264,31 @@ async fn confirm(
     }
     let to_sign = match ctx.options.tamper {
         Some(t) => {
-            println!("[phone] TAMPERING: altering the {t:?} before the card sees it");
+            say!(
+                ctx.options.quiet,
+                "TAMPERING: altering the {t:?} before the card sees it"
+            );
             t.apply(&payload)
                 .ok_or_else(|| RelayError::Protocol("cannot tamper".into()))?
         }
         None => bytes,
     };
+    let _turn = ctx.turn.lock().await;
     let pin = match &ctx.options.pin {
         Some(pin) => pin.clone(),
         None => Zeroizing::new(read_line("[phone] PIN: ").await),
     };
-    println!(
-        "[phone] sending {} payload bytes to the card",
+    say!(
+        ctx.options.quiet,
+        "sending {} payload bytes to the card",
         to_sign.len()
     );
     let outcome = sign_with_retries(ctx, pin, to_sign, payload.expires_at_unix_s).await?;
     let answer = match outcome {
         Some(SignOutcome::Signed { counter, signature }) => {
-            println!(
-                "[phone] card signed (counter {counter}, {} byte signature)",
+            say!(
+                ctx.options.quiet,
+                "card signed (counter {counter}, {} byte signature)",
                 signature.len()
             );
             Confirmation::Signed {
@@ -264,15 +297,18 @@ async fn confirm(
             }
         }
         Some(SignOutcome::Declined(reason)) => {
-            println!("[phone] card did not sign: {reason:?}");
+            say!(ctx.options.quiet, "card did not sign: {reason:?}");
             Confirmation::Declined { reason }
         }
         None => {
-            println!("[phone] card not reachable; tap again before the request expires");
+            say!(
+                ctx.options.quiet,
+                "card not reachable; tap again before the request expires"
+            );
             return Ok(None);
         }
     };
-    println!("[phone] submitting to the server");
+    say!(ctx.options.quiet, "submitting to the server");
     Ok(Some(ctx.client.submit_confirmation(&id, &answer).await?))
 }
 

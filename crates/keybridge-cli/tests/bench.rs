@@ -1,0 +1,51 @@
+//! Smoke test of `keybridge bench`: the command runs payments end to end and
+//! reports every figure. It asserts that the figures exist and are coherent,
+//! never a speed: speed belongs in benchmark runs, not in tests.
+
+use std::process::Command;
+
+#[test]
+fn bench_runs_200_payments_and_reports_json() {
+    let output = Command::new(env!("CARGO_BIN_EXE_keybridge"))
+        .args([
+            "bench",
+            "--payments",
+            "200",
+            "--cards",
+            "2",
+            "--concurrency",
+            "4",
+            "--json",
+        ])
+        .env("KEYBRIDGE_LOG", "warn")
+        .output()
+        .expect("run keybridge bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench exited {}:\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["payments_settled"], 200, "{report}");
+    assert_eq!(report["payments_failed"], 0, "{report}");
+    for key in [
+        "confirmed_per_s",
+        "cpu_s_per_payment",
+        "crypto_limit_per_s",
+        "ratio_to_crypto_limit",
+    ] {
+        assert!(
+            report[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key} in {report}"
+        );
+    }
+    let p50 = report["latency_ms"]["p50"].as_f64().unwrap();
+    let p99 = report["latency_ms"]["p99"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 <= p99, "{report}");
+    assert!(
+        report["peak_rss_kib"].as_u64().is_some_and(|v| v > 0),
+        "{report}"
+    );
+}
