@@ -1,7 +1,8 @@
-//! The SQLite backend: one connection behind a mutex, every call run on the
-//! blocking pool, every write in one `BEGIN IMMEDIATE` transaction.
-//! Correctness over throughput: calls are serialised, so compare-and-set
-//! updates and the unique indexes are a second line of defence, not the first.
+//! The SQLite backend: one connection behind a mutex; reads run on the
+//! blocking pool, writes on one writer thread that commits them in groups
+//! ([`writer`]), each group one `BEGIN IMMEDIATE` transaction and each write
+//! its own savepoint. Writes are serialised, so compare-and-set updates and
+//! the unique indexes are a second line of defence, not the first.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -42,9 +43,12 @@ const DEVICE_COLUMNS: &str =
     "id, account_id, label, public_key, certificate, status, last_counter, created_at";
 const ACCOUNT_COLUMNS: &str = "id, display_name, currency, balance_minor, system, created_at";
 
+mod writer;
+
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    writer: writer::Writer,
 }
 
 impl SqliteStore {
@@ -72,8 +76,10 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
             .map_err(backend)?;
         migrate(&mut conn, now_unix_s)?;
+        let conn = Arc::new(Mutex::new(conn));
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            writer: writer::Writer::start(Arc::clone(&conn))?,
+            conn,
         })
     }
 
@@ -94,21 +100,14 @@ impl SqliteStore {
         .map_err(|e| StoreError::Backend(format!("blocking task failed: {e}")))?
     }
 
-    /// Runs `f` inside one immediate (write-locking) transaction.
+    /// Runs `f` as one atomic write (a savepoint in a group commit) and
+    /// returns once it is durable.
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        self.run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
-            let out = f(&tx)?;
-            tx.commit().map_err(backend)?;
-            Ok(out)
-        })
-        .await
+        self.writer.write(f).await
     }
 }
 
