@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod config;
 mod demo;
 mod pay;
 mod roles;
@@ -19,8 +20,17 @@ use clap::{Parser, Subcommand};
     about = "Out-of-band payment confirmation with an external security device, bridged by a phone"
 )]
 struct Cli {
+    /// Log lines as text or as one JSON object per line (for collectors).
+    #[arg(long, global = true, value_enum, env = "KEYBRIDGE_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -39,7 +49,7 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYBRIDGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn,hyper=warn"));
     let builder = tracing_subscriber::fmt()
@@ -47,7 +57,11 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_target(false);
     // Under `keybridge demo` the parent stamps each line with its own clock.
-    if std::env::var("KEYBRIDGE_LOG_STYLE").as_deref() == Ok("demo") {
+    if format == LogFormat::Json {
+        // Spans (the request span carries method, path and request id) go
+        // into each line's `span`/`spans` fields.
+        builder.json().with_current_span(true).with_span_list(true).init();
+    } else if std::env::var("KEYBRIDGE_LOG_STYLE").as_deref() == Ok("demo") {
         builder
             .without_time()
             .with_level(false)
@@ -60,7 +74,7 @@ fn init_tracing() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -81,6 +81,9 @@ pub struct RelayOptions {
     pub tamper: Option<Tamper>,
     /// How long to wait for the card to be present for one request.
     pub card_wait: Duration,
+    /// PEM certificates to trust for an `https` server (its CA or its
+    /// self-signed certificate). `wss://` trusts only these.
+    pub ca_cert_pem: Option<Vec<u8>>,
 }
 
 /// Bounded retries when the card goes away mid-conversation.
@@ -97,7 +100,11 @@ struct Context {
 pub async fn run(options: RelayOptions) -> Result<(), RelayError> {
     let link = CardLink::open(&options.card)?;
     println!("[phone] card reader ready at {}", options.card);
-    let client = Client::new(&options.credential.server, &options.credential.credential)?;
+    let client = Client::with_ca_pem(
+        &options.credential.server,
+        &options.credential.credential,
+        options.ca_cert_pem.as_deref(),
+    )?;
     let ctx = Arc::new(Context {
         link: Arc::new(Mutex::new(link)),
         client,
@@ -114,6 +121,34 @@ pub async fn run(options: RelayOptions) -> Result<(), RelayError> {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// A rustls connector trusting exactly the given PEM certificates, or `None`
+/// (plain `ws://`, or the library's default for `wss://`, which has no roots).
+fn tls_connector(
+    ca_pem: Option<&[u8]>,
+) -> Result<Option<tokio_tungstenite::Connector>, RelayError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let Some(pem) = ca_pem else {
+        return Ok(None);
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| RelayError::Protocol(format!("CA certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| RelayError::Protocol(format!("CA certificate: {e}")))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| RelayError::Protocol(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Some(tokio_tungstenite::Connector::Rustls(
+        std::sync::Arc::new(config),
+    )))
 }
 
 fn websocket_url(server: &str) -> String {
@@ -139,7 +174,12 @@ async fn session(ctx: &Arc<Context>) -> Result<(), RelayError> {
             .parse()
             .map_err(|_| RelayError::Credential("credential is not a valid header".into()))?,
     );
-    let (mut ws, _) = match tokio_tungstenite::connect_async(request).await {
+    let connector = tls_connector(ctx.options.ca_cert_pem.as_deref())?;
+    let (mut ws, _) = match tokio_tungstenite::connect_async_tls_with_config(
+        request, None, false, connector,
+    )
+    .await
+    {
         Ok(ok) => ok,
         Err(tungstenite::Error::Http(r)) if r.status() == 401 => {
             return Err(RelayError::Unauthorized)
