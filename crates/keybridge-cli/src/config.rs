@@ -56,8 +56,8 @@ impl FileConfig {
             .with_context(|| format!("reading {}", path.display()))?
             .len();
         anyhow::ensure!(len <= FILE_LEN_MAX, "{} is over 64 KiB", path.display());
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         FileConfig::parse(&text).with_context(|| format!("in {}", path.display()))
     }
 
@@ -107,7 +107,10 @@ pub fn resolve(over: Overrides, file: FileConfig) -> anyhow::Result<Settings> {
     };
     let cert = over.tls_cert.or(file.tls.cert);
     let key = over.tls_key.or(file.tls.key);
-    let self_signed = over.tls_self_signed.or(file.tls.self_signed).unwrap_or(false);
+    let self_signed = over
+        .tls_self_signed
+        .or(file.tls.self_signed)
+        .unwrap_or(false);
     let tls = match (cert, key, self_signed) {
         (Some(_), Some(_), true) | (Some(_), None, true) | (None, Some(_), true) => {
             anyhow::bail!("TLS: give a certificate and key, or self-signed, not both")

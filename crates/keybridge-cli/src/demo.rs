@@ -195,8 +195,12 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
     let url = addr.trim().to_owned();
     // The server made a self-signed certificate; every client trusts exactly it.
     let ca_cert = dir.join("server").join("tls-cert.pem");
-    let ca_pem = std::fs::read(&ca_cert).with_context(|| format!("reading {}", ca_cert.display()))?;
-    log.line("demo", &format!("server is up at {url} (TLS, self-signed certificate)"));
+    let ca_pem =
+        std::fs::read(&ca_cert).with_context(|| format!("reading {}", ca_cert.display()))?;
+    log.line(
+        "demo",
+        &format!("server is up at {url} (TLS, self-signed certificate)"),
+    );
 
     // Operator: accounts and a terminal.
     let admin = Client::with_ca_pem(&url, &admin_token, Some(&ca_pem))?;

@@ -60,7 +60,11 @@ fn init_tracing(format: LogFormat) {
     if format == LogFormat::Json {
         // Spans (the request span carries method, path and request id) go
         // into each line's `span`/`spans` fields.
-        builder.json().with_current_span(true).with_span_list(true).init();
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
     } else if std::env::var("KEYBRIDGE_LOG_STYLE").as_deref() == Ok("demo") {
         builder
             .without_time()
@@ -98,6 +102,63 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `keybridge relay --auto approve|decline` is the scripting interface;
+    /// a typo must be an error, not a prompt that blocks a script.
+    #[test]
+    fn relay_auto_answers_parse() {
+        let base = [
+            "keybridge",
+            "relay",
+            "--credential",
+            "device.json",
+            "--card",
+            "vpcd-listen:127.0.0.1:35963",
+        ];
+        for (value, want) in [
+            ("approve", "Approve"),
+            ("decline", "Decline"),
+            ("prompt", "Prompt"),
+        ] {
+            let cli = Cli::try_parse_from(base.iter().copied().chain(["--auto", value])).unwrap();
+            match cli.command {
+                Command::Relay(args) => assert_eq!(format!("{:?}", args.auto), want),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(Cli::try_parse_from(base.iter().copied().chain(["--auto", "yes"])).is_err());
+    }
+
+    #[test]
+    fn log_format_and_server_tls_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "keybridge",
+            "--log-format",
+            "json",
+            "server",
+            "--tls-self-signed",
+            "--config",
+            "kb.toml",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        match cli.command {
+            Command::Server(args) => {
+                assert_eq!(args.tls_self_signed, Some(true));
+                assert_eq!(
+                    args.config.as_deref(),
+                    Some(std::path::Path::new("kb.toml"))
+                );
+                assert_eq!(args.listen, None, "unset: the file or the default decides");
+            }
+            other => panic!("{other:?}"),
         }
     }
 }

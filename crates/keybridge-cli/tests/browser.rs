@@ -139,7 +139,12 @@ async fn card_and_relay(admin: &Client, dir: &Path, account: &str, decision: Dec
 }
 
 async fn text(b: &Browser, css: &str) -> String {
-    b.find(Locator::Css(css)).await.unwrap().text().await.unwrap()
+    b.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 async fn fill(b: &Browser, id: &str, value: &str) {
@@ -163,18 +168,24 @@ async fn final_status(b: &Browser) -> String {
         if !status.is_empty() && status != "pending" {
             return status;
         }
-        assert!(Instant::now() < deadline, "the page never showed an outcome");
+        assert!(
+            Instant::now() < deadline,
+            "the page never showed an outcome"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 async fn focused_id(b: &Browser) -> String {
-    b.execute("return document.activeElement && document.activeElement.id;", vec![])
-        .await
-        .unwrap()
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+    b.execute(
+        "return document.activeElement && document.activeElement.id;",
+        vec![],
+    )
+    .await
+    .unwrap()
+    .as_str()
+    .unwrap_or_default()
+    .to_owned()
 }
 
 async fn save_screenshot(b: &Browser, name: &str) -> PathBuf {
@@ -193,7 +204,12 @@ async fn pay(b: &Browser, payer: &str, amount: &str, order: &str) {
     fill(b, "currency", "CNY").await;
     fill(b, "order", order).await;
     fill(b, "description", "Two paperbacks").await;
-    b.find(Locator::Id("pay-submit")).await.unwrap().click().await.unwrap();
+    b.find(Locator::Id("pay-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,7 +219,10 @@ async fn a_payment_from_the_web_page_settles_and_a_declined_one_shows_why() {
         tool("KEYBRIDGE_CHROMEDRIVER", "/usr/bin/chromedriver"),
         tool("KEYBRIDGE_CHROMIUM", "/usr/bin/chromium"),
     ) else {
-        assert!(!ci, "CI=true but chromium or chromedriver is missing: install chromium and chromium-driver");
+        assert!(
+            !ci,
+            "CI=true but chromium or chromedriver is missing: install chromium and chromium-driver"
+        );
         eprintln!("SKIPPED: chromium or chromedriver not installed (CI would fail here)");
         return;
     };
@@ -219,7 +238,11 @@ async fn a_payment_from_the_web_page_settles_and_a_declined_one_shows_why() {
     let base = server.base_url();
     let admin = Client::new(&base, ADMIN_TOKEN).unwrap();
     let cny = Currency::from_code("CNY").unwrap();
-    for (id, name, opening) in [("alice", "Alice", 100_000), ("bob", "Bob", 100_000), ("shop", "Corner Bookshop", 0)] {
+    for (id, name, opening) in [
+        ("alice", "Alice", 100_000),
+        ("bob", "Bob", 100_000),
+        ("shop", "Corner Bookshop", 0),
+    ] {
         admin
             .create_account(&CreateAccount {
                 id: AccountId::new(id).unwrap(),
@@ -240,9 +263,17 @@ async fn a_payment_from_the_web_page_settles_and_a_declined_one_shows_why() {
     // Connect: the key goes in once and is kept by the tab, not the page.
     assert_eq!(focused_id(&b).await, "connect-title");
     fill(&b, "api-key", &terminal.api_key).await;
-    b.find(Locator::Id("connect-submit")).await.unwrap().click().await.unwrap();
+    b.find(Locator::Id("connect-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let html = b.source().await.unwrap();
-    assert!(!html.contains(&terminal.api_key), "the key must not be in the page");
+    assert!(
+        !html.contains(&terminal.api_key),
+        "the key must not be in the page"
+    );
 
     // 1. alice pays 12.34 CNY; her relay and card confirm; the page follows it live.
     pay(&b, "alice", "12.34", "ORD-WEB-1").await;
@@ -256,13 +287,24 @@ async fn a_payment_from_the_web_page_settles_and_a_declined_one_shows_why() {
     // Focus moved to the outcome for screen readers; the status is a live region.
     assert_eq!(focused_id(&b).await, "progress-title");
     let live = b.find(Locator::Id("status")).await.unwrap();
-    assert_eq!(live.attr("aria-live").await.unwrap().as_deref(), Some("polite"));
+    assert_eq!(
+        live.attr("aria-live").await.unwrap().as_deref(),
+        Some("polite")
+    );
     save_screenshot(&b, "settled.png").await;
-    let alice = admin.account(&AccountId::new("alice").unwrap()).await.unwrap();
+    let alice = admin
+        .account(&AccountId::new("alice").unwrap())
+        .await
+        .unwrap();
     assert_eq!(alice.balance_minor, 100_000 - 1234, "the ledger agrees");
 
     // 2. bob's phone declines: rejected, with the reason in words.
-    b.find(Locator::Id("new-payment")).await.unwrap().click().await.unwrap();
+    b.find(Locator::Id("new-payment"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     pay(&b, "bob", "5", "ORD-WEB-2").await;
     assert_eq!(final_status(&b).await, "rejected");
     assert_eq!(text(&b, "#status-text").await, "Payment rejected");
@@ -272,13 +314,26 @@ async fn a_payment_from_the_web_page_settles_and_a_declined_one_shows_why() {
     );
     assert_eq!(text(&b, "#progress-title").await, "Not paid");
     save_screenshot(&b, "declined.png").await;
-    let bob = admin.account(&AccountId::new("bob").unwrap()).await.unwrap();
+    let bob = admin
+        .account(&AccountId::new("bob").unwrap())
+        .await
+        .unwrap();
     assert_eq!(bob.balance_minor, 100_000, "no money moved");
 
     // 3. The account page: balance and this terminal's payments.
-    b.find(Locator::Id("nav-account")).await.unwrap().click().await.unwrap();
+    b.find(Locator::Id("nav-account"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     fill(&b, "account-id", "alice").await;
-    b.find(Locator::Id("account-submit")).await.unwrap().click().await.unwrap();
+    b.find(Locator::Id("account-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     b.wait()
         .at_most(GUARD)
         .for_element(Locator::Css("#account-rows tr"))
@@ -287,7 +342,10 @@ async fn a_payment_from_the_web_page_settles_and_a_declined_one_shows_why() {
     let balance = text(&b, "#account-balance").await;
     assert!(balance.contains("987.66"), "{balance}");
     let row = text(&b, "#account-rows tr").await;
-    assert!(row.contains("ORD-WEB-1") && row.contains("settled"), "{row}");
+    assert!(
+        row.contains("ORD-WEB-1") && row.contains("settled"),
+        "{row}"
+    );
     save_screenshot(&b, "account.png").await;
 
     b.close().await.unwrap();

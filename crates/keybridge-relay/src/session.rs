@@ -86,6 +86,9 @@ pub struct RelayOptions {
     pub ca_cert_pem: Option<Vec<u8>>,
 }
 
+/// How often the time left is printed while waiting for the card.
+const TIME_LEFT_EVERY_S: u64 = 5;
+
 /// Bounded retries when the card goes away mid-conversation.
 const CARD_ATTEMPTS_MAX: u32 = 3;
 
@@ -175,17 +178,16 @@ async fn session(ctx: &Arc<Context>) -> Result<(), RelayError> {
             .map_err(|_| RelayError::Credential("credential is not a valid header".into()))?,
     );
     let connector = tls_connector(ctx.options.ca_cert_pem.as_deref())?;
-    let (mut ws, _) = match tokio_tungstenite::connect_async_tls_with_config(
-        request, None, false, connector,
-    )
-    .await
-    {
-        Ok(ok) => ok,
-        Err(tungstenite::Error::Http(r)) if r.status() == 401 => {
-            return Err(RelayError::Unauthorized)
-        }
-        Err(e) => return Err(RelayError::Protocol(e.to_string())),
-    };
+    let (mut ws, _) =
+        match tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector)
+            .await
+        {
+            Ok(ok) => ok,
+            Err(tungstenite::Error::Http(r)) if r.status() == 401 => {
+                return Err(RelayError::Unauthorized)
+            }
+            Err(e) => return Err(RelayError::Protocol(e.to_string())),
+        };
     println!(
         "[phone] connected to {} as device {} for account {}",
         ctx.options.credential.server,
@@ -291,7 +293,26 @@ async fn confirm(
         "[phone] sending {} payload bytes to the card",
         to_sign.len()
     );
-    let outcome = sign_with_retries(ctx, pin, to_sign, payload.expires_at_unix_s).await?;
+    // Live time left while the holder presents the card and enters nothing
+    // more: a line every few seconds, stopped as soon as the card answers.
+    let ticker = {
+        let payload = payload.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(TIME_LEFT_EVERY_S));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let now = now_unix_s();
+                println!("[phone] {}", screen::time_left_line(&payload, now));
+                if now >= payload.expires_at_unix_s {
+                    return;
+                }
+            }
+        })
+    };
+    let outcome = sign_with_retries(ctx, pin, to_sign, payload.expires_at_unix_s).await;
+    ticker.abort();
+    let outcome = outcome?;
     let answer = match outcome {
         Some(SignOutcome::Signed { counter, signature }) => {
             println!(

@@ -183,7 +183,8 @@ pub async fn start_with_state(
             ("http", server)
         }
         Some(files) => {
-            let tls = axum_server::tls_rustls::RustlsConfig::from_config(tls::server_config(files)?);
+            let tls =
+                axum_server::tls_rustls::RustlsConfig::from_config(tls::server_config(files)?);
             let listener = listener
                 .into_std()
                 .map_err(ServerError::io("preparing the TLS listener"))?;

@@ -30,7 +30,9 @@ pub const PENDING: &str = "keybridge_pending_confirmations";
 pub const WEBHOOK_DELIVERIES: &str = "keybridge_webhook_deliveries_total";
 
 /// Payments are confirmed by a person: seconds to minutes.
-const LATENCY_BUCKETS_S: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+const LATENCY_BUCKETS_S: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
 /// Bound on remembered start instants; past it latency is taken from the
 /// stored creation time (whole seconds) instead.
 const STARTED_LEN_MAX: usize = 100_000;

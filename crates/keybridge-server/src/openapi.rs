@@ -58,7 +58,10 @@ impl Modify for Bearers {
         let components = openapi.components.get_or_insert_with(Default::default);
         for (name, what) in [
             ("terminal_key", "A terminal's API key (`kbt_…`)."),
-            ("device_credential", "A relay's device credential (`kbd_…`)."),
+            (
+                "device_credential",
+                "A relay's device credential (`kbd_…`).",
+            ),
             ("admin_token", "The server's admin token."),
         ] {
             let mut http = Http::new(HttpAuthScheme::Bearer);

@@ -61,7 +61,10 @@ pub fn write_self_signed(dir: &Path, names: &[String]) -> Result<TlsFiles, Serve
         "writing {}",
         files.cert_pem.display()
     )))?;
-    write_private(&files.key_pem, certified.key_pair.serialize_pem().as_bytes())?;
+    write_private(
+        &files.key_pem,
+        certified.key_pair.serialize_pem().as_bytes(),
+    )?;
     Ok(files)
 }
 
@@ -84,7 +87,8 @@ mod tests {
     #[test]
     fn a_generated_certificate_loads() {
         let dir = tempfile::tempdir().unwrap();
-        let files = write_self_signed(dir.path(), &["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let files =
+            write_self_signed(dir.path(), &["localhost".into(), "127.0.0.1".into()]).unwrap();
         let config = server_config(&files).unwrap();
         assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
     }
@@ -103,6 +107,9 @@ mod tests {
             cert_pem: dir.path().join("nope.pem"),
             key_pem: dir.path().join("nope.pem"),
         };
-        assert!(matches!(server_config(&missing), Err(ServerError::Config(_))));
+        assert!(matches!(
+            server_config(&missing),
+            Err(ServerError::Config(_))
+        ));
     }
 }

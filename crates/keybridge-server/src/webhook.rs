@@ -305,11 +305,35 @@ mod tests {
         let body = br#"{"id":"evt_1"}"#;
         let header = signature_header("whsec_k", 1_700_000_000, body);
         assert!(header.starts_with("t=1700000000,v1="), "{header}");
-        assert!(verify_signature("whsec_k", &header, body, 1_700_000_010, 300));
+        assert!(verify_signature(
+            "whsec_k",
+            &header,
+            body,
+            1_700_000_010,
+            300
+        ));
         // Another key, another body, a stale timestamp, garbage: all refused.
-        assert!(!verify_signature("whsec_x", &header, body, 1_700_000_010, 300));
-        assert!(!verify_signature("whsec_k", &header, b"{}", 1_700_000_010, 300));
-        assert!(!verify_signature("whsec_k", &header, body, 1_700_001_000, 300));
+        assert!(!verify_signature(
+            "whsec_x",
+            &header,
+            body,
+            1_700_000_010,
+            300
+        ));
+        assert!(!verify_signature(
+            "whsec_k",
+            &header,
+            b"{}",
+            1_700_000_010,
+            300
+        ));
+        assert!(!verify_signature(
+            "whsec_k",
+            &header,
+            body,
+            1_700_001_000,
+            300
+        ));
         assert!(!verify_signature("whsec_k", "t=x,v1=zz", body, 0, u64::MAX));
     }
 
@@ -317,7 +341,13 @@ mod tests {
     fn callback_urls_are_checked() {
         assert!(check_url("https://shop.example/hooks/keybridge").is_ok());
         assert!(check_url("http://127.0.0.1:9000/").is_ok());
-        for bad in ["", "ftp://x/", "not a url", "https://user:pw@x/", "file:///etc/passwd"] {
+        for bad in [
+            "",
+            "ftp://x/",
+            "not a url",
+            "https://user:pw@x/",
+            "file:///etc/passwd",
+        ] {
             assert!(check_url(bad).is_err(), "{bad}");
         }
         assert!(check_url(&format!("https://x/{}", "a".repeat(URL_LEN_MAX))).is_err());

@@ -52,25 +52,50 @@ async fn metrics_count_payments_latency_and_verification_failures() {
 
     let pending = h.pay(&terminal, 100).await;
     let during = metrics(&h).await;
-    assert!(sample(&during, "keybridge_pending_confirmations") >= 1.0, "{during}");
+    assert!(
+        sample(&during, "keybridge_pending_confirmations") >= 1.0,
+        "{during}"
+    );
 
     let payload = h.payload(&pending.id).await;
     h.confirm_ok(&card, &pending.id, &card.sign(&payload)).await;
     let tx = h.pay(&terminal, 100).await;
-    h.confirm_ok(&card, &tx.id, &Confirmation::Declined { reason: DeclineReason::Declined })
-        .await;
+    h.confirm_ok(
+        &card,
+        &tx.id,
+        &Confirmation::Declined {
+            reason: DeclineReason::Declined,
+        },
+    )
+    .await;
     // A signature over other bytes: the verification unit refuses it.
     let tx = h.pay(&terminal, 100).await;
-    h.confirm_ok(&card, &tx.id, &card.sign(b"not the payload")).await;
+    h.confirm_ok(&card, &tx.id, &card.sign(b"not the payload"))
+        .await;
 
     let after = metrics(&h).await;
-    assert!(sample(&after, settled) >= sample(&before, settled) + 1.0, "{after}");
-    assert!(sample(&after, declined) >= sample(&before, declined) + 1.0, "{after}");
-    assert!(sample(&after, bad_sig) >= sample(&before, bad_sig) + 1.0, "{after}");
-    assert!(sample(&after, latency) >= sample(&before, latency) + 1.0, "{after}");
+    assert!(
+        sample(&after, settled) >= sample(&before, settled) + 1.0,
+        "{after}"
+    );
+    assert!(
+        sample(&after, declined) >= sample(&before, declined) + 1.0,
+        "{after}"
+    );
+    assert!(
+        sample(&after, bad_sig) >= sample(&before, bad_sig) + 1.0,
+        "{after}"
+    );
+    assert!(
+        sample(&after, latency) >= sample(&before, latency) + 1.0,
+        "{after}"
+    );
     // A holder's decline is an outcome, not a verification failure.
     assert_eq!(
-        sample(&after, r#"keybridge_verification_failures_total{reason="declined"}"#),
+        sample(
+            &after,
+            r#"keybridge_verification_failures_total{reason="declined"}"#
+        ),
         0.0
     );
     assert!(after.contains("keybridge_submit_to_settled_seconds_bucket{le=\"0.5\"}"));
@@ -117,16 +142,31 @@ async fn the_checkout_page_is_served_with_its_assets_and_a_strict_policy() {
     let h = Harness::start().await;
     let page = h.http.get(h.url("/")).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
-    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
-    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"), "{csp}");
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
     let html = page.text().await.unwrap();
     // Every asset is ours: no other origin is referenced.
-    assert!(!html.contains("http://") && !html.contains("https://"), "{html}");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "{html}"
+    );
     assert!(!html.contains("kbt_") || html.contains("<code>kbt_</code>"));
-    for (path, kind) in [("/assets/app.js", "text/javascript"), ("/assets/app.css", "text/css")] {
+    for (path, kind) in [
+        ("/assets/app.js", "text/javascript"),
+        ("/assets/app.css", "text/css"),
+    ] {
         let r = h.http.get(h.url(path)).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
-        assert!(r.headers()["content-type"].to_str().unwrap().starts_with(kind));
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with(kind));
         assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     }
 }
@@ -135,13 +175,25 @@ async fn the_checkout_page_is_served_with_its_assets_and_a_strict_policy() {
 async fn the_account_page_shows_only_accounts_this_terminal_has_paid_from() {
     let (h, terminal, card) = Harness::standard().await;
     let url = h.url("/v1/accounts/alice");
-    let r = h.http.get(&url).bearer_auth(&terminal.api_key).send().await.unwrap();
+    let r = h
+        .http
+        .get(&url)
+        .bearer_auth(&terminal.api_key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     let tx = h.pay(&terminal, 250).await;
     let payload = h.payload(&tx.id).await;
     h.confirm_ok(&card, &tx.id, &card.sign(&payload)).await;
-    let r = h.http.get(&url).bearer_auth(&terminal.api_key).send().await.unwrap();
+    let r = h
+        .http
+        .get(&url)
+        .bearer_auth(&terminal.api_key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let activity: keybridge_proto::api::AccountActivity = r.json().await.unwrap();
     assert_eq!(activity.account.balance_minor, 1_000_000 - 250);
@@ -150,7 +202,13 @@ async fn the_account_page_shows_only_accounts_this_terminal_has_paid_from() {
 
     // Another terminal sees nothing of it; no key, no answer.
     let other = h.terminal().await;
-    let r = h.http.get(&url).bearer_auth(&other.api_key).send().await.unwrap();
+    let r = h
+        .http
+        .get(&url)
+        .bearer_auth(&other.api_key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let r = h.http.get(&url).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
@@ -177,7 +235,12 @@ async fn https_round_trip_with_a_trusted_self_signed_certificate() {
         .resolve("localhost", server.addr)
         .build()
         .unwrap();
-    let r = client.get(&url).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let r = client
+        .get(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 
     // Not trusting it: the handshake fails; plain HTTP gets no API answer.

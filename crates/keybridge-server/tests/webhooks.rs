@@ -11,12 +11,12 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode as AxumStatus};
 use common::*;
-use keybridge_server::Clock;
 use hmac::{Hmac, Mac};
 use keybridge_proto::api::{
     Confirmation, DeclineReason, TransactionStatus, WebhookDeliveryView, WebhookEvent,
     WebhookRegistered,
 };
+use keybridge_server::Clock;
 use reqwest::StatusCode;
 use serde_json::json;
 use sha2::Sha256;
@@ -132,7 +132,10 @@ async fn each_outcome_is_delivered_once_with_a_valid_signature() {
         .await
         .unwrap();
     let text = r.text().await.unwrap();
-    assert!(text.contains(&url) && !text.contains(&registered.secret), "{text}");
+    assert!(
+        text.contains(&url) && !text.contains(&registered.secret),
+        "{text}"
+    );
 
     // Three outcomes: settled, rejected (declined), rejected (wrong PIN).
     let settled = h.pay(&terminal, 100).await;
@@ -185,9 +188,15 @@ async fn each_outcome_is_delivered_once_with_a_valid_signature() {
     );
     let d = &by_transaction[&declined.id];
     assert_eq!(d.event_type, "transaction.rejected");
-    assert_eq!(d.transaction.reason_text.as_deref(), Some("the payer declined on the security device"));
     assert_eq!(
-        by_transaction[&wrong_pin.id].transaction.reason.map(|r| r.as_str()),
+        d.transaction.reason_text.as_deref(),
+        Some("the payer declined on the security device")
+    );
+    assert_eq!(
+        by_transaction[&wrong_pin.id]
+            .transaction
+            .reason
+            .map(|r| r.as_str()),
         Some("wrong_pin")
     );
     // The admin view names the same events, one attempt each.
@@ -251,7 +260,10 @@ async fn bad_urls_are_refused_and_removal_stops_delivery() {
             .await
             .unwrap();
         let (status, body) = error_body(r).await;
-        assert_eq!((status, body.error.as_str()), (StatusCode::BAD_REQUEST, "invalid_request"));
+        assert_eq!(
+            (status, body.error.as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_request")
+        );
     }
     let (_receiver, url) = start_receiver(0).await;
     register(&h, &terminal.api_key, &url).await;
@@ -274,7 +286,13 @@ async fn bad_urls_are_refused_and_removal_stops_delivery() {
     // No registration, no event queued.
     let tx = h.pay(&terminal, 100).await;
     let r = h
-        .confirm(&_card.enrolled.credential, &tx.id, &Confirmation::Declined { reason: DeclineReason::Declined })
+        .confirm(
+            &_card.enrolled.credential,
+            &tx.id,
+            &Confirmation::Declined {
+                reason: DeclineReason::Declined,
+            },
+        )
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert!(deliveries(&h).await.is_empty());

@@ -29,7 +29,10 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     // A gauge read from the store at scrape time, so it is right after a restart.
     Metrics::set_pending(state.store.count_pending().await?);
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         Metrics::render(),
     ))
 }

@@ -3,9 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use keybridge_proto::api::{
-    RegisterWebhook, WebhookDeliveryView, WebhookRegistered, WebhookView,
-};
+use keybridge_proto::api::{RegisterWebhook, WebhookDeliveryView, WebhookRegistered, WebhookView};
 use serde::Deserialize;
 
 use super::admin::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX};
@@ -92,5 +90,7 @@ pub async fn list_deliveries(
         )));
     }
     let deliveries = state.store.list_deliveries(limit).await?;
-    Ok(Json(deliveries.iter().map(webhook::delivery_view).collect()))
+    Ok(Json(
+        deliveries.iter().map(webhook::delivery_view).collect(),
+    ))
 }

@@ -42,8 +42,7 @@ fn read_delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
 }
 
 fn decode_delivery(row: DeliveryRow) -> Result<DeliveryRecord, StoreError> {
-    let (event_id, terminal_id, tx, url, state, attempts, next, status, error, created, done) =
-        row;
+    let (event_id, terminal_id, tx, url, state, attempts, next, status, error, created, done) = row;
     let corrupt = |what: &str| StoreError::Corrupt(format!("webhook delivery {event_id}: {what}"));
     Ok(DeliveryRecord {
         transaction_id: transaction_id(&tx)?,
