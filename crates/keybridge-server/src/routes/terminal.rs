@@ -178,7 +178,9 @@ fn status_stream(
                         Err(RecvError::Lagged(_)) => {
                             // Fell behind: the store says whether we missed the end.
                             match own(&s.state, &s.terminal, &s.id).await {
-                                Ok(view) if view.status.is_final() => s.phase = Phase::Send(Box::new(view)),
+                                Ok(view) if view.status.is_final() => {
+                                    s.phase = Phase::Send(Box::new(view))
+                                }
                                 Ok(_) => {}
                                 Err(_) => return None,
                             }
