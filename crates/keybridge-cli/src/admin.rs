@@ -14,9 +14,13 @@ use zeroize::Zeroizing;
 
 #[derive(Debug, Args)]
 pub struct AdminArgs {
-    /// Server base URL, e.g. http://127.0.0.1:8080.
+    /// Server base URL, e.g. http://127.0.0.1:8080 or https://….
     #[arg(long)]
     pub server: String,
+    /// PEM certificate(s) to trust for an https server (its CA, or the
+    /// `tls-cert.pem` of `keybridge server --tls-self-signed`).
+    #[arg(long, env = "KEYBRIDGE_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// The admin token (better: set KEYBRIDGE_ADMIN_TOKEN).
     #[arg(long, env = "KEYBRIDGE_ADMIN_TOKEN", hide_env_values = true)]
     pub token: String,
@@ -71,7 +75,11 @@ pub enum AdminCommand {
 }
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let client = Client::new(&args.server, &args.token)?;
+    let client = Client::with_ca_pem(
+        &args.server,
+        &args.token,
+        crate::roles::read_ca_cert(args.ca_cert.as_deref())?.as_deref(),
+    )?;
     match args.command {
         AdminCommand::CreateAccount {
             id,

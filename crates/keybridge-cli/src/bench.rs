@@ -139,6 +139,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             tamper: None,
             card_wait: Duration::from_secs(30),
             quiet: true,
+            ca_cert_pem: None,
         }));
         payers.push(payer);
         setup.inc(1);

@@ -185,17 +185,25 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
         .arg(dir.join("server"))
         .arg("--ready-file")
         .arg(&ready)
+        .arg("--tls-self-signed")
         .env("KEYBRIDGE_ADMIN_TOKEN", &admin_token);
     if scenario == Scenario::Expired {
         server.args(["--ttl-s", "3"]);
     }
     children.spawn(&log, "server", server)?;
     let addr = wait_for_file(&ready, Duration::from_secs(30))?;
-    let url = format!("http://{}", addr.trim());
-    log.line("demo", &format!("server is up at {url}"));
+    let url = addr.trim().to_owned();
+    // The server made a self-signed certificate; every client trusts exactly it.
+    let ca_cert = dir.join("server").join("tls-cert.pem");
+    let ca_pem =
+        std::fs::read(&ca_cert).with_context(|| format!("reading {}", ca_cert.display()))?;
+    log.line(
+        "demo",
+        &format!("server is up at {url} (TLS, self-signed certificate)"),
+    );
 
     // Operator: accounts and a terminal.
-    let admin = Client::new(&url, &admin_token)?;
+    let admin = Client::with_ca_pem(&url, &admin_token, Some(&ca_pem))?;
     let cny = Currency::from_code("CNY")?;
     for (id, name, balance) in [(PAYER, "Alice", "1000.00"), (PAYEE, "Corner Bookshop", "0")] {
         let a = admin
@@ -259,6 +267,8 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
         relay
             .args(["relay", "--auto", "approve", "--credential"])
             .arg(&credential_file)
+            .arg("--ca-cert")
+            .arg(&ca_cert)
             .arg("--card")
             .arg(card_link.to_string())
             .env(
@@ -310,6 +320,8 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
             "--description",
             "Two paperbacks",
         ])
+        .arg("--ca-cert")
+        .arg(&ca_cert)
         .env("KEYBRIDGE_API_KEY", &terminal.api_key)
         .env("KEYBRIDGE_LOG_STYLE", "demo")
         .stdin(Stdio::null())

@@ -5,6 +5,7 @@
 
 mod admin;
 mod bench;
+mod config;
 mod demo;
 mod pay;
 mod roles;
@@ -20,8 +21,17 @@ use clap::{Parser, Subcommand};
     about = "Out-of-band payment confirmation with an external security device, bridged by a phone"
 )]
 struct Cli {
+    /// Log lines as text or as one JSON object per line (for collectors).
+    #[arg(long, global = true, value_enum, env = "KEYBRIDGE_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,7 +52,7 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYBRIDGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn,hyper=warn"));
     let builder = tracing_subscriber::fmt()
@@ -50,7 +60,15 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_target(false);
     // Under `keybridge demo` the parent stamps each line with its own clock.
-    if std::env::var("KEYBRIDGE_LOG_STYLE").as_deref() == Ok("demo") {
+    if format == LogFormat::Json {
+        // Spans (the request span carries method, path and request id) go
+        // into each line's `span`/`spans` fields.
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
+    } else if std::env::var("KEYBRIDGE_LOG_STYLE").as_deref() == Ok("demo") {
         builder
             .without_time()
             .with_level(false)
@@ -63,7 +81,7 @@ fn init_tracing() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -88,6 +106,63 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `keybridge relay --auto approve|decline` is the scripting interface;
+    /// a typo must be an error, not a prompt that blocks a script.
+    #[test]
+    fn relay_auto_answers_parse() {
+        let base = [
+            "keybridge",
+            "relay",
+            "--credential",
+            "device.json",
+            "--card",
+            "vpcd-listen:127.0.0.1:35963",
+        ];
+        for (value, want) in [
+            ("approve", "Approve"),
+            ("decline", "Decline"),
+            ("prompt", "Prompt"),
+        ] {
+            let cli = Cli::try_parse_from(base.iter().copied().chain(["--auto", value])).unwrap();
+            match cli.command {
+                Command::Relay(args) => assert_eq!(format!("{:?}", args.auto), want),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(Cli::try_parse_from(base.iter().copied().chain(["--auto", "yes"])).is_err());
+    }
+
+    #[test]
+    fn log_format_and_server_tls_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "keybridge",
+            "--log-format",
+            "json",
+            "server",
+            "--tls-self-signed",
+            "--config",
+            "kb.toml",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        match cli.command {
+            Command::Server(args) => {
+                assert_eq!(args.tls_self_signed, Some(true));
+                assert_eq!(
+                    args.config.as_deref(),
+                    Some(std::path::Path::new("kb.toml"))
+                );
+                assert_eq!(args.listen, None, "unset: the file or the default decides");
+            }
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -10,9 +10,13 @@ use keybridge_terminal::{new_idempotency_key, pay, Client, PayRequest};
 
 #[derive(Debug, Args)]
 pub struct PayArgs {
-    /// Server base URL, e.g. http://127.0.0.1:8080.
+    /// Server base URL, e.g. http://127.0.0.1:8080 or https://….
     #[arg(long)]
     pub server: String,
+    /// PEM certificate(s) to trust for an https server (its CA, or the
+    /// `tls-cert.pem` of `keybridge server --tls-self-signed`).
+    #[arg(long, env = "KEYBRIDGE_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// The terminal's API key (better: set KEYBRIDGE_API_KEY).
     #[arg(long, env = "KEYBRIDGE_API_KEY", hide_env_values = true)]
     pub api_key: String,
@@ -56,7 +60,11 @@ pub async fn run(args: PayArgs) -> ExitCode {
 async fn run_inner(args: PayArgs) -> anyhow::Result<ExitCode> {
     let currency = Currency::from_code(&args.currency)?;
     let amount = Money::parse_major(&args.amount, currency)?;
-    let client = Client::new(&args.server, &args.api_key)?;
+    let client = Client::with_ca_pem(
+        &args.server,
+        &args.api_key,
+        crate::roles::read_ca_cert(args.ca_cert.as_deref())?.as_deref(),
+    )?;
     let request = PayRequest {
         payer: args.from,
         payee: args.to,

@@ -9,21 +9,41 @@ use clap::{Args, ValueEnum};
 use keybridge_relay::{CardLinkSpec, Decision, DeviceCredential, RelayOptions, Tamper};
 use zeroize::Zeroizing;
 
+use crate::config::{self, FileConfig, Overrides, Tls};
+
+/// Every setting can come from a flag, a `KEYBRIDGE_*` variable or the
+/// config file, in that order of precedence (see `config.rs`).
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    /// Directory for the SQLite database and the CA key.
-    #[arg(long, default_value = "keybridge-data")]
-    pub data_dir: PathBuf,
-    /// Server identity written into every confirmation payload.
-    #[arg(long, default_value = "keybridge.local")]
-    pub origin: String,
-    /// Seconds the payer has to confirm.
-    #[arg(long, default_value_t = 120)]
-    pub ttl_s: u64,
-    /// Write the bound address here once listening (for scripts and `demo`).
+    /// TOML config file (settings only; the admin token never goes there).
+    #[arg(long, env = "KEYBRIDGE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "KEYBRIDGE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the SQLite database and the CA key [default: keybridge-data].
+    #[arg(long, env = "KEYBRIDGE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Server identity written into every confirmation payload [default: keybridge.local].
+    #[arg(long, env = "KEYBRIDGE_ORIGIN")]
+    pub origin: Option<String>,
+    /// Seconds the payer has to confirm [default: 120].
+    #[arg(long, env = "KEYBRIDGE_TTL_S")]
+    pub ttl_s: Option<u64>,
+    /// Largest accepted request body [default: 65536].
+    #[arg(long, env = "KEYBRIDGE_BODY_LIMIT_BYTES")]
+    pub body_limit_bytes: Option<usize>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "KEYBRIDGE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "KEYBRIDGE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a self-signed certificate generated into the data
+    /// directory (`tls-cert.pem`; give it to clients as --ca-cert). Development only.
+    #[arg(long, env = "KEYBRIDGE_TLS_SELF_SIGNED", num_args = 0..=1, default_missing_value = "true")]
+    pub tls_self_signed: Option<bool>,
+    /// Write the bound base URL here once listening (for scripts and `demo`).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
 }
@@ -57,24 +77,67 @@ fn admin_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
 }
 
 pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let token = admin_token(&args.data_dir)?;
-    let mut config = keybridge_server::ServerConfig::new(args.listen, args.data_dir.clone(), token);
-    config.origin = args.origin;
-    config.confirmation_ttl_s = args.ttl_s;
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let settings = config::resolve(
+        Overrides {
+            listen: args.listen,
+            data_dir: args.data_dir,
+            origin: args.origin,
+            ttl_s: args.ttl_s,
+            body_limit_bytes: args.body_limit_bytes,
+            tls_cert: args.tls_cert,
+            tls_key: args.tls_key,
+            tls_self_signed: args.tls_self_signed,
+        },
+        file,
+    )?;
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    let token = admin_token(&settings.data_dir)?;
+    let mut config =
+        keybridge_server::ServerConfig::new(settings.listen, settings.data_dir.clone(), token);
+    config.origin = settings.origin;
+    config.confirmation_ttl_s = settings.ttl_s;
+    config.body_limit_bytes = settings.body_limit_bytes;
+    config.tls = match settings.tls {
+        Tls::Off => None,
+        Tls::Files { cert, key } => Some(keybridge_server::tls::TlsFiles {
+            cert_pem: cert,
+            key_pem: key,
+        }),
+        Tls::SelfSigned => {
+            let names = vec!["localhost".to_owned(), settings.listen.ip().to_string()];
+            let files = keybridge_server::tls::write_self_signed(&settings.data_dir, &names)
+                .context("generating the self-signed certificate")?;
+            eprintln!(
+                "self-signed TLS certificate for {names:?} in {} (clients: --ca-cert)",
+                files.cert_pem.display()
+            );
+            Some(files)
+        }
+    };
     let running = keybridge_server::start(config)
         .await
         .context("starting the server")?;
-    println!("listening on http://{}", running.addr);
+    let base = running.base_url();
+    println!("listening on {base} (web checkout: {base}/)");
     if let Some(path) = args.ready_file {
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, running.addr.to_string())
+        std::fs::write(&tmp, &base)
             .and_then(|()| std::fs::rename(&tmp, &path))
             .with_context(|| format!("writing {}", path.display()))?;
     }
     running.wait().await.context("server stopped")?;
     Ok(())
+}
+
+/// Reads `--ca-cert`: PEM certificates a client trusts for `https` servers.
+pub fn read_ca_cert(path: Option<&std::path::Path>) -> anyhow::Result<Option<Vec<u8>>> {
+    path.map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+        .transpose()
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -159,6 +222,10 @@ pub struct RelayArgs {
     /// Seconds to wait for the card to be presented for one request.
     #[arg(long, default_value_t = 30)]
     pub card_wait_s: u64,
+    /// PEM certificate(s) to trust for an https server (its CA, or the
+    /// `tls-cert.pem` of `keybridge server --tls-self-signed`).
+    #[arg(long, env = "KEYBRIDGE_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
@@ -179,6 +246,7 @@ pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
         }),
         card_wait: Duration::from_secs(args.card_wait_s),
         quiet: false,
+        ca_cert_pem: read_ca_cert(args.ca_cert.as_deref())?,
     };
     keybridge_relay::run(options).await?;
     Ok(())

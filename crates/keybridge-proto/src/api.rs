@@ -8,6 +8,7 @@ use crate::{AccountId, Currency, TransactionId};
 
 /// Lifecycle of a transaction. Only `pending` ever changes, and only once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TransactionStatus {
     Pending,
@@ -46,6 +47,7 @@ impl TransactionStatus {
 
 /// Machine-readable reason for every outcome other than `settled`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Reason {
@@ -123,6 +125,7 @@ impl Reason {
 /// `POST /v1/transactions` (terminal; `Authorization: Bearer <api key>`,
 /// `Idempotency-Key: <client-chosen key>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateTransaction {
     pub payer: AccountId,
@@ -136,6 +139,7 @@ pub struct CreateTransaction {
 
 /// A transaction as every client sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TransactionView {
     pub id: TransactionId,
     pub status: TransactionStatus,
@@ -151,10 +155,14 @@ pub struct TransactionView {
     pub description: String,
     pub created_at_unix_s: u64,
     pub expires_at_unix_s: u64,
+    /// [`Reason::describe`] of `reason`: plain words for a person at a terminal.
+    #[serde(default)]
+    pub reason_text: Option<String>,
 }
 
 /// Server → relay, one JSON text message per WebSocket frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RelayMessage {
     /// Please have the device confirm this payload.
@@ -169,6 +177,7 @@ pub enum RelayMessage {
 
 /// `POST /v1/confirmations/{id}` (relay; `Authorization: Bearer <device credential>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "result", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Confirmation {
     Signed {
@@ -183,6 +192,7 @@ pub enum Confirmation {
 
 /// Why the phone did not return a signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DeclineReason {
     Declined,
@@ -204,6 +214,7 @@ impl From<DeclineReason> for Reason {
 
 /// `POST /v1/admin/accounts`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
     pub id: AccountId,
@@ -215,6 +226,7 @@ pub struct CreateAccount {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AccountView {
     pub id: AccountId,
     pub display_name: String,
@@ -227,6 +239,7 @@ pub struct AccountView {
 
 /// `POST /v1/admin/terminals`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateTerminal {
     pub name: String,
@@ -234,6 +247,7 @@ pub struct CreateTerminal {
 
 /// Returned once; the server keeps only a hash of `api_key`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TerminalCreated {
     pub id: String,
     pub name: String,
@@ -242,6 +256,7 @@ pub struct TerminalCreated {
 
 /// `POST /v1/admin/devices`: issue a certificate for a card's public key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnrollDevice {
     pub account: AccountId,
@@ -253,6 +268,7 @@ pub struct EnrollDevice {
 
 /// Returned once; the server keeps only a hash of `credential`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceEnrolled {
     pub device_id: String,
     pub account: AccountId,
@@ -263,6 +279,7 @@ pub struct DeviceEnrolled {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceView {
     pub device_id: String,
     pub account: AccountId,
@@ -273,10 +290,83 @@ pub struct DeviceView {
 
 /// The one error body of every endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// A stable, machine-readable code such as `invalid_request`.
     pub error: String,
     pub message: String,
+}
+
+/// `PUT /v1/webhook` (terminal): where to POST this terminal's outcome events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RegisterWebhook {
+    /// An `http` or `https` URL, at most 2048 bytes.
+    pub url: String,
+}
+
+/// Returned once by `PUT /v1/webhook`: the HMAC-SHA256 key that signs every event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WebhookRegistered {
+    pub url: String,
+    /// Key of `KeyBridge-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
+    pub secret: String,
+}
+
+/// `GET /v1/webhook`: the registration, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WebhookView {
+    pub url: String,
+    pub created_at_unix_s: u64,
+}
+
+/// The body KeyBridge POSTs to a terminal's webhook when a transaction ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WebhookEvent {
+    /// Unique per event and the same on every retry: deduplicate on it.
+    pub id: String,
+    /// `transaction.settled`, `transaction.rejected`, `transaction.expired` or `transaction.failed`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub created_at_unix_s: u64,
+    pub transaction: TransactionView,
+}
+
+/// `GET /v1/admin/webhook-deliveries`: one event and how its delivery went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WebhookDeliveryView {
+    pub event_id: String,
+    pub terminal_id: String,
+    pub transaction_id: TransactionId,
+    pub url: String,
+    /// `pending`, `delivered` or `failed` (gave up after the last attempt).
+    pub state: String,
+    pub attempts: u32,
+    pub next_attempt_at_unix_s: u64,
+    /// HTTP status of the last attempt, if the receiver answered.
+    #[serde(default)]
+    pub last_status: Option<u16>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    pub created_at_unix_s: u64,
+    #[serde(default)]
+    pub delivered_at_unix_s: Option<u64>,
+}
+
+/// `GET /v1/accounts/{id}` (terminal): the account page of a payer this
+/// terminal has created transactions for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AccountActivity {
+    pub account: AccountView,
+    /// This terminal's transactions with this payer, newest first.
+    #[serde(default)]
+    pub transactions: Vec<TransactionView>,
 }
 
 /// Base64 (standard alphabet, padded) used for every binary field.

@@ -9,6 +9,9 @@
 //!   shared by the card (which answers them) and the relay (which sends them).
 //! - [`api`]: the JSON bodies of the HTTP API, shared by the server and its clients.
 //!
+//! Feature `openapi`: `utoipa` schemas for the API types (the server's
+//! OpenAPI document); clients build without it.
+//!
 //! This crate does no IO and reads no clock: times come in as arguments.
 #![forbid(unsafe_code)]
 
@@ -16,6 +19,8 @@ pub mod api;
 pub mod applet;
 mod ids;
 mod money;
+#[cfg(feature = "openapi")]
+mod openapi;
 mod payload;
 pub mod tlv;
 

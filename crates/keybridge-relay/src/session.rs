@@ -93,7 +93,13 @@ pub struct RelayOptions {
     pub card_wait: Duration,
     /// Print nothing on the phone's screen (benchmarks); logs still go to tracing.
     pub quiet: bool,
+    /// PEM certificates to trust for an `https` server (its CA or its
+    /// self-signed certificate). `wss://` trusts only these.
+    pub ca_cert_pem: Option<Vec<u8>>,
 }
+
+/// How often the time left is printed while waiting for the card.
+const TIME_LEFT_EVERY_S: u64 = 5;
 
 /// Bounded retries when the card goes away mid-conversation.
 const CARD_ATTEMPTS_MAX: u32 = 3;
@@ -115,7 +121,11 @@ struct Context {
 pub async fn run(options: RelayOptions) -> Result<(), RelayError> {
     let link = CardLink::open(&options.card)?;
     say!(options.quiet, "card reader ready at {}", options.card);
-    let client = Client::new(&options.credential.server, &options.credential.credential)?;
+    let client = Client::with_ca_pem(
+        &options.credential.server,
+        &options.credential.credential,
+        options.ca_cert_pem.as_deref(),
+    )?;
     let ctx = Arc::new(Context {
         link: Arc::new(Mutex::new(link)),
         client,
@@ -133,6 +143,34 @@ pub async fn run(options: RelayOptions) -> Result<(), RelayError> {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// A rustls connector trusting exactly the given PEM certificates, or `None`
+/// (plain `ws://`, or the library's default for `wss://`, which has no roots).
+fn tls_connector(
+    ca_pem: Option<&[u8]>,
+) -> Result<Option<tokio_tungstenite::Connector>, RelayError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let Some(pem) = ca_pem else {
+        return Ok(None);
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| RelayError::Protocol(format!("CA certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| RelayError::Protocol(format!("CA certificate: {e}")))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| RelayError::Protocol(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Some(tokio_tungstenite::Connector::Rustls(
+        std::sync::Arc::new(config),
+    )))
 }
 
 fn websocket_url(server: &str) -> String {
@@ -158,13 +196,17 @@ async fn session(ctx: &Arc<Context>) -> Result<(), RelayError> {
             .parse()
             .map_err(|_| RelayError::Credential("credential is not a valid header".into()))?,
     );
-    let (mut ws, _) = match tokio_tungstenite::connect_async(request).await {
-        Ok(ok) => ok,
-        Err(tungstenite::Error::Http(r)) if r.status() == 401 => {
-            return Err(RelayError::Unauthorized)
-        }
-        Err(e) => return Err(RelayError::Protocol(e.to_string())),
-    };
+    let connector = tls_connector(ctx.options.ca_cert_pem.as_deref())?;
+    let (mut ws, _) =
+        match tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector)
+            .await
+        {
+            Ok(ok) => ok,
+            Err(tungstenite::Error::Http(r)) if r.status() == 401 => {
+                return Err(RelayError::Unauthorized)
+            }
+            Err(e) => return Err(RelayError::Protocol(e.to_string())),
+        };
     say!(
         ctx.options.quiet,
         "connected to {} as device {} for account {}",
@@ -283,7 +325,27 @@ async fn confirm(
         "sending {} payload bytes to the card",
         to_sign.len()
     );
-    let outcome = sign_with_retries(ctx, pin, to_sign, payload.expires_at_unix_s).await?;
+    // Live time left while the holder presents the card and enters nothing
+    // more: a line every few seconds, stopped as soon as the card answers.
+    let ticker = {
+        let payload = payload.clone();
+        let quiet = ctx.options.quiet;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(TIME_LEFT_EVERY_S));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let now = now_unix_s();
+                say!(quiet, "{}", screen::time_left_line(&payload, now));
+                if now >= payload.expires_at_unix_s {
+                    return;
+                }
+            }
+        })
+    };
+    let outcome = sign_with_retries(ctx, pin, to_sign, payload.expires_at_unix_s).await;
+    ticker.abort();
+    let outcome = outcome?;
     let answer = match outcome {
         Some(SignOutcome::Signed { counter, signature }) => {
             say!(

@@ -100,6 +100,7 @@ fn start_relay(w: &World, pin: &str) {
         tamper: None,
         card_wait: Duration::from_secs(10),
         quiet: false,
+        ca_cert_pem: None,
     };
     tokio::spawn(keybridge_relay::run(options));
 }

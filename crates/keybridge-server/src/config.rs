@@ -20,6 +20,8 @@ pub struct ServerConfig {
     pub sweep_interval_ms: u64,
     /// Largest accepted request body.
     pub body_limit_bytes: usize,
+    /// Serve HTTPS with this certificate and key; `None`: plain HTTP.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl ServerConfig {
@@ -37,6 +39,7 @@ impl ServerConfig {
             confirmation_ttl_s: Self::CONFIRMATION_TTL_S_DEFAULT,
             sweep_interval_ms: Self::SWEEP_INTERVAL_MS_DEFAULT,
             body_limit_bytes: Self::BODY_LIMIT_BYTES_DEFAULT,
+            tls: None,
         }
     }
 
@@ -56,6 +59,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("confirmation_ttl_s", &self.confirmation_ttl_s)
             .field("sweep_interval_ms", &self.sweep_interval_ms)
             .field("body_limit_bytes", &self.body_limit_bytes)
+            .field("tls", &self.tls)
             .finish()
     }
 }

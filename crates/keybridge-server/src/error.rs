@@ -1,6 +1,13 @@
 //! Errors: [`ApiError`] is what an HTTP client may see, each variant mapped
 //! explicitly to a status and a stable code; [`ServerError`] is what stops the
 //! server from starting or running.
+//!
+//! Codes follow OpenID CIBA where a CIBA situation exists: `invalid_request`
+//! (malformed request), `expired_token` (the confirmation window passed).
+//! CIBA's `authorization_pending` and `slow_down` answer *polls*; KeyBridge's
+//! long-poll and SSE hold the request instead, so "still pending" is a 200
+//! with `status: "pending"`, never an error. `access_denied` is the payer's
+//! refusal, which is an outcome (`rejected`, reason `declined`), not an error.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -24,6 +31,10 @@ pub enum ApiError {
     /// 404 `not_found`.
     #[error("not found")]
     NotFound,
+    /// 404 `not_found`, from the router's fallback: no endpoint has this path.
+    /// Its own variant (same code) so a test can tell "no route" from "no record".
+    #[error("no such endpoint")]
+    NoSuchEndpoint,
     /// 405 `method_not_allowed`: the path exists, the method does not.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -33,6 +44,10 @@ pub enum ApiError {
     /// 409 `not_pending`: the transaction already ended.
     #[error("the transaction is no longer pending")]
     NotPending,
+    /// 409 `expired_token` (CIBA's code for an expired request): the
+    /// transaction's confirmation window passed before this confirmation.
+    #[error("the transaction expired before it was confirmed")]
+    Expired,
     /// 409 `already_exists`.
     #[error("{0} already exists")]
     AlreadyExists(String),
@@ -48,6 +63,9 @@ pub enum ApiError {
     /// 422 `no_device`.
     #[error("the payer has no active security device")]
     NoDevice,
+    /// 503 `not_ready`: the database cannot be reached (`/readyz`).
+    #[error("the server is not ready")]
+    NotReady,
     /// 500 `internal_error`. The cause is logged where it happens, never sent.
     #[error("an internal error occurred")]
     Internal,
@@ -58,15 +76,17 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NoSuchEndpoint => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::IdempotencyConflict | ApiError::NotPending | ApiError::AlreadyExists(_) => {
-                StatusCode::CONFLICT
-            }
+            ApiError::IdempotencyConflict
+            | ApiError::NotPending
+            | ApiError::Expired
+            | ApiError::AlreadyExists(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnknownAccount(_) | ApiError::CurrencyMismatch | ApiError::NoDevice => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -76,15 +96,17 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::Unauthorized => "unauthorized",
-            ApiError::NotFound => "not_found",
+            ApiError::NotFound | ApiError::NoSuchEndpoint => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::IdempotencyConflict => "idempotency_conflict",
             ApiError::NotPending => "not_pending",
+            ApiError::Expired => "expired_token",
             ApiError::AlreadyExists(_) => "already_exists",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnknownAccount(_) => "unknown_account",
             ApiError::CurrencyMismatch => "currency_mismatch",
             ApiError::NoDevice => "no_device",
+            ApiError::NotReady => "not_ready",
             ApiError::Internal => "internal_error",
         }
     }
@@ -160,6 +182,9 @@ mod tests {
             (ApiError::MethodNotAllowed, 405, "method_not_allowed"),
             (ApiError::IdempotencyConflict, 409, "idempotency_conflict"),
             (ApiError::NotPending, 409, "not_pending"),
+            (ApiError::Expired, 409, "expired_token"),
+            (ApiError::NoSuchEndpoint, 404, "not_found"),
+            (ApiError::NotReady, 503, "not_ready"),
             (ApiError::AlreadyExists("a".into()), 409, "already_exists"),
             (ApiError::PayloadTooLarge, 413, "payload_too_large"),
             (ApiError::UnknownAccount("a".into()), 422, "unknown_account"),

@@ -13,12 +13,16 @@
 //! - [`payment`] — the payment unit's rules, applied by the store inside one transaction.
 //! - [`service`] — the processing unit: create, confirm, expire.
 //! - [`hub`] — in-process fan-out of events to relay sockets and waiting terminals.
-//! - `routes` — the HTTP API ([`app`]), its extractors and handlers.
+//! - `routes` — the HTTP API ([`app`]), its extractors and handlers, the web checkout.
+//! - [`openapi`] — the OpenAPI 3.1 document of the API.
+//! - [`webhook`] — signed outcome events to terminals' callback URLs, with retries.
+//! - [`metrics`] — Prometheus metrics.
+//! - [`tls`] — rustls configuration from PEM files, or a self-signed development certificate.
 //! - `random`, `secret`, `state`, `sweeper` — the CSPRNG, bearer-secret hashing,
 //!   shared state, and the expiry task.
 //!
-//! Not here: TLS (terminate it in front, or in the CLI), PostgreSQL (the
-//! trait is ready for it), webhooks, OCRA and PIV verification, rate limits.
+//! Not here: PostgreSQL (the trait is ready for it), OCRA and PIV
+//! verification, rate limits.
 #![forbid(unsafe_code)]
 
 pub mod ca;
@@ -26,6 +30,8 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod hub;
+pub mod metrics;
+pub mod openapi;
 pub mod payment;
 mod random;
 mod routes;
@@ -34,7 +40,9 @@ pub mod service;
 mod state;
 pub mod store;
 mod sweeper;
+pub mod tls;
 pub mod verify;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,20 +59,29 @@ pub use store::Store;
 /// Account ids with this prefix are the currencies' issuance accounts.
 pub const ISSUANCE_PREFIX: &str = "issuance:";
 
-/// A server listening on [`RunningServer::addr`], with its sweeper running.
+/// A server listening on [`RunningServer::addr`], with its sweeper and
+/// webhook worker running.
 #[derive(Debug)]
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// `https` when TLS is on, else `http`.
+    pub scheme: &'static str,
     state: AppState,
     stop: tokio::sync::watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     sweeper: JoinHandle<()>,
+    webhooks: JoinHandle<()>,
 }
 
 impl RunningServer {
     /// The shared state (store, clock, CA), for tests and tools in-process.
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// `scheme://addr`, the base URL clients use.
+    pub fn base_url(&self) -> String {
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// The store, e.g. to verify the audit chain after a run.
@@ -89,6 +106,7 @@ impl RunningServer {
             }
             result = &mut self.server => {
                 self.sweeper.abort();
+                self.webhooks.abort();
                 flatten(result)
             }
         }
@@ -98,6 +116,8 @@ impl RunningServer {
         self.state.hub.begin_shutdown();
         self.stop.send_replace(true);
         self.sweeper.abort();
+        // Undelivered events stay queued in the store and go out after restart.
+        self.webhooks.abort();
         let result = flatten(self.server.await);
         tracing::info!("server stopped");
         result
@@ -151,20 +171,51 @@ pub async fn start_with_state(
         .map_err(ServerError::io("reading the bound address"))?;
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let router = app(state.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
+    let (scheme, server) = match &config.tls {
+        None => {
+            let server = tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .await
+            });
+            ("http", server)
+        }
+        Some(files) => {
+            let tls =
+                axum_server::tls_rustls::RustlsConfig::from_config(tls::server_config(files)?);
+            let listener = listener
+                .into_std()
+                .map_err(ServerError::io("preparing the TLS listener"))?;
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            // Like `axum::serve`'s graceful shutdown: stop accepting, let
+            // in-flight requests finish (long-lived streams end on the hub's
+            // shutdown signal), then return.
+            tokio::spawn(async move {
                 let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
-    });
+                stopper.graceful_shutdown(None);
+            });
+            let server = tokio::spawn(async move {
+                axum_server::from_tcp_rustls(listener, tls)
+                    .handle(handle)
+                    .serve(router.into_make_service())
+                    .await
+            });
+            ("https", server)
+        }
+    };
     let sweeper = tokio::spawn(sweeper::run(state.clone()));
-    tracing::info!(%addr, origin = %config.origin, "KeyBridge server listening");
+    let webhooks = tokio::spawn(webhook::run(state.clone()));
+    tracing::info!(%addr, scheme, origin = %config.origin, "KeyBridge server listening");
     Ok(RunningServer {
         addr,
+        scheme,
         state,
         stop,
         server,
         sweeper,
+        webhooks,
     })
 }

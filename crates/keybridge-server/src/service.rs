@@ -154,6 +154,7 @@ pub async fn create_transaction(
         InsertOutcome::Created(stored) => {
             tracing::info!(transaction = %stored.id, status = "pending", terminal = %terminal.id, "transaction created");
             let view = stored.view();
+            state.metrics.submitted(stored.id);
             state.hub.publish(HubEvent::Created {
                 view: view.clone(),
                 payload: Arc::from(stored.payload.as_slice()),
@@ -183,7 +184,7 @@ pub async fn confirm(
         return Err(ApiError::NotFound);
     }
     if transaction.status.is_final() {
-        return Err(ApiError::NotPending);
+        return Err(ended(transaction.status));
     }
     let now = state.now_unix_s();
     let verdict = verify::verify(
@@ -196,7 +197,12 @@ pub async fn confirm(
         },
     );
     let finalized = match verdict {
-        Verdict::End { status, reason } => state.store.finalize(id, status, reason, now).await?,
+        Verdict::End { status, reason } => {
+            if !is_holder_answer(confirmation) {
+                crate::metrics::Metrics::verification_failed(reason);
+            }
+            state.store.finalize(id, status, reason, now).await?
+        }
         Verdict::Accept { counter } => {
             state
                 .store
@@ -214,9 +220,25 @@ pub async fn confirm(
             announce_end(state, &record);
             Ok(record.view())
         }
-        Finalized::NotPending(_) => Err(ApiError::NotPending),
+        Finalized::NotPending(record) => Err(ended(record.status)),
         Finalized::NotFound => Err(ApiError::NotFound),
     }
+}
+
+/// The error for a confirmation of an ended transaction: CIBA's
+/// `expired_token` when its window passed, `not_pending` otherwise.
+fn ended(status: TransactionStatus) -> ApiError {
+    if status == TransactionStatus::Expired {
+        ApiError::Expired
+    } else {
+        ApiError::NotPending
+    }
+}
+
+/// A decline or PIN failure is the holder's or the device's answer, not a
+/// confirmation the verification unit refused.
+fn is_holder_answer(confirmation: &Confirmation) -> bool {
+    matches!(confirmation, Confirmation::Declined { .. })
 }
 
 /// Expires every overdue pending transaction; returns how many.
@@ -235,6 +257,14 @@ fn announce_end(state: &AppState, record: &TransactionRecord) {
         status = record.status.as_str(),
         reason = record.reason.map(|r| r.as_str()).unwrap_or("-"),
         "transaction ended"
+    );
+    state.metrics.ended(
+        &record.id,
+        record.status,
+        record.reason,
+        record
+            .updated_at_unix_s
+            .saturating_sub(record.created_at_unix_s),
     );
     state.hub.publish(HubEvent::Ended {
         view: record.view(),

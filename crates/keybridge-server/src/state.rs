@@ -7,6 +7,7 @@ use crate::clock::Clock;
 use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::secret::sha256;
 use crate::store::{SqliteStore, Store};
 
@@ -20,6 +21,8 @@ pub struct Shared {
     pub clock: Arc<dyn Clock>,
     pub ca: Arc<Ca>,
     pub hub: Hub,
+    /// Submission instants for the settle-latency histogram.
+    pub metrics: Metrics,
     /// Server identity written into every payload.
     pub origin: String,
     pub confirmation_ttl_s: u64,
@@ -63,6 +66,7 @@ impl AppState {
             clock,
             ca,
             hub: Hub::new(),
+            metrics: Metrics::new(),
             origin: config.origin.clone(),
             confirmation_ttl_s: config.confirmation_ttl_s,
             sweep_interval_ms: config.sweep_interval_ms,

@@ -34,9 +34,24 @@ pub struct Client {
 
 impl Client {
     pub fn new(base_url: &str, bearer: &str) -> Result<Client, ClientError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()?;
+        Client::with_ca_pem(base_url, bearer, None)
+    }
+
+    /// Like [`Client::new`], also trusting the CA (or self-signed server)
+    /// certificates in `ca_pem` for `https` URLs, e.g. `keybridge server
+    /// --tls-self-signed`'s `tls-cert.pem`.
+    pub fn with_ca_pem(
+        base_url: &str,
+        bearer: &str,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Client, ClientError> {
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        if let Some(pem) = ca_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build()?;
         Ok(Client {
             base: base_url.trim_end_matches('/').to_owned(),
             bearer: bearer.to_owned(),

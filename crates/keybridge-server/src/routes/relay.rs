@@ -91,6 +91,7 @@ async fn resync(
 }
 
 async fn session(state: AppState, device: DeviceRecord, socket: WebSocket) {
+    let _open = crate::metrics::RelayChannelGuard::open();
     let (mut sink, mut incoming) = socket.split();
     // Subscribe before the initial read so nothing created in between is lost;
     // `sent` drops the duplicates that overlap.

@@ -117,7 +117,8 @@ pub async fn events(
 }
 
 enum Phase {
-    Send(TransactionView),
+    // Boxed: a view is large next to the empty variants.
+    Send(Box<TransactionView>),
     Wait,
     Done,
 }
@@ -149,7 +150,7 @@ fn status_stream(
         id,
         events,
         shutdown,
-        phase: Phase::Send(first),
+        phase: Phase::Send(Box::new(first)),
     };
     stream::unfold(start, |mut s| async move {
         loop {
@@ -171,13 +172,15 @@ fn status_stream(
                     };
                     match next {
                         Ok(HubEvent::Ended { view }) if view.id == s.id => {
-                            s.phase = Phase::Send(view);
+                            s.phase = Phase::Send(Box::new(view));
                         }
                         Ok(_) => {}
                         Err(RecvError::Lagged(_)) => {
                             // Fell behind: the store says whether we missed the end.
                             match own(&s.state, &s.terminal, &s.id).await {
-                                Ok(view) if view.status.is_final() => s.phase = Phase::Send(view),
+                                Ok(view) if view.status.is_final() => {
+                                    s.phase = Phase::Send(Box::new(view))
+                                }
                                 Ok(_) => {}
                                 Err(_) => return None,
                             }

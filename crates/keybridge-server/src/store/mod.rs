@@ -9,6 +9,7 @@
 pub mod audit;
 mod records;
 mod sqlite;
+mod web;
 
 use async_trait::async_trait;
 use keybridge_proto::api::{Reason, TransactionStatus};
@@ -19,6 +20,7 @@ pub use records::{
     TerminalRecord, TransactionRecord, TransferKind, TransferRecord,
 };
 pub use sqlite::SqliteStore;
+pub use web::{AttemptResult, DeliveryRecord, DeliveryState, WebStore, WebhookRecord};
 
 /// Why a store call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,7 +75,7 @@ pub struct SignedConfirmation {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait Store: WebStore + Send + Sync + std::fmt::Debug {
     // Accounts.
     /// Creates the account and, on demand, the currency's issuance account, and
     /// funds the opening balance with one transfer from it. `AlreadyExists` if taken.

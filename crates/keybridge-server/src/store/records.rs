@@ -155,6 +155,7 @@ impl TransactionRecord {
             description: self.description.clone(),
             created_at_unix_s: self.created_at_unix_s,
             expires_at_unix_s: self.expires_at_unix_s,
+            reason_text: self.reason.map(|r| r.describe().to_owned()),
         }
     }
 }

@@ -20,6 +20,8 @@ use super::{
 };
 use crate::payment::{self, PaymentDecision, PaymentFacts};
 
+mod web;
+
 /// Numbered migrations, applied in order and recorded in `schema_migrations`.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -31,6 +33,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "0002_append_only",
         include_str!("../../migrations/0002_append_only.sql"),
+    ),
+    (
+        5,
+        "0005_webhooks",
+        include_str!("../../migrations/0005_webhooks.sql"),
     ),
 ];
 

@@ -1,0 +1,135 @@
+//! Prometheus metrics (`GET /metrics`), recorded with the `metrics` facade.
+//!
+//! The recorder is process-global (that is how the facade works), installed
+//! once; several servers in one process (tests) share its counters, so tests
+//! assert that counters *move*, not their absolute values.
+//!
+//! Names (all prefixed `keybridge_`):
+//! - `payments_total{status,reason}`: transactions that ended, by outcome.
+//! - `submit_to_settled_seconds`: histogram, creation to settlement.
+//! - `verification_failures_total{reason}`: confirmations the verification
+//!   unit refused (holder declines and PIN errors are not verification failures).
+//! - `relay_channels_open`: relay WebSockets connected now.
+//! - `pending_confirmations`: transactions waiting for the payer, read from
+//!   the store at each scrape.
+//! - `webhook_deliveries_total{result}`: webhook attempts by result.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+use keybridge_proto::api::{Reason, TransactionStatus};
+use keybridge_proto::TransactionId;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const PAYMENTS: &str = "keybridge_payments_total";
+pub const SETTLE_LATENCY: &str = "keybridge_submit_to_settled_seconds";
+pub const VERIFICATION_FAILURES: &str = "keybridge_verification_failures_total";
+pub const RELAY_CHANNELS: &str = "keybridge_relay_channels_open";
+pub const PENDING: &str = "keybridge_pending_confirmations";
+pub const WEBHOOK_DELIVERIES: &str = "keybridge_webhook_deliveries_total";
+
+/// Payments are confirmed by a person: seconds to minutes.
+const LATENCY_BUCKETS_S: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+/// Bound on remembered start instants; past it latency is taken from the
+/// stored creation time (whole seconds) instead.
+const STARTED_LEN_MAX: usize = 100_000;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(SETTLE_LATENCY.to_owned()), LATENCY_BUCKETS_S);
+        let recorder = match builder {
+            Ok(b) => b.build_recorder(),
+            // Only fails on an empty bucket list, which the constant is not.
+            Err(_) => PrometheusBuilder::new().build_recorder(),
+        };
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("another metrics recorder is installed; /metrics will be empty");
+        }
+        handle
+    })
+}
+
+/// Per-server metric state: when each pending transaction was submitted.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    started: Mutex<HashMap<TransactionId, Instant>>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        // Install the recorder before anything records.
+        let _ = handle();
+        Metrics::default()
+    }
+
+    pub fn submitted(&self, id: TransactionId) {
+        if let Ok(mut started) = self.started.lock() {
+            if started.len() < STARTED_LEN_MAX {
+                started.insert(id, Instant::now());
+            }
+        }
+    }
+
+    /// A transaction ended; `fallback_s` is its age by the injected clock,
+    /// used when it was submitted before this process started.
+    pub fn ended(
+        &self,
+        id: &TransactionId,
+        status: TransactionStatus,
+        reason: Option<Reason>,
+        fallback_s: u64,
+    ) {
+        let reason = reason.map(|r| r.as_str()).unwrap_or("none");
+        metrics::counter!(PAYMENTS, "status" => status.as_str(), "reason" => reason).increment(1);
+        let started = self.started.lock().ok().and_then(|mut s| s.remove(id));
+        if status == TransactionStatus::Settled {
+            let seconds = match started {
+                Some(at) => at.elapsed().as_secs_f64(),
+                // u64 → f64 is exact below 2^53 s, far beyond any age.
+                None => fallback_s as f64,
+            };
+            metrics::histogram!(SETTLE_LATENCY).record(seconds);
+        }
+    }
+
+    pub fn verification_failed(reason: Reason) {
+        metrics::counter!(VERIFICATION_FAILURES, "reason" => reason.as_str()).increment(1);
+    }
+
+    pub fn webhook_attempt(result: &'static str) {
+        metrics::counter!(WEBHOOK_DELIVERIES, "result" => result).increment(1);
+    }
+
+    pub fn set_pending(count: u64) {
+        metrics::gauge!(PENDING).set(count as f64);
+    }
+
+    /// The text exposition format.
+    pub fn render() -> String {
+        handle().render()
+    }
+}
+
+/// Counts one open relay channel for as long as it lives.
+#[derive(Debug)]
+pub struct RelayChannelGuard(());
+
+impl RelayChannelGuard {
+    pub fn open() -> RelayChannelGuard {
+        metrics::gauge!(RELAY_CHANNELS).increment(1.0);
+        RelayChannelGuard(())
+    }
+}
+
+impl Drop for RelayChannelGuard {
+    fn drop(&mut self) {
+        metrics::gauge!(RELAY_CHANNELS).decrement(1.0);
+    }
+}

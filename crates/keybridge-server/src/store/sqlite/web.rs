@@ -1,0 +1,245 @@
+//! [`WebStore`] for SQLite.
+
+use async_trait::async_trait;
+use keybridge_proto::AccountId;
+use rusqlite::{params, OptionalExtension};
+
+use super::{backend, query_txs, to_i64, to_u64, transaction_id, SqliteStore};
+use crate::store::web::{AttemptResult, DeliveryRecord, DeliveryState, WebStore, WebhookRecord};
+use crate::store::{StoreError, TransactionRecord};
+
+const DELIVERY_COLUMNS: &str = "event_id, terminal_id, transaction_id, url, state, attempts, \
+     next_attempt_at, last_status, last_error, created_at, delivered_at";
+
+type DeliveryRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<i64>,
+    Option<String>,
+    i64,
+    Option<i64>,
+);
+
+fn read_delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+    ))
+}
+
+fn decode_delivery(row: DeliveryRow) -> Result<DeliveryRecord, StoreError> {
+    let (event_id, terminal_id, tx, url, state, attempts, next, status, error, created, done) = row;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("webhook delivery {event_id}: {what}"));
+    Ok(DeliveryRecord {
+        transaction_id: transaction_id(&tx)?,
+        state: DeliveryState::parse(&state).ok_or_else(|| corrupt("state"))?,
+        attempts: u32::try_from(attempts).map_err(|_| corrupt("attempts"))?,
+        next_attempt_at_unix_s: to_u64(next)?,
+        last_status: status
+            .map(|s| u16::try_from(s).map_err(|_| corrupt("last_status")))
+            .transpose()?,
+        last_error: error,
+        created_at_unix_s: to_u64(created)?,
+        delivered_at_unix_s: done.map(to_u64).transpose()?,
+        event_id,
+        terminal_id,
+        url,
+    })
+}
+
+fn query_deliveries(
+    conn: &rusqlite::Connection,
+    tail: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<DeliveryRecord>, StoreError> {
+    let sql = format!("SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries {tail}");
+    let mut stmt = conn.prepare(&sql).map_err(backend)?;
+    let rows = stmt
+        .query_map(params, read_delivery_row)
+        .map_err(backend)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
+    rows.into_iter().map(decode_delivery).collect()
+}
+
+fn get_webhook(
+    conn: &rusqlite::Connection,
+    terminal_id: &str,
+) -> Result<Option<WebhookRecord>, StoreError> {
+    let row: Option<(String, String, String, i64)> = conn
+        .query_row(
+            "SELECT terminal_id, url, secret, created_at FROM webhooks WHERE terminal_id = ?1",
+            [terminal_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()
+        .map_err(backend)?;
+    row.map(|(terminal_id, url, secret, created)| {
+        Ok(WebhookRecord {
+            terminal_id,
+            url,
+            secret,
+            created_at_unix_s: to_u64(created)?,
+        })
+    })
+    .transpose()
+}
+
+#[async_trait]
+impl WebStore for SqliteStore {
+    async fn put_webhook(&self, webhook: WebhookRecord) -> Result<WebhookRecord, StoreError> {
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO webhooks (terminal_id, url, secret, created_at)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (terminal_id) DO UPDATE
+                 SET url = excluded.url, secret = excluded.secret, created_at = excluded.created_at",
+                params![
+                    webhook.terminal_id,
+                    webhook.url,
+                    webhook.secret,
+                    to_i64(webhook.created_at_unix_s)?
+                ],
+            )
+            .map_err(backend)?;
+            Ok(webhook)
+        })
+        .await
+    }
+
+    async fn get_webhook(&self, terminal_id: &str) -> Result<Option<WebhookRecord>, StoreError> {
+        let terminal_id = terminal_id.to_owned();
+        self.run(move |conn| get_webhook(conn, &terminal_id)).await
+    }
+
+    async fn delete_webhook(&self, terminal_id: &str) -> Result<bool, StoreError> {
+        let terminal_id = terminal_id.to_owned();
+        self.write(move |tx| {
+            let n = tx
+                .execute("DELETE FROM webhooks WHERE terminal_id = ?1", [terminal_id])
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn due_deliveries(
+        &self,
+        now_unix_s: u64,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let now = to_i64(now_unix_s)?;
+        self.run(move |conn| {
+            query_deliveries(
+                conn,
+                "WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY seq LIMIT ?2",
+                params![now, limit],
+            )
+        })
+        .await
+    }
+
+    async fn record_attempt(&self, a: AttemptResult) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            let delivered_at = match a.state {
+                DeliveryState::Delivered => Some(to_i64(a.now_unix_s)?),
+                _ => None,
+            };
+            tx.execute(
+                "UPDATE webhook_deliveries
+                 SET state = ?1, attempts = ?2, next_attempt_at = ?3, last_status = ?4,
+                     last_error = ?5, delivered_at = ?6
+                 WHERE event_id = ?7 AND state = 'pending'",
+                params![
+                    a.state.as_str(),
+                    a.attempts,
+                    to_i64(a.next_attempt_at_unix_s)?,
+                    a.last_status,
+                    a.last_error,
+                    delivered_at,
+                    a.event_id
+                ],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.run(move |conn| query_deliveries(conn, "ORDER BY seq DESC LIMIT ?1", [limit]))
+            .await
+    }
+
+    async fn terminal_transactions_of_payer(
+        &self,
+        terminal_id: &str,
+        payer: &AccountId,
+        limit: u32,
+    ) -> Result<Vec<TransactionRecord>, StoreError> {
+        let terminal_id = terminal_id.to_owned();
+        let payer = payer.to_string();
+        self.run(move |conn| {
+            query_txs(
+                conn,
+                "WHERE terminal_id = ?1 AND payer = ?2 ORDER BY seq DESC LIMIT ?3",
+                params![terminal_id, payer, limit],
+            )
+        })
+        .await
+    }
+
+    async fn count_pending(&self) -> Result<u64, StoreError> {
+        self.run(|conn| {
+            let n: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM transactions WHERE status = 'pending'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            to_u64(n)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|conn| {
+            conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map_err(backend)
+                .map(|_| ())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_states_round_trip() {
+        for s in [
+            DeliveryState::Pending,
+            DeliveryState::Delivered,
+            DeliveryState::Failed,
+        ] {
+            assert_eq!(DeliveryState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(DeliveryState::parse("lost"), None);
+    }
+}
