@@ -7,6 +7,8 @@
 //!   server verifies signatures against the bytes it stored, never against a copy.
 //! - [`applet`]: the KeyBridge transaction applet's AID, instructions and formats,
 //!   shared by the card (which answers them) and the relay (which sends them).
+//! - [`ocra`]: RFC 6287 OCRA suite parser and calculator, shared by the card
+//!   and the server (and `keybridge ocra`).
 //! - [`api`]: the JSON bodies of the HTTP API, shared by the server and its clients.
 //!
 //! This crate does no IO and reads no clock: times come in as arguments.
@@ -16,6 +18,7 @@ pub mod api;
 pub mod applet;
 mod ids;
 mod money;
+pub mod ocra;
 mod payload;
 pub mod tlv;
 
