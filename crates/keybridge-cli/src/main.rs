@@ -5,6 +5,7 @@
 
 mod admin;
 mod demo;
+mod ocra;
 mod pay;
 mod roles;
 
@@ -37,6 +38,8 @@ enum Command {
     Admin(admin::AdminArgs),
     /// Start everything on loopback in a temp dir and run one payment end to end.
     Demo(demo::DemoArgs),
+    /// Compute an RFC 6287 OCRA response (like oathtool for HOTP).
+    Ocra(ocra::OcraArgs),
 }
 
 fn init_tracing() {
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::Pay(args) => return runtime.block_on(pay::run(args)),
         Command::Admin(args) => runtime.block_on(admin::run(args)),
         Command::Demo(args) => return runtime.block_on(demo::run(args)),
+        Command::Ocra(args) => ocra::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
