@@ -472,6 +472,188 @@ pub fn payload_question(payload: &[u8]) -> String {
     hex::encode_upper(Sha256::digest(payload))
 }
 
+/// An `otpauth`-style provisioning URI for an OCRA credential, the
+/// convention of Google Authenticator's `otpauth://totp/...` applied to OCRA:
+///
+/// ```text
+/// otpauth://ocra/<label>?secret=<RFC 4648 base32>&suite=<OCRA suite>[&counter=<C>]
+/// ```
+///
+/// Query values may be percent-encoded (`%3A` for `:`). `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OtpauthUri {
+    pub label: String,
+    pub suite: Suite,
+    pub secret: Vec<u8>,
+    pub counter: u64,
+}
+
+impl std::fmt::Debug for OtpauthUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtpauthUri")
+            .field("label", &self.label)
+            .field("suite", &self.suite.as_str())
+            .field("secret", &"<redacted>")
+            .field("counter", &self.counter)
+            .finish()
+    }
+}
+
+/// Why a provisioning URI was refused (never echoes the secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OtpauthError {
+    #[error("not an otpauth://ocra/ URI")]
+    Scheme,
+    #[error("the URI has no secret, or it is not base32")]
+    Secret,
+    #[error("the URI has no suite, or it does not parse: {0}")]
+    Suite(OcraError),
+    #[error("the counter is not a decimal number")]
+    Counter,
+    #[error("the URI is malformed (percent-encoding, repeated or unknown parameter)")]
+    Malformed,
+}
+
+/// Longest provisioning URI accepted.
+pub const OTPAUTH_LEN_MAX: usize = 1024;
+
+impl OtpauthUri {
+    pub fn parse(uri: &str) -> Result<OtpauthUri, OtpauthError> {
+        if uri.len() > OTPAUTH_LEN_MAX {
+            return Err(OtpauthError::Malformed);
+        }
+        let rest = uri
+            .strip_prefix("otpauth://ocra/")
+            .ok_or(OtpauthError::Scheme)?;
+        let (label, query) = rest.split_once('?').ok_or(OtpauthError::Secret)?;
+        let label = percent_decode(label).ok_or(OtpauthError::Malformed)?;
+        let (mut secret, mut suite, mut counter) = (None, None, None);
+        for pair in query.split('&') {
+            let (k, v) = pair.split_once('=').ok_or(OtpauthError::Malformed)?;
+            let v = percent_decode(v).ok_or(OtpauthError::Malformed)?;
+            let slot = match k {
+                "secret" => &mut secret,
+                "suite" => &mut suite,
+                "counter" => &mut counter,
+                // Authenticator apps add `issuer`; it carries nothing we need.
+                "issuer" => continue,
+                _ => return Err(OtpauthError::Malformed),
+            };
+            if slot.replace(v).is_some() {
+                return Err(OtpauthError::Malformed);
+            }
+        }
+        let secret = secret
+            .as_deref()
+            .and_then(base32_decode)
+            .filter(|s| !s.is_empty() && s.len() <= KEY_LEN_MAX)
+            .ok_or(OtpauthError::Secret)?;
+        let suite = Suite::parse(
+            suite
+                .as_deref()
+                .ok_or(OtpauthError::Suite(OcraError::Version))?,
+        )
+        .map_err(OtpauthError::Suite)?;
+        let counter = match counter {
+            Some(c) => parse_decimal_exact(&c, 1, 20).ok_or(OtpauthError::Counter)?,
+            None => 0,
+        };
+        Ok(OtpauthUri {
+            label,
+            suite,
+            secret,
+            counter,
+        })
+    }
+
+    /// The URI text (the secret in it: treat the string as a secret).
+    pub fn to_uri(&self) -> String {
+        format!(
+            "otpauth://ocra/{}?secret={}&suite={}&counter={}",
+            percent_encode(&self.label),
+            base32_encode(&self.secret),
+            percent_encode(self.suite.as_str()),
+            self.counter
+        )
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+const BASE32_ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
+/// RFC 4648 base32, upper case, no padding (as authenticator URIs write it).
+pub fn base32_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(5) * 8);
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for &b in bytes {
+        buffer = (buffer << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(char::from(
+                BASE32_ALPHABET[((buffer >> bits) & 31) as usize],
+            ));
+        }
+    }
+    if bits > 0 {
+        out.push(char::from(
+            BASE32_ALPHABET[((buffer << (5 - bits)) & 31) as usize],
+        ));
+    }
+    out
+}
+
+/// Decodes RFC 4648 base32 (either case, `=` padding optional). `None` on
+/// any other character or leftover bits that are not zero.
+pub fn base32_decode(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim_end_matches('=');
+    let mut out = Vec::with_capacity(text.len() * 5 / 8);
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for c in text.bytes() {
+        let v = BASE32_ALPHABET
+            .iter()
+            .position(|a| *a == c.to_ascii_uppercase())?;
+        buffer = (buffer << 5) | u32::try_from(v).ok()?;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(((buffer >> bits) & 0xFF).to_be_bytes()[3]);
+        }
+        buffer &= 0xFF;
+    }
+    // Leftover bits must be zero padding, or the text was cut.
+    (bits < 5 && buffer & ((1 << bits) - 1) == 0).then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -670,6 +852,72 @@ mod tests {
             ..Inputs::default()
         };
         assert!(compute(&suite, b"key", &i).is_ok());
+    }
+
+    #[test]
+    fn base32_round_trips_rfc4648_vectors() {
+        for (raw, b32) in [
+            ("", ""),
+            ("f", "MY"),
+            ("fo", "MZXQ"),
+            ("foo", "MZXW6"),
+            ("foob", "MZXW6YQ"),
+            ("fooba", "MZXW6YTB"),
+            ("foobar", "MZXW6YTBOI"),
+        ] {
+            assert_eq!(base32_encode(raw.as_bytes()), b32);
+            assert_eq!(base32_decode(b32).unwrap(), raw.as_bytes());
+        }
+        assert_eq!(base32_decode("MZXW6YQ=").unwrap(), b"foob");
+        assert_eq!(base32_decode("mzxw6yq").unwrap(), b"foob");
+        assert_eq!(base32_decode("MZXW6YR"), None); // non-zero leftover bits
+        assert_eq!(base32_decode("MZ1W"), None);
+    }
+
+    #[test]
+    fn otpauth_uris_round_trip_and_refuse_junk() {
+        let uri = OtpauthUri {
+            label: "KeyBridge:alice card".into(),
+            suite: Suite::parse("OCRA-1:HOTP-SHA256-8:C-QH64-T30S").unwrap(),
+            secret: (1..=32).collect(),
+            counter: 7,
+        };
+        let text = uri.to_uri();
+        assert!(
+            text.starts_with("otpauth://ocra/KeyBridge%3Aalice%20card?secret="),
+            "{text}"
+        );
+        assert_eq!(OtpauthUri::parse(&text).unwrap(), uri);
+        assert!(!format!("{uri:?}").contains(&base32_encode(&uri.secret)));
+        let s = "OCRA-1:HOTP-SHA1-6:QN08";
+        assert_eq!(
+            OtpauthUri::parse(&format!("otpauth://totp/x?secret=MY&suite={s}")),
+            Err(OtpauthError::Scheme)
+        );
+        assert_eq!(
+            OtpauthUri::parse(&format!("otpauth://ocra/x?suite={s}")),
+            Err(OtpauthError::Secret)
+        );
+        assert_eq!(
+            OtpauthUri::parse(&format!("otpauth://ocra/x?secret=M1&suite={s}")),
+            Err(OtpauthError::Secret)
+        );
+        assert_eq!(
+            OtpauthUri::parse("otpauth://ocra/x?secret=MY&suite=OCRA-1:X:QN08"),
+            Err(OtpauthError::Suite(OcraError::CryptoFunction))
+        );
+        assert_eq!(
+            OtpauthUri::parse(&format!("otpauth://ocra/x?secret=MY&secret=MY&suite={s}")),
+            Err(OtpauthError::Malformed)
+        );
+        assert_eq!(
+            OtpauthUri::parse(&format!("otpauth://ocra/x?secret=MY&suite={s}&counter=-1")),
+            Err(OtpauthError::Counter)
+        );
+        assert_eq!(
+            OtpauthUri::parse(&format!("otpauth://ocra/x%ZZ?secret=MY&suite={s}")),
+            Err(OtpauthError::Malformed)
+        );
     }
 
     #[test]

@@ -51,6 +51,15 @@ pub enum ApiError {
     /// 500 `internal_error`. The cause is logged where it happens, never sent.
     #[error("an internal error occurred")]
     Internal,
+    /// 409 `external_ca`: this server trusts an external CA and issues no certificates.
+    #[error("this server trusts an external CA: import the certificate it issued")]
+    ExternalCa,
+    /// 422 `csr_refused`: the PKCS#10 request is malformed or fails its own signature.
+    #[error("certificate request refused: {0}")]
+    CsrRefused(String),
+    /// 422 `certificate_refused`: an imported certificate failed path validation.
+    #[error("certificate refused: {0}")]
+    CertificateRefused(String),
 }
 
 impl ApiError {
@@ -68,6 +77,10 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::ExternalCa => StatusCode::CONFLICT,
+            ApiError::CsrRefused(_) | ApiError::CertificateRefused(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
         }
     }
 
@@ -86,6 +99,9 @@ impl ApiError {
             ApiError::CurrencyMismatch => "currency_mismatch",
             ApiError::NoDevice => "no_device",
             ApiError::Internal => "internal_error",
+            ApiError::ExternalCa => "external_ca",
+            ApiError::CsrRefused(_) => "csr_refused",
+            ApiError::CertificateRefused(_) => "certificate_refused",
         }
     }
 
@@ -166,6 +182,13 @@ mod tests {
             (ApiError::CurrencyMismatch, 422, "currency_mismatch"),
             (ApiError::NoDevice, 422, "no_device"),
             (ApiError::Internal, 500, "internal_error"),
+            (ApiError::ExternalCa, 409, "external_ca"),
+            (ApiError::CsrRefused("x".into()), 422, "csr_refused"),
+            (
+                ApiError::CertificateRefused("x".into()),
+                422,
+                "certificate_refused",
+            ),
         ];
         for (e, status, code) in table {
             assert_eq!(e.status().as_u16(), status, "{e:?}");

@@ -8,28 +8,37 @@
 //! - [`clock`] — injected time ([`SystemClock`], [`ManualClock`]); the core never reads the system clock.
 //! - [`error`] — [`ApiError`] (wire codes and statuses) and [`ServerError`].
 //! - [`store`] — the [`Store`] trait, its records, the audit hash chain, and the SQLite backend.
-//! - [`ca`] — the built-in CA: issues device certificates, validates them.
-//! - [`verify`] — the verification unit, a pure function from submission to verdict.
+//! - [`ca`] — the built-in CA: issues device certificates from PKCS#10
+//!   requests, signs the CRL of what it issued.
+//! - [`pki`] — path validation to the configured trust anchors, revocation
+//!   sets, the path cache.
+//! - [`secretbox`] — the master key and AES-256-GCM sealing of OCRA secrets.
+//! - [`verify`] — the verification unit, a pure function from submission to
+//!   verdict (certificate signatures and OCRA responses).
 //! - [`payment`] — the payment unit's rules, applied by the store inside one transaction.
 //! - [`service`] — the processing unit: create, confirm, expire.
 //! - [`hub`] — in-process fan-out of events to relay sockets and waiting terminals.
 //! - `routes` — the HTTP API ([`app`]), its extractors and handlers.
-//! - `random`, `secret`, `state`, `sweeper` — the CSPRNG, bearer-secret hashing,
-//!   shared state, and the expiry task.
+//! - `random`, `secret`, `state`, `sweeper`, `crl_import` — the CSPRNG,
+//!   bearer-secret hashing, shared state, the expiry task and the scheduled
+//!   import of an external CA's CRLs.
 //!
 //! Not here: TLS (terminate it in front, or in the CLI), PostgreSQL (the
-//! trait is ready for it), webhooks, OCRA and PIV verification, rate limits.
+//! trait is ready for it), webhooks, PIV verification (issue 3), OCSP, rate limits.
 #![forbid(unsafe_code)]
 
 pub mod ca;
 pub mod clock;
 pub mod config;
+mod crl_import;
 pub mod error;
 pub mod hub;
 pub mod payment;
+pub mod pki;
 mod random;
 mod routes;
 mod secret;
+pub mod secretbox;
 pub mod service;
 mod state;
 pub mod store;
@@ -59,6 +68,7 @@ pub struct RunningServer {
     stop: tokio::sync::watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     sweeper: JoinHandle<()>,
+    crl_import: Option<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -89,6 +99,9 @@ impl RunningServer {
             }
             result = &mut self.server => {
                 self.sweeper.abort();
+                if let Some(task) = &self.crl_import {
+                    task.abort();
+                }
                 flatten(result)
             }
         }
@@ -98,6 +111,9 @@ impl RunningServer {
         self.state.hub.begin_shutdown();
         self.stop.send_replace(true);
         self.sweeper.abort();
+        if let Some(task) = &self.crl_import {
+            task.abort();
+        }
         let result = flatten(self.server.await);
         tracing::info!("server stopped");
         result
@@ -159,6 +175,8 @@ pub async fn start_with_state(
             .await
     });
     let sweeper = tokio::spawn(sweeper::run(state.clone()));
+    let crl_import =
+        (!state.crl_sources.is_empty()).then(|| tokio::spawn(crl_import::run(state.clone())));
     tracing::info!(%addr, origin = %config.origin, "KeyBridge server listening");
     Ok(RunningServer {
         addr,
@@ -166,5 +184,6 @@ pub async fn start_with_state(
         stop,
         server,
         sweeper,
+        crl_import,
     })
 }

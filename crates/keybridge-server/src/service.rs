@@ -187,7 +187,7 @@ pub async fn confirm(
     }
     let now = state.now_unix_s();
     let verdict = verify::verify(
-        &state.ca,
+        &state.verifier,
         Submission {
             device,
             transaction: &transaction,
@@ -197,7 +197,10 @@ pub async fn confirm(
     );
     let finalized = match verdict {
         Verdict::End { status, reason } => state.store.finalize(id, status, reason, now).await?,
-        Verdict::Accept { counter } => {
+        Verdict::Accept {
+            counter,
+            replay_reason,
+        } => {
             state
                 .store
                 .apply_signed_confirmation(SignedConfirmation {
@@ -205,6 +208,7 @@ pub async fn confirm(
                     device_id: device.id.clone(),
                     counter,
                     now_unix_s: now,
+                    replay_reason,
                 })
                 .await?
         }
