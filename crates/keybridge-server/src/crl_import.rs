@@ -77,8 +77,11 @@ async fn fetch(source: &str) -> Result<Vec<u8>, String> {
 
 fn apply(state: &AppState, bytes: &[u8]) -> Result<usize, String> {
     let der = pem_or_der_crl(bytes)?;
-    let (issuer, serials, next_update) =
-        crate::pki::verify_crl(&state.verifier.trust, &der).map_err(|e| e.to_string())?;
+    let crate::pki::VerifiedCrl {
+        issuer,
+        serials,
+        next_update_unix_s: next_update,
+    } = crate::pki::verify_crl(&state.verifier.trust, &der).map_err(|e| e.to_string())?;
     let now = i64::try_from(state.now_unix_s()).unwrap_or(i64::MAX);
     if next_update.is_some_and(|n| n < now) {
         // Still applied: an old list of revocations is better than none.

@@ -122,7 +122,7 @@ impl TrustStore {
         }
         for (i, der) in anchors.iter().chain(&intermediates).enumerate() {
             match X509Certificate::from_der(der) {
-                Ok((rest, _)) if rest.is_empty() => {}
+                Ok(([], _)) => {}
                 _ => return Err(format!("CA certificate #{} does not parse", i + 1)),
             }
         }
@@ -301,7 +301,7 @@ pub fn check(
 
 fn parse(der: &[u8]) -> Result<X509Certificate<'_>, PathError> {
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         _ => Err(PathError::Malformed),
     }
 }
@@ -544,16 +544,22 @@ pub fn validate(
     })
 }
 
-/// The (issuer name, serial) pairs a CRL revokes, once its signature has
-/// been checked against a CA of `trust` with the CRL's issuer as subject
-/// (and keyUsage cRLSign). `None` if the CRL is malformed or not signed by
-/// such a CA. Returns the issuer, the serials and the nextUpdate.
-pub fn verify_crl(
-    trust: &TrustStore,
-    der: &[u8],
-) -> Result<(Vec<u8>, HashSet<Vec<u8>>, Option<i64>), PathError> {
+/// What a CRL whose signature checked out says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedCrl {
+    /// The issuer's name, DER.
+    pub issuer: Vec<u8>,
+    /// The revoked serials (DER INTEGER contents).
+    pub serials: HashSet<Vec<u8>>,
+    pub next_update_unix_s: Option<i64>,
+}
+
+/// The serials a CRL revokes, once its signature has been checked against a
+/// CA of `trust` whose subject is the CRL's issuer and whose keyUsage has
+/// cRLSign. An error if the CRL is malformed or no such CA signed it.
+pub fn verify_crl(trust: &TrustStore, der: &[u8]) -> Result<VerifiedCrl, PathError> {
     let crl = match x509_parser::revocation_list::CertificateRevocationList::from_der(der) {
-        Ok((rest, crl)) if rest.is_empty() => crl,
+        Ok(([], crl)) => crl,
         _ => return Err(PathError::Malformed),
     };
     let issuer = crl.issuer().as_raw().to_vec();
@@ -583,7 +589,11 @@ pub fn verify_crl(
                 .iter_revoked_certificates()
                 .map(|r| r.raw_serial().to_vec())
                 .collect();
-            return Ok((issuer, serials, crl.next_update().map(|t| t.timestamp())));
+            return Ok(VerifiedCrl {
+                issuer,
+                serials,
+                next_update_unix_s: crl.next_update().map(|t| t.timestamp()),
+            });
         }
         best = PathError::SignatureInvalid;
     }

@@ -331,9 +331,9 @@ async fn a_serial_on_the_external_crl_is_refused() {
         pki::verify_crl(&trust, forged.der()).unwrap_err(),
         PathError::SignatureInvalid
     );
-    let (_, serials, next) = pki::verify_crl(&trust, crl.der()).unwrap();
-    assert!(serials.contains(&vec![0x77, 1, 2, 3]));
-    assert!(next.is_some());
+    let verified = pki::verify_crl(&trust, crl.der()).unwrap();
+    assert!(verified.serials.contains(&vec![0x77, 1, 2, 3]));
+    assert!(verified.next_update_unix_s.is_some());
 
     let mut options = ca.options();
     options.crl_sources = vec![crl_path.display().to_string()];
@@ -459,14 +459,17 @@ async fn csr_enrolment_and_the_crl_endpoint() {
     let r = h.http.get(h.url("/v1/crl")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["content-type"], "application/pkix-crl");
-    let (_, serials, next_update) = crl_of(r.bytes().await.unwrap().to_vec());
-    assert!(serials.is_empty());
-    assert!(next_update.unwrap() > i64::try_from(now()).unwrap());
+    let first = crl_of(r.bytes().await.unwrap().to_vec());
+    assert!(first.serials.is_empty());
+    assert!(first.next_update_unix_s.unwrap() > i64::try_from(now()).unwrap());
+    let mut relay = h.relay(&enrolled.credential).await;
     h.admin_post(
         &format!("/v1/admin/devices/{}/revoke", enrolled.device_id),
         json!({}),
     )
     .await;
+    // Its relay is sent no more requests: the socket is closed.
+    assert!(relay.closed().await);
     let bytes = h
         .http
         .get(h.url("/v1/crl"))
@@ -477,7 +480,7 @@ async fn csr_enrolment_and_the_crl_endpoint() {
         .await
         .unwrap()
         .to_vec();
-    let (_, serials, _) = crl_of(bytes);
+    let serials = crl_of(bytes).serials;
     assert_eq!(
         serials.into_iter().collect::<Vec<_>>(),
         vec![parsed.raw_serial().to_vec()]

@@ -410,6 +410,10 @@ pub async fn revoke_device(
         .await?
         .ok_or(ApiError::NotFound)?;
     tracing::info!(device = %device.id, "device revoked");
+    // Closes its relay socket, as for a disabled device.
+    state.hub.publish(HubEvent::DeviceDisabled {
+        device_id: device.id.clone(),
+    });
     Ok(Json(device.view()))
 }
 
