@@ -9,9 +9,11 @@
 //!   [`Card::with_applet`].
 //! - [`transaction`]: [`TransactionApplet`], answering
 //!   [`keybridge_proto::applet`] exactly: PIN with retry counter and lockout,
-//!   P-256 key generated on the card, certificate storage, and SIGN
+//!   P-256 key generated on the card, SIGN CSR (a PKCS#10 request info for
+//!   the card's own key, nothing else), certificate storage, SIGN
 //!   TRANSACTION (payload shown to the holder, monotonic counter, ECDSA over
-//!   SHA-256 of payload ‖ counter, DER).
+//!   SHA-256 of payload ‖ counter, DER), and the OCRA mode (PUT DATA OCRA,
+//!   OCRA RESPONSE: RFC 6287 over the payload's SHA-256).
 //! - [`holder`]: [`Screen`] (what the display shows) and [`Holder`]
 //!   ([`AutoApprove`], [`AutoDecline`], [`Prompt`]).
 //! - [`state`]: [`CardState`] and its file format, [`StateStore`]

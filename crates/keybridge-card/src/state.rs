@@ -83,6 +83,15 @@ pub struct CardState {
     pub(crate) pin_retries_max: u8,
     /// The last signature counter used; the next signature uses `counter + 1`.
     pub(crate) counter: u32,
+    /// OCRA mode: the suite and shared secret PUT DATA OCRA stored.
+    pub(crate) ocra: Option<OcraCredential>,
+}
+
+/// The card's OCRA credential. The secret is zeroized on drop and never printed.
+#[derive(Clone)]
+pub(crate) struct OcraCredential {
+    pub(crate) suite: keybridge_proto::ocra::Suite,
+    pub(crate) secret: Zeroizing<Vec<u8>>,
 }
 
 impl fmt::Debug for CardState {
@@ -93,6 +102,7 @@ impl fmt::Debug for CardState {
             .field("pin_retries_left", &self.pin_retries_left)
             .field("pin_retries_max", &self.pin_retries_max)
             .field("counter", &self.counter)
+            .field("ocra_suite", &self.ocra.as_ref().map(|o| o.suite.as_str()))
             .finish_non_exhaustive()
     }
 }
@@ -109,11 +119,17 @@ struct StateFileV1 {
     pin_retries_left: u8,
     pin_retries_max: u8,
     counter: u32,
+    /// Added for OCRA mode; absent (and so readable by older builds) until set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ocra_suite: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ocra_secret_hex: Option<String>,
 }
 
 impl Drop for StateFileV1 {
     fn drop(&mut self) {
         self.private_key_hex.zeroize();
+        self.ocra_secret_hex.zeroize();
     }
 }
 
@@ -155,6 +171,7 @@ impl CardState {
             pin_retries_left: pin_retries_max,
             pin_retries_max,
             counter: 0,
+            ocra: None,
         })
     }
 
@@ -207,6 +224,8 @@ impl CardState {
             pin_retries_left: self.pin_retries_left,
             pin_retries_max: self.pin_retries_max,
             counter: self.counter,
+            ocra_suite: self.ocra.as_ref().map(|o| o.suite.as_str().to_owned()),
+            ocra_secret_hex: self.ocra.as_ref().map(|o| hex::encode(&o.secret[..])),
         };
         // Serializing strings and integers into a Vec cannot fail.
         let mut out = serde_json::to_vec_pretty(&file).unwrap_or_default();
@@ -255,6 +274,15 @@ impl CardState {
         {
             return Err(corrupt("PIN retry counters"));
         }
+        let ocra = match (&file.ocra_suite, &file.ocra_secret_hex) {
+            (None, None) => None,
+            (Some(suite), Some(secret)) => Some(OcraCredential {
+                suite: keybridge_proto::ocra::Suite::parse(suite)
+                    .map_err(|_| corrupt("OCRA suite"))?,
+                secret: Zeroizing::new(hex::decode(secret).map_err(|_| corrupt("OCRA secret"))?),
+            }),
+            _ => return Err(corrupt("OCRA suite without secret, or the reverse")),
+        };
         Ok(CardState {
             private_key,
             certificate,
@@ -262,6 +290,7 @@ impl CardState {
             pin_retries_left: file.pin_retries_left,
             pin_retries_max: file.pin_retries_max,
             counter: file.counter,
+            ocra,
         })
     }
 

@@ -7,7 +7,10 @@
 //! | GENERATE KEY       | `6A86` P1-P2 ≠ `0000`; `6700` data present; `6983`; `6982` PIN not verified; `6581` |
 //! | GET DATA           | `6A86` P1 ≠ `00`; `6700` data present; `6A88` no such object (or no key/certificate yet) |
 //! | PUT DATA           | `6A86` P1-P2 ≠ `0002`; `6983`; `6982`; `6700` empty or over [`CERTIFICATE_LEN_MAX`]; `6A88` no key; `6A80` not a certificate for the card's key; `6581` |
-//! | SIGN TRANSACTION   | `6A86` P1-P2 ≠ `9E9A`; `6983`; `6982`; `6A88` no key; `6A80` payload does not decode; `6985` counter exhausted or holder declined; `6581` |
+//! | SIGN TRANSACTION   | `6A86` P1-P2 ≠ `9E9A`/`9E10`; `6983`; `6982`; `6A88` no key; `6A80` payload does not decode; `6985` counter exhausted or holder declined; `6581` |
+//! | SIGN CSR           | `6983`; `6982`; `6A88` no key; `6A80` not a CertificationRequestInfo for the card's own key |
+//! | PUT DATA OCRA      | `6983`; `6982`; `6A80` suite does not parse, has P or S, or secret empty/over [`OCRA_SECRET_LEN_MAX`]; `6581` |
+//! | OCRA RESPONSE      | `6A86` P1-P2 ≠ `0000`; `6983`; `6982`; `6A88` no OCRA secret; `6A80` payload does not decode; `6985` counter exhausted or holder declined; `6581` |
 //! | anything else      | `6D00`                                                           |
 //!
 //! Rules the table cannot show:
@@ -20,24 +23,33 @@
 //!   save fails the answer is `6581` and no signature leaves the card. A
 //!   counter value is never used twice.
 //! - GENERATE KEY drops the stored certificate: it certifies the old key.
+//! - SIGN CSR and OCRA RESPONSE consume the verified PIN like SIGN TRANSACTION.
+//! - OCRA suites with a PIN hash (P) or session data (S) are refused: the card
+//!   checks its PIN itself, and a payment has no session data.
 //! - An expired payload is still shown (marked EXPIRED) and may be signed: the
 //!   card's time comes from its host and is not trusted; the server decides.
 
 use keybridge_proto::applet::{
-    self, pin_is_well_formed, INS_GENERATE_KEY, INS_GET_DATA, INS_PUT_DATA, INS_SIGN, INS_VERIFY,
-    OBJ_CERTIFICATE, OBJ_PUBLIC_KEY, OBJ_STATUS, P1_SIGN, P2_PIN, P2_SIGN,
+    self, pin_is_well_formed, OcraAnswer, INS_GENERATE_KEY, INS_GET_DATA, INS_OCRA_RESPONSE,
+    INS_PUT_DATA, INS_SIGN, INS_VERIFY, OBJ_CERTIFICATE, OBJ_OCRA, OBJ_PUBLIC_KEY, OBJ_STATUS,
+    P1_SIGN, P2_PIN, P2_SIGN, P2_SIGN_CSR,
 };
+use keybridge_proto::ocra;
 use keybridge_proto::{signed_message, ConfirmationPayload};
 use keybridge_transport::{Command, Response, StatusWord};
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey};
 use p256::PublicKey;
+use zeroize::Zeroizing;
 
 use crate::applet::{Applet, Context};
 use crate::holder::Screen;
 use crate::state::{CardState, StateStore};
 
 pub use crate::state::CERTIFICATE_LEN_MAX;
+
+/// Longest OCRA secret PUT DATA OCRA stores (HMAC-SHA512's block size).
+pub const OCRA_SECRET_LEN_MAX: usize = 128;
 
 /// The byte SELECT answers: the applet interface version.
 pub const APPLET_VERSION: u8 = 0x01;
@@ -169,6 +181,9 @@ impl TransactionApplet {
     }
 
     fn put_data(&mut self, command: &Command) -> Outcome {
+        if (command.p1, command.p2) == (0, OBJ_OCRA) {
+            return self.put_ocra(command);
+        }
         if (command.p1, command.p2) != (0, OBJ_CERTIFICATE) {
             return Err(StatusWord::IncorrectP1P2);
         }
@@ -196,7 +211,112 @@ impl TransactionApplet {
         Ok(Vec::new())
     }
 
+    fn put_ocra(&mut self, command: &Command) -> Outcome {
+        self.require_pin()?;
+        let (suite, secret) =
+            applet::split_ocra_put_data(&command.data).ok_or(StatusWord::IncorrectData)?;
+        let suite = ocra::Suite::parse(suite).map_err(|_| StatusWord::IncorrectData)?;
+        if suite.pin_hash().is_some()
+            || suite.session_len().is_some()
+            || secret.is_empty()
+            || secret.len() > OCRA_SECRET_LEN_MAX
+        {
+            return Err(StatusWord::IncorrectData);
+        }
+        let old = self.state.ocra.replace(crate::state::OcraCredential {
+            suite,
+            secret: Zeroizing::new(secret.to_vec()),
+        });
+        if let Err(sw) = self.persist() {
+            self.state.ocra = old;
+            return Err(sw);
+        }
+        Ok(Vec::new())
+    }
+
+    /// SIGN CSR: signs a PKCS#10 request info that carries this card's key, and nothing else.
+    fn sign_csr(&mut self, command: &Command) -> Outcome {
+        self.require_pin()?;
+        self.pin_verified = false;
+        let key = self
+            .state
+            .private_key
+            .clone()
+            .ok_or(StatusWord::ReferencedDataNotFound)?;
+        let point = self
+            .state
+            .public_key_sec1()
+            .ok_or(StatusWord::ReferencedDataNotFound)?;
+        keybridge_proto::csr::check_request_info(&command.data, &point)
+            .map_err(|_| StatusWord::IncorrectData)?;
+        let signature: Signature = key.sign(&command.data);
+        tracing::info!("signed a certificate request for the card's own key");
+        Ok(signature.to_der().as_bytes().to_vec())
+    }
+
+    /// OCRA RESPONSE: the payload shown and confirmed like SIGN TRANSACTION,
+    /// answered with an RFC 6287 response over the payload's SHA-256.
+    fn ocra_response(&mut self, command: &Command, context: &mut Context<'_>) -> Outcome {
+        if (command.p1, command.p2) != (0, 0) {
+            return Err(StatusWord::IncorrectP1P2);
+        }
+        self.require_pin()?;
+        self.pin_verified = false;
+        let credential = self
+            .state
+            .ocra
+            .clone()
+            .ok_or(StatusWord::ReferencedDataNotFound)?;
+        let payload =
+            ConfirmationPayload::decode(&command.data).map_err(|_| StatusWord::IncorrectData)?;
+        let suite = &credential.suite;
+        let counter = match suite.uses_counter() {
+            true => Some(
+                self.state
+                    .counter
+                    .checked_add(1)
+                    .ok_or(StatusWord::ConditionsNotSatisfied)?,
+            ),
+            false => None,
+        };
+        let screen = Screen::from_payload(&payload, context.now_unix_s);
+        context.holder.show(&screen);
+        if !context.holder.confirm(&screen) {
+            tracing::info!("holder declined the payment");
+            return Err(StatusWord::ConditionsNotSatisfied);
+        }
+        if let Some(c) = counter {
+            // Spent before the response exists, as for signatures.
+            self.state.counter = c;
+            self.persist()?;
+        }
+        let time_step = suite.time_step().map(|t| t.steps_at(context.now_unix_s));
+        let question = ocra::payload_question(&command.data);
+        let response = ocra::compute(
+            suite,
+            &credential.secret,
+            &ocra::Inputs {
+                counter: counter.map(u64::from),
+                question: &question,
+                pin_hash: None,
+                session: None,
+                time_steps: time_step,
+            },
+        )
+        .map_err(|_| StatusWord::IncorrectData)?;
+        tracing::info!(counter = ?counter, "answered an OCRA challenge");
+        Ok(OcraAnswer {
+            counter: counter.map(u64::from).unwrap_or(0),
+            time_step: time_step.unwrap_or(0),
+            response,
+        }
+        .encode())
+    }
+
     fn sign(&mut self, command: &Command, context: &mut Context<'_>) -> Outcome {
+        if (command.p1, command.p2) == (P1_SIGN, P2_SIGN_CSR) {
+            return self.sign_csr(command);
+        }
         if (command.p1, command.p2) != (P1_SIGN, P2_SIGN) {
             return Err(StatusWord::IncorrectP1P2);
         }
@@ -255,6 +375,7 @@ impl Applet for TransactionApplet {
             INS_GET_DATA => self.get_data(command),
             INS_PUT_DATA => self.put_data(command),
             INS_SIGN => self.sign(command, context),
+            INS_OCRA_RESPONSE => self.ocra_response(command, context),
             _ => Err(StatusWord::InsNotSupported),
         };
         match outcome {

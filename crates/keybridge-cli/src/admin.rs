@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use keybridge_proto::api::CreateAccount;
+use keybridge_proto::api::{b64, CreateAccount, ImportCertificate, SignatureMethod};
+use keybridge_proto::ocra::OtpauthUri;
 use keybridge_proto::{AccountId, Currency, Money};
 use keybridge_relay::{CardLink, CardLinkSpec};
 use keybridge_terminal::Client;
@@ -49,7 +50,8 @@ pub enum AdminCommand {
         #[arg(long)]
         name: String,
     },
-    /// Enrol a card for an account: key on the card, certificate from the CA.
+    /// Enrol a card for an account: key made on the card, a PKCS#10 request
+    /// signed by the card, the certificate from the built-in CA written back.
     /// The card's PIN comes from KEYBRIDGE_PIN.
     Enroll {
         #[arg(long)]
@@ -65,8 +67,63 @@ pub enum AdminCommand {
         #[arg(long, default_value_t = 30)]
         card_wait_s: u64,
     },
+    /// Enrol an OCRA-mode card: the server keeps the secret of an otpauth
+    /// URI (sealed), the card gets the same secret. The URI comes from
+    /// --uri-file (one URI; a file keeps the secret out of `ps`) or
+    /// KEYBRIDGE_OCRA_URI. The card's PIN comes from KEYBRIDGE_PIN.
+    EnrollOcra {
+        #[arg(long)]
+        account: AccountId,
+        #[arg(long)]
+        card: CardLinkSpec,
+        #[arg(long)]
+        credential_out: PathBuf,
+        /// A file holding the otpauth://ocra/ URI.
+        #[arg(long)]
+        uri_file: Option<PathBuf>,
+        #[arg(long, default_value = "")]
+        label: String,
+        #[arg(long, default_value_t = 30)]
+        card_wait_s: u64,
+    },
+    /// Enrol a device whose certificate an external CA issued (path-validated
+    /// by the server); writes the relay's credential file.
+    ImportCertificate {
+        #[arg(long)]
+        account: AccountId,
+        /// The device certificate, PEM or DER.
+        #[arg(long)]
+        certificate: PathBuf,
+        #[arg(long)]
+        credential_out: PathBuf,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
     /// List enrolled devices.
     ListDevices,
+    /// Rename a device.
+    RenameDevice {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        label: String,
+    },
+    /// Disable a device: its relay credential stops working.
+    DisableDevice {
+        #[arg(long)]
+        id: String,
+    },
+    /// Revoke a device's certificate (or OCRA secret): every confirmation not
+    /// yet accepted is refused, and the CRL lists the serial.
+    RevokeDevice {
+        #[arg(long)]
+        id: String,
+    },
+    /// Save the built-in CA's CRL (DER) to a file.
+    Crl {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// List recent transactions, newest first.
     ListTransactions {
         #[arg(long, default_value_t = 20)]
@@ -148,17 +205,111 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 credential_out.display()
             );
         }
+        AdminCommand::EnrollOcra {
+            account,
+            card,
+            credential_out,
+            uri_file,
+            label,
+            card_wait_s,
+        } => {
+            let pin = Zeroizing::new(
+                std::env::var("KEYBRIDGE_PIN")
+                    .context("enrolment needs the card PIN in KEYBRIDGE_PIN")?,
+            );
+            let text = Zeroizing::new(match uri_file {
+                Some(path) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+                None => std::env::var("KEYBRIDGE_OCRA_URI")
+                    .context("give --uri-file or KEYBRIDGE_OCRA_URI")?,
+            });
+            let uri = OtpauthUri::parse(text.trim())?;
+            let link = Arc::new(Mutex::new(CardLink::open(&card)?));
+            println!("waiting for the card at {card}");
+            let (enrolled, credential) = keybridge_relay::enroll_ocra(
+                &client,
+                link,
+                &account,
+                &label,
+                pin,
+                &uri,
+                Duration::from_secs(card_wait_s),
+            )
+            .await?;
+            credential.save(&credential_out)?;
+            println!(
+                "enrolled OCRA device {} ({}) for {}; credential written to {}",
+                enrolled.device_id,
+                uri.suite,
+                enrolled.account,
+                credential_out.display()
+            );
+        }
+        AdminCommand::ImportCertificate {
+            account,
+            certificate,
+            credential_out,
+            label,
+        } => {
+            let bytes = std::fs::read(&certificate)
+                .with_context(|| format!("reading {}", certificate.display()))?;
+            let der = keybridge_server::ca::certificates_from_pem_or_der(&bytes)
+                .map_err(anyhow::Error::msg)?
+                .into_iter()
+                .next()
+                .context("no certificate in the file")?;
+            let enrolled = client
+                .import_certificate(&ImportCertificate {
+                    account,
+                    certificate: b64::encode(&der),
+                    label,
+                    method: SignatureMethod::TransactionApplet,
+                })
+                .await?;
+            let credential = keybridge_relay::DeviceCredential {
+                server: client.base_url().to_owned(),
+                device_id: enrolled.device_id.clone(),
+                account: enrolled.account.clone(),
+                credential: enrolled.credential.clone(),
+                method: SignatureMethod::TransactionApplet,
+            };
+            credential.save(&credential_out)?;
+            println!(
+                "imported device {} for {}; credential written to {}",
+                enrolled.device_id,
+                enrolled.account,
+                credential_out.display()
+            );
+        }
         AdminCommand::ListDevices => {
             for d in client.devices().await? {
                 println!(
-                    "{:<36} {:<20} {:<9} counter {:<6} {}",
+                    "{:<36} {:<20} {:<18} {:<9} counter {:<6} {}",
                     d.device_id,
                     d.account.as_str(),
+                    d.method,
                     d.status,
                     d.last_counter,
                     d.label
                 );
             }
+        }
+        AdminCommand::RenameDevice { id, label } => {
+            let d = client.rename_device(&id, &label).await?;
+            println!("device {} is now {:?}", d.device_id, d.label);
+        }
+        AdminCommand::DisableDevice { id } => {
+            let d = client.disable_device(&id).await?;
+            println!("device {} {}", d.device_id, d.status);
+        }
+        AdminCommand::RevokeDevice { id } => {
+            let d = client.revoke_device(&id).await?;
+            println!("device {} {}", d.device_id, d.status);
+        }
+        AdminCommand::Crl { out } => {
+            let der = client.crl().await?;
+            std::fs::write(&out, &der).with_context(|| format!("writing {}", out.display()))?;
+            println!("CRL ({} bytes) written to {}", der.len(), out.display());
         }
         AdminCommand::ListTransactions { limit } => {
             for t in client.transactions(limit).await? {

@@ -41,10 +41,26 @@ pub enum Scenario {
     InsufficientFunds,
 }
 
+/// How the card confirms in the demo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Method {
+    /// The transaction applet: ECDSA over payload ‖ counter, certificate from the CA (CSR).
+    Applet,
+    /// OCRA (RFC 6287) over the payload's SHA-256, secret from an otpauth URI.
+    Ocra,
+}
+
+/// The suite the demo provisions: 8 digits of HMAC-SHA256 over counter,
+/// the payload's SHA-256 and a 30-second time step.
+pub const DEMO_OCRA_SUITE: &str = "OCRA-1:HOTP-SHA256-8:C-QH64-T30S";
+
 impl Scenario {
-    fn expected(self) -> (TransactionStatus, Option<Reason>) {
+    fn expected(self, method: Method) -> (TransactionStatus, Option<Reason>) {
         match self {
             Scenario::Happy => (TransactionStatus::Settled, None),
+            Scenario::Tamper | Scenario::TamperPayee if method == Method::Ocra => {
+                (TransactionStatus::Rejected, Some(Reason::OcraMismatch))
+            }
             Scenario::Decline => (TransactionStatus::Rejected, Some(Reason::Declined)),
             Scenario::WrongPin => (TransactionStatus::Rejected, Some(Reason::WrongPin)),
             Scenario::Tamper | Scenario::TamperPayee => {
@@ -62,6 +78,8 @@ impl Scenario {
 pub struct DemoArgs {
     #[arg(long, value_enum, default_value_t = Scenario::Happy)]
     pub scenario: Scenario,
+    #[arg(long, value_enum, default_value_t = Method::Applet)]
+    pub method: Method,
     /// Keep the temp directory (database, card state) for inspection.
     #[arg(long)]
     pub keep: bool,
@@ -173,7 +191,11 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
     let scenario = args.scenario;
     log.line(
         "demo",
-        &format!("scenario {scenario:?}, working directory {}", dir.display()),
+        &format!(
+            "scenario {scenario:?}, method {:?}, working directory {}",
+            args.method,
+            dir.display()
+        ),
     );
 
     // Server.
@@ -245,19 +267,44 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
         .env("KEYBRIDGE_CARD_PIN", CARD_PIN);
     children.spawn(&log, "card", card)?;
     let payer = AccountId::new(PAYER)?;
-    let (enrolled, credential) = keybridge_relay::enroll(
-        &admin,
-        enrol_link.clone(),
-        &payer,
-        "demo card",
-        Zeroizing::new(CARD_PIN.to_owned()),
-        Duration::from_secs(30),
-    )
-    .await?;
+    let (enrolled, credential) = match args.method {
+        Method::Applet => {
+            keybridge_relay::enroll(
+                &admin,
+                enrol_link.clone(),
+                &payer,
+                "demo card",
+                Zeroizing::new(CARD_PIN.to_owned()),
+                Duration::from_secs(30),
+            )
+            .await?
+        }
+        Method::Ocra => {
+            let uri = keybridge_proto::ocra::OtpauthUri {
+                label: format!("KeyBridge:{PAYER}"),
+                suite: keybridge_proto::ocra::Suite::parse(DEMO_OCRA_SUITE)?,
+                secret: rand::random::<[u8; 32]>().to_vec(),
+                counter: 0,
+            };
+            keybridge_relay::enroll_ocra(
+                &admin,
+                enrol_link.clone(),
+                &payer,
+                "demo OCRA card",
+                Zeroizing::new(CARD_PIN.to_owned()),
+                &uri,
+                Duration::from_secs(30),
+            )
+            .await?
+        }
+    };
     drop(enrol_link);
     let credential_file = dir.join("device.json");
     credential.save(&credential_file)?;
-    log.line("admin", &format!("card enrolled for {payer} as device {}: key made on the card, certificate issued by the server CA", enrolled.device_id));
+    match args.method {
+        Method::Applet => log.line("admin", &format!("card enrolled for {payer} as device {}: key made on the card, CSR signed by the card, certificate issued by the server CA", enrolled.device_id)),
+        Method::Ocra => log.line("admin", &format!("card enrolled for {payer} as OCRA device {} ({DEMO_OCRA_SUITE}): secret sealed on the server, written to the card", enrolled.device_id)),
+    }
 
     // The phone.
     if scenario == Scenario::Expired {
@@ -353,7 +400,7 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
         .context("the server lists no transaction")?;
 
     // Check what the scenario promised.
-    let (status, reason) = scenario.expected();
+    let (status, reason) = scenario.expected(args.method);
     let mut ok = last.status == status && last.reason == reason;
     let moved = |id: &str| {
         let b = before

@@ -7,6 +7,7 @@ mod admin;
 mod bench;
 mod config;
 mod demo;
+mod ocra;
 mod pay;
 mod roles;
 
@@ -50,6 +51,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run many payments end to end and report throughput, latency and the crypto limit.
     Bench(bench::BenchArgs),
+    /// Compute an RFC 6287 OCRA response (like oathtool for HOTP).
+    Ocra(ocra::OcraArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
         Command::Admin(args) => runtime.block_on(admin::run(args)),
         Command::Demo(args) => return runtime.block_on(demo::run(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Ocra(args) => ocra::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -46,6 +46,18 @@ pub struct ServerArgs {
     /// Write the bound base URL here once listening (for scripts and `demo`).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// External CA: a trust anchor certificate (PEM or DER); repeat for more.
+    /// When given, the built-in CA neither issues nor is trusted.
+    #[arg(long = "trust-anchor", num_args = 1..)]
+    pub trust_anchors: Vec<PathBuf>,
+    /// External CA: an intermediate certificate that may sit on device paths.
+    #[arg(long = "intermediate", num_args = 1..)]
+    pub intermediates: Vec<PathBuf>,
+    /// External CA: a CRL file or http:// URL, re-read every --crl-refresh-s.
+    #[arg(long = "crl-source", num_args = 1..)]
+    pub crl_sources: Vec<String>,
+    #[arg(long, default_value_t = 300)]
+    pub crl_refresh_s: u64,
 }
 
 /// The admin token comes from `KEYBRIDGE_ADMIN_TOKEN`, or is generated once and
@@ -119,6 +131,11 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
             Some(files)
         }
     };
+    config.trust_anchors = args.trust_anchors;
+    config.intermediates = args.intermediates;
+    config.crl_sources = args.crl_sources;
+    config.crl_refresh_s = args.crl_refresh_s;
+    // The master key (KEYBRIDGE_MASTER_KEY) is read by the server itself.
     let running = keybridge_server::start(config)
         .await
         .context("starting the server")?;

@@ -7,8 +7,12 @@
 use std::process::Command;
 
 fn demo(scenario: &str) -> String {
+    demo_with(scenario, "applet")
+}
+
+fn demo_with(scenario: &str, method: &str) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_keybridge"))
-        .args(["demo", "--scenario", scenario])
+        .args(["demo", "--scenario", scenario, "--method", method])
         .env_remove("KEYBRIDGE_LOG")
         .output()
         .expect("run keybridge demo");
@@ -80,5 +84,27 @@ fn offline_phone_expires() {
 fn insufficient_funds_fails() {
     let out = demo("insufficient-funds");
     assert_outcome(&out, "failed (insufficient_funds)");
+    assert!(out.contains("payer moved 0, payee moved 0"), "{out}");
+}
+
+#[test]
+fn an_ocra_mode_card_settles_a_payment() {
+    let out = demo_with("happy", "ocra");
+    assert_outcome(&out, "settled");
+    assert!(out.contains("payer moved -1234, payee moved 1234"), "{out}");
+    for step in [
+        "as OCRA device",
+        "Confirm payment",
+        "card answered OCRA response",
+        "(counter 1,",
+    ] {
+        assert!(out.contains(step), "missing {step:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn an_ocra_response_for_a_tampered_amount_is_refused() {
+    let out = demo_with("tamper", "ocra");
+    assert_outcome(&out, "rejected (ocra_mismatch)");
     assert!(out.contains("payer moved 0, payee moved 0"), "{out}");
 }

@@ -71,6 +71,26 @@ pub enum Reason {
     Expired,
     /// The payer's balance does not cover the amount.
     InsufficientFunds,
+    /// The device's certificate (or one on its path) is revoked.
+    CertificateRevoked,
+    /// A certificate on the device's path has expired.
+    CertificateExpired,
+    /// A certificate on the device's path is not yet valid.
+    CertificateNotYetValid,
+    /// No configured trust anchor issued the device's certificate.
+    CertificateUntrusted,
+    /// A signature on the certificate path does not verify (an altered certificate).
+    CertificateSignatureInvalid,
+    /// The device's certificate lacks keyUsage digitalSignature.
+    CertificateKeyUsage,
+    /// The device's certificate names another account than the payer.
+    CertificateWrongAccount,
+    /// The OCRA response does not match the stored payload.
+    OcraMismatch,
+    /// The OCRA response is for a time step outside the accepted window.
+    OcraStale,
+    /// This OCRA counter or time step was already accepted once.
+    ResponseReused,
 }
 
 impl Reason {
@@ -86,6 +106,16 @@ impl Reason {
             Reason::DeviceError => "device_error",
             Reason::Expired => "expired",
             Reason::InsufficientFunds => "insufficient_funds",
+            Reason::CertificateRevoked => "certificate_revoked",
+            Reason::CertificateExpired => "certificate_expired",
+            Reason::CertificateNotYetValid => "certificate_not_yet_valid",
+            Reason::CertificateUntrusted => "certificate_untrusted",
+            Reason::CertificateSignatureInvalid => "certificate_signature_invalid",
+            Reason::CertificateKeyUsage => "certificate_key_usage",
+            Reason::CertificateWrongAccount => "certificate_wrong_account",
+            Reason::OcraMismatch => "ocra_mismatch",
+            Reason::OcraStale => "ocra_stale",
+            Reason::ResponseReused => "response_reused",
         }
     }
 
@@ -101,6 +131,16 @@ impl Reason {
             "device_error" => Reason::DeviceError,
             "expired" => Reason::Expired,
             "insufficient_funds" => Reason::InsufficientFunds,
+            "certificate_revoked" => Reason::CertificateRevoked,
+            "certificate_expired" => Reason::CertificateExpired,
+            "certificate_not_yet_valid" => Reason::CertificateNotYetValid,
+            "certificate_untrusted" => Reason::CertificateUntrusted,
+            "certificate_signature_invalid" => Reason::CertificateSignatureInvalid,
+            "certificate_key_usage" => Reason::CertificateKeyUsage,
+            "certificate_wrong_account" => Reason::CertificateWrongAccount,
+            "ocra_mismatch" => Reason::OcraMismatch,
+            "ocra_stale" => Reason::OcraStale,
+            "response_reused" => Reason::ResponseReused,
             _ => return None,
         })
     }
@@ -118,6 +158,22 @@ impl Reason {
             Reason::DeviceError => "the security device could not complete the signature",
             Reason::Expired => "the payer did not confirm in time",
             Reason::InsufficientFunds => "the payer's balance does not cover the amount",
+            Reason::CertificateRevoked => "the device's certificate has been revoked",
+            Reason::CertificateExpired => "the device's certificate has expired",
+            Reason::CertificateNotYetValid => "the device's certificate is not yet valid",
+            Reason::CertificateUntrusted => "the device's certificate is not from a trusted CA",
+            Reason::CertificateSignatureInvalid => {
+                "a signature on the device's certificate chain does not verify"
+            }
+            Reason::CertificateKeyUsage => "the device's certificate may not sign",
+            Reason::CertificateWrongAccount => {
+                "the device's certificate is bound to another account"
+            }
+            Reason::OcraMismatch => {
+                "the device's one-time response does not match this transaction"
+            }
+            Reason::OcraStale => "the device's one-time response is for another time",
+            Reason::ResponseReused => "the device's one-time response was already used",
         }
     }
 }
@@ -187,6 +243,17 @@ pub enum Confirmation {
     },
     Declined {
         reason: DeclineReason,
+    },
+    /// An OCRA (RFC 6287) response from a device in OCRA mode, over the
+    /// question derived from the stored payload ([`crate::ocra::payload_question`]).
+    Ocra {
+        response: String,
+        /// The counter C the device used, if it says (otherwise the server looks ahead).
+        #[serde(default)]
+        counter: Option<u64>,
+        /// The time step T the device used, if it says (otherwise the server searches its window).
+        #[serde(default)]
+        time_step: Option<u64>,
     },
 }
 
@@ -286,6 +353,15 @@ pub struct DeviceView {
     pub label: String,
     pub status: String,
     pub last_counter: u32,
+    /// `transaction_applet`, `piv` or `ocra`.
+    #[serde(default)]
+    pub method: String,
+    /// When its certificate (or OCRA secret) was revoked, if it was.
+    #[serde(default)]
+    pub revoked_at_unix_s: Option<u64>,
+    /// The certificate's serial number, hex (none for OCRA devices).
+    #[serde(default)]
+    pub certificate_serial: Option<String>,
 }
 
 /// The one error body of every endpoint.
@@ -380,6 +456,88 @@ pub mod b64 {
     pub fn decode(text: &str) -> Option<Vec<u8>> {
         base64::engine::general_purpose::STANDARD.decode(text).ok()
     }
+}
+
+/// How a device confirms: which applet (or password) the server verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureMethod {
+    /// KeyBridge's transaction applet: ECDSA over payload ‖ counter.
+    TransactionApplet,
+    /// A PIV card's slot 9C.
+    Piv,
+    /// An OCRA (RFC 6287) response over the payload's SHA-256.
+    Ocra,
+}
+
+impl SignatureMethod {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SignatureMethod::TransactionApplet => "transaction_applet",
+            SignatureMethod::Piv => "piv",
+            SignatureMethod::Ocra => "ocra",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SignatureMethod> {
+        Some(match s {
+            "transaction_applet" => SignatureMethod::TransactionApplet,
+            "piv" => SignatureMethod::Piv,
+            "ocra" => SignatureMethod::Ocra,
+            _ => return None,
+        })
+    }
+}
+
+fn transaction_applet() -> SignatureMethod {
+    SignatureMethod::TransactionApplet
+}
+
+/// `POST /v1/admin/devices/csr`: the built-in CA certifies the key in a
+/// PKCS#10 request (whose signature proves possession of the key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollCsr {
+    pub account: AccountId,
+    /// The PKCS#10 CertificationRequest, DER, base64.
+    pub csr: String,
+    #[serde(default)]
+    pub label: String,
+    #[serde(default = "transaction_applet")]
+    pub method: SignatureMethod,
+}
+
+/// `POST /v1/admin/devices/certificate`: enrol a device with a certificate an
+/// external CA issued; the server validates its path before accepting it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportCertificate {
+    pub account: AccountId,
+    /// The X.509 certificate, DER, base64.
+    pub certificate: String,
+    #[serde(default)]
+    pub label: String,
+    #[serde(default = "transaction_applet")]
+    pub method: SignatureMethod,
+}
+
+/// `POST /v1/admin/devices/ocra`: enrol an OCRA-mode device from an
+/// `otpauth://ocra/...?secret=BASE32&suite=...` URI. The secret is stored
+/// encrypted under the server's master key and never returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionOcra {
+    pub account: AccountId,
+    pub uri: String,
+    #[serde(default)]
+    pub label: String,
+}
+
+/// `POST /v1/admin/devices/{id}/rename`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameDevice {
+    pub label: String,
 }
 
 #[cfg(test)]

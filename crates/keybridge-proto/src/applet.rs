@@ -10,11 +10,28 @@
 //! | GET DATA         | 00 CA 00 xx   | none               | object `xx` (see `OBJ_*`)        |
 //! | PUT DATA         | 00 DA 00 02   | certificate DER    | none                             |
 //! | SIGN TRANSACTION | 00 2A 9E 9A   | confirmation payload | counter (u32 BE) ‖ DER signature |
+//! | SIGN CSR         | 00 2A 9E 10   | CertificationRequestInfo (DER) | DER ECDSA signature     |
+//! | PUT DATA OCRA    | 00 DA 00 04   | [`ocra_put_data`]: suite length ‖ suite ‖ key | none     |
+//! | OCRA RESPONSE    | 00 88 00 00   | confirmation payload | [`OcraAnswer`]: C ‖ T ‖ response |
 //!
-//! GENERATE KEY, PUT DATA and SIGN TRANSACTION need the PIN. A verified PIN
-//! is good for exactly one SIGN TRANSACTION: each payment needs the PIN again.
+//! GENERATE KEY, PUT DATA, SIGN TRANSACTION, SIGN CSR, PUT DATA OCRA and OCRA
+//! RESPONSE need the PIN. A verified PIN is good for exactly one SIGN
+//! TRANSACTION, SIGN CSR or OCRA RESPONSE: each needs the PIN again.
 //! SIGN answers `6985` when the holder declines on the device, `6A80` when the
 //! payload does not parse, `6A88` when no key has been generated.
+//!
+//! SIGN CSR signs SHA-256 of the data with the payment key, but only if the
+//! data is exactly a PKCS#10 `CertificationRequestInfo` carrying the card's
+//! own public key ([`crate::csr::check_request_info`]); anything else is `6A80`,
+//! so the instruction cannot be used to sign a payment message.
+//!
+//! OCRA RESPONSE (ISO 7816-4 INTERNAL AUTHENTICATE: a response computed from
+//! a challenge) shows the payload like SIGN TRANSACTION, asks the holder, and
+//! answers an RFC 6287 response with the suite PUT DATA OCRA stored, over the
+//! question [`crate::ocra::payload_question`] (SHA-256 of the payload, hex),
+//! the next counter (spent and saved first, shared with SIGN TRANSACTION) if
+//! the suite has C, and the time step of the host's time if it has T.
+//! `6A88` when no OCRA secret was stored.
 
 /// Proprietary AID (ISO/IEC 7816-5 category `F`): `F0` "KBRIDGE" version 1.
 pub const AID: [u8; 9] = [0xF0, 0x4B, 0x42, 0x52, 0x49, 0x44, 0x47, 0x45, 0x01];
@@ -25,10 +42,14 @@ pub const INS_GENERATE_KEY: u8 = 0x47;
 pub const INS_GET_DATA: u8 = 0xCA;
 pub const INS_PUT_DATA: u8 = 0xDA;
 pub const INS_SIGN: u8 = 0x2A;
+/// INTERNAL AUTHENTICATE: OCRA RESPONSE.
+pub const INS_OCRA_RESPONSE: u8 = 0x88;
 
 pub const P2_PIN: u8 = 0x80;
 pub const P1_SIGN: u8 = 0x9E;
 pub const P2_SIGN: u8 = 0x9A;
+/// SIGN CSR: P1 = [`P1_SIGN`], P2 = this.
+pub const P2_SIGN_CSR: u8 = 0x10;
 
 /// GET DATA: the card's public key, 65 bytes SEC1 uncompressed.
 pub const OBJ_PUBLIC_KEY: u8 = 0x01;
@@ -36,6 +57,8 @@ pub const OBJ_PUBLIC_KEY: u8 = 0x01;
 pub const OBJ_CERTIFICATE: u8 = 0x02;
 /// GET DATA: [`CardStatus`] (6 bytes).
 pub const OBJ_STATUS: u8 = 0x03;
+/// PUT DATA: the OCRA suite and secret ([`ocra_put_data`]); never readable.
+pub const OBJ_OCRA: u8 = 0x04;
 
 pub const PIN_LEN_MIN: usize = 4;
 pub const PIN_LEN_MAX: usize = 8;
@@ -91,6 +114,56 @@ pub fn split_signature_response(data: &[u8]) -> Option<(u32, &[u8])> {
     Some((u32::from_be_bytes(counter.try_into().ok()?), signature))
 }
 
+/// PUT DATA OCRA's data: suite length (1 byte) ‖ suite (ASCII) ‖ secret.
+pub fn ocra_put_data(suite: &str, secret: &[u8]) -> Option<Vec<u8>> {
+    let len = u8::try_from(suite.len()).ok()?;
+    let mut out = Vec::with_capacity(1 + suite.len() + secret.len());
+    out.push(len);
+    out.extend_from_slice(suite.as_bytes());
+    out.extend_from_slice(secret);
+    Some(out)
+}
+
+/// Splits PUT DATA OCRA's data into suite text and secret.
+pub fn split_ocra_put_data(data: &[u8]) -> Option<(&str, &[u8])> {
+    let (&len, rest) = data.split_first()?;
+    let (suite, secret) = rest.split_at_checked(usize::from(len))?;
+    Some((std::str::from_utf8(suite).ok()?, secret))
+}
+
+/// OCRA RESPONSE's answer: the counter and time step used (0 when the suite
+/// has none) and the response digits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OcraAnswer {
+    pub counter: u64,
+    pub time_step: u64,
+    pub response: String,
+}
+
+impl OcraAnswer {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.response.len());
+        out.extend_from_slice(&self.counter.to_be_bytes());
+        out.extend_from_slice(&self.time_step.to_be_bytes());
+        out.extend_from_slice(self.response.as_bytes());
+        out
+    }
+
+    pub fn decode(data: &[u8]) -> Option<OcraAnswer> {
+        let (c, rest) = data.split_at_checked(8)?;
+        let (t, response) = rest.split_at_checked(8)?;
+        let response = std::str::from_utf8(response).ok()?;
+        if response.is_empty() || !response.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some(OcraAnswer {
+            counter: u64::from_be_bytes(c.try_into().ok()?),
+            time_step: u64::from_be_bytes(t.try_into().ok()?),
+            response: response.to_owned(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +178,24 @@ mod tests {
         };
         assert_eq!(CardStatus::decode(&s.encode()), Some(s));
         assert_eq!(CardStatus::decode(&[0; 6]), None);
+    }
+
+    #[test]
+    fn ocra_formats_round_trip() {
+        let data = ocra_put_data("OCRA-1:HOTP-SHA1-6:QN08", b"key").unwrap();
+        assert_eq!(
+            split_ocra_put_data(&data),
+            Some(("OCRA-1:HOTP-SHA1-6:QN08", &b"key"[..]))
+        );
+        assert_eq!(split_ocra_put_data(&[5, b'a']), None);
+        let a = OcraAnswer {
+            counter: 7,
+            time_step: 9,
+            response: "01234567".into(),
+        };
+        assert_eq!(OcraAnswer::decode(&a.encode()), Some(a));
+        assert_eq!(OcraAnswer::decode(&[0; 16]), None);
+        assert_eq!(OcraAnswer::decode(&[0; 15]), None);
     }
 
     #[test]

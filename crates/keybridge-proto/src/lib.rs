@@ -7,6 +7,10 @@
 //!   server verifies signatures against the bytes it stored, never against a copy.
 //! - [`applet`]: the KeyBridge transaction applet's AID, instructions and formats,
 //!   shared by the card (which answers them) and the relay (which sends them).
+//! - [`csr`]: the PKCS#10 request a card signs at enrolment (built by the
+//!   relay, checked by the card, verified by the CA).
+//! - [`ocra`]: RFC 6287 OCRA suite parser and calculator, shared by the card
+//!   and the server (and `keybridge ocra`).
 //! - [`api`]: the JSON bodies of the HTTP API, shared by the server and its clients.
 //!
 //! Feature `openapi`: `utoipa` schemas for the API types (the server's
@@ -17,10 +21,12 @@
 
 pub mod api;
 pub mod applet;
+pub mod csr;
 mod ids;
 mod money;
 #[cfg(feature = "openapi")]
 mod openapi;
+pub mod ocra;
 mod payload;
 pub mod tlv;
 

@@ -1,7 +1,7 @@
 //! The transaction applet's conversation, in terms of outcomes.
 
 use keybridge_proto::api::DeclineReason;
-use keybridge_proto::applet::{self, CardStatus};
+use keybridge_proto::applet::{self, CardStatus, OcraAnswer};
 use keybridge_transport::{transmit, Command, LinkError, Response, StatusWord, TransmitOptions};
 
 use crate::link::CardLink;
@@ -9,7 +9,12 @@ use crate::link::CardLink;
 /// What the card answered to a request for a signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignOutcome {
-    Signed { counter: u32, signature: Vec<u8> },
+    Signed {
+        counter: u32,
+        signature: Vec<u8>,
+    },
+    /// An OCRA-mode card's answer.
+    Ocra(OcraAnswer),
     Declined(DeclineReason),
 }
 
@@ -112,5 +117,54 @@ pub fn sign_transaction(
         StatusWord::ConditionsNotSatisfied => Ok(SignOutcome::Declined(DeclineReason::Declined)),
         StatusWord::AuthenticationBlocked => Ok(SignOutcome::Declined(DeclineReason::PinBlocked)),
         sw => Err(DriverError::Refused { step: "SIGN", sw }),
+    }
+}
+
+/// SIGN CSR: the card signs a CertificationRequestInfo for its own key (the
+/// PIN must have been verified; this consumes it).
+pub fn sign_csr(link: &mut CardLink, request_info: &[u8]) -> Result<Vec<u8>, DriverError> {
+    let cmd = Command::new(0, applet::INS_SIGN, applet::P1_SIGN, applet::P2_SIGN_CSR)
+        .with_data(request_info.to_vec())
+        .with_le(256);
+    expect_ok("SIGN CSR", send(link, &cmd)?)
+}
+
+/// PUT DATA OCRA: stores the suite and shared secret on the card.
+pub fn put_ocra(link: &mut CardLink, suite: &str, secret: &[u8]) -> Result<(), DriverError> {
+    let data = applet::ocra_put_data(suite, secret).ok_or(DriverError::Malformed {
+        step: "PUT DATA OCRA",
+    })?;
+    let cmd = Command::new(0, applet::INS_PUT_DATA, 0x00, applet::OBJ_OCRA).with_data(data);
+    expect_ok("PUT DATA OCRA", send(link, &cmd)?).map(drop)
+}
+
+/// The OCRA conversation for one payment: SELECT, VERIFY, OCRA RESPONSE.
+pub fn ocra_response(
+    link: &mut CardLink,
+    pin: &[u8],
+    payload: &[u8],
+) -> Result<SignOutcome, DriverError> {
+    select(link)?;
+    if let Some(reason) = verify_pin(link, pin)? {
+        return Ok(SignOutcome::Declined(reason));
+    }
+    let cmd = Command::new(0, applet::INS_OCRA_RESPONSE, 0, 0)
+        .with_data(payload.to_vec())
+        .with_le(256);
+    let r = send(link, &cmd)?;
+    match r.sw {
+        StatusWord::Ok => {
+            OcraAnswer::decode(&r.data)
+                .map(SignOutcome::Ocra)
+                .ok_or(DriverError::Malformed {
+                    step: "OCRA RESPONSE",
+                })
+        }
+        StatusWord::ConditionsNotSatisfied => Ok(SignOutcome::Declined(DeclineReason::Declined)),
+        StatusWord::AuthenticationBlocked => Ok(SignOutcome::Declined(DeclineReason::PinBlocked)),
+        sw => Err(DriverError::Refused {
+            step: "OCRA RESPONSE",
+            sw,
+        }),
     }
 }

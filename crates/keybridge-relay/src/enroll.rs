@@ -1,10 +1,14 @@
-//! Enrolment: the card makes a key, the server's CA certifies it for one
-//! account, the phone writes the certificate back and keeps the device
-//! credential it will use to receive requests.
+//! Enrolment: the card makes a key and signs a PKCS#10 request for it, the
+//! server's CA checks that signature (proof of possession) and certifies the
+//! key for one account, the phone writes the certificate back and keeps the
+//! device credential it will use to receive requests. For an OCRA-mode card,
+//! the server stores the secret of an otpauth URI and the phone writes the
+//! same secret to the card (PUT DATA OCRA).
 
 use std::path::Path;
 
-use keybridge_proto::api::{b64, DeviceEnrolled, EnrollDevice};
+use keybridge_proto::api::{b64, DeviceEnrolled, EnrollCsr, ProvisionOcra, SignatureMethod};
+use keybridge_proto::ocra::OtpauthUri;
 use keybridge_proto::AccountId;
 use keybridge_terminal::Client;
 use serde::{Deserialize, Serialize};
@@ -20,6 +24,13 @@ pub struct DeviceCredential {
     pub device_id: String,
     pub account: AccountId,
     pub credential: String,
+    /// How the card confirms (older credential files: the transaction applet).
+    #[serde(default = "transaction_applet")]
+    pub method: SignatureMethod,
+}
+
+fn transaction_applet() -> SignatureMethod {
+    SignatureMethod::TransactionApplet
 }
 
 impl std::fmt::Debug for DeviceCredential {
@@ -29,6 +40,7 @@ impl std::fmt::Debug for DeviceCredential {
             .field("device_id", &self.device_id)
             .field("account", &self.account)
             .field("credential", &"<redacted>")
+            .field("method", &self.method)
             .finish()
     }
 }
@@ -59,8 +71,13 @@ impl DeviceCredential {
     }
 }
 
-/// Enrols the card on `link` for `account`: VERIFY, GENERATE KEY, ask the
-/// server (admin API) for a certificate, PUT DATA it onto the card.
+/// The common name the relay puts in the request (the CA chooses the
+/// certificate's subject; this only labels the request).
+const REQUEST_COMMON_NAME: &str = "KeyBridge transaction applet";
+
+/// Enrols the card on `link` for `account`: VERIFY, GENERATE KEY, SIGN CSR
+/// (the card checks the request carries its own key), the CA certifies it
+/// (admin API), VERIFY again, PUT DATA the certificate onto the card.
 pub async fn enroll(
     admin: &Client,
     link: std::sync::Arc<std::sync::Mutex<CardLink>>,
@@ -69,30 +86,39 @@ pub async fn enroll(
     pin: zeroize::Zeroizing<String>,
     card_wait: std::time::Duration,
 ) -> Result<(DeviceEnrolled, DeviceCredential), RelayError> {
-    let link2 = link.clone();
-    let public_key = tokio::task::spawn_blocking(move || {
+    let (link2, pin2) = (link.clone(), pin.clone());
+    let csr = tokio::task::spawn_blocking(move || {
         let mut link = link2.lock().map_err(|_| RelayError::Poisoned)?;
         link.wait_for_card(card_wait)?;
         driver::select(&mut link)?;
-        if let Some(reason) = driver::verify_pin(&mut link, pin.as_bytes())? {
+        if let Some(reason) = driver::verify_pin(&mut link, pin2.as_bytes())? {
             return Err(RelayError::Pin(reason));
         }
-        Ok::<_, RelayError>(driver::generate_key(&mut link)?)
+        let point = driver::generate_key(&mut link)?;
+        let info = keybridge_proto::csr::certification_request_info(REQUEST_COMMON_NAME, &point)
+            .map_err(|e| RelayError::Protocol(e.to_string()))?;
+        let signature = driver::sign_csr(&mut link, &info)?;
+        Ok::<_, RelayError>(keybridge_proto::csr::assemble(&info, &signature))
     })
     .await
     .map_err(|_| RelayError::Poisoned)??;
 
     let enrolled = admin
-        .enroll_device(&EnrollDevice {
+        .enroll_csr(&EnrollCsr {
             account: account.clone(),
-            public_key: b64::encode(&public_key),
+            csr: b64::encode(&csr),
             label: label.to_owned(),
+            method: SignatureMethod::TransactionApplet,
         })
         .await?;
     let certificate = b64::decode(&enrolled.certificate)
         .ok_or_else(|| RelayError::Protocol("certificate is not base64".into()))?;
     tokio::task::spawn_blocking(move || {
         let mut link = link.lock().map_err(|_| RelayError::Poisoned)?;
+        // SIGN CSR consumed the verified PIN.
+        if let Some(reason) = driver::verify_pin(&mut link, pin.as_bytes())? {
+            return Err(RelayError::Pin(reason));
+        }
         driver::put_certificate(&mut link, &certificate)?;
         Ok::<_, RelayError>(())
     })
@@ -104,6 +130,50 @@ pub async fn enroll(
         device_id: enrolled.device_id.clone(),
         account: enrolled.account.clone(),
         credential: enrolled.credential.clone(),
+        method: SignatureMethod::TransactionApplet,
+    };
+    Ok((enrolled, credential))
+}
+
+/// Enrols an OCRA-mode card: the server stores the URI's secret (sealed),
+/// then VERIFY and PUT DATA OCRA give the card the same secret and suite.
+pub async fn enroll_ocra(
+    admin: &Client,
+    link: std::sync::Arc<std::sync::Mutex<CardLink>>,
+    account: &AccountId,
+    label: &str,
+    pin: zeroize::Zeroizing<String>,
+    uri: &OtpauthUri,
+    card_wait: std::time::Duration,
+) -> Result<(DeviceEnrolled, DeviceCredential), RelayError> {
+    let text = zeroize::Zeroizing::new(uri.to_uri());
+    let enrolled = admin
+        .provision_ocra(&ProvisionOcra {
+            account: account.clone(),
+            uri: text.to_string(),
+            label: label.to_owned(),
+        })
+        .await?;
+    let suite = uri.suite.as_str().to_owned();
+    let secret = zeroize::Zeroizing::new(uri.secret.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut link = link.lock().map_err(|_| RelayError::Poisoned)?;
+        link.wait_for_card(card_wait)?;
+        driver::select(&mut link)?;
+        if let Some(reason) = driver::verify_pin(&mut link, pin.as_bytes())? {
+            return Err(RelayError::Pin(reason));
+        }
+        driver::put_ocra(&mut link, &suite, &secret)?;
+        Ok::<_, RelayError>(())
+    })
+    .await
+    .map_err(|_| RelayError::Poisoned)??;
+    let credential = DeviceCredential {
+        server: admin.base_url().to_owned(),
+        device_id: enrolled.device_id.clone(),
+        account: enrolled.account.clone(),
+        credential: enrolled.credential.clone(),
+        method: SignatureMethod::Ocra,
     };
     Ok((enrolled, credential))
 }

@@ -3,12 +3,14 @@
 //! - [`link`]: [`CardLink`], how the phone reaches the card (today the vpcd
 //!   reader side: the phone listens and the card connects), run on a blocking
 //!   thread because card conversations are sequential and slow.
-//! - [`driver`]: the transaction applet's conversation: SELECT, VERIFY, SIGN,
-//!   and enrolment's GENERATE KEY / PUT DATA, mapping status words to outcomes.
+//! - [`driver`]: the transaction applet's conversation: SELECT, VERIFY, SIGN
+//!   (or OCRA RESPONSE for an OCRA-mode card), and enrolment's GENERATE KEY,
+//!   SIGN CSR, PUT DATA and PUT DATA OCRA, mapping status words to outcomes.
 //! - [`screen`]: the panel the phone shows for a confirmation request.
 //! - [`session`]: the WebSocket session with the server: receive requests,
 //!   show them, drive the card, post the signature or a decline.
-//! - [`enroll`]: put a key and an issued certificate on a card for an account.
+//! - [`enroll`]: a key, a PKCS#10 request signed by the card and the issued
+//!   certificate for an account ([`enroll()`]), or an OCRA secret ([`enroll_ocra`]).
 //!
 //! The relay never decides whether a payment is valid: it only carries bytes.
 //! It signs exactly the payload the server sent unless a test deliberately
@@ -22,6 +24,6 @@ pub mod screen;
 pub mod session;
 
 pub use driver::{DriverError, SignOutcome};
-pub use enroll::{enroll, DeviceCredential};
+pub use enroll::{enroll, enroll_ocra, DeviceCredential};
 pub use link::{CardLink, CardLinkSpec};
 pub use session::{run, Decision, RelayError, RelayOptions, Tamper};

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use keybridge_proto::api::{b64, Confirmation, DeclineReason, RelayMessage};
+use keybridge_proto::api::{b64, Confirmation, DeclineReason, RelayMessage, SignatureMethod};
 use keybridge_proto::{AccountId, ConfirmationPayload, TransactionId};
 use keybridge_terminal::{Client, ClientError};
 use tokio_tungstenite::tungstenite;
@@ -358,6 +358,17 @@ async fn confirm(
                 signature: b64::encode(&signature),
             }
         }
+        Some(SignOutcome::Ocra(answer)) => {
+            println!(
+                "[phone] card answered OCRA response {} (counter {}, time step {})",
+                answer.response, answer.counter, answer.time_step
+            );
+            Confirmation::Ocra {
+                response: answer.response,
+                counter: (answer.counter != 0).then_some(answer.counter),
+                time_step: (answer.time_step != 0).then_some(answer.time_step),
+            }
+        }
         Some(SignOutcome::Declined(reason)) => {
             say!(ctx.options.quiet, "card did not sign: {reason:?}");
             Confirmation::Declined { reason }
@@ -385,6 +396,7 @@ async fn sign_with_retries(
 ) -> Result<Option<SignOutcome>, RelayError> {
     let link = ctx.link.clone();
     let card_wait = ctx.options.card_wait;
+    let method = ctx.options.credential.method;
     tokio::task::spawn_blocking(move || {
         let mut link = link.lock().map_err(|_| RelayError::Poisoned)?;
         for attempt in 1..=CARD_ATTEMPTS_MAX {
@@ -395,7 +407,12 @@ async fn sign_with_retries(
             let result = link
                 .wait_for_card(card_wait.min(left))
                 .map_err(DriverError::from)
-                .and_then(|()| driver::sign_transaction(&mut link, pin.as_bytes(), &payload));
+                .and_then(|()| match method {
+                    SignatureMethod::Ocra => {
+                        driver::ocra_response(&mut link, pin.as_bytes(), &payload)
+                    }
+                    _ => driver::sign_transaction(&mut link, pin.as_bytes(), &payload),
+                });
             match result {
                 Ok(outcome) => return Ok(Some(outcome)),
                 Err(DriverError::Link(e)) => {

@@ -22,6 +22,18 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     /// Serve HTTPS with this certificate and key; `None`: plain HTTP.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// External CA: trust anchor certificates (PEM or DER files). Empty: the
+    /// built-in CA is the only anchor and issues device certificates.
+    pub trust_anchors: Vec<PathBuf>,
+    /// External CA: intermediate certificates that may sit on device paths.
+    pub intermediates: Vec<PathBuf>,
+    /// CRLs of the external CA: file paths or `http://` URLs, re-read every
+    /// `crl_refresh_s`; each is signature-checked against a configured CA.
+    pub crl_sources: Vec<String>,
+    pub crl_refresh_s: u64,
+    /// The master key (64 hex digits) sealing OCRA secrets; `None`: the
+    /// `master-key` file in `data_dir`, created on first start. Never logged.
+    pub master_key_hex: Option<String>,
 }
 
 impl ServerConfig {
@@ -29,6 +41,7 @@ impl ServerConfig {
     pub const CONFIRMATION_TTL_S_DEFAULT: u64 = 120;
     pub const SWEEP_INTERVAL_MS_DEFAULT: u64 = 1000;
     pub const BODY_LIMIT_BYTES_DEFAULT: usize = 64 * 1024;
+    pub const CRL_REFRESH_S_DEFAULT: u64 = 300;
 
     pub fn new(listen: SocketAddr, data_dir: PathBuf, admin_token: String) -> ServerConfig {
         ServerConfig {
@@ -40,6 +53,11 @@ impl ServerConfig {
             sweep_interval_ms: Self::SWEEP_INTERVAL_MS_DEFAULT,
             body_limit_bytes: Self::BODY_LIMIT_BYTES_DEFAULT,
             tls: None,
+            trust_anchors: Vec::new(),
+            intermediates: Vec::new(),
+            crl_sources: Vec::new(),
+            crl_refresh_s: Self::CRL_REFRESH_S_DEFAULT,
+            master_key_hex: None,
         }
     }
 
@@ -60,6 +78,14 @@ impl std::fmt::Debug for ServerConfig {
             .field("sweep_interval_ms", &self.sweep_interval_ms)
             .field("body_limit_bytes", &self.body_limit_bytes)
             .field("tls", &self.tls)
+            .field("trust_anchors", &self.trust_anchors)
+            .field("intermediates", &self.intermediates)
+            .field("crl_sources", &self.crl_sources)
+            .field("crl_refresh_s", &self.crl_refresh_s)
+            .field(
+                "master_key_hex",
+                &self.master_key_hex.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -75,8 +101,11 @@ mod tests {
             PathBuf::from("/tmp/x"),
             "s3cret-admin".into(),
         );
+        let mut c = c;
+        c.master_key_hex = Some("ab".repeat(32));
         let text = format!("{c:?}");
         assert!(!text.contains("s3cret-admin"), "{text}");
+        assert!(!text.contains("abab"), "{text}");
         assert_eq!(c.confirmation_ttl_s, 120);
         assert_eq!(c.body_limit_bytes, 65536);
     }

@@ -69,6 +69,15 @@ pub enum ApiError {
     /// 500 `internal_error`. The cause is logged where it happens, never sent.
     #[error("an internal error occurred")]
     Internal,
+    /// 409 `external_ca`: this server trusts an external CA and issues no certificates.
+    #[error("this server trusts an external CA: import the certificate it issued")]
+    ExternalCa,
+    /// 422 `csr_refused`: the PKCS#10 request is malformed or fails its own signature.
+    #[error("certificate request refused: {0}")]
+    CsrRefused(String),
+    /// 422 `certificate_refused`: an imported certificate failed path validation.
+    #[error("certificate refused: {0}")]
+    CertificateRefused(String),
 }
 
 impl ApiError {
@@ -88,6 +97,10 @@ impl ApiError {
             }
             ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::ExternalCa => StatusCode::CONFLICT,
+            ApiError::CsrRefused(_) | ApiError::CertificateRefused(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
         }
     }
 
@@ -108,6 +121,9 @@ impl ApiError {
             ApiError::NoDevice => "no_device",
             ApiError::NotReady => "not_ready",
             ApiError::Internal => "internal_error",
+            ApiError::ExternalCa => "external_ca",
+            ApiError::CsrRefused(_) => "csr_refused",
+            ApiError::CertificateRefused(_) => "certificate_refused",
         }
     }
 
@@ -191,6 +207,13 @@ mod tests {
             (ApiError::CurrencyMismatch, 422, "currency_mismatch"),
             (ApiError::NoDevice, 422, "no_device"),
             (ApiError::Internal, 500, "internal_error"),
+            (ApiError::ExternalCa, 409, "external_ca"),
+            (ApiError::CsrRefused("x".into()), 422, "csr_refused"),
+            (
+                ApiError::CertificateRefused("x".into()),
+                422,
+                "certificate_refused",
+            ),
         ];
         for (e, status, code) in table {
             assert_eq!(e.status().as_u16(), status, "{e:?}");

@@ -8,8 +8,13 @@
 //! - [`clock`] — injected time ([`SystemClock`], [`ManualClock`]); the core never reads the system clock.
 //! - [`error`] — [`ApiError`] (wire codes and statuses) and [`ServerError`].
 //! - [`store`] — the [`Store`] trait, its records, the audit hash chain, and the SQLite backend.
-//! - [`ca`] — the built-in CA: issues device certificates, validates them.
-//! - [`verify`] — the verification unit, a pure function from submission to verdict.
+//! - [`ca`] — the built-in CA: issues device certificates from PKCS#10
+//!   requests, signs the CRL of what it issued.
+//! - [`pki`] — path validation to the configured trust anchors, revocation
+//!   sets, the path cache.
+//! - [`secretbox`] — the master key and AES-256-GCM sealing of OCRA secrets.
+//! - [`verify`] — the verification unit, a pure function from submission to
+//!   verdict (certificate signatures and OCRA responses).
 //! - [`payment`] — the payment unit's rules, applied by the store inside one transaction.
 //! - [`service`] — the processing unit: create, confirm, expire.
 //! - [`hub`] — in-process fan-out of events to relay sockets and waiting terminals.
@@ -18,24 +23,27 @@
 //! - [`webhook`] — signed outcome events to terminals' callback URLs, with retries.
 //! - [`metrics`] — Prometheus metrics.
 //! - [`tls`] — rustls configuration from PEM files, or a self-signed development certificate.
-//! - `random`, `secret`, `state`, `sweeper` — the CSPRNG, bearer-secret hashing,
-//!   shared state, and the expiry task.
+//! - `random`, `secret`, `state`, `sweeper`, `crl_import` — the CSPRNG,
+//!   bearer-secret hashing, shared state, the expiry task and the scheduled
+//!   import of an external CA's CRLs.
 //!
-//! Not here: PostgreSQL (the trait is ready for it), OCRA and PIV
-//! verification, rate limits.
+//! Not here: PostgreSQL (the trait is ready for it), OCSP, rate limits.
 #![forbid(unsafe_code)]
 
 pub mod ca;
 pub mod clock;
 pub mod config;
+mod crl_import;
 pub mod error;
 pub mod hub;
 pub mod metrics;
 pub mod openapi;
 pub mod payment;
+pub mod pki;
 mod random;
 mod routes;
 mod secret;
+pub mod secretbox;
 pub mod service;
 mod state;
 pub mod store;
@@ -71,6 +79,7 @@ pub struct RunningServer {
     server: JoinHandle<std::io::Result<()>>,
     sweeper: JoinHandle<()>,
     webhooks: JoinHandle<()>,
+    crl_import: Option<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -107,6 +116,9 @@ impl RunningServer {
             result = &mut self.server => {
                 self.sweeper.abort();
                 self.webhooks.abort();
+                if let Some(task) = &self.crl_import {
+                    task.abort();
+                }
                 flatten(result)
             }
         }
@@ -118,6 +130,9 @@ impl RunningServer {
         self.sweeper.abort();
         // Undelivered events stay queued in the store and go out after restart.
         self.webhooks.abort();
+        if let Some(task) = &self.crl_import {
+            task.abort();
+        }
         let result = flatten(self.server.await);
         tracing::info!("server stopped");
         result
@@ -208,6 +223,8 @@ pub async fn start_with_state(
     };
     let sweeper = tokio::spawn(sweeper::run(state.clone()));
     let webhooks = tokio::spawn(webhook::run(state.clone()));
+    let crl_import =
+        (!state.crl_sources.is_empty()).then(|| tokio::spawn(crl_import::run(state.clone())));
     tracing::info!(%addr, scheme, origin = %config.origin, "KeyBridge server listening");
     Ok(RunningServer {
         addr,
@@ -217,5 +234,6 @@ pub async fn start_with_state(
         server,
         sweeper,
         webhooks,
+        crl_import,
     })
 }

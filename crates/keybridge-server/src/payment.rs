@@ -10,6 +10,10 @@ pub struct PaymentFacts {
     pub status: TransactionStatus,
     /// The device is active and belongs to the payer.
     pub device_usable: bool,
+    /// The device's certificate (or OCRA secret) was revoked since it was verified.
+    pub device_revoked: bool,
+    /// What a counter that did not increase is called (signature or OCRA).
+    pub replay_reason: Reason,
     pub device_last_counter: u32,
     pub counter: u32,
     pub payer_balance_minor: i64,
@@ -62,8 +66,11 @@ pub fn decide(f: PaymentFacts) -> PaymentDecision {
     if !f.device_usable {
         return PaymentDecision::Reject(Reason::UnknownDevice);
     }
+    if f.device_revoked {
+        return PaymentDecision::Reject(Reason::CertificateRevoked);
+    }
     if f.counter <= f.device_last_counter {
-        return PaymentDecision::Reject(Reason::CounterReplay);
+        return PaymentDecision::Reject(f.replay_reason);
     }
     let covered = match i64::try_from(f.amount_minor) {
         Ok(amount) => f.payer_is_system || f.payer_balance_minor >= amount,
@@ -83,6 +90,8 @@ mod tests {
         PaymentFacts {
             status: TransactionStatus::Pending,
             device_usable: true,
+            device_revoked: false,
+            replay_reason: Reason::CounterReplay,
             device_last_counter: 4,
             counter: 5,
             payer_balance_minor: 1000,
@@ -122,6 +131,24 @@ mod tests {
         };
         assert_eq!(decide(f), PaymentDecision::Reject(Reason::CounterReplay));
         assert!(!decide(f).consumes_counter());
+        // OCRA names the same rule its own way.
+        let ocra = PaymentFacts {
+            replay_reason: Reason::ResponseReused,
+            ..f
+        };
+        assert_eq!(
+            decide(ocra),
+            PaymentDecision::Reject(Reason::ResponseReused)
+        );
+        // A revocation between verification and payment still stops it.
+        let f = PaymentFacts {
+            device_revoked: true,
+            ..facts()
+        };
+        assert_eq!(
+            decide(f),
+            PaymentDecision::Reject(Reason::CertificateRevoked)
+        );
         let f = PaymentFacts {
             payer_balance_minor: 999,
             ..facts()

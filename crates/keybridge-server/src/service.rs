@@ -188,7 +188,7 @@ pub async fn confirm(
     }
     let now = state.now_unix_s();
     let verdict = verify::verify(
-        &state.ca,
+        &state.verifier,
         Submission {
             device,
             transaction: &transaction,
@@ -203,7 +203,10 @@ pub async fn confirm(
             }
             state.store.finalize(id, status, reason, now).await?
         }
-        Verdict::Accept { counter } => {
+        Verdict::Accept {
+            counter,
+            replay_reason,
+        } => {
             state
                 .store
                 .apply_signed_confirmation(SignedConfirmation {
@@ -211,6 +214,7 @@ pub async fn confirm(
                     device_id: device.id.clone(),
                     counter,
                     now_unix_s: now,
+                    replay_reason,
                 })
                 .await?
         }

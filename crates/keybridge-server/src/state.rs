@@ -8,8 +8,11 @@ use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::pki::TrustStore;
 use crate::secret::sha256;
+use crate::secretbox::{MasterKey, MASTER_KEY_ENV};
 use crate::store::{SqliteStore, Store};
+use crate::verify::Verifier;
 
 /// Cheap to clone: one `Arc` around [`Shared`].
 #[derive(Debug, Clone)]
@@ -19,7 +22,16 @@ pub struct AppState(Arc<Shared>);
 pub struct Shared {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
+    /// The built-in CA: issues device certificates (unless an external CA is
+    /// configured) and signs the CRL of what it issued.
     pub ca: Arc<Ca>,
+    /// Trust anchors, revocations, path cache, master key.
+    pub verifier: Verifier,
+    /// An external CA is configured: the built-in CA is not trusted and does not issue.
+    pub external_ca: bool,
+    /// CRL sources to import on a schedule (external CA).
+    pub crl_sources: Vec<String>,
+    pub crl_refresh_s: u64,
     pub hub: Hub,
     /// Submission instants for the settle-latency histogram.
     pub metrics: Metrics,
@@ -50,7 +62,13 @@ impl AppState {
         let now = clock.now_unix_s();
         let store = SqliteStore::open(&config.database_path(), now)?;
         let ca = Ca::load_or_create(&config.data_dir, &config.origin, now)?;
-        AppState::new(config, Arc::new(store), clock, Arc::new(ca))
+        let env_key = std::env::var(MASTER_KEY_ENV).ok();
+        let master_key = MasterKey::load_or_create(
+            &config.data_dir,
+            config.master_key_hex.as_deref().or(env_key.as_deref()),
+        )
+        .map_err(|e| ServerError::Config(format!("master key: {e}")))?;
+        AppState::new(config, Arc::new(store), clock, Arc::new(ca), master_key)
     }
 
     /// Assembles state from parts (tests, other backends).
@@ -59,12 +77,36 @@ impl AppState {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         ca: Arc<Ca>,
+        master_key: MasterKey,
     ) -> Result<AppState, ServerError> {
         validate(config)?;
+        let external_ca = !config.trust_anchors.is_empty();
+        let trust = if external_ca {
+            let read = |paths: &[std::path::PathBuf]| -> Result<Vec<Vec<u8>>, ServerError> {
+                let mut out = Vec::new();
+                for path in paths {
+                    let bytes = std::fs::read(path)
+                        .map_err(ServerError::io(format!("reading {}", path.display())))?;
+                    out.extend(
+                        crate::ca::certificates_from_pem_or_der(&bytes)
+                            .map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))?,
+                    );
+                }
+                Ok(out)
+            };
+            TrustStore::new(read(&config.trust_anchors)?, read(&config.intermediates)?)
+        } else {
+            TrustStore::new(vec![ca.cert_der().to_vec()], Vec::new())
+        }
+        .map_err(ServerError::Config)?;
         Ok(AppState(Arc::new(Shared {
             store,
             clock,
             ca,
+            verifier: Verifier::new(trust, master_key),
+            external_ca,
+            crl_sources: config.crl_sources.clone(),
+            crl_refresh_s: config.crl_refresh_s,
             hub: Hub::new(),
             metrics: Metrics::new(),
             origin: config.origin.clone(),
@@ -102,6 +144,12 @@ fn validate(config: &ServerConfig) -> Result<(), ServerError> {
     }
     if config.body_limit_bytes < 1024 {
         return bad("body limit must be at least 1 KiB");
+    }
+    if config.crl_refresh_s == 0 {
+        return bad("CRL refresh interval must be positive");
+    }
+    if !config.crl_sources.is_empty() && config.trust_anchors.is_empty() {
+        return bad("CRL sources are for an external CA: configure its trust anchors too");
     }
     Ok(())
 }

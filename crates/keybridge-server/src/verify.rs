@@ -1,22 +1,72 @@
 //! The verification unit: decides what a confirmation means, without IO.
 //!
 //! It sees the device and transaction as stored, the relay's submission and
-//! the time; it answers with a [`Verdict`]. The signature is checked against
-//! the payload bytes the server stored when it created the transaction, never
-//! against anything the relay sent. Consuming the counter and moving money is
-//! the payment unit's job ([`crate::payment`]), which re-checks the counter
-//! atomically.
+//! the time; it answers with a [`Verdict`]. The signature (or OCRA response)
+//! is checked against the payload bytes the server stored when it created
+//! the transaction, never against anything the relay sent. Consuming the
+//! counter and moving money is the payment unit's job ([`crate::payment`]),
+//! which re-checks the counter and the revocation atomically.
 
-use keybridge_proto::api::{b64, Confirmation, Reason, TransactionStatus};
+use keybridge_proto::api::{b64, Confirmation, Reason, SignatureMethod, TransactionStatus};
+use keybridge_proto::ocra::{self, Inputs, Suite};
 use keybridge_proto::signed_message;
-use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
 
-use crate::ca::Ca;
+use crate::pki::{self, PathCache, RevocationSet, TrustStore};
+use crate::secretbox::{ocra_aad, MasterKey};
 use crate::store::{DeviceRecord, DeviceStatus, TransactionRecord};
 
-/// A DER ECDSA P-256 signature is at most 72 bytes (96 in base64); anything
-/// longer is refused before decoding.
-pub const SIGNATURE_B64_LEN_MAX: usize = 128;
+/// An RSA-8192 signature is 1024 bytes (1368 in base64); anything longer is
+/// refused before decoding.
+pub const SIGNATURE_B64_LEN_MAX: usize = 1400;
+/// Longest OCRA response: an untruncated HMAC-SHA512 in hex.
+pub const OCRA_RESPONSE_LEN_MAX: usize = 128;
+
+/// How far the server searches for an OCRA response it was not told the
+/// counter or time step of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OcraWindow {
+    /// Counters tried after the last accepted one.
+    pub counter_lookahead: u32,
+    /// Time steps accepted before and after the server's current one (clock skew).
+    pub time_steps_back: u64,
+    pub time_steps_ahead: u64,
+    /// Further steps back probed only to tell "stale" from "wrong".
+    pub stale_probe_steps: u64,
+}
+
+impl Default for OcraWindow {
+    fn default() -> OcraWindow {
+        OcraWindow {
+            counter_lookahead: 20,
+            time_steps_back: 2,
+            time_steps_ahead: 1,
+            stale_probe_steps: 60,
+        }
+    }
+}
+
+/// What the verification unit knows besides the submission: trust anchors,
+/// revocations from imported CRLs, the path cache and the master key.
+#[derive(Debug)]
+pub struct Verifier {
+    pub trust: TrustStore,
+    pub cache: PathCache,
+    pub revoked: RevocationSet,
+    pub master_key: MasterKey,
+    pub ocra_window: OcraWindow,
+}
+
+impl Verifier {
+    pub fn new(trust: TrustStore, master_key: MasterKey) -> Verifier {
+        Verifier {
+            trust,
+            cache: PathCache::default(),
+            revoked: RevocationSet::default(),
+            master_key,
+            ocra_window: OcraWindow::default(),
+        }
+    }
+}
 
 /// What the verification unit decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,8 +76,9 @@ pub enum Verdict {
         status: TransactionStatus,
         reason: Reason,
     },
-    /// Valid signature from the payer's device: hand over to the payment unit.
-    Accept { counter: u32 },
+    /// Valid confirmation from the payer's device: hand over to the payment
+    /// unit, which consumes `counter` (and calls a stale one `replay_reason`).
+    Accept { counter: u32, replay_reason: Reason },
 }
 
 impl Verdict {
@@ -49,7 +100,7 @@ pub struct Submission<'a> {
 }
 
 /// The checks, in the documented order; the first failure decides.
-pub fn verify(ca: &Ca, s: Submission<'_>) -> Verdict {
+pub fn verify(v: &Verifier, s: Submission<'_>) -> Verdict {
     let Submission {
         device,
         transaction,
@@ -67,21 +118,62 @@ pub fn verify(ca: &Ca, s: Submission<'_>) -> Verdict {
             reason: Reason::Expired,
         };
     }
-    // 3. The holder (or the card) said no.
-    let (counter, signature_b64) = match confirmation {
-        Confirmation::Declined { reason } => return Verdict::reject((*reason).into()),
-        Confirmation::Signed { counter, signature } => (*counter, signature),
-    };
-    // 4. The certificate the CA issued at enrolment still holds, for this payer.
-    let public_key =
-        match ca.verify_device_certificate(&device.certificate, &transaction.payer, now_unix_s) {
-            Ok(key) if key == device.public_key => key,
-            Ok(_) => return Verdict::reject(Reason::CertificateInvalid),
-            Err(e) => {
-                tracing::warn!(device = %device.id, error = %e, "device certificate refused");
-                return Verdict::reject(Reason::CertificateInvalid);
+    match confirmation {
+        // 3. The holder (or the card) said no.
+        Confirmation::Declined { reason } => Verdict::reject((*reason).into()),
+        Confirmation::Signed { counter, signature } => {
+            if device.method == SignatureMethod::Ocra {
+                return Verdict::reject(Reason::BadSignature);
             }
-        };
+            verify_signature(v, s, *counter, signature)
+        }
+        Confirmation::Ocra {
+            response,
+            counter,
+            time_step,
+        } => {
+            if device.method != SignatureMethod::Ocra {
+                return Verdict::reject(Reason::OcraMismatch);
+            }
+            // 4'. Revoked OCRA secrets are refused like revoked certificates.
+            if device.is_revoked() {
+                return Verdict::reject(Reason::CertificateRevoked);
+            }
+            verify_ocra(v, s, response, *counter, *time_step)
+        }
+    }
+}
+
+fn verify_signature(v: &Verifier, s: Submission<'_>, counter: u32, signature_b64: &str) -> Verdict {
+    let Submission {
+        device,
+        transaction,
+        now_unix_s,
+        ..
+    } = s;
+    // 4. The certificate: revoked here, a valid path to a trust anchor (cached),
+    //    valid now, not revoked by a CRL, bound to the payer.
+    if device.is_revoked() {
+        return Verdict::reject(Reason::CertificateRevoked);
+    }
+    let Ok(now) = i64::try_from(now_unix_s) else {
+        return Verdict::reject(Reason::CertificateExpired);
+    };
+    let path = match v
+        .cache
+        .get_or_validate(&v.trust, &device.id, &device.certificate, now)
+        .and_then(|p| pki::check(&p, &transaction.payer, now, &v.revoked).map(|()| p))
+    {
+        Ok(path) => path,
+        Err(e) => {
+            tracing::warn!(device = %device.id, error = %e, "device certificate refused");
+            return Verdict::reject(e.reason());
+        }
+    };
+    // The enrolment record and the certificate must name the same key.
+    if path.key.bytes() != device.public_key.as_slice() {
+        return Verdict::reject(Reason::CertificateInvalid);
+    }
     // 5. The signature covers exactly the stored payload and this counter.
     let signature = match (signature_b64.len() <= SIGNATURE_B64_LEN_MAX)
         .then(|| b64::decode(signature_b64))
@@ -90,10 +182,9 @@ pub fn verify(ca: &Ca, s: Submission<'_>) -> Verdict {
         Some(sig) => sig,
         None => return Verdict::reject(Reason::BadSignature),
     };
-    let message = signed_message(&transaction.payload, counter);
-    if UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &public_key)
-        .verify(&message, &signature)
-        .is_err()
+    if !path
+        .key
+        .verify(&signed_message(&transaction.payload, counter), &signature)
     {
         return Verdict::reject(Reason::BadSignature);
     }
@@ -101,7 +192,124 @@ pub fn verify(ca: &Ca, s: Submission<'_>) -> Verdict {
     if counter <= device.last_counter {
         return Verdict::reject(Reason::CounterReplay);
     }
-    Verdict::Accept { counter }
+    Verdict::Accept {
+        counter,
+        replay_reason: Reason::CounterReplay,
+    }
+}
+
+/// OCRA: recompute over the stored payload's question for the candidate
+/// counters and time steps; the accepted (C, else T) must be fresh.
+fn verify_ocra(
+    v: &Verifier,
+    s: Submission<'_>,
+    response: &str,
+    counter: Option<u64>,
+    time_step: Option<u64>,
+) -> Verdict {
+    let Submission {
+        device,
+        transaction,
+        now_unix_s,
+        ..
+    } = s;
+    let mismatch = Verdict::reject(Reason::OcraMismatch);
+    if response.is_empty() || response.len() > OCRA_RESPONSE_LEN_MAX {
+        return mismatch;
+    }
+    let Some(record) = &device.ocra else {
+        tracing::error!(device = %device.id, "OCRA device without a stored secret");
+        return mismatch;
+    };
+    let Ok(suite) = Suite::parse(&record.suite) else {
+        tracing::error!(device = %device.id, "stored OCRA suite does not parse");
+        return mismatch;
+    };
+    let secret = match v
+        .master_key
+        .open(&record.sealed_secret, &ocra_aad(&device.id, &record.suite))
+    {
+        Ok(secret) => secret,
+        Err(e) => {
+            // Wrong master key or a tampered row: an operator problem, never the relay's.
+            tracing::error!(device = %device.id, error = %e, "OCRA secret does not open");
+            return mismatch;
+        }
+    };
+    let question = ocra::payload_question(&transaction.payload);
+    let w = v.ocra_window;
+    let last = u64::from(device.last_counter);
+
+    // Counter candidates: what the device said, or the look-ahead after the
+    // last accepted one (and the look-behind, only to name a reuse).
+    let counters: Vec<Option<u64>> = match (suite.uses_counter(), counter) {
+        (false, _) => vec![None],
+        (true, Some(c)) => vec![Some(c)],
+        (true, None) => {
+            let behind = last.saturating_sub(u64::from(w.counter_lookahead));
+            (behind..=last.saturating_add(u64::from(w.counter_lookahead)))
+                .map(Some)
+                .collect()
+        }
+    };
+    // Time-step candidates: the window around now, then (to tell stale from
+    // wrong) further back; or what the device said.
+    let now_step = suite.time_step().map(|t| t.steps_at(now_unix_s));
+    let in_window = |t: u64| {
+        now_step.is_some_and(|n| {
+            t >= n.saturating_sub(w.time_steps_back) && t <= n.saturating_add(w.time_steps_ahead)
+        })
+    };
+    let steps: Vec<Option<u64>> = match (now_step, time_step) {
+        (None, _) => vec![None],
+        (Some(_), Some(t)) => vec![Some(t)],
+        (Some(n), None) => {
+            let back = w.time_steps_back.saturating_add(w.stale_probe_steps);
+            (n.saturating_sub(back)..=n.saturating_add(w.time_steps_ahead))
+                .rev()
+                .map(Some)
+                .collect()
+        }
+    };
+    let mut found = None;
+    'search: for t in &steps {
+        for c in &counters {
+            let inputs = Inputs {
+                counter: *c,
+                question: &question,
+                pin_hash: None,
+                session: None,
+                time_steps: *t,
+            };
+            if ocra::verify(&suite, &secret, &inputs, response) == Ok(true) {
+                found = Some((*c, *t));
+                break 'search;
+            }
+        }
+    }
+    let Some((c, t)) = found else {
+        return mismatch;
+    };
+    if let Some(t) = t {
+        if !in_window(t) {
+            return Verdict::reject(Reason::OcraStale);
+        }
+    }
+    // Each counter (or, without C, each time step) is accepted once.
+    let Some(used) = c.or(t).and_then(|x| u32::try_from(x).ok()) else {
+        // A suite with neither C nor T is refused at provisioning.
+        return mismatch;
+    };
+    if used <= device.last_counter {
+        return Verdict::reject(Reason::ResponseReused);
+    }
+    if c.is_none() && counter.is_some() {
+        return mismatch;
+    }
+    Verdict::Accept {
+        counter: used,
+        replay_reason: Reason::ResponseReused,
+    }
 }
 
 #[cfg(test)]
@@ -116,8 +324,10 @@ mod tests {
 
     const NOW: u64 = 1_750_000_000;
 
+    use crate::ca::Ca;
+
     struct Fixture {
-        ca: Ca,
+        verifier: Verifier,
         key: SigningKey,
         device: DeviceRecord,
         transaction: TransactionRecord,
@@ -153,10 +363,17 @@ mod tests {
         let certificate = ca
             .issue_device_certificate("dev_a", &alice, &point, "keybridge.test", NOW)
             .unwrap();
+        let verifier = Verifier::new(
+            TrustStore::new(vec![ca.cert_der().to_vec()], vec![]).unwrap(),
+            MasterKey::from_bytes(&[1; 32]),
+        );
         let device = DeviceRecord {
             id: "dev_a".into(),
             account: alice.clone(),
             label: String::new(),
+            method: SignatureMethod::TransactionApplet,
+            revoked_at_unix_s: None,
+            ocra: None,
             public_key: point,
             certificate,
             status: DeviceStatus::Active,
@@ -183,7 +400,7 @@ mod tests {
             updated_at_unix_s: NOW,
         };
         Fixture {
-            ca,
+            verifier,
             key,
             device,
             transaction,
@@ -200,7 +417,7 @@ mod tests {
 
     fn check(f: &Fixture, c: &Confirmation, now: u64) -> Verdict {
         verify(
-            &f.ca,
+            &f.verifier,
             Submission {
                 device: &f.device,
                 transaction: &f.transaction,
@@ -218,7 +435,13 @@ mod tests {
     fn a_good_signature_over_the_stored_payload_is_accepted() {
         let f = fixture();
         let c = signed(&f, &f.transaction.payload, 4);
-        assert_eq!(check(&f, &c, NOW + 1), Verdict::Accept { counter: 4 });
+        assert_eq!(
+            check(&f, &c, NOW + 1),
+            Verdict::Accept {
+                counter: 4,
+                replay_reason: Reason::CounterReplay
+            }
+        );
     }
 
     #[test]

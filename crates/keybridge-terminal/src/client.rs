@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use keybridge_proto::api::{
     AccountView, Confirmation, CreateAccount, CreateTerminal, CreateTransaction, DeviceEnrolled,
-    DeviceView, EnrollDevice, ErrorBody, TerminalCreated, TransactionView,
+    DeviceView, EnrollCsr, EnrollDevice, ErrorBody, ImportCertificate, ProvisionOcra, RenameDevice,
+    TerminalCreated, TransactionView,
 };
 use keybridge_proto::{AccountId, TransactionId};
 use serde::de::DeserializeOwned;
@@ -162,6 +163,60 @@ impl Client {
 
     pub async fn enroll_device(&self, body: &EnrollDevice) -> Result<DeviceEnrolled, ClientError> {
         self.post("/v1/admin/devices", body).await
+    }
+
+    pub async fn enroll_csr(&self, body: &EnrollCsr) -> Result<DeviceEnrolled, ClientError> {
+        self.post("/v1/admin/devices/csr", body).await
+    }
+
+    pub async fn import_certificate(
+        &self,
+        body: &ImportCertificate,
+    ) -> Result<DeviceEnrolled, ClientError> {
+        self.post("/v1/admin/devices/certificate", body).await
+    }
+
+    /// The body carries the OCRA secret: sent once, over the admin channel.
+    pub async fn provision_ocra(
+        &self,
+        body: &ProvisionOcra,
+    ) -> Result<DeviceEnrolled, ClientError> {
+        self.post("/v1/admin/devices/ocra", body).await
+    }
+
+    pub async fn rename_device(&self, id: &str, label: &str) -> Result<DeviceView, ClientError> {
+        let body = RenameDevice {
+            label: label.to_owned(),
+        };
+        self.post(&format!("/v1/admin/devices/{id}/rename"), &body)
+            .await
+    }
+
+    pub async fn disable_device(&self, id: &str) -> Result<DeviceView, ClientError> {
+        self.post(
+            &format!("/v1/admin/devices/{id}/disable"),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    pub async fn revoke_device(&self, id: &str) -> Result<DeviceView, ClientError> {
+        self.post(
+            &format!("/v1/admin/devices/{id}/revoke"),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// `GET /v1/crl`: the built-in CA's CRL, DER.
+    pub async fn crl(&self) -> Result<Vec<u8>, ClientError> {
+        let response = self
+            .http
+            .get(format!("{}/v1/crl", self.base))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(response.bytes().await?.to_vec())
     }
 
     pub async fn devices(&self) -> Result<Vec<DeviceView>, ClientError> {

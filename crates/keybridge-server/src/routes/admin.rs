@@ -6,9 +6,11 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use keybridge_proto::api::{
-    b64, AccountView, CreateAccount, CreateTerminal, DeviceEnrolled, DeviceView, EnrollDevice,
-    TerminalCreated, TransactionView,
+    b64, AccountView, CreateAccount, CreateTerminal, DeviceEnrolled, DeviceView, EnrollCsr,
+    EnrollDevice, ImportCertificate, ProvisionOcra, RenameDevice, SignatureMethod, TerminalCreated,
+    TransactionView,
 };
+use keybridge_proto::ocra::OtpauthUri;
 use keybridge_proto::{AccountId, Challenge, ConfirmationPayload, Money, TransactionId};
 use serde::Deserialize;
 
@@ -18,8 +20,9 @@ use crate::error::ApiError;
 use crate::hub::HubEvent;
 use crate::random;
 use crate::secret::sha256;
+use crate::secretbox::ocra_aad;
 use crate::state::AppState;
-use crate::store::{NewAccount, NewDevice, NewTerminal, StoreError};
+use crate::store::{NewAccount, NewDevice, NewTerminal, OcraRecord, StoreError};
 
 const NAME_LEN_MAX: usize = 64;
 pub const LIST_LIMIT_DEFAULT: u32 = 50;
@@ -143,22 +146,24 @@ pub async fn create_terminal(
     ))
 }
 
+/// `POST /v1/admin/devices` (kept for scripts): the built-in CA certifies a
+/// bare P-256 point. Prefer the CSR endpoint, which proves possession.
 pub async fn enroll_device(
     State(state): State<AppState>,
     _: Admin,
     ApiJson(body): ApiJson<EnrollDevice>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_name("label", &body.label, 0)?;
+    if state.external_ca {
+        return Err(ApiError::ExternalCa);
+    }
     let point = b64::decode(&body.public_key)
         .as_deref()
         .and_then(parse_p256_point)
         .ok_or_else(|| {
             ApiError::invalid("public_key must be a base64 SEC1 uncompressed P-256 point")
         })?;
-    match state.store.get_account(&body.account).await? {
-        Some(a) if !a.system => {}
-        _ => return Err(ApiError::UnknownAccount(body.account.to_string())),
-    }
+    check_customer(&state, &body.account).await?;
     let now = state.now_unix_s();
     let device_id = random::public_id("dev_").map_err(rng)?;
     let certificate = state
@@ -168,33 +173,273 @@ pub async fn enroll_device(
             tracing::error!(error = %e, "issuing a device certificate failed");
             ApiError::Internal
         })?;
+    let enrolled = create_device(
+        &state,
+        NewDevice {
+            id: device_id,
+            account: body.account,
+            label: body.label,
+            method: SignatureMethod::TransactionApplet,
+            ocra: None,
+            public_key: point.to_vec(),
+            certificate,
+            credential_hash: [0; 32],
+            created_at_unix_s: now,
+        },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(enrolled)))
+}
+
+async fn check_customer(state: &AppState, account: &AccountId) -> Result<(), ApiError> {
+    match state.store.get_account(account).await? {
+        Some(a) if !a.system => Ok(()),
+        _ => Err(ApiError::UnknownAccount(account.to_string())),
+    }
+}
+
+/// Stores a new device with a fresh relay credential (returned once).
+async fn create_device(state: &AppState, mut new: NewDevice) -> Result<DeviceEnrolled, ApiError> {
     let credential = random::secret_token("kbd_").map_err(rng)?;
+    new.credential_hash = sha256(&credential);
+    let account = new.account.clone();
+    let certificate = new.certificate.clone();
+    let device = state.store.create_device(new).await.map_err(|e| match e {
+        StoreError::UnknownAccount => ApiError::UnknownAccount(account.to_string()),
+        other => other.into(),
+    })?;
+    tracing::info!(device = %device.id, account = %device.account, method = device.method.as_str(), "device enrolled");
+    Ok(DeviceEnrolled {
+        device_id: device.id,
+        account: device.account,
+        certificate: b64::encode(&certificate),
+        credential,
+    })
+}
+
+/// `POST /v1/admin/devices/csr`: the built-in CA verifies the PKCS#10
+/// request's signature (proof of possession) and certifies its key for one account.
+pub async fn enroll_csr(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiJson(body): ApiJson<EnrollCsr>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_name("label", &body.label, 0)?;
+    if state.external_ca {
+        return Err(ApiError::ExternalCa);
+    }
+    if body.method == SignatureMethod::Ocra {
+        return Err(ApiError::invalid(
+            "OCRA devices are provisioned at /v1/admin/devices/ocra",
+        ));
+    }
+    let csr = b64::decode(&body.csr).ok_or_else(|| ApiError::invalid("csr must be base64 DER"))?;
+    check_customer(&state, &body.account).await?;
+    let now = state.now_unix_s();
+    let device_id = random::public_id("dev_").map_err(rng)?;
+    let (certificate, public_key) = state
+        .ca
+        .issue_from_csr(&device_id, &body.account, &csr, &state.origin, now)
+        .map_err(|e| ApiError::CsrRefused(e.to_string()))?;
+    // The certificate must pass the same validation every confirmation will.
+    validate_for(&state, &device_id, &certificate, &body.account, now)?;
+    let enrolled = create_device(
+        &state,
+        NewDevice {
+            id: device_id,
+            account: body.account,
+            label: body.label,
+            method: body.method,
+            ocra: None,
+            public_key,
+            certificate,
+            credential_hash: [0; 32],
+            created_at_unix_s: now,
+        },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(enrolled)))
+}
+
+/// Full path validation of `certificate` for `account` now; the public key bits.
+fn validate_for(
+    state: &AppState,
+    device_id: &str,
+    certificate: &[u8],
+    account: &AccountId,
+    now: u64,
+) -> Result<Vec<u8>, ApiError> {
+    let now = i64::try_from(now).map_err(|_| ApiError::Internal)?;
+    let v = &state.verifier;
+    let path = v
+        .cache
+        .get_or_validate(&v.trust, device_id, certificate, now)
+        .and_then(|p| crate::pki::check(&p, account, now, &v.revoked).map(|()| p))
+        .map_err(|e| ApiError::CertificateRefused(e.to_string()))?;
+    Ok(path.key.bytes().to_vec())
+}
+
+/// `POST /v1/admin/devices/certificate`: enrol a device whose certificate a
+/// (configured) external CA issued; refused unless its path validates now.
+pub async fn import_certificate(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiJson(body): ApiJson<ImportCertificate>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_name("label", &body.label, 0)?;
+    if body.method == SignatureMethod::Ocra {
+        return Err(ApiError::invalid("OCRA devices have no certificate"));
+    }
+    let certificate = b64::decode(&body.certificate)
+        .filter(|c| c.len() <= crate::ca::CSR_LEN_MAX)
+        .ok_or_else(|| ApiError::invalid("certificate must be base64 DER (at most 8 KiB)"))?;
+    check_customer(&state, &body.account).await?;
+    let now = state.now_unix_s();
+    let device_id = random::public_id("dev_").map_err(rng)?;
+    let public_key = validate_for(&state, &device_id, &certificate, &body.account, now)?;
+    let enrolled = create_device(
+        &state,
+        NewDevice {
+            id: device_id,
+            account: body.account,
+            label: body.label,
+            method: body.method,
+            ocra: None,
+            public_key,
+            certificate,
+            credential_hash: [0; 32],
+            created_at_unix_s: now,
+        },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(enrolled)))
+}
+
+/// `POST /v1/admin/devices/ocra`: an OCRA-mode device from an otpauth URI.
+/// The secret is sealed under the master key before it reaches the store.
+pub async fn provision_ocra(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiJson(body): ApiJson<ProvisionOcra>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_name("label", &body.label, 0)?;
+    // The parse error never contains the secret.
+    let uri = OtpauthUri::parse(&body.uri).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let suite = &uri.suite;
+    let question_ok = suite.question_format() == keybridge_proto::ocra::QuestionFormat::Hex
+        && suite.question_len() == 64;
+    if !question_ok
+        || suite.pin_hash().is_some()
+        || suite.session_len().is_some()
+        || (!suite.uses_counter() && suite.time_step().is_none())
+    {
+        return Err(ApiError::invalid(
+            "the suite must ask a QH64 question (the payload's SHA-256), have C or T, and no P or S",
+        ));
+    }
+    check_customer(&state, &body.account).await?;
+    let device_id = random::public_id("dev_").map_err(rng)?;
+    let sealed_secret = state
+        .verifier
+        .master_key
+        .seal(&uri.secret, &ocra_aad(&device_id, suite.as_str()))
+        .map_err(|e| {
+            tracing::error!(error = %e, "sealing an OCRA secret failed");
+            ApiError::Internal
+        })?;
+    let enrolled = create_device(
+        &state,
+        NewDevice {
+            id: device_id,
+            account: body.account,
+            label: body.label,
+            method: SignatureMethod::Ocra,
+            ocra: Some(OcraRecord {
+                suite: suite.as_str().to_owned(),
+                sealed_secret,
+            }),
+            public_key: Vec::new(),
+            certificate: Vec::new(),
+            credential_hash: [0; 32],
+            created_at_unix_s: state.now_unix_s(),
+        },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(enrolled)))
+}
+
+pub async fn get_device(
+    State(state): State<AppState>,
+    _: Admin,
+    PathId(id): PathId,
+) -> Result<Json<DeviceView>, ApiError> {
     let device = state
         .store
-        .create_device(NewDevice {
-            id: device_id,
-            account: body.account.clone(),
-            label: body.label,
-            public_key: point.to_vec(),
-            certificate: certificate.clone(),
-            credential_hash: sha256(&credential),
-            created_at_unix_s: now,
+        .get_device(&id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(device.view()))
+}
+
+pub async fn rename_device(
+    State(state): State<AppState>,
+    _: Admin,
+    PathId(id): PathId,
+    ApiJson(body): ApiJson<RenameDevice>,
+) -> Result<Json<DeviceView>, ApiError> {
+    check_name("label", &body.label, 0)?;
+    let device = state
+        .store
+        .rename_device(&id, &body.label, state.now_unix_s())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(device.view()))
+}
+
+/// Revokes the device's certificate (or OCRA secret): every confirmation not
+/// yet accepted is refused from now on (`certificate_revoked`), and the
+/// built-in CA's CRL lists the serial.
+pub async fn revoke_device(
+    State(state): State<AppState>,
+    _: Admin,
+    PathId(id): PathId,
+) -> Result<Json<DeviceView>, ApiError> {
+    let device = state
+        .store
+        .revoke_device(&id, state.now_unix_s())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    tracing::info!(device = %device.id, "device revoked");
+    // Closes its relay socket, as for a disabled device.
+    state.hub.publish(HubEvent::DeviceDisabled {
+        device_id: device.id.clone(),
+    });
+    Ok(Json(device.view()))
+}
+
+/// How long a CRL from `GET /v1/crl` is valid (its nextUpdate).
+pub const CRL_VALIDITY_S: u64 = 24 * 3600;
+
+/// `GET /v1/crl` (no authentication): the built-in CA's CRL, DER.
+pub async fn crl(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let devices = state.store.list_devices().await?;
+    let revoked: Vec<(Vec<u8>, u64)> = devices
+        .iter()
+        .filter_map(|d| {
+            Some((
+                state.ca.issued_serial(&d.certificate)?,
+                d.revoked_at_unix_s?,
+            ))
         })
-        .await
-        .map_err(|e| match e {
-            StoreError::UnknownAccount => ApiError::UnknownAccount(body.account.to_string()),
-            other => other.into(),
+        .collect();
+    let der = state
+        .ca
+        .crl(&revoked, state.now_unix_s(), CRL_VALIDITY_S)
+        .map_err(|e| {
+            tracing::error!(error = %e, "signing the CRL failed");
+            ApiError::Internal
         })?;
-    tracing::info!(device = %device.id, account = %device.account, "device enrolled");
-    Ok((
-        StatusCode::CREATED,
-        Json(DeviceEnrolled {
-            device_id: device.id,
-            account: device.account,
-            certificate: b64::encode(&certificate),
-            credential,
-        }),
-    ))
+    Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], der))
 }
 
 pub async fn list_devices(

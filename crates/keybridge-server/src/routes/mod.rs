@@ -58,10 +58,20 @@ pub fn app(state: AppState) -> Router {
             "/v1/admin/devices",
             post(admin::enroll_device).get(admin::list_devices),
         )
+        .route("/v1/admin/devices/csr", post(admin::enroll_csr))
+        .route(
+            "/v1/admin/devices/certificate",
+            post(admin::import_certificate),
+        )
+        .route("/v1/admin/devices/ocra", post(admin::provision_ocra))
+        .route("/v1/admin/devices/{id}", get(admin::get_device))
         .route(
             "/v1/admin/devices/{id}/disable",
             post(admin::disable_device),
         )
+        .route("/v1/admin/devices/{id}/rename", post(admin::rename_device))
+        .route("/v1/admin/devices/{id}/revoke", post(admin::revoke_device))
+        .route("/v1/crl", get(admin::crl))
         .route("/v1/admin/transactions", get(admin::list_transactions))
         .route("/v1/admin/ca.pem", get(admin::ca_pem))
         .route(

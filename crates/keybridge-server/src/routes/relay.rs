@@ -45,6 +45,11 @@ pub async fn connect(
     Device(device): Device,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    // A revoked device is sent no more requests (its confirmations in flight
+    // are still judged, and refused as `certificate_revoked`).
+    if device.is_revoked() {
+        return Err(ApiError::Unauthorized);
+    }
     let upgrade = upgrade.map_err(|_| ApiError::invalid("expected a WebSocket upgrade"))?;
     tracing::info!(device = %device.id, account = %device.account, "relay connected");
     Ok(upgrade

@@ -17,7 +17,7 @@ use keybridge_proto::{AccountId, TransactionId};
 
 pub use records::{
     AccountRecord, AuditRecord, DeviceRecord, DeviceStatus, NewAccount, NewDevice, NewTerminal,
-    TerminalRecord, TransactionRecord, TransferKind, TransferRecord,
+    OcraRecord, TerminalRecord, TransactionRecord, TransferKind, TransferRecord,
 };
 pub use sqlite::SqliteStore;
 pub use web::{AttemptResult, DeliveryRecord, DeliveryState, WebStore, WebhookRecord};
@@ -72,6 +72,9 @@ pub struct SignedConfirmation {
     pub device_id: String,
     pub counter: u32,
     pub now_unix_s: u64,
+    /// The reason for a counter that did not move forward: `counter_replay`
+    /// for signatures, `response_reused` for OCRA.
+    pub replay_reason: Reason,
 }
 
 #[async_trait]
@@ -109,7 +112,23 @@ pub trait Store: WebStore + Send + Sync + std::fmt::Debug {
         device_id: &str,
         now_unix_s: u64,
     ) -> Result<Option<DeviceRecord>, StoreError>;
+    /// Active devices whose certificate is not revoked.
     async fn count_active_devices(&self, account: &AccountId) -> Result<u64, StoreError>;
+    async fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>, StoreError>;
+    /// Sets the label. `None` if there is no such device.
+    async fn rename_device(
+        &self,
+        device_id: &str,
+        label: &str,
+        now_unix_s: u64,
+    ) -> Result<Option<DeviceRecord>, StoreError>;
+    /// Revokes the device's certificate (or OCRA secret): once, for good, audited.
+    /// `None` if there is no such device.
+    async fn revoke_device(
+        &self,
+        device_id: &str,
+        now_unix_s: u64,
+    ) -> Result<Option<DeviceRecord>, StoreError>;
 
     // Transactions.
     async fn transaction_by_idempotency_key(

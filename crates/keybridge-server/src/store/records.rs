@@ -76,11 +76,22 @@ impl DeviceStatus {
     }
 }
 
+/// An OCRA device's suite and its secret sealed under the master key
+/// ([`crate::secretbox`]); the store never sees the secret in clear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OcraRecord {
+    pub suite: String,
+    pub sealed_secret: Vec<u8>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDevice {
     pub id: String,
     pub account: AccountId,
     pub label: String,
+    pub method: api::SignatureMethod,
+    /// Set for OCRA devices (which have no key or certificate: both empty).
+    pub ocra: Option<OcraRecord>,
     /// SEC1 uncompressed P-256 point, 65 bytes.
     pub public_key: Vec<u8>,
     /// The X.509 certificate the CA issued, DER.
@@ -98,20 +109,38 @@ pub struct DeviceRecord {
     pub public_key: Vec<u8>,
     pub certificate: Vec<u8>,
     pub status: DeviceStatus,
-    /// The highest signature counter accepted so far (0: none yet).
+    /// The highest signature counter accepted so far (0: none yet). For OCRA
+    /// devices: the highest counter C, or for suites without C the highest
+    /// time step T, accepted: each is accepted once.
     pub last_counter: u32,
     pub created_at_unix_s: u64,
+    pub method: api::SignatureMethod,
+    pub revoked_at_unix_s: Option<u64>,
+    pub ocra: Option<OcraRecord>,
 }
 
 impl DeviceRecord {
     pub fn view(&self) -> api::DeviceView {
+        let serial = x509_parser::parse_x509_certificate(&self.certificate)
+            .ok()
+            .map(|(_, c)| hex::encode(c.raw_serial()));
         api::DeviceView {
             device_id: self.id.clone(),
             account: self.account.clone(),
             label: self.label.clone(),
-            status: self.status.as_str().to_owned(),
+            status: match self.revoked_at_unix_s {
+                Some(_) => "revoked".to_owned(),
+                None => self.status.as_str().to_owned(),
+            },
             last_counter: self.last_counter,
+            method: self.method.as_str().to_owned(),
+            revoked_at_unix_s: self.revoked_at_unix_s,
+            certificate_serial: serial,
         }
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_at_unix_s.is_some()
     }
 }
 

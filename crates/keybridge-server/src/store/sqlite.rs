@@ -15,7 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use super::audit;
 use super::{
     AccountRecord, AuditRecord, DeviceRecord, DeviceStatus, Finalized, InsertOutcome, NewAccount,
-    NewDevice, NewTerminal, SignedConfirmation, Store, StoreError, TerminalRecord,
+    NewDevice, NewTerminal, OcraRecord, SignedConfirmation, Store, StoreError, TerminalRecord,
     TransactionRecord, TransferKind, TransferRecord,
 };
 use crate::payment::{self, PaymentDecision, PaymentFacts};
@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0002_append_only.sql"),
     ),
     (
+        4,
+        "0004_pki_ocra",
+        include_str!("../../migrations/0004_pki_ocra.sql"),
+    ),
+    (
         5,
         "0005_webhooks",
         include_str!("../../migrations/0005_webhooks.sql"),
@@ -46,8 +51,8 @@ const BUSY_TIMEOUT_MS: u64 = 5_000;
 const TX_COLUMNS: &str = "id, terminal_id, idempotency_key, request_hash, payer, payee, \
      payee_name, amount_minor, currency, order_id, description, payload, status, reason, \
      created_at, expires_at, updated_at";
-const DEVICE_COLUMNS: &str =
-    "id, account_id, label, public_key, certificate, status, last_counter, created_at";
+const DEVICE_COLUMNS: &str = "id, account_id, label, public_key, certificate, status, \
+     last_counter, created_at, method, revoked_at, ocra_suite, ocra_secret";
 const ACCOUNT_COLUMNS: &str = "id, display_name, currency, balance_minor, system, created_at";
 
 mod writer;
@@ -287,24 +292,43 @@ fn get_tx(conn: &Connection, id: &TransactionId) -> Result<Option<TransactionRec
         .next())
 }
 
-type DeviceRow = (String, String, String, Vec<u8>, Vec<u8>, String, i64, i64);
+type DeviceRow = (
+    (String, String, String, Vec<u8>, Vec<u8>, String, i64, i64),
+    (String, Option<i64>, Option<String>, Option<Vec<u8>>),
+);
 
 fn read_device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
     Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
+        (
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+        ),
+        (r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?),
     ))
 }
 
 fn decode_device(row: DeviceRow) -> Result<DeviceRecord, StoreError> {
-    let (id, account, label, public_key, certificate, status, last_counter, created) = row;
+    let ((id, account, label, public_key, certificate, status, last_counter, created), more) = row;
+    let (method, revoked_at, ocra_suite, ocra_secret) = more;
+    let ocra = match (ocra_suite, ocra_secret) {
+        (Some(suite), Some(sealed_secret)) => Some(OcraRecord {
+            suite,
+            sealed_secret,
+        }),
+        (None, None) => None,
+        _ => return Err(corrupt("OCRA suite without secret")),
+    };
     Ok(DeviceRecord {
+        method: keybridge_proto::api::SignatureMethod::parse(&method)
+            .ok_or_else(|| corrupt("device method"))?,
+        revoked_at_unix_s: revoked_at.map(to_u64).transpose()?,
+        ocra,
         id,
         account: account_id(&account)?,
         label,
@@ -671,10 +695,15 @@ impl Store for SqliteStore {
                 _ => return Err(StoreError::UnknownAccount),
             }
             let now = to_i64(device.created_at_unix_s)?;
+            let (ocra_suite, ocra_secret) = match &device.ocra {
+                Some(o) => (Some(o.suite.as_str()), Some(o.sealed_secret.as_slice())),
+                None => (None, None),
+            };
             tx.execute(
                 "INSERT INTO devices (id, account_id, label, public_key, certificate,
-                     credential_hash, status, last_counter, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'active', 0, ?7, ?7)",
+                     credential_hash, status, last_counter, created_at, updated_at,
+                     method, ocra_suite, ocra_secret)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'active', 0, ?7, ?7, ?8, ?9, ?10)",
                 params![
                     device.id,
                     device.account.as_str(),
@@ -682,7 +711,10 @@ impl Store for SqliteStore {
                     device.public_key,
                     device.certificate,
                     device.credential_hash.as_slice(),
-                    now
+                    now,
+                    device.method.as_str(),
+                    ocra_suite,
+                    ocra_secret
                 ],
             )
             .map_err(|e| {
@@ -697,7 +729,11 @@ impl Store for SqliteStore {
                 device.created_at_unix_s,
                 None,
                 "device_enrolled",
-                &serde_json::json!({"device": device.id, "account": device.account.as_str()}),
+                &serde_json::json!({
+                    "device": device.id,
+                    "account": device.account.as_str(),
+                    "method": device.method.as_str(),
+                }),
             )?;
             query_devices(tx, "WHERE id = ?1", [&device.id])?
                 .into_iter()
@@ -763,12 +799,83 @@ impl Store for SqliteStore {
         self.run(move |conn| {
             let n: i64 = conn
                 .query_row(
-                    "SELECT COUNT(*) FROM devices WHERE account_id = ?1 AND status = 'active'",
+                    "SELECT COUNT(*) FROM devices
+                     WHERE account_id = ?1 AND status = 'active' AND revoked_at IS NULL",
                     [account.as_str()],
                     |r| r.get(0),
                 )
                 .map_err(backend)?;
             to_u64(n)
+        })
+        .await
+    }
+
+    async fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        let device_id = device_id.to_owned();
+        self.run(move |conn| {
+            Ok(query_devices(conn, "WHERE id = ?1", [&device_id])?
+                .into_iter()
+                .next())
+        })
+        .await
+    }
+
+    async fn rename_device(
+        &self,
+        device_id: &str,
+        label: &str,
+        now_unix_s: u64,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        let (device_id, label) = (device_id.to_owned(), label.to_owned());
+        self.write(move |tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE devices SET label = ?1, updated_at = ?2 WHERE id = ?3",
+                    params![label, to_i64(now_unix_s)?, device_id],
+                )
+                .map_err(backend)?;
+            if changed == 1 {
+                append_audit(
+                    tx,
+                    now_unix_s,
+                    None,
+                    "device_renamed",
+                    &serde_json::json!({"device": device_id, "label": label}),
+                )?;
+            }
+            Ok(query_devices(tx, "WHERE id = ?1", [&device_id])?
+                .into_iter()
+                .next())
+        })
+        .await
+    }
+
+    async fn revoke_device(
+        &self,
+        device_id: &str,
+        now_unix_s: u64,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        let device_id = device_id.to_owned();
+        self.write(move |tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE devices SET revoked_at = ?1, updated_at = ?1
+                     WHERE id = ?2 AND revoked_at IS NULL",
+                    params![to_i64(now_unix_s)?, device_id],
+                )
+                .map_err(backend)?;
+            if changed == 1 {
+                append_audit(
+                    tx,
+                    now_unix_s,
+                    None,
+                    "device_revoked",
+                    &serde_json::json!({"device": device_id}),
+                )?;
+            }
+            Ok(query_devices(tx, "WHERE id = ?1", [&device_id])?
+                .into_iter()
+                .next())
         })
         .await
     }
@@ -923,16 +1030,19 @@ impl Store for SqliteStore {
                 .into_iter()
                 .next();
             let payer = get_account(tx, &current.payer)?.ok_or_else(|| corrupt("payer missing"))?;
-            let (device_usable, device_last_counter) = match &device {
+            let (device_usable, device_revoked, device_last_counter) = match &device {
                 Some(d) => (
                     d.status == DeviceStatus::Active && d.account == current.payer,
+                    d.is_revoked(),
                     d.last_counter,
                 ),
-                None => (false, 0),
+                None => (false, false, 0),
             };
             let decision = payment::decide(PaymentFacts {
                 status: current.status,
                 device_usable,
+                device_revoked,
+                replay_reason: c.replay_reason,
                 device_last_counter,
                 counter: c.counter,
                 payer_balance_minor: payer.balance_minor,

@@ -22,6 +22,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 /// A guard against a hung test, not a speed assertion.
+pub mod chain;
+
+/// A guard against a hung test, not a speed assertion.
 pub const GUARD: Duration = Duration::from_secs(20);
 
 pub struct Harness {
@@ -35,6 +38,11 @@ pub struct Harness {
 pub struct Options {
     pub sweep_interval_ms: u64,
     pub body_limit_bytes: usize,
+    /// External CA mode when not empty.
+    pub trust_anchors: Vec<std::path::PathBuf>,
+    pub intermediates: Vec<std::path::PathBuf>,
+    pub crl_sources: Vec<String>,
+    pub crl_refresh_s: u64,
 }
 
 impl Default for Options {
@@ -42,6 +50,10 @@ impl Default for Options {
         Options {
             sweep_interval_ms: 50,
             body_limit_bytes: 64 * 1024,
+            trust_anchors: Vec::new(),
+            intermediates: Vec::new(),
+            crl_sources: Vec::new(),
+            crl_refresh_s: 300,
         }
     }
 }
@@ -326,6 +338,10 @@ async fn launch(
     config.origin = "keybridge.test".into();
     config.sweep_interval_ms = options.sweep_interval_ms;
     config.body_limit_bytes = options.body_limit_bytes;
+    config.trust_anchors = options.trust_anchors.clone();
+    config.intermediates = options.intermediates.clone();
+    config.crl_sources = options.crl_sources.clone();
+    config.crl_refresh_s = options.crl_refresh_s;
     keybridge_server::start_with_clock(config, clock.clone())
         .await
         .unwrap()

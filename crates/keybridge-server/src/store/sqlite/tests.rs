@@ -43,6 +43,8 @@ async fn seeded() -> SqliteStore {
             id: "dev_1".into(),
             account: acct("alice"),
             label: "card".into(),
+            method: keybridge_proto::api::SignatureMethod::TransactionApplet,
+            ocra: None,
             public_key: vec![4; 65],
             certificate: vec![0x30],
             credential_hash: [2; 32],
@@ -81,6 +83,7 @@ fn signed(id: u8, counter: u32) -> SignedConfirmation {
         device_id: "dev_1".into(),
         counter,
         now_unix_s: NOW + 1,
+        replay_reason: Reason::CounterReplay,
     }
 }
 
@@ -367,6 +370,8 @@ async fn devices_need_a_customer_account() {
         id: "dev_2".into(),
         account: acct("nobody"),
         label: String::new(),
+        method: keybridge_proto::api::SignatureMethod::TransactionApplet,
+        ocra: None,
         public_key: vec![4; 65],
         certificate: vec![0x30],
         credential_hash: [3; 32],
@@ -381,4 +386,55 @@ async fn devices_need_a_customer_account() {
         store.create_device(d).await,
         Err(StoreError::UnknownAccount)
     );
+}
+
+/// Revocation is recorded once, audited, survives reads, and stops a
+/// settlement that verification had already passed.
+#[tokio::test]
+async fn a_revoked_device_cannot_settle_and_renames_are_kept() {
+    let store = seeded().await;
+    store
+        .insert_transaction(pending(1, "k1", 100))
+        .await
+        .unwrap();
+    let renamed = store
+        .rename_device("dev_1", "blue card", NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(renamed.label, "blue card");
+    let revoked = store
+        .revoke_device("dev_1", NOW + 5)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revoked.revoked_at_unix_s, Some(NOW + 5));
+    assert_eq!(revoked.view().status, "revoked");
+    // A second revocation keeps the first time.
+    let again = store
+        .revoke_device("dev_1", NOW + 9)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.revoked_at_unix_s, Some(NOW + 5));
+    assert_eq!(store.count_active_devices(&acct("alice")).await.unwrap(), 0);
+    let Finalized::Applied(t) = store.apply_signed_confirmation(signed(1, 1)).await.unwrap() else {
+        panic!("not applied")
+    };
+    assert_eq!(t.reason, Some(Reason::CertificateRevoked));
+    assert!(store
+        .transfers_for_transaction(&t.id)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.revoke_device("nope", NOW).await.unwrap().is_none());
+    let events: Vec<String> = store
+        .audit_log()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.event)
+        .collect();
+    assert_eq!(events.iter().filter(|e| *e == "device_revoked").count(), 1);
+    assert!(events.contains(&"device_renamed".to_owned()));
 }
