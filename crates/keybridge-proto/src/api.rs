@@ -459,6 +459,7 @@ pub mod b64 {
 }
 
 /// How a device confirms: which applet (or password) the server verifies.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SignatureMethod {
@@ -495,6 +496,7 @@ fn transaction_applet() -> SignatureMethod {
 
 /// `POST /v1/admin/devices/csr`: the built-in CA certifies the key in a
 /// PKCS#10 request (whose signature proves possession of the key).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollCsr {
@@ -509,6 +511,7 @@ pub struct EnrollCsr {
 
 /// `POST /v1/admin/devices/certificate`: enrol a device with a certificate an
 /// external CA issued; the server validates its path before accepting it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImportCertificate {
@@ -524,6 +527,7 @@ pub struct ImportCertificate {
 /// `POST /v1/admin/devices/ocra`: enrol an OCRA-mode device from an
 /// `otpauth://ocra/...?secret=BASE32&suite=...` URI. The secret is stored
 /// encrypted under the server's master key and never returned.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProvisionOcra {
@@ -534,6 +538,7 @@ pub struct ProvisionOcra {
 }
 
 /// `POST /v1/admin/devices/{id}/rename`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RenameDevice {

@@ -24,9 +24,9 @@ pub mod applet;
 pub mod csr;
 mod ids;
 mod money;
+pub mod ocra;
 #[cfg(feature = "openapi")]
 mod openapi;
-pub mod ocra;
 mod payload;
 pub mod tlv;
 

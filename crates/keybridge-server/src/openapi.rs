@@ -10,8 +10,9 @@ use std::sync::OnceLock;
 
 use keybridge_proto::api::{
     AccountActivity, AccountView, Confirmation, CreateAccount, CreateTerminal, CreateTransaction,
-    DeclineReason, DeviceEnrolled, DeviceView, EnrollDevice, ErrorBody, Reason, RegisterWebhook,
-    RelayMessage, TerminalCreated, TransactionStatus, TransactionView, WebhookDeliveryView,
+    DeclineReason, DeviceEnrolled, DeviceView, EnrollCsr, EnrollDevice, ErrorBody,
+    ImportCertificate, ProvisionOcra, Reason, RegisterWebhook, RelayMessage, RenameDevice,
+    SignatureMethod, TerminalCreated, TransactionStatus, TransactionView, WebhookDeliveryView,
     WebhookEvent, WebhookRegistered, WebhookView,
 };
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -31,6 +32,8 @@ use utoipa::{Modify, OpenApi};
         paths::relay_socket, paths::confirm,
         paths::create_account, paths::list_accounts, paths::get_account, paths::create_terminal,
         paths::enroll_device, paths::list_devices, paths::disable_device, paths::list_transactions, paths::ca_pem,
+        paths::enroll_csr, paths::import_certificate, paths::provision_ocra, paths::get_device,
+        paths::rename_device, paths::revoke_device, paths::crl,
         paths::list_webhook_deliveries,
     ),
     components(schemas(
@@ -38,6 +41,7 @@ use utoipa::{Modify, OpenApi};
         RelayMessage, Confirmation, DeclineReason, CreateAccount, AccountView, CreateTerminal,
         TerminalCreated, EnrollDevice, DeviceEnrolled, DeviceView, RegisterWebhook,
         WebhookRegistered, WebhookView, WebhookEvent, WebhookDeliveryView, AccountActivity,
+        SignatureMethod, EnrollCsr, ImportCertificate, ProvisionOcra, RenameDevice,
     )),
     modifiers(&Bearers),
     tags(
@@ -284,4 +288,59 @@ mod paths {
             (status = 200, description = "Webhook events and their delivery state, newest first.", body = Vec<WebhookDeliveryView>),
             (status = "4XX", description = "`invalid_request`, `unauthorized`", body = ErrorBody)))]
     fn list_webhook_deliveries() {}
+
+    #[utoipa::path(post, path = "/v1/admin/devices/csr", tag = "admin",
+        security(("admin_token" = [])),
+        request_body = EnrollCsr,
+        responses(
+            (status = 201, description = "The CSR's signature proved possession; certificate issued by the built-in CA; the credential is shown only now.", body = DeviceEnrolled),
+            (status = "4XX", description = "`invalid_request` (bad CSR or signature, or an external CA is configured), `unauthorized`, `unknown_account`", body = ErrorBody)))]
+    fn enroll_csr() {}
+
+    #[utoipa::path(post, path = "/v1/admin/devices/certificate", tag = "admin",
+        security(("admin_token" = [])),
+        request_body = ImportCertificate,
+        responses(
+            (status = 201, description = "The externally issued certificate passed path validation; the credential is shown only now.", body = DeviceEnrolled),
+            (status = "4XX", description = "`invalid_request` (path validation failed), `unauthorized`, `unknown_account`", body = ErrorBody)))]
+    fn import_certificate() {}
+
+    #[utoipa::path(post, path = "/v1/admin/devices/ocra", tag = "admin",
+        security(("admin_token" = [])),
+        request_body = ProvisionOcra,
+        responses(
+            (status = 201, description = "OCRA device provisioned; its secret is sealed under the master key and never returned.", body = DeviceEnrolled),
+            (status = "4XX", description = "`invalid_request`, `unauthorized`, `unknown_account`", body = ErrorBody)))]
+    fn provision_ocra() {}
+
+    #[utoipa::path(get, path = "/v1/admin/devices/{id}", tag = "admin",
+        security(("admin_token" = [])),
+        params(("id" = String, Path, description = "Device id.")),
+        responses(
+            (status = 200, body = DeviceView),
+            (status = "4XX", description = "`unauthorized`, `not_found`", body = ErrorBody)))]
+    fn get_device() {}
+
+    #[utoipa::path(post, path = "/v1/admin/devices/{id}/rename", tag = "admin",
+        security(("admin_token" = [])),
+        params(("id" = String, Path, description = "Device id.")),
+        request_body = RenameDevice,
+        responses(
+            (status = 200, body = DeviceView),
+            (status = "4XX", description = "`invalid_request`, `unauthorized`, `not_found`", body = ErrorBody)))]
+    fn rename_device() {}
+
+    #[utoipa::path(post, path = "/v1/admin/devices/{id}/revoke", tag = "admin",
+        security(("admin_token" = [])),
+        params(("id" = String, Path, description = "Device id.")),
+        responses(
+            (status = 200, description = "Revoked with immediate effect: listed in the CRL, refused for every confirmation not yet accepted.", body = DeviceView),
+            (status = "4XX", description = "`unauthorized`, `not_found`", body = ErrorBody)))]
+    fn revoke_device() {}
+
+    #[utoipa::path(get, path = "/v1/crl", tag = "operations",
+        responses(
+            (status = 200, description = "The built-in CA's CRL, DER, signed, with nextUpdate.", body = Vec<u8>, content_type = "application/pkix-crl"),
+            (status = "5XX", description = "`internal_error`", body = ErrorBody)))]
+    fn crl() {}
 }
