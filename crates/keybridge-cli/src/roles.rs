@@ -98,9 +98,14 @@ pub struct CardArgs {
     /// What the holder answers when the card asks to confirm.
     #[arg(long, value_enum, default_value_t = CardPolicy::Prompt)]
     pub policy: CardPolicy,
-    /// Create the state file if missing, with the PIN from `KEYBRIDGE_CARD_PIN`.
+    /// Create the state file if missing, with the PIN from `KEYBRIDGE_CARD_PIN`
+    /// (the PIV applet gets the same PIN when it has 6 to 8 digits, else
+    /// 123456; PUK 12345678; the default 3DES management key).
     #[arg(long)]
     pub init: bool,
+    /// Which applets the card carries: `keybridge`, `piv`, or both.
+    #[arg(long, default_value = "keybridge,piv")]
+    pub profile: keybridge_card::Profile,
 }
 
 pub fn card(args: CardArgs) -> anyhow::Result<()> {
@@ -125,6 +130,7 @@ pub fn card(args: CardArgs) -> anyhow::Result<()> {
         policy,
         init_pin,
         reconnect: true,
+        profile: args.profile,
     })
     .context("card stopped")
 }
