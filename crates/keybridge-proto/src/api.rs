@@ -249,6 +249,9 @@ pub struct EnrollDevice {
     pub public_key: String,
     #[serde(default)]
     pub label: String,
+    /// How the device signs; absent in older clients' bodies: the transaction applet.
+    #[serde(default)]
+    pub signature_method: SignatureMethod,
 }
 
 /// Returned once; the server keeps only a hash of `credential`.
@@ -269,6 +272,8 @@ pub struct DeviceView {
     pub label: String,
     pub status: String,
     pub last_counter: u32,
+    #[serde(default)]
+    pub signature_method: SignatureMethod,
 }
 
 /// The one error body of every endpoint.
@@ -289,6 +294,38 @@ pub mod b64 {
 
     pub fn decode(text: &str) -> Option<Vec<u8>> {
         base64::engine::general_purpose::STANDARD.decode(text).ok()
+    }
+}
+
+/// How an enrolled device signs a confirmation, and so what the server
+/// verifies. Wire form: `"transaction_applet"` (the default) or `"piv"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureMethod {
+    /// KeyBridge's transaction applet: ECDSA P-256 over
+    /// SHA-256(payload ‖ counter), with a strictly increasing counter.
+    #[default]
+    TransactionApplet,
+    /// A PIV card's slot 9C: ECDSA P-256 over SHA-256(payload), no counter
+    /// (the confirmation's `counter` is ignored; replay is stopped by the
+    /// single-use challenge and the transaction leaving `pending` once).
+    Piv,
+}
+
+impl SignatureMethod {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SignatureMethod::TransactionApplet => "transaction_applet",
+            SignatureMethod::Piv => "piv",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SignatureMethod> {
+        match s {
+            "transaction_applet" => Some(SignatureMethod::TransactionApplet),
+            "piv" => Some(SignatureMethod::Piv),
+            _ => None,
+        }
     }
 }
 
@@ -330,6 +367,19 @@ mod tests {
         };
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.starts_with(r#"{"type":"cancelled""#), "{json}");
+    }
+
+    #[test]
+    fn enrolment_bodies_without_a_method_still_parse() {
+        let old = r#"{"account":"alice","public_key":"BA==","label":"card"}"#;
+        let body: EnrollDevice = serde_json::from_str(old).unwrap();
+        assert_eq!(body.signature_method, SignatureMethod::TransactionApplet);
+        let piv = r#"{"account":"alice","public_key":"BA==","signature_method":"piv"}"#;
+        let body: EnrollDevice = serde_json::from_str(piv).unwrap();
+        assert_eq!(body.signature_method, SignatureMethod::Piv);
+        for m in [SignatureMethod::TransactionApplet, SignatureMethod::Piv] {
+            assert_eq!(SignatureMethod::parse(m.as_str()), Some(m));
+        }
     }
 
     #[test]

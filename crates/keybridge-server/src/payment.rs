@@ -11,7 +11,8 @@ pub struct PaymentFacts {
     /// The device is active and belongs to the payer.
     pub device_usable: bool,
     pub device_last_counter: u32,
-    pub counter: u32,
+    /// The submitted counter; `None` for signature methods without one (PIV).
+    pub counter: Option<u32>,
     pub payer_balance_minor: i64,
     /// System (issuance) accounts may run negative; customer accounts may not.
     pub payer_is_system: bool,
@@ -62,7 +63,7 @@ pub fn decide(f: PaymentFacts) -> PaymentDecision {
     if !f.device_usable {
         return PaymentDecision::Reject(Reason::UnknownDevice);
     }
-    if f.counter <= f.device_last_counter {
+    if f.counter.is_some_and(|c| c <= f.device_last_counter) {
         return PaymentDecision::Reject(Reason::CounterReplay);
     }
     let covered = match i64::try_from(f.amount_minor) {
@@ -84,7 +85,7 @@ mod tests {
             status: TransactionStatus::Pending,
             device_usable: true,
             device_last_counter: 4,
-            counter: 5,
+            counter: Some(5),
             payer_balance_minor: 1000,
             payer_is_system: false,
             amount_minor: 1000,
@@ -103,25 +104,38 @@ mod tests {
         let f = PaymentFacts {
             status: TransactionStatus::Settled,
             device_usable: false,
-            counter: 0,
+            counter: Some(0),
             ..facts()
         };
         assert_eq!(decide(f), PaymentDecision::NotPending);
         // A disabled device beats a replayed counter.
         let f = PaymentFacts {
             device_usable: false,
-            counter: 1,
+            counter: Some(1),
             ..facts()
         };
         assert_eq!(decide(f), PaymentDecision::Reject(Reason::UnknownDevice));
         // A replayed counter beats insufficient funds and is not consumed.
         let f = PaymentFacts {
-            counter: 4,
+            counter: Some(4),
             payer_balance_minor: 0,
             ..facts()
         };
         assert_eq!(decide(f), PaymentDecision::Reject(Reason::CounterReplay));
         assert!(!decide(f).consumes_counter());
+        // No counter (PIV): nothing to replay, the other rules still hold.
+        let f = PaymentFacts {
+            counter: None,
+            device_last_counter: 0,
+            ..facts()
+        };
+        assert_eq!(decide(f), PaymentDecision::Settle);
+        let f = PaymentFacts {
+            counter: None,
+            payer_balance_minor: 1,
+            ..facts()
+        };
+        assert_eq!(decide(f), PaymentDecision::InsufficientFunds);
         let f = PaymentFacts {
             payer_balance_minor: 999,
             ..facts()

@@ -198,6 +198,7 @@ pub async fn confirm(
     let finalized = match verdict {
         Verdict::End { status, reason } => state.store.finalize(id, status, reason, now).await?,
         Verdict::Accept { counter } => {
+            // `counter` is `None` for methods without one (PIV).
             state
                 .store
                 .apply_signed_confirmation(SignedConfirmation {

@@ -6,8 +6,13 @@
 //! against anything the relay sent. Consuming the counter and moving money is
 //! the payment unit's job ([`crate::payment`]), which re-checks the counter
 //! atomically.
+//!
+//! What the signature covers depends on the device's [`SignatureMethod`]
+//! ([`signed_message_for`]): the transaction applet signs the payload and its
+//! counter, which must increase; a PIV card signs the payload alone (SHA-256
+//! of it, in slot 9C) and has no counter.
 
-use keybridge_proto::api::{b64, Confirmation, Reason, TransactionStatus};
+use keybridge_proto::api::{b64, Confirmation, Reason, SignatureMethod, TransactionStatus};
 use keybridge_proto::signed_message;
 use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
 
@@ -26,8 +31,9 @@ pub enum Verdict {
         status: TransactionStatus,
         reason: Reason,
     },
-    /// Valid signature from the payer's device: hand over to the payment unit.
-    Accept { counter: u32 },
+    /// Valid signature from the payer's device: hand over to the payment
+    /// unit, with the counter to consume (`None` for PIV).
+    Accept { counter: Option<u32> },
 }
 
 impl Verdict {
@@ -46,6 +52,17 @@ pub struct Submission<'a> {
     pub transaction: &'a TransactionRecord,
     pub confirmation: &'a Confirmation,
     pub now_unix_s: u64,
+}
+
+/// The bytes whose ECDSA P-256 / SHA-256 signature a device of `method`
+/// returns for `payload` (ring's `ECDSA_P256_SHA256_ASN1` hashes them).
+pub fn signed_message_for(method: SignatureMethod, payload: &[u8], counter: u32) -> Vec<u8> {
+    match method {
+        SignatureMethod::TransactionApplet => signed_message(payload, counter),
+        // The relay sends SHA-256(payload) to the card, which signs that
+        // digest: the same signature as over the payload with SHA-256.
+        SignatureMethod::Piv => payload.to_vec(),
+    }
 }
 
 /// The checks, in the documented order; the first failure decides.
@@ -82,7 +99,8 @@ pub fn verify(ca: &Ca, s: Submission<'_>) -> Verdict {
                 return Verdict::reject(Reason::CertificateInvalid);
             }
         };
-    // 5. The signature covers exactly the stored payload and this counter.
+    // 5. The signature covers exactly the stored payload (and the counter,
+    //    for the transaction applet).
     let signature = match (signature_b64.len() <= SIGNATURE_B64_LEN_MAX)
         .then(|| b64::decode(signature_b64))
         .flatten()
@@ -90,18 +108,24 @@ pub fn verify(ca: &Ca, s: Submission<'_>) -> Verdict {
         Some(sig) => sig,
         None => return Verdict::reject(Reason::BadSignature),
     };
-    let message = signed_message(&transaction.payload, counter);
+    let message = signed_message_for(device.signature_method, &transaction.payload, counter);
     if UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &public_key)
         .verify(&message, &signature)
         .is_err()
     {
         return Verdict::reject(Reason::BadSignature);
     }
-    // 6. The counter moves forward (checked again, atomically, by the payment unit).
-    if counter <= device.last_counter {
-        return Verdict::reject(Reason::CounterReplay);
+    // 6. The counter moves forward (checked again, atomically, by the payment
+    //    unit). PIV has none: the submitted value is ignored.
+    match device.signature_method {
+        SignatureMethod::Piv => Verdict::Accept { counter: None },
+        SignatureMethod::TransactionApplet if counter <= device.last_counter => {
+            Verdict::reject(Reason::CounterReplay)
+        }
+        SignatureMethod::TransactionApplet => Verdict::Accept {
+            counter: Some(counter),
+        },
     }
-    Verdict::Accept { counter }
 }
 
 #[cfg(test)]
@@ -162,6 +186,7 @@ mod tests {
             status: DeviceStatus::Active,
             last_counter: 3,
             created_at_unix_s: NOW,
+            signature_method: SignatureMethod::TransactionApplet,
         };
         let transaction = TransactionRecord {
             id: TransactionId([1; 16]),
@@ -218,7 +243,7 @@ mod tests {
     fn a_good_signature_over_the_stored_payload_is_accepted() {
         let f = fixture();
         let c = signed(&f, &f.transaction.payload, 4);
-        assert_eq!(check(&f, &c, NOW + 1), Verdict::Accept { counter: 4 });
+        assert_eq!(check(&f, &c, NOW + 1), Verdict::Accept { counter: Some(4) });
     }
 
     #[test]
@@ -247,6 +272,34 @@ mod tests {
             signature: "A".repeat(10_000),
         };
         assert_eq!(check(&f, &c, NOW), rejected(Reason::BadSignature));
+    }
+
+    /// A PIV device signs SHA-256(payload) (the card gets the digest): the
+    /// server verifies over the stored payload, with no counter; a signature
+    /// over a changed payload, or in the transaction applet's form, is refused.
+    #[test]
+    fn piv_signatures_cover_the_payload_alone() {
+        use p256::ecdsa::signature::hazmat::PrehashSigner;
+        use sha2::{Digest, Sha256};
+        let mut f = fixture();
+        f.device.signature_method = SignatureMethod::Piv;
+        let piv_sign = |bytes: &[u8]| {
+            let sig: p256::ecdsa::Signature = f.key.sign_prehash(&Sha256::digest(bytes)).unwrap();
+            Confirmation::Signed {
+                counter: 0,
+                signature: b64::encode(sig.to_der().as_bytes()),
+            }
+        };
+        let good = piv_sign(&f.transaction.payload);
+        assert_eq!(check(&f, &good, NOW), Verdict::Accept { counter: None });
+        let tampered = piv_sign(&payload(1000, "mallory"));
+        assert_eq!(check(&f, &tampered, NOW), rejected(Reason::BadSignature));
+        // The transaction applet's message (payload ‖ counter) is not a PIV signature.
+        let applet_form = signed(&f, &f.transaction.payload, 4);
+        assert_eq!(check(&f, &applet_form, NOW), rejected(Reason::BadSignature));
+        // And a PIV signature does not pass for a transaction-applet device.
+        f.device.signature_method = SignatureMethod::TransactionApplet;
+        assert_eq!(check(&f, &good, NOW), rejected(Reason::BadSignature));
     }
 
     #[test]

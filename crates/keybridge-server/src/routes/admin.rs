@@ -179,6 +179,7 @@ pub async fn enroll_device(
             certificate: certificate.clone(),
             credential_hash: sha256(&credential),
             created_at_unix_s: now,
+            signature_method: body.signature_method,
         })
         .await
         .map_err(|e| match e {

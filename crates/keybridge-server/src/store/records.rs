@@ -1,6 +1,6 @@
 //! What the store keeps, as plain Rust values (no SQL types).
 
-use keybridge_proto::api::{self, Reason, TransactionStatus};
+use keybridge_proto::api::{self, Reason, SignatureMethod, TransactionStatus};
 use keybridge_proto::{AccountId, Currency, Money, TransactionId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +88,7 @@ pub struct NewDevice {
     /// SHA-256 of the device credential; the credential itself is never stored.
     pub credential_hash: [u8; 32],
     pub created_at_unix_s: u64,
+    pub signature_method: SignatureMethod,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,9 +99,11 @@ pub struct DeviceRecord {
     pub public_key: Vec<u8>,
     pub certificate: Vec<u8>,
     pub status: DeviceStatus,
-    /// The highest signature counter accepted so far (0: none yet).
+    /// The highest signature counter accepted so far (0: none yet; always 0 for PIV).
     pub last_counter: u32,
     pub created_at_unix_s: u64,
+    /// What the verification unit checks (migration 0003).
+    pub signature_method: SignatureMethod,
 }
 
 impl DeviceRecord {
@@ -111,6 +114,7 @@ impl DeviceRecord {
             label: self.label.clone(),
             status: self.status.as_str().to_owned(),
             last_counter: self.last_counter,
+            signature_method: self.signature_method,
         }
     }
 }

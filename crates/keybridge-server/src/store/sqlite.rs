@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use keybridge_proto::api::{Reason, TransactionStatus};
+use keybridge_proto::api::{Reason, SignatureMethod, TransactionStatus};
 use keybridge_proto::{AccountId, Currency, TransactionId};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0002_append_only",
         include_str!("../../migrations/0002_append_only.sql"),
     ),
+    (
+        3,
+        "0003_signature_method",
+        include_str!("../../migrations/0003_signature_method.sql"),
+    ),
 ];
 
 const BUSY_TIMEOUT_MS: u64 = 5_000;
@@ -39,7 +44,8 @@ const TX_COLUMNS: &str = "id, terminal_id, idempotency_key, request_hash, payer,
      payee_name, amount_minor, currency, order_id, description, payload, status, reason, \
      created_at, expires_at, updated_at";
 const DEVICE_COLUMNS: &str =
-    "id, account_id, label, public_key, certificate, status, last_counter, created_at";
+    "id, account_id, label, public_key, certificate, status, last_counter, created_at, \
+     signature_method";
 const ACCOUNT_COLUMNS: &str = "id, display_name, currency, balance_minor, system, created_at";
 
 #[derive(Debug, Clone)]
@@ -281,7 +287,17 @@ fn get_tx(conn: &Connection, id: &TransactionId) -> Result<Option<TransactionRec
         .next())
 }
 
-type DeviceRow = (String, String, String, Vec<u8>, Vec<u8>, String, i64, i64);
+type DeviceRow = (
+    String,
+    String,
+    String,
+    Vec<u8>,
+    Vec<u8>,
+    String,
+    i64,
+    i64,
+    String,
+);
 
 fn read_device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
     Ok((
@@ -293,11 +309,12 @@ fn read_device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
         r.get(5)?,
         r.get(6)?,
         r.get(7)?,
+        r.get(8)?,
     ))
 }
 
 fn decode_device(row: DeviceRow) -> Result<DeviceRecord, StoreError> {
-    let (id, account, label, public_key, certificate, status, last_counter, created) = row;
+    let (id, account, label, public_key, certificate, status, last_counter, created, method) = row;
     Ok(DeviceRecord {
         id,
         account: account_id(&account)?,
@@ -307,6 +324,8 @@ fn decode_device(row: DeviceRow) -> Result<DeviceRecord, StoreError> {
         status: DeviceStatus::parse(&status).ok_or_else(|| corrupt("device status"))?,
         last_counter: u32::try_from(last_counter).map_err(|_| corrupt("device counter"))?,
         created_at_unix_s: to_u64(created)?,
+        signature_method: SignatureMethod::parse(&method)
+            .ok_or_else(|| corrupt("device signature method"))?,
     })
 }
 
@@ -667,8 +686,9 @@ impl Store for SqliteStore {
             let now = to_i64(device.created_at_unix_s)?;
             tx.execute(
                 "INSERT INTO devices (id, account_id, label, public_key, certificate,
-                     credential_hash, status, last_counter, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'active', 0, ?7, ?7)",
+                     credential_hash, status, last_counter, created_at, updated_at,
+                     signature_method)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'active', 0, ?7, ?7, ?8)",
                 params![
                     device.id,
                     device.account.as_str(),
@@ -676,7 +696,8 @@ impl Store for SqliteStore {
                     device.public_key,
                     device.certificate,
                     device.credential_hash.as_slice(),
-                    now
+                    now,
+                    device.signature_method.as_str()
                 ],
             )
             .map_err(|e| {
@@ -936,12 +957,12 @@ impl Store for SqliteStore {
             let Some((status, reason)) = decision.outcome() else {
                 return Ok(Finalized::NotPending(current));
             };
-            if decision.consumes_counter() {
+            if let (true, Some(counter)) = (decision.consumes_counter(), c.counter) {
                 let changed = tx
                     .execute(
                         "UPDATE devices SET last_counter = ?1, updated_at = ?2
                          WHERE id = ?3 AND last_counter < ?1",
-                        params![c.counter, to_i64(c.now_unix_s)?, c.device_id],
+                        params![counter, to_i64(c.now_unix_s)?, c.device_id],
                     )
                     .map_err(backend)?;
                 if changed != 1 {

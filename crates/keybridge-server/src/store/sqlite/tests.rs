@@ -47,6 +47,7 @@ async fn seeded() -> SqliteStore {
             certificate: vec![0x30],
             credential_hash: [2; 32],
             created_at_unix_s: NOW,
+            signature_method: SignatureMethod::TransactionApplet,
         })
         .await
         .unwrap();
@@ -79,7 +80,7 @@ fn signed(id: u8, counter: u32) -> SignedConfirmation {
     SignedConfirmation {
         transaction_id: TransactionId([id; 16]),
         device_id: "dev_1".into(),
-        counter,
+        counter: Some(counter),
         now_unix_s: NOW + 1,
     }
 }
@@ -371,6 +372,7 @@ async fn devices_need_a_customer_account() {
         certificate: vec![0x30],
         credential_hash: [3; 32],
         created_at_unix_s: NOW,
+        signature_method: SignatureMethod::Piv,
     };
     assert_eq!(
         store.create_device(d.clone()).await,
