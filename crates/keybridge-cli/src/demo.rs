@@ -7,6 +7,13 @@
 //! scenario shapes one of them (the card declines, the phone has the wrong PIN,
 //! the relay tampers, the phone is offline, the payer is short of money), and
 //! the demo checks the outcome and that no money moved unless settled.
+//!
+//! `--transport vpcd` (default) links card and phone directly: the phone
+//! listens as a vpcd reader and the card connects to it. `--transport pcsc`
+//! puts the real PC/SC stack between them: the card attaches to pcscd's vpcd
+//! and the phone reaches it through pcscd (started here, and stopped after,
+//! when it is not running). `--applet piv` enrols and pays with the card's
+//! PIV applet (slot 9C) instead of the transaction applet.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -17,9 +24,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use keybridge_proto::api::SignatureMethod;
 use keybridge_proto::api::{CreateAccount, Reason, TransactionStatus};
 use keybridge_proto::{AccountId, Currency, Money};
 use keybridge_relay::{CardLink, CardLinkSpec};
+use keybridge_transport::pcscd::{self, Pcscd, VpcdLock};
+
+use crate::roles::AppletArg;
 use keybridge_terminal::Client;
 use zeroize::Zeroizing;
 
@@ -65,7 +76,24 @@ pub struct DemoArgs {
     /// Keep the temp directory (database, card state) for inspection.
     #[arg(long)]
     pub keep: bool,
+    /// How the phone reaches the card: directly over vpcd, or through pcscd.
+    #[arg(long, value_enum, default_value_t = Transport::Vpcd)]
+    pub transport: Transport,
+    /// Which applet signs: the transaction applet or PIV slot 9C.
+    #[arg(long, value_enum, default_value_t = AppletArg::Keybridge)]
+    pub applet: AppletArg,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    /// The phone is the card's vpcd reader (no system packages needed).
+    Vpcd,
+    /// The card attaches to pcscd's vpcd; the phone uses PC/SC.
+    Pcsc,
+}
+
+/// Waits this long for another program to finish with pcscd's vpcd ports.
+const VPCD_LOCK_WAIT_S: u64 = 300;
 
 const CARD_PIN: &str = "123456";
 const PAYER: &str = "alice";
@@ -171,10 +199,40 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
     };
     let mut children = Children(Vec::new());
     let scenario = args.scenario;
+    let method = args.applet.method();
     log.line(
         "demo",
-        &format!("scenario {scenario:?}, working directory {}", dir.display()),
+        &format!(
+            "scenario {scenario:?}, transport {:?}, applet {}, working directory {}",
+            args.transport,
+            method.as_str(),
+            dir.display()
+        ),
     );
+    // Declared before the children: dropped after them, so the card and
+    // phone are gone before pcscd stops.
+    let mut _pcsc_stack: Option<(VpcdLock, Pcscd)> = None;
+    if args.transport == Transport::Pcsc {
+        if let Err(e) = pcscd::check_installed() {
+            bail!(
+                "--transport pcsc needs pcscd and vsmartcard's vpcd: {e}\n\
+                 (on Debian/Ubuntu, as root: {})",
+                pcscd::INSTALL_HINT
+            );
+        }
+        let lock = VpcdLock::acquire(Duration::from_secs(VPCD_LOCK_WAIT_S))
+            .context("waiting for another program using pcscd's vpcd")?;
+        let daemon = Pcscd::ensure(Some(&dir.join("pcscd.log")))
+            .context("pcscd is not running and could not be started (start it as root: pcscd)")?;
+        match daemon.pid() {
+            Some(pid) => log.line(
+                "demo",
+                &format!("started pcscd (pid {pid}); it stops with the demo"),
+            ),
+            None => log.line("demo", "using the pcscd already running"),
+        }
+        _pcsc_stack = Some((lock, daemon));
+    }
 
     // Server.
     let admin_token = hex::encode(rand::random::<[u8; 24]>());
@@ -218,14 +276,25 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
     log.line("admin", &format!("terminal {} registered", terminal.id));
 
     // The card, and its enrolment through a reader the demo holds for a moment.
-    let card_port = free_port()?;
-    let card_link = CardLinkSpec::VpcdListen(format!("127.0.0.1:{card_port}"));
+    let (card_link, card_attach) = match args.transport {
+        Transport::Vpcd => {
+            let port = free_port()?;
+            (
+                CardLinkSpec::VpcdListen(format!("127.0.0.1:{port}")),
+                format!("vpcd=127.0.0.1:{port}"),
+            )
+        }
+        Transport::Pcsc => (
+            CardLinkSpec::Pcsc(Some(pcscd::VPCD_READER_NAME.to_owned())),
+            format!("vpcd={}", pcscd::VPCD_ADDR),
+        ),
+    };
     let enrol_link = Arc::new(Mutex::new(CardLink::open(&card_link)?));
     let mut card = Command::new(&exe);
     card.args(["card", "--init", "--state"])
         .arg(dir.join("card.json"))
         .arg("--link")
-        .arg(format!("vpcd=127.0.0.1:{card_port}"))
+        .arg(card_attach)
         .args([
             "--policy",
             if scenario == Scenario::Decline {
@@ -237,27 +306,38 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
         .env("KEYBRIDGE_CARD_PIN", CARD_PIN);
     children.spawn(&log, "card", card)?;
     let payer = AccountId::new(PAYER)?;
-    let (enrolled, credential) = keybridge_relay::enroll(
+    let (enrolled, credential) = keybridge_relay::enroll_with(
         &admin,
         enrol_link.clone(),
         &payer,
         "demo card",
         Zeroizing::new(CARD_PIN.to_owned()),
         Duration::from_secs(30),
+        method,
+        keybridge_relay::PivEnrollment::default(),
     )
     .await?;
     drop(enrol_link);
     let credential_file = dir.join("device.json");
     credential.save(&credential_file)?;
-    log.line("admin", &format!("card enrolled for {payer} as device {}: key made on the card, certificate issued by the server CA", enrolled.device_id));
+    let slot = match method {
+        SignatureMethod::Piv => " (PIV slot 9C, certificate written to 5FC10A)",
+        SignatureMethod::TransactionApplet => "",
+    };
+    log.line("admin", &format!("card enrolled for {payer} as device {}: key made on the card, certificate issued by the server CA{slot}", enrolled.device_id));
 
     // The phone.
     if scenario == Scenario::Expired {
         log.line("demo", "the phone stays offline: nobody will confirm");
     } else {
+        // The PIV card has no display or button: the holder declines on the phone.
+        let auto = match (scenario, method) {
+            (Scenario::Decline, SignatureMethod::Piv) => "decline",
+            _ => "approve",
+        };
         let mut relay = Command::new(&exe);
         relay
-            .args(["relay", "--auto", "approve", "--credential"])
+            .args(["relay", "--auto", auto, "--credential"])
             .arg(&credential_file)
             .arg("--card")
             .arg(card_link.to_string())

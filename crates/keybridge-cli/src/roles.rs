@@ -92,7 +92,8 @@ pub struct CardArgs {
     /// The card's state file (key, certificate, PIN state, counter).
     #[arg(long)]
     pub state: PathBuf,
-    /// Where the card attaches: `vpcd=HOST:PORT` (pcscd's vpcd, or a relay).
+    /// Where the card attaches: `vpcd=HOST:PORT` (pcscd's vpcd at
+    /// 127.0.0.1:35963, or a relay listening with `vpcd-listen`).
     #[arg(long)]
     pub link: String,
     /// What the holder answers when the card asks to confirm.
@@ -153,7 +154,7 @@ pub struct RelayArgs {
     /// The device credential file written at enrolment.
     #[arg(long)]
     pub credential: PathBuf,
-    /// How to reach the card: `vpcd-listen:HOST:PORT`.
+    /// How to reach the card: `vpcd-listen:HOST:PORT`, `pcsc` or `pcsc:READER`.
     #[arg(long)]
     pub card: CardLinkSpec,
     /// What the phone's holder answers before the card is asked.
@@ -165,6 +166,25 @@ pub struct RelayArgs {
     /// Seconds to wait for the card to be presented for one request.
     #[arg(long, default_value_t = 30)]
     pub card_wait_s: u64,
+    /// Which applet to drive; default: the one the credential was enrolled with.
+    #[arg(long, value_enum)]
+    pub applet: Option<AppletArg>,
+}
+
+/// The card applet that signs: KeyBridge's transaction applet, or PIV slot 9C.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AppletArg {
+    Keybridge,
+    Piv,
+}
+
+impl AppletArg {
+    pub fn method(self) -> keybridge_proto::api::SignatureMethod {
+        match self {
+            AppletArg::Keybridge => keybridge_proto::api::SignatureMethod::TransactionApplet,
+            AppletArg::Piv => keybridge_proto::api::SignatureMethod::Piv,
+        }
+    }
 }
 
 pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
@@ -184,6 +204,7 @@ pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
             TamperArg::Payee => Tamper::Payee,
         }),
         card_wait: Duration::from_secs(args.card_wait_s),
+        applet: args.applet.map(AppletArg::method),
     };
     keybridge_relay::run(options).await?;
     Ok(())

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use keybridge_proto::api::{b64, DeviceEnrolled, EnrollDevice};
+use keybridge_proto::api::{b64, DeviceEnrolled, EnrollDevice, SignatureMethod};
 use keybridge_proto::AccountId;
 use keybridge_terminal::Client;
 use serde::{Deserialize, Serialize};
@@ -20,6 +20,10 @@ pub struct DeviceCredential {
     pub device_id: String,
     pub account: AccountId,
     pub credential: String,
+    /// Which applet signs: credentials written before PIV have none and
+    /// mean the transaction applet.
+    #[serde(default)]
+    pub signature_method: SignatureMethod,
 }
 
 impl std::fmt::Debug for DeviceCredential {
@@ -29,6 +33,7 @@ impl std::fmt::Debug for DeviceCredential {
             .field("device_id", &self.device_id)
             .field("account", &self.account)
             .field("credential", &"<redacted>")
+            .field("signature_method", &self.signature_method)
             .finish()
     }
 }
@@ -59,6 +64,96 @@ impl DeviceCredential {
     }
 }
 
+/// What enrolling a PIV card needs besides its PIN.
+#[derive(Clone)]
+pub struct PivEnrollment {
+    /// The card's 3DES management key (default: [`crate::piv::MANAGEMENT_KEY_DEFAULT`]).
+    pub management_key: zeroize::Zeroizing<[u8; 24]>,
+}
+
+impl Default for PivEnrollment {
+    fn default() -> PivEnrollment {
+        PivEnrollment {
+            management_key: zeroize::Zeroizing::new(crate::piv::MANAGEMENT_KEY_DEFAULT),
+        }
+    }
+}
+
+impl std::fmt::Debug for PivEnrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PivEnrollment { management_key: <redacted> }")
+    }
+}
+
+/// Enrols the card on `link` for `account` with the applet `method` names:
+/// - transaction applet: VERIFY, GENERATE KEY, certificate from the server's
+///   CA, PUT DATA;
+/// - PIV: VERIFY, management-key authentication, GENERATE in 9C, certificate
+///   from the server's CA, PUT DATA `5FC10A` (authenticated again first: the
+///   card may have been reset while the server answered).
+#[allow(clippy::too_many_arguments)] // one flat call from the CLI and the demo; a struct would only rename them
+pub async fn enroll_with(
+    admin: &Client,
+    link: std::sync::Arc<std::sync::Mutex<CardLink>>,
+    account: &AccountId,
+    label: &str,
+    pin: zeroize::Zeroizing<String>,
+    card_wait: std::time::Duration,
+    method: SignatureMethod,
+    piv_options: PivEnrollment,
+) -> Result<(DeviceEnrolled, DeviceCredential), RelayError> {
+    if method == SignatureMethod::TransactionApplet {
+        return enroll(admin, link, account, label, pin, card_wait).await;
+    }
+    let link2 = link.clone();
+    let key = piv_options.management_key.clone();
+    let public_key = tokio::task::spawn_blocking(move || {
+        let mut link = link2.lock().map_err(|_| RelayError::Poisoned)?;
+        link.wait_for_card(card_wait)?;
+        crate::piv::select(&mut link)?;
+        if let Some(reason) = crate::piv::verify_pin(&mut link, pin.as_bytes())? {
+            return Err(RelayError::Pin(reason));
+        }
+        crate::piv::authenticate_management(&mut link, &key)?;
+        Ok::<_, RelayError>(crate::piv::generate_p256(
+            &mut link,
+            crate::piv::SLOT_SIGNATURE,
+        )?)
+    })
+    .await
+    .map_err(|_| RelayError::Poisoned)??;
+
+    let enrolled = admin
+        .enroll_device(&EnrollDevice {
+            account: account.clone(),
+            public_key: b64::encode(&public_key),
+            label: label.to_owned(),
+            signature_method: SignatureMethod::Piv,
+        })
+        .await?;
+    let certificate = b64::decode(&enrolled.certificate)
+        .ok_or_else(|| RelayError::Protocol("certificate is not base64".into()))?;
+    let key = piv_options.management_key.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut link = link.lock().map_err(|_| RelayError::Poisoned)?;
+        crate::piv::select(&mut link)?;
+        crate::piv::authenticate_management(&mut link, &key)?;
+        crate::piv::put_certificate(&mut link, crate::piv::SLOT_SIGNATURE, &certificate)?;
+        Ok::<_, RelayError>(())
+    })
+    .await
+    .map_err(|_| RelayError::Poisoned)??;
+
+    let credential = DeviceCredential {
+        server: admin.base_url().to_owned(),
+        device_id: enrolled.device_id.clone(),
+        account: enrolled.account.clone(),
+        credential: enrolled.credential.clone(),
+        signature_method: SignatureMethod::Piv,
+    };
+    Ok((enrolled, credential))
+}
+
 /// Enrols the card on `link` for `account`: VERIFY, GENERATE KEY, ask the
 /// server (admin API) for a certificate, PUT DATA it onto the card.
 pub async fn enroll(
@@ -87,6 +182,7 @@ pub async fn enroll(
             account: account.clone(),
             public_key: b64::encode(&public_key),
             label: label.to_owned(),
+            signature_method: SignatureMethod::TransactionApplet,
         })
         .await?;
     let certificate = b64::decode(&enrolled.certificate)
@@ -104,6 +200,7 @@ pub async fn enroll(
         device_id: enrolled.device_id.clone(),
         account: enrolled.account.clone(),
         credential: enrolled.credential.clone(),
+        signature_method: SignatureMethod::TransactionApplet,
     };
     Ok((enrolled, credential))
 }

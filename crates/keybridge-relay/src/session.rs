@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use keybridge_proto::api::{b64, Confirmation, DeclineReason, RelayMessage};
+use keybridge_proto::api::{b64, Confirmation, DeclineReason, RelayMessage, SignatureMethod};
 use keybridge_proto::{AccountId, ConfirmationPayload, TransactionId};
 use keybridge_terminal::{Client, ClientError};
 use tokio_tungstenite::tungstenite;
@@ -81,6 +81,15 @@ pub struct RelayOptions {
     pub tamper: Option<Tamper>,
     /// How long to wait for the card to be present for one request.
     pub card_wait: Duration,
+    /// Which applet to drive; `None`: the one the credential was enrolled with.
+    pub applet: Option<SignatureMethod>,
+}
+
+impl RelayOptions {
+    /// The applet this relay drives.
+    pub fn signature_method(&self) -> SignatureMethod {
+        self.applet.unwrap_or(self.credential.signature_method)
+    }
 }
 
 /// Bounded retries when the card goes away mid-conversation.
@@ -96,7 +105,11 @@ struct Context {
 /// Runs the relay until the server refuses its credential or the process ends.
 pub async fn run(options: RelayOptions) -> Result<(), RelayError> {
     let link = CardLink::open(&options.card)?;
-    println!("[phone] card reader ready at {}", options.card);
+    println!(
+        "[phone] card reader ready at {} ({} applet)",
+        options.card,
+        options.signature_method().as_str()
+    );
     let client = Client::new(&options.credential.server, &options.credential.credential)?;
     let ctx = Arc::new(Context {
         link: Arc::new(Mutex::new(link)),
@@ -254,10 +267,16 @@ async fn confirm(
     let outcome = sign_with_retries(ctx, pin, to_sign, payload.expires_at_unix_s).await?;
     let answer = match outcome {
         Some(SignOutcome::Signed { counter, signature }) => {
-            println!(
-                "[phone] card signed (counter {counter}, {} byte signature)",
-                signature.len()
-            );
+            match ctx.options.signature_method() {
+                SignatureMethod::TransactionApplet => println!(
+                    "[phone] card signed (counter {counter}, {} byte signature)",
+                    signature.len()
+                ),
+                SignatureMethod::Piv => println!(
+                    "[phone] card signed SHA-256 of the payload in PIV slot 9C ({} byte signature)",
+                    signature.len()
+                ),
+            }
             Confirmation::Signed {
                 counter,
                 signature: b64::encode(&signature),
@@ -287,6 +306,7 @@ async fn sign_with_retries(
 ) -> Result<Option<SignOutcome>, RelayError> {
     let link = ctx.link.clone();
     let card_wait = ctx.options.card_wait;
+    let method = ctx.options.signature_method();
     tokio::task::spawn_blocking(move || {
         let mut link = link.lock().map_err(|_| RelayError::Poisoned)?;
         for attempt in 1..=CARD_ATTEMPTS_MAX {
@@ -297,7 +317,15 @@ async fn sign_with_retries(
             let result = link
                 .wait_for_card(card_wait.min(left))
                 .map_err(DriverError::from)
-                .and_then(|()| driver::sign_transaction(&mut link, pin.as_bytes(), &payload));
+                .and_then(|()| match method {
+                    SignatureMethod::TransactionApplet => {
+                        driver::sign_transaction(&mut link, pin.as_bytes(), &payload)
+                    }
+                    // The card shows nothing: the panel above was the holder's view.
+                    SignatureMethod::Piv => {
+                        crate::piv::sign_payload(&mut link, pin.as_bytes(), &payload)
+                    }
+                });
             match result {
                 Ok(outcome) => return Ok(Some(outcome)),
                 Err(DriverError::Link(e)) => {
