@@ -10,7 +10,6 @@
 //! knows the key too), GENERATE ASYMMETRIC KEY PAIR (P-256) in 9C, and PUT
 //! DATA of the issued certificate into its object `5FC10A`.
 
-use des::cipher::generic_array::GenericArray;
 use des::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
 use des::TdesEde3;
 use keybridge_proto::api::DeclineReason;
@@ -119,8 +118,13 @@ pub fn authenticate_management(link: &mut CardLink, key: &[u8; 24]) -> Result<()
         .and_then(|t| take(t, &[0x80]))
         .filter(|w| w.len() == 8)
         .ok_or(DriverError::Malformed { step })?;
-    let mut witness = GenericArray::clone_from_slice(witness);
+    let witness: [u8; 8] = witness
+        .try_into()
+        .map_err(|_| DriverError::Malformed { step })?;
+    // Block types are inferred, not named (generic-array 0.14.9 deprecates the name).
+    let mut witness = witness.into();
     cipher.decrypt_block(&mut witness);
+    let witness: [u8; 8] = witness.into();
     let challenge: [u8; 8] = rand::random();
     let mut body = tlv(&[0x80], &witness);
     body.extend_from_slice(&tlv(&[0x81], &challenge));
@@ -135,10 +139,11 @@ pub fn authenticate_management(link: &mut CardLink, key: &[u8; 24]) -> Result<()
     let response = take(&r.data, &[0x7C])
         .and_then(|t| take(t, &[0x82]))
         .ok_or(DriverError::Malformed { step })?;
-    let mut expected = GenericArray::from(challenge);
+    let mut expected = challenge.into();
     cipher.encrypt_block(&mut expected);
+    let expected: [u8; 8] = expected.into();
     // The card proved it holds the same key: a card that does not is not ours.
-    if response != expected.as_slice() {
+    if response != expected {
         return Err(DriverError::Malformed { step });
     }
     Ok(())

@@ -88,10 +88,7 @@ impl PcscReader {
     /// One attempt: connect to the first matching reader that has a card.
     fn try_connect(&mut self) -> Result<(), LinkError> {
         let filter = self.filter.clone();
-        let readers = match self.list_readers() {
-            Ok(r) => r,
-            Err(e) => return Err(e),
-        };
+        let readers = self.list_readers()?;
         let context = self.context()?;
         let mut last = LinkError::Timeout;
         for name in readers

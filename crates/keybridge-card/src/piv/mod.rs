@@ -38,7 +38,6 @@ pub mod objects;
 pub mod state;
 mod tlv;
 
-use des::cipher::generic_array::GenericArray;
 use des::cipher::{BlockEncrypt, KeyInit};
 use des::TdesEde3;
 use keybridge_transport::{Command, Response, StatusWord};
@@ -320,7 +319,9 @@ impl PivApplet {
     }
 
     fn encrypt(&self, block: [u8; 8]) -> Result<[u8; 8], StatusWord> {
-        let mut b = GenericArray::from(block);
+        // The block type is inferred, not named: generic-array 0.14.9
+        // deprecates its name in favour of 1.x, which `des` 0.8 does not use.
+        let mut b = block.into();
         self.cipher()?.encrypt_block(&mut b);
         Ok(b.into())
     }
