@@ -231,6 +231,10 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
             ),
             None => log.line("demo", "using the pcscd already running"),
         }
+        // A card another program just stopped may still be listed: wait it out.
+        keybridge_transport::pcsc::PcscReader::new(None)
+            .wait_until_empty(pcscd::VPCD_READER_NAME, Duration::from_secs(10))
+            .context("the virtual reader still holds another card")?;
         _pcsc_stack = Some((lock, daemon));
     }
 

@@ -109,6 +109,32 @@ impl PcscReader {
         Err(last)
     }
 
+    /// Whether pcscd reports a card in the reader named exactly `reader`.
+    pub fn card_present(&mut self, reader: &str) -> Result<bool, LinkError> {
+        let name = CString::new(reader).map_err(|_| LinkError::Reader("reader name".into()))?;
+        let mut states = [pcsc::ReaderState::new(name, pcsc::State::UNAWARE)];
+        let context = self.context()?;
+        if let Err(e) = context.get_status_change(Duration::ZERO, &mut states) {
+            self.context = None;
+            return Err(reader_error(e));
+        }
+        Ok(states[0].event_state().contains(pcsc::State::PRESENT))
+    }
+
+    /// Waits up to `wait` until pcscd reports no card in `reader`: a card
+    /// process that was just stopped takes pcscd a moment (its ATR poll) to
+    /// notice, and a connection made in that moment talks to nobody.
+    pub fn wait_until_empty(&mut self, reader: &str, wait: Duration) -> Result<(), LinkError> {
+        let deadline = Instant::now() + wait;
+        while self.card_present(reader)? {
+            if Instant::now() >= deadline {
+                return Err(LinkError::Timeout);
+            }
+            std::thread::sleep(Duration::from_millis(POLL_INTERVAL_MS));
+        }
+        Ok(())
+    }
+
     /// Waits up to `wait` for a matching reader with a card, and connects.
     pub fn wait_for_card(&mut self, wait: Duration) -> Result<(), LinkError> {
         if self.card.is_some() {

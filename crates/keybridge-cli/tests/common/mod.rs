@@ -85,6 +85,10 @@ impl Stack {
     }
 
     pub fn start_card(&mut self) {
+        // A card another test just stopped may still be listed: wait it out.
+        PcscReader::new(None)
+            .wait_until_empty(pcscd::VPCD_READER_NAME, Duration::from_secs(10))
+            .expect("the virtual reader empties");
         let log = std::fs::File::create(self.dir.path().join("card.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_keybridge"))
             .args([
