@@ -19,8 +19,12 @@
 //! | answer longer than Le (256 if absent)                  | `61xx` | §5.3.4    |
 //! | short Le too small, answer ≤ 256, command repeatable   | `6Cxx` | §5.6      |
 //!
-//! A failed SELECT leaves no applet selected, so a PIN verified before it is
-//! forgotten. Any command other than GET RESPONSE drops a pending answer.
+//! A failed SELECT leaves the current applet selected with its session
+//! (GlobalPlatform Card Specification §11.9.2.3, what Java Card does):
+//! yubico-piv-tool probes the YubiKey OTP application in the middle of a PIV
+//! session and carries on with PIV. A successful SELECT, even of the same
+//! applet, starts a fresh session. Any command other than GET RESPONSE drops
+//! a pending answer.
 
 use std::fmt;
 
@@ -216,9 +220,6 @@ impl Card {
         {
             return Response::status(StatusWord::IncorrectP1P2);
         }
-        // The current applet is left before the search: a failed SELECT leaves
-        // nothing selected, and re-selecting an applet starts a fresh session.
-        self.deselect();
         let aid = command.data.as_slice();
         if !(AID_LEN_MIN..=AID_LEN_MAX).contains(&aid.len()) {
             return Response::status(StatusWord::NotFound);
@@ -231,6 +232,9 @@ impl Card {
         let Some(index) = found else {
             return Response::status(StatusWord::NotFound);
         };
+        // Found: the current applet is left first, so re-selecting an applet
+        // starts a fresh session.
+        self.deselect();
         let Some(applet) = self.applets.get_mut(index) else {
             return Response::status(StatusWord::NotFound);
         };

@@ -18,7 +18,7 @@ pub enum CardError {
     #[error("card state file {path} does not exist (create it with an initial PIN)")]
     StateMissing { path: PathBuf },
     #[error(
-        "card state file {path} has format version {found}; this build reads version {supported} only"
+        "card state file {path} has format version {found}; this build reads versions 1 to {supported}"
     )]
     UnsupportedVersion {
         path: PathBuf,
@@ -29,6 +29,8 @@ pub enum CardError {
     CorruptState { path: PathBuf, reason: String },
     #[error("the initial PIN must be 4 to 8 ASCII digits")]
     BadPin,
+    #[error("a PIV PIN or PUK must be 6 to 8 bytes, none of them FF")]
+    BadPivReference,
     #[error("PIN retries must be 1 to 15, not {0}")]
     BadPinRetries(u8),
     #[error("{context}: {source}")]

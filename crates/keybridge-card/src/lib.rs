@@ -18,18 +18,22 @@
 //!   ([`AutoApprove`], [`AutoDecline`], [`Prompt`]).
 //! - [`state`]: [`CardState`] and its file format, [`StateStore`]
 //!   ([`FileStore`]: atomic writes; [`MemoryStore`]), [`init_state`].
+//! - [`piv`]: [`PivApplet`], the PIV profile (NIST SP 800-73-4): PIN and PUK,
+//!   3DES management key, P-256 keys in 9A/9C/9D/9E, data objects, and the
+//!   YubiKey extensions yubico-piv-tool asks for. Its state is the `piv`
+//!   section of the same state file.
 //! - [`atr`]: the card's ATR.
 //! - [`shell`]: [`run`], the process: vpcd link, reconnects, the clock.
 //!
-//! **Architecture invariant**: `applet`, `dispatch`, `transaction` and `der` do
+//! **Architecture invariant**: `applet`, `dispatch`, `transaction`, `piv` and `der` do
 //! no IO and read no clock. They see the outside only through [`Context`]
 //! (holder, randomness, injected time) and the [`StateStore`] an applet was
 //! built with; they never panic on any command bytes. Only `shell` talks to
-//! sockets and reads `SystemTime`; only `state` touches files; the `holder`
+//! sockets and reads `SystemTime`; only `state` (and `piv::state` through it) touches files; the `holder`
 //! implementations print to stderr and read stdin.
 //!
-//! Not here: PIV (to be added as a second [`Applet`]), secure messaging,
-//! logical channels, BLE.
+//! Not here: secure messaging, logical channels, BLE; PIV's RSA and P-384
+//! keys, key attestation, the PIV pairing code and the global PIN.
 #![forbid(unsafe_code)]
 
 pub mod applet;
@@ -38,6 +42,7 @@ mod der;
 pub mod dispatch;
 mod error;
 pub mod holder;
+pub mod piv;
 pub mod shell;
 pub mod state;
 pub mod transaction;
@@ -47,6 +52,7 @@ pub use atr::ATR;
 pub use dispatch::Card;
 pub use error::CardError;
 pub use holder::{AutoApprove, AutoDecline, Holder, Prompt, Screen};
-pub use shell::{run, CardOptions, Policy};
+pub use piv::{PivApplet, PivFileStore, PivMemoryStore, PivState, PivStore};
+pub use shell::{run, CardOptions, Policy, Profile};
 pub use state::{init_state, CardState, FileStore, MemoryStore, StateStore};
 pub use transaction::TransactionApplet;

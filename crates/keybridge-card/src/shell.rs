@@ -1,7 +1,7 @@
 //! The process shell: the only part of the card that touches sockets or the clock.
 //!
 //! [`run`] loads (or creates) the state file, builds a [`Card`] with the
-//! transaction applet, connects to a vpcd reader as a card does, and answers:
+//! applets of its [`Profile`] (transaction applet, PIV, or both), connects to a vpcd reader as a card does, and answers:
 //! get-ATR at any time with [`ATR`], power on/off and reset by resetting the
 //! card (nothing selected, PIN forgotten, no chain), APDUs through the card.
 
@@ -17,6 +17,7 @@ use crate::atr::ATR;
 use crate::dispatch::Card;
 use crate::error::CardError;
 use crate::holder::{AutoApprove, AutoDecline, Holder, Prompt};
+use crate::piv::{PivApplet, PivFileStore, PivState, PivStore};
 use crate::state::{init_state, CardState, FileStore};
 use crate::transaction::TransactionApplet;
 
@@ -70,6 +71,60 @@ impl fmt::Display for Policy {
     }
 }
 
+/// Which applets the card carries (`--profile keybridge,piv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Profile {
+    /// KeyBridge's transaction applet ([`TransactionApplet`]).
+    pub keybridge: bool,
+    /// The PIV applet ([`PivApplet`]).
+    pub piv: bool,
+}
+
+impl Default for Profile {
+    /// Both applets.
+    fn default() -> Profile {
+        Profile {
+            keybridge: true,
+            piv: true,
+        }
+    }
+}
+
+impl FromStr for Profile {
+    type Err = String;
+
+    /// A comma-separated list of `keybridge` and `piv`, at least one.
+    fn from_str(s: &str) -> Result<Profile, String> {
+        let mut profile = Profile {
+            keybridge: false,
+            piv: false,
+        };
+        for name in s.split(',').map(str::trim) {
+            match name {
+                "keybridge" => profile.keybridge = true,
+                "piv" => profile.piv = true,
+                other => {
+                    return Err(format!(
+                        "unknown card profile {other:?} (expected keybridge, piv or both)"
+                    ))
+                }
+            }
+        }
+        Ok(profile)
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = [(self.keybridge, "keybridge"), (self.piv, "piv")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| *name)
+            .collect();
+        f.write_str(&names.join(","))
+    }
+}
+
 /// How to run the card process.
 #[derive(Clone)]
 pub struct CardOptions {
@@ -83,6 +138,8 @@ pub struct CardOptions {
     /// Keep reconnecting when the reader goes away or is not there yet.
     /// When `false`, [`run`] returns once the reader closes the link.
     pub reconnect: bool,
+    /// Which applets the card carries.
+    pub profile: Profile,
 }
 
 impl CardOptions {
@@ -94,6 +151,7 @@ impl CardOptions {
             policy: Policy::default(),
             init_pin: None,
             reconnect: true,
+            profile: Profile::default(),
         }
     }
 }
@@ -106,6 +164,7 @@ impl fmt::Debug for CardOptions {
             .field("policy", &self.policy)
             .field("init_pin", &self.init_pin.as_ref().map(|_| "<redacted>"))
             .field("reconnect", &self.reconnect)
+            .field("profile", &self.profile)
             .finish()
     }
 }
@@ -122,8 +181,17 @@ pub fn run(options: CardOptions) -> Result<(), CardError> {
         _ => CardState::load(&options.state_path)?,
     };
     tracing::debug!(state = ?state, "card state loaded");
-    let applet = TransactionApplet::new(state, Box::new(FileStore::new(&options.state_path)));
-    let mut card = Card::new().with_applet(Box::new(applet));
+    let mut card = Card::new();
+    if options.profile.keybridge {
+        let applet = TransactionApplet::new(state, Box::new(FileStore::new(&options.state_path)));
+        card = card.with_applet(Box::new(applet));
+    }
+    if options.profile.piv {
+        let piv = load_piv(&options)?;
+        let applet = PivApplet::new(piv, Box::new(PivFileStore::new(&options.state_path)));
+        card = card.with_applet(Box::new(applet));
+    }
+    eprintln!("[card] applets: {}", options.profile);
     let mut holder = options.policy.holder();
     let mut rng = rand::rngs::OsRng;
 
@@ -142,6 +210,25 @@ pub fn run(options: CardOptions) -> Result<(), CardError> {
         }
         eprintln!("[card] reader went away; reconnecting");
     }
+}
+
+/// The PIV section of the state file; a file without one (format version 1,
+/// or made before PIV) gets a factory-fresh section, saved before first use.
+fn load_piv(options: &CardOptions) -> Result<PivState, CardError> {
+    if let Some(piv) = PivFileStore::load(&options.state_path)? {
+        return Ok(piv);
+    }
+    let piv = PivState::new(
+        crate::piv::state::PIN_DEFAULT,
+        crate::piv::state::PUK_DEFAULT,
+        &mut rand::rngs::OsRng,
+    )?;
+    PivFileStore::new(&options.state_path).save(&piv)?;
+    eprintln!(
+        "[card] {} had no PIV section: added one with the default PIN, PUK and management key",
+        options.state_path.display()
+    );
+    Ok(piv)
 }
 
 /// Connects to the reader; with `reconnect`, retries forever, saying so once per outage.

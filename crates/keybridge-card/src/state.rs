@@ -8,10 +8,17 @@
 //! write, fsync, rename, fsync the directory; mode 0600 on unix.
 //!
 //! ```json
-//! { "version": 1, "private_key_hex": "…32 bytes…", "certificate_base64": "MII…",
+//! { "version": 2, "private_key_hex": "…32 bytes…", "certificate_base64": "MII…",
 //!   "pin_salt_hex": "…16 bytes…", "pin_sha256_hex": "…32 bytes…",
-//!   "pin_retries_left": 3, "pin_retries_max": 3, "counter": 7 }
+//!   "pin_retries_left": 3, "pin_retries_max": 3, "counter": 7,
+//!   "piv": { … } }
 //! ```
+//!
+//! Version 2 added the optional `"piv"` section ([`crate::piv::state`]); a
+//! version-1 file (no section) still loads, and the PIV applet gets a factory
+//! fresh state on first use. The file has one section per applet and each
+//! applet's store rewrites only its own, carrying the other over from the
+//! file: the two applets never overwrite each other's changes.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -32,7 +39,11 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::error::CardError;
 
 /// The state file format this build writes and reads.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
+/// The oldest format this build still reads.
+pub const STATE_VERSION_MIN: u32 = 1;
+/// The PIV applet's section of the file.
+pub(crate) const PIV_SECTION: &str = "piv";
 /// Wrong PINs allowed before the card blocks, unless configured otherwise.
 pub const PIN_RETRIES_MAX_DEFAULT: u8 = 3;
 /// `63Cx` has one nibble for the retries left.
@@ -43,7 +54,7 @@ const PIN_SALT_LEN: usize = 16;
 /// Domain separation for the PIN hash.
 const PIN_HASH_LABEL: &[u8] = b"keybridge-card PIN v1\0";
 /// A state file is small; refuse to read anything absurd.
-const STATE_FILE_LEN_MAX: u64 = 64 * 1024;
+const STATE_FILE_LEN_MAX: u64 = 256 * 1024;
 
 /// A salted SHA-256 of the PIN, compared in constant time.
 #[derive(Clone)]
@@ -107,10 +118,10 @@ impl fmt::Debug for CardState {
     }
 }
 
-/// The on-disk form, version 1.
+/// The on-disk form: version 1, and version 2 which adds `piv`.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StateFileV1 {
+struct StateFile {
     version: u32,
     private_key_hex: Option<String>,
     certificate_base64: Option<String>,
@@ -124,9 +135,12 @@ struct StateFileV1 {
     ocra_suite: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ocra_secret_hex: Option<String>,
+    /// The PIV applet's section, carried as it is: this applet never reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    piv: Option<serde_json::Value>,
 }
 
-impl Drop for StateFileV1 {
+impl Drop for StateFile {
     fn drop(&mut self) {
         self.private_key_hex.zeroize();
         self.ocra_secret_hex.zeroize();
@@ -209,7 +223,12 @@ impl CardState {
 
     /// The state file's bytes (JSON). They hold the private key: zeroized on drop.
     pub fn to_json(&self) -> Zeroizing<Vec<u8>> {
-        let file = StateFileV1 {
+        self.to_json_with(None)
+    }
+
+    /// The state file's bytes with another applet's section carried along.
+    fn to_json_with(&self, piv: Option<serde_json::Value>) -> Zeroizing<Vec<u8>> {
+        let file = StateFile {
             version: STATE_VERSION,
             private_key_hex: self
                 .private_key
@@ -226,6 +245,7 @@ impl CardState {
             counter: self.counter,
             ocra_suite: self.ocra.as_ref().map(|o| o.suite.as_str().to_owned()),
             ocra_secret_hex: self.ocra.as_ref().map(|o| hex::encode(&o.secret[..])),
+            piv,
         };
         // Serializing strings and integers into a Vec cannot fail.
         let mut out = serde_json::to_vec_pretty(&file).unwrap_or_default();
@@ -237,10 +257,10 @@ impl CardState {
         let corrupt = |what: &str| DecodeError::Corrupt(what.to_owned());
         let probe: VersionProbe = serde_json::from_slice(bytes)
             .map_err(|e| DecodeError::Corrupt(format!("no format version: {e}")))?;
-        if probe.version != u64::from(STATE_VERSION) {
+        if !(u64::from(STATE_VERSION_MIN)..=u64::from(STATE_VERSION)).contains(&probe.version) {
             return Err(DecodeError::Version(probe.version));
         }
-        let file: StateFileV1 =
+        let file: StateFile =
             serde_json::from_slice(bytes).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
         let private_key = match &file.private_key_hex {
             None => None,
@@ -296,27 +316,7 @@ impl CardState {
 
     /// Reads a state file. Refuses unknown format versions and corrupt files.
     pub fn load(path: &Path) -> Result<CardState, CardError> {
-        let file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(CardError::StateMissing {
-                    path: path.to_owned(),
-                })
-            }
-            Err(e) => return Err(CardError::io(format!("opening {}", path.display()))(e)),
-        };
-        let mut bytes = Zeroizing::new(Vec::new());
-        std::io::Read::read_to_end(
-            &mut std::io::Read::take(file, STATE_FILE_LEN_MAX + 1),
-            &mut bytes,
-        )
-        .map_err(CardError::io(format!("reading {}", path.display())))?;
-        if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > STATE_FILE_LEN_MAX {
-            return Err(CardError::CorruptState {
-                path: path.to_owned(),
-                reason: "file too large".into(),
-            });
-        }
+        let bytes = read_bytes(path)?;
         CardState::from_json(&bytes).map_err(|e| match e {
             DecodeError::Version(found) => CardError::UnsupportedVersion {
                 path: path.to_owned(),
@@ -329,6 +329,60 @@ impl CardState {
             },
         })
     }
+}
+
+/// A state file's bytes, bounded by [`STATE_FILE_LEN_MAX`].
+fn read_bytes(path: &Path) -> Result<Zeroizing<Vec<u8>>, CardError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(CardError::StateMissing {
+                path: path.to_owned(),
+            })
+        }
+        Err(e) => return Err(CardError::io(format!("opening {}", path.display()))(e)),
+    };
+    let mut bytes = Zeroizing::new(Vec::new());
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(file, STATE_FILE_LEN_MAX + 1),
+        &mut bytes,
+    )
+    .map_err(CardError::io(format!("reading {}", path.display())))?;
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > STATE_FILE_LEN_MAX {
+        return Err(CardError::CorruptState {
+            path: path.to_owned(),
+            reason: "file too large".into(),
+        });
+    }
+    Ok(bytes)
+}
+
+/// The state file as a JSON object (one key per field or section).
+pub(crate) fn read_document(
+    path: &Path,
+) -> Result<serde_json::Map<String, serde_json::Value>, CardError> {
+    let bytes = read_bytes(path)?;
+    serde_json::from_slice(&bytes).map_err(|e| CardError::CorruptState {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Rewrites one applet's section of an existing state file, keeping the rest.
+pub(crate) fn replace_section(
+    path: &Path,
+    key: &str,
+    value: serde_json::Value,
+) -> Result<(), CardError> {
+    let mut doc = read_document(path)?;
+    doc.insert(key.to_owned(), value);
+    doc.insert("version".to_owned(), STATE_VERSION.into());
+    let mut bytes = Zeroizing::new(
+        serde_json::to_vec_pretty(&doc)
+            .map_err(|e| CardError::Persist(format!("encoding {}: {e}", path.display())))?,
+    );
+    bytes.push(b'\n');
+    write_atomic(path, &bytes, Replace::Yes)
 }
 
 /// Where the applet saves its state. `save` returns only once the state is
@@ -355,7 +409,12 @@ impl FileStore {
 
 impl StateStore for FileStore {
     fn save(&mut self, state: &CardState) -> Result<(), CardError> {
-        write_atomic(&self.path, &state.to_json(), Replace::Yes)
+        // Carry the PIV applet's section over from the file as it is now.
+        let piv = match self.path.exists() {
+            true => read_document(&self.path)?.remove(PIV_SECTION),
+            false => None,
+        };
+        write_atomic(&self.path, &state.to_json_with(piv), Replace::Yes)
     }
 }
 
@@ -411,11 +470,19 @@ impl StateStore for MemoryStore {
     }
 }
 
-/// Creates a fresh card state file holding `pin` (no key yet). Refuses to
-/// overwrite an existing file: that would destroy a key and reset its counter.
+/// Creates a fresh card state file holding `pin` (no key yet) for the
+/// transaction applet, and a factory-fresh PIV section
+/// ([`crate::piv::PivState::for_new_card`]: the same PIN when it is 6 to 8
+/// digits, else `123456`; PUK `12345678`; the default management key).
+/// Refuses to overwrite an existing file: that would destroy a key and reset
+/// its counter.
 pub fn init_state(path: &Path, pin: &str) -> Result<(), CardError> {
-    let state = CardState::new(pin.as_bytes(), &mut rand::rngs::OsRng)?;
-    write_atomic(path, &state.to_json(), Replace::No)
+    let mut rng = rand::rngs::OsRng;
+    let state = CardState::new(pin.as_bytes(), &mut rng)?;
+    let piv = crate::piv::PivState::for_new_card(pin.as_bytes(), &mut rng);
+    let section = serde_json::to_value(piv.to_file())
+        .map_err(|e| CardError::Persist(format!("encoding the PIV section: {e}")))?;
+    write_atomic(path, &state.to_json_with(Some(section)), Replace::No)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -527,10 +594,15 @@ mod tests {
     fn refuses_unknown_versions_and_corrupt_counters() {
         let s = CardState::new(b"1234", &mut rng()).unwrap();
         let text = String::from_utf8(s.to_json().to_vec()).unwrap();
-        let v2 = text.replace("\"version\": 1", "\"version\": 2");
+        let v3 = text.replace("\"version\": 2", "\"version\": 3");
         assert!(matches!(
-            CardState::from_json(v2.as_bytes()),
-            Err(DecodeError::Version(2))
+            CardState::from_json(v3.as_bytes()),
+            Err(DecodeError::Version(3))
+        ));
+        let v0 = text.replace("\"version\": 2", "\"version\": 0");
+        assert!(matches!(
+            CardState::from_json(v0.as_bytes()),
+            Err(DecodeError::Version(0))
         ));
         let bad = text.replace("\"pin_retries_left\": 3", "\"pin_retries_left\": 9");
         assert!(matches!(

@@ -5,7 +5,10 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use keybridge_card::{init_state, Card, CardError, CardState, FileStore, TransactionApplet};
+use keybridge_card::{
+    init_state, Card, CardError, CardState, FileStore, PivApplet, PivFileStore, PivState, PivStore,
+    TransactionApplet,
+};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -105,7 +108,7 @@ fn the_state_file_keeps_no_pin_and_is_private() {
     init_state(&path, "97531864").unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(!text.contains("97531864"), "{text}");
-    assert!(text.contains("\"version\": 1"), "{text}");
+    assert!(text.contains("\"version\": 2"), "{text}");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -125,14 +128,14 @@ fn load_refuses_unknown_versions_and_corrupt_files() {
 
     let state = CardState::new(PIN.as_bytes(), &mut StdRng::seed_from_u64(1)).unwrap();
     let text = String::from_utf8(state.to_json().to_vec()).unwrap();
-    std::fs::write(&path, text.replace("\"version\": 1", "\"version\": 9")).unwrap();
+    std::fs::write(&path, text.replace("\"version\": 2", "\"version\": 9")).unwrap();
     let err = CardState::load(&path).unwrap_err();
     assert!(
         matches!(
             err,
             CardError::UnsupportedVersion {
                 found: 9,
-                supported: 1,
+                supported: 2,
                 ..
             }
         ),
@@ -160,4 +163,99 @@ fn a_store_that_cannot_write_answers_6581() {
     let mut card = card_on(&path);
     drop(dir);
     card.transcript(&[(SELECT, "01 9000"), (VERIFY_WRONG, "6581")]);
+}
+
+/// Both applets on one state file, as the shell builds the default card.
+fn both_applets_on(path: &Path) -> Harness {
+    let mut harness = Harness::new();
+    let transaction = TransactionApplet::new(
+        CardState::load(path).unwrap(),
+        Box::new(FileStore::new(path)),
+    );
+    let piv = PivFileStore::load(path).unwrap().expect("a PIV section");
+    harness.card = Card::new()
+        .with_applet(Box::new(transaction))
+        .with_applet(Box::new(PivApplet::new(
+            piv,
+            Box::new(PivFileStore::new(path)),
+        )));
+    harness
+}
+
+/// A state file written in format version 1 (committed in tests/data) still
+/// loads: key, certificate, PIN, retries and counter are kept; it has no PIV
+/// section until one is added, and from then on each applet's saves keep the
+/// other applet's section.
+#[test]
+fn a_version_1_state_file_upgrades_and_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("card.json");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/state-v1.json"),
+        &path,
+    )
+    .unwrap();
+    let v1 = CardState::load(&path).unwrap();
+    assert_eq!((v1.counter(), v1.pin_retries_left()), (7, 2));
+    let key = v1.public_key_sec1().unwrap();
+    let certificate = v1.certificate().unwrap().to_vec();
+    assert!(PivFileStore::load(&path).unwrap().is_none());
+
+    // What the shell does for a file without a PIV section.
+    let piv = PivState::new(b"123456", b"12345678", &mut StdRng::seed_from_u64(5)).unwrap();
+    PivFileStore::new(&path).save(&piv).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("\"version\": 2") && text.contains("\"piv\""),
+        "{text}"
+    );
+
+    let mut card = both_applets_on(&path);
+    card.transcript(&[
+        // The transaction applet: the v1 PIN works and restores the retries.
+        (SELECT, "01 9000"),
+        (VERIFY_OK, "9000"),
+        // PIV: a wrong PIN is saved to the PIV section only.
+        ("00A40400 05 A000000308 00", "*9000"),
+        ("00200080 08 393939393939FFFF", "63C2"),
+    ]);
+    let after = CardState::load(&path).unwrap();
+    assert_eq!(after.counter(), 7);
+    assert_eq!(after.pin_retries_left(), 3);
+    assert_eq!(after.public_key_sec1().unwrap(), key);
+    assert_eq!(after.certificate().unwrap(), &certificate[..]);
+    let piv = PivFileStore::load(&path).unwrap().unwrap();
+    assert_eq!(piv.pin_retries_left(), 2);
+
+    // A transaction-applet save after the PIV save keeps the PIV count.
+    let mut card = both_applets_on(&path);
+    card.transcript(&[(SELECT, "01 9000"), (VERIFY_WRONG, "63C2")]);
+    assert_eq!(
+        PivFileStore::load(&path)
+            .unwrap()
+            .unwrap()
+            .pin_retries_left(),
+        2
+    );
+    assert_eq!(CardState::load(&path).unwrap().pin_retries_left(), 2);
+}
+
+/// A new card's PIV applet takes the card's PIN when it has PIV length.
+#[test]
+fn init_gives_piv_the_card_pin_when_it_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("card.json");
+    init_state(&path, "24681357").unwrap();
+    let mut card = both_applets_on(&path);
+    card.transcript(&[
+        ("00A40400 05 A000000308 00", "*9000"),
+        ("00200080 08 3234363831333537", "9000"),
+    ]);
+    let path = dir.path().join("short.json");
+    init_state(&path, "1234").unwrap();
+    let mut card = both_applets_on(&path);
+    card.transcript(&[
+        ("00A40400 05 A000000308 00", "*9000"),
+        ("00200080 08 313233343536FFFF", "9000"),
+    ]);
 }

@@ -53,12 +53,15 @@ fn dispatcher_refuses_what_no_applet_should_see() {
         ("00C00000 00", "6985"),
         ("10C00000 00", "6884"),
     ]);
-    // A failed SELECT leaves nothing selected.
+    // A failed SELECT leaves the applet selected, session and all
+    // (GlobalPlatform §11.9.2.3): the verified PIN still holds.
     card.transcript(&[
-        ("00A40400 05 A000000308 00", "6A82"),
-        ("00CA0003 00", "6985"),
+        (VERIFY_OK, "9000"),
+        ("00A40400 08 A000000527200101 00", "6A82"),
+        ("00CA0003 00", "* 9000"),
+        ("00200080", "9000"),
     ]);
-    assert_eq!(card.card.selected_aid(), None);
+    assert_eq!(card.card.selected_aid(), Some(&AID[..]));
 }
 
 /// Three wrong PINs block the card for good: even the right PIN is then

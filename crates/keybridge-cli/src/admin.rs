@@ -56,9 +56,14 @@ pub enum AdminCommand {
     Enroll {
         #[arg(long)]
         account: AccountId,
-        /// How to reach the card: `vpcd-listen:HOST:PORT`.
+        /// How to reach the card: `vpcd-listen:HOST:PORT`, `pcsc` or `pcsc:READER`.
         #[arg(long)]
         card: CardLinkSpec,
+        /// Which applet to enrol: the transaction applet, or PIV slot 9C
+        /// (management key from KEYBRIDGE_PIV_MANAGEMENT_KEY, 48 hex digits;
+        /// default: the factory key 0102…08 ×3).
+        #[arg(long, value_enum, default_value_t = crate::roles::AppletArg::Keybridge)]
+        applet: crate::roles::AppletArg,
         /// Where to write the relay's device credential (must not exist).
         #[arg(long)]
         credential_out: PathBuf,
@@ -131,6 +136,23 @@ pub enum AdminCommand {
     },
 }
 
+/// The PIV management key from `KEYBRIDGE_PIV_MANAGEMENT_KEY`, or the default.
+fn piv_enrollment() -> anyhow::Result<keybridge_relay::PivEnrollment> {
+    let Ok(text) = std::env::var("KEYBRIDGE_PIV_MANAGEMENT_KEY") else {
+        return Ok(keybridge_relay::PivEnrollment::default());
+    };
+    let bytes = Zeroizing::new(
+        hex::decode(text.trim()).context("KEYBRIDGE_PIV_MANAGEMENT_KEY is not hex")?,
+    );
+    let key: [u8; 24] = bytes
+        .as_slice()
+        .try_into()
+        .context("KEYBRIDGE_PIV_MANAGEMENT_KEY must be 24 bytes (48 hex digits)")?;
+    Ok(keybridge_relay::PivEnrollment {
+        management_key: Zeroizing::new(key),
+    })
+}
+
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let client = Client::with_ca_pem(
         &args.server,
@@ -181,6 +203,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             credential_out,
             label,
             card_wait_s,
+            applet,
         } => {
             let pin = Zeroizing::new(
                 std::env::var("KEYBRIDGE_PIN")
@@ -188,13 +211,15 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             );
             let link = Arc::new(Mutex::new(CardLink::open(&card)?));
             println!("waiting for the card at {card}");
-            let (enrolled, credential) = keybridge_relay::enroll(
+            let (enrolled, credential) = keybridge_relay::enroll_with(
                 &client,
                 link,
                 &account,
                 &label,
                 pin,
                 Duration::from_secs(card_wait_s),
+                applet.method(),
+                piv_enrollment()?,
             )
             .await?;
             credential.save(&credential_out)?;

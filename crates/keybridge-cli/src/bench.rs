@@ -120,6 +120,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             policy: keybridge_card::Policy::Approve,
             init_pin: Some(PIN.to_owned()),
             reconnect: true,
+            profile: keybridge_card::Profile::default(),
         };
         std::thread::spawn(move || keybridge_card::run(options));
         let (_, credential) = keybridge_relay::enroll(
@@ -140,6 +141,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             card_wait: Duration::from_secs(30),
             quiet: true,
             ca_cert_pem: None,
+            applet: None,
         }));
         payers.push(payer);
         setup.inc(1);

@@ -7,6 +7,13 @@
 //! scenario shapes one of them (the card declines, the phone has the wrong PIN,
 //! the relay tampers, the phone is offline, the payer is short of money), and
 //! the demo checks the outcome and that no money moved unless settled.
+//!
+//! `--transport vpcd` (default) links card and phone directly: the phone
+//! listens as a vpcd reader and the card connects to it. `--transport pcsc`
+//! puts the real PC/SC stack between them: the card attaches to pcscd's vpcd
+//! and the phone reaches it through pcscd (started here, and stopped after,
+//! when it is not running). `--applet piv` enrols and pays with the card's
+//! PIV applet (slot 9C) instead of the transaction applet.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -17,9 +24,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use keybridge_proto::api::SignatureMethod;
 use keybridge_proto::api::{CreateAccount, Reason, TransactionStatus};
 use keybridge_proto::{AccountId, Currency, Money};
 use keybridge_relay::{CardLink, CardLinkSpec};
+use keybridge_transport::pcscd::{self, Pcscd, VpcdLock};
+
+use crate::roles::AppletArg;
 use keybridge_terminal::Client;
 use zeroize::Zeroizing;
 
@@ -83,7 +94,24 @@ pub struct DemoArgs {
     /// Keep the temp directory (database, card state) for inspection.
     #[arg(long)]
     pub keep: bool,
+    /// How the phone reaches the card: directly over vpcd, or through pcscd.
+    #[arg(long, value_enum, default_value_t = Transport::Vpcd)]
+    pub transport: Transport,
+    /// Which applet signs: the transaction applet or PIV slot 9C.
+    #[arg(long, value_enum, default_value_t = AppletArg::Keybridge)]
+    pub applet: AppletArg,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    /// The phone is the card's vpcd reader (no system packages needed).
+    Vpcd,
+    /// The card attaches to pcscd's vpcd; the phone uses PC/SC.
+    Pcsc,
+}
+
+/// Waits this long for another program to finish with pcscd's vpcd ports.
+const VPCD_LOCK_WAIT_S: u64 = 300;
 
 const CARD_PIN: &str = "123456";
 const PAYER: &str = "alice";
@@ -189,14 +217,45 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
     };
     let mut children = Children(Vec::new());
     let scenario = args.scenario;
+    let method = args.applet.method();
     log.line(
         "demo",
         &format!(
-            "scenario {scenario:?}, method {:?}, working directory {}",
+            "scenario {scenario:?}, method {:?}, transport {:?}, applet {}, working directory {}",
             args.method,
+            args.transport,
+            method.as_str(),
             dir.display()
         ),
     );
+    // Declared before the children: dropped after them, so the card and
+    // phone are gone before pcscd stops.
+    let mut _pcsc_stack: Option<(VpcdLock, Pcscd)> = None;
+    if args.transport == Transport::Pcsc {
+        if let Err(e) = pcscd::check_installed() {
+            bail!(
+                "--transport pcsc needs pcscd and vsmartcard's vpcd: {e}\n\
+                 (on Debian/Ubuntu, as root: {})",
+                pcscd::INSTALL_HINT
+            );
+        }
+        let lock = VpcdLock::acquire(Duration::from_secs(VPCD_LOCK_WAIT_S))
+            .context("waiting for another program using pcscd's vpcd")?;
+        let daemon = Pcscd::ensure(Some(&dir.join("pcscd.log")))
+            .context("pcscd is not running and could not be started (start it as root: pcscd)")?;
+        match daemon.pid() {
+            Some(pid) => log.line(
+                "demo",
+                &format!("started pcscd (pid {pid}); it stops with the demo"),
+            ),
+            None => log.line("demo", "using the pcscd already running"),
+        }
+        // A card another program just stopped may still be listed: wait it out.
+        keybridge_transport::pcsc::PcscReader::new(None)
+            .wait_until_empty(pcscd::VPCD_READER_NAME, Duration::from_secs(10))
+            .context("the virtual reader still holds another card")?;
+        _pcsc_stack = Some((lock, daemon));
+    }
 
     // Server.
     let admin_token = hex::encode(rand::random::<[u8; 24]>());
@@ -248,14 +307,25 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
     log.line("admin", &format!("terminal {} registered", terminal.id));
 
     // The card, and its enrolment through a reader the demo holds for a moment.
-    let card_port = free_port()?;
-    let card_link = CardLinkSpec::VpcdListen(format!("127.0.0.1:{card_port}"));
+    let (card_link, card_attach) = match args.transport {
+        Transport::Vpcd => {
+            let port = free_port()?;
+            (
+                CardLinkSpec::VpcdListen(format!("127.0.0.1:{port}")),
+                format!("vpcd=127.0.0.1:{port}"),
+            )
+        }
+        Transport::Pcsc => (
+            CardLinkSpec::Pcsc(Some(pcscd::VPCD_READER_NAME.to_owned())),
+            format!("vpcd={}", pcscd::VPCD_ADDR),
+        ),
+    };
     let enrol_link = Arc::new(Mutex::new(CardLink::open(&card_link)?));
     let mut card = Command::new(&exe);
     card.args(["card", "--init", "--state"])
         .arg(dir.join("card.json"))
         .arg("--link")
-        .arg(format!("vpcd=127.0.0.1:{card_port}"))
+        .arg(card_attach)
         .args([
             "--policy",
             if scenario == Scenario::Decline {
@@ -269,13 +339,15 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
     let payer = AccountId::new(PAYER)?;
     let (enrolled, credential) = match args.method {
         Method::Applet => {
-            keybridge_relay::enroll(
+            keybridge_relay::enroll_with(
                 &admin,
                 enrol_link.clone(),
                 &payer,
                 "demo card",
                 Zeroizing::new(CARD_PIN.to_owned()),
                 Duration::from_secs(30),
+                method,
+                keybridge_relay::PivEnrollment::default(),
             )
             .await?
         }
@@ -301,18 +373,24 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
     drop(enrol_link);
     let credential_file = dir.join("device.json");
     credential.save(&credential_file)?;
-    match args.method {
-        Method::Applet => log.line("admin", &format!("card enrolled for {payer} as device {}: key made on the card, CSR signed by the card, certificate issued by the server CA", enrolled.device_id)),
-        Method::Ocra => log.line("admin", &format!("card enrolled for {payer} as OCRA device {} ({DEMO_OCRA_SUITE}): secret sealed on the server, written to the card", enrolled.device_id)),
+    match (args.method, method) {
+        (Method::Ocra, _) => log.line("admin", &format!("card enrolled for {payer} as OCRA device {} ({DEMO_OCRA_SUITE}): secret sealed on the server, written to the card", enrolled.device_id)),
+        (Method::Applet, SignatureMethod::Piv) => log.line("admin", &format!("card enrolled for {payer} as device {}: key made on the card, certificate issued by the server CA (PIV slot 9C, certificate written to 5FC10A)", enrolled.device_id)),
+        (Method::Applet, _) => log.line("admin", &format!("card enrolled for {payer} as device {}: key made on the card, CSR signed by the card, certificate issued by the server CA", enrolled.device_id)),
     }
 
     // The phone.
     if scenario == Scenario::Expired {
         log.line("demo", "the phone stays offline: nobody will confirm");
     } else {
+        // The PIV card has no display or button: the holder declines on the phone.
+        let auto = match (scenario, method) {
+            (Scenario::Decline, SignatureMethod::Piv) => "decline",
+            _ => "approve",
+        };
         let mut relay = Command::new(&exe);
         relay
-            .args(["relay", "--auto", "approve", "--credential"])
+            .args(["relay", "--auto", auto, "--credential"])
             .arg(&credential_file)
             .arg("--ca-cert")
             .arg(&ca_cert)

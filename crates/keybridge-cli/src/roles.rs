@@ -172,15 +172,21 @@ pub struct CardArgs {
     /// The card's state file (key, certificate, PIN state, counter).
     #[arg(long)]
     pub state: PathBuf,
-    /// Where the card attaches: `vpcd=HOST:PORT` (pcscd's vpcd, or a relay).
+    /// Where the card attaches: `vpcd=HOST:PORT` (pcscd's vpcd at
+    /// 127.0.0.1:35963, or a relay listening with `vpcd-listen`).
     #[arg(long)]
     pub link: String,
     /// What the holder answers when the card asks to confirm.
     #[arg(long, value_enum, default_value_t = CardPolicy::Prompt)]
     pub policy: CardPolicy,
-    /// Create the state file if missing, with the PIN from `KEYBRIDGE_CARD_PIN`.
+    /// Create the state file if missing, with the PIN from `KEYBRIDGE_CARD_PIN`
+    /// (the PIV applet gets the same PIN when it has 6 to 8 digits, else
+    /// 123456; PUK 12345678; the default 3DES management key).
     #[arg(long)]
     pub init: bool,
+    /// Which applets the card carries: `keybridge`, `piv`, or both.
+    #[arg(long, default_value = "keybridge,piv")]
+    pub profile: keybridge_card::Profile,
 }
 
 pub fn card(args: CardArgs) -> anyhow::Result<()> {
@@ -205,6 +211,7 @@ pub fn card(args: CardArgs) -> anyhow::Result<()> {
         policy,
         init_pin,
         reconnect: true,
+        profile: args.profile,
     })
     .context("card stopped")
 }
@@ -227,7 +234,7 @@ pub struct RelayArgs {
     /// The device credential file written at enrolment.
     #[arg(long)]
     pub credential: PathBuf,
-    /// How to reach the card: `vpcd-listen:HOST:PORT`.
+    /// How to reach the card: `vpcd-listen:HOST:PORT`, `pcsc` or `pcsc:READER`.
     #[arg(long)]
     pub card: CardLinkSpec,
     /// What the phone's holder answers before the card is asked.
@@ -243,6 +250,25 @@ pub struct RelayArgs {
     /// `tls-cert.pem` of `keybridge server --tls-self-signed`).
     #[arg(long, env = "KEYBRIDGE_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
+    /// Which applet to drive; default: the one the credential was enrolled with.
+    #[arg(long, value_enum)]
+    pub applet: Option<AppletArg>,
+}
+
+/// The card applet that signs: KeyBridge's transaction applet, or PIV slot 9C.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AppletArg {
+    Keybridge,
+    Piv,
+}
+
+impl AppletArg {
+    pub fn method(self) -> keybridge_proto::api::SignatureMethod {
+        match self {
+            AppletArg::Keybridge => keybridge_proto::api::SignatureMethod::TransactionApplet,
+            AppletArg::Piv => keybridge_proto::api::SignatureMethod::Piv,
+        }
+    }
 }
 
 pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
@@ -264,6 +290,7 @@ pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
         card_wait: Duration::from_secs(args.card_wait_s),
         quiet: false,
         ca_cert_pem: read_ca_cert(args.ca_cert.as_deref())?,
+        applet: args.applet.map(AppletArg::method),
     };
     keybridge_relay::run(options).await?;
     Ok(())

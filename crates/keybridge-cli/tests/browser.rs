@@ -113,6 +113,7 @@ async fn card_and_relay(admin: &Client, dir: &Path, account: &str, decision: Dec
         policy: keybridge_card::Policy::Approve,
         init_pin: Some(PIN.into()),
         reconnect: true,
+        profile: keybridge_card::Profile::default(),
     };
     // The card outlives the test body; the process ends it.
     std::thread::spawn(move || keybridge_card::run(options));
@@ -136,6 +137,7 @@ async fn card_and_relay(admin: &Client, dir: &Path, account: &str, decision: Dec
         card_wait: Duration::from_secs(20),
         quiet: false,
         ca_cert_pem: None,
+        applet: None,
     }));
 }
 

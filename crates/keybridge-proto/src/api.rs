@@ -331,6 +331,9 @@ pub struct EnrollDevice {
     pub public_key: String,
     #[serde(default)]
     pub label: String,
+    /// How the device signs; absent in older clients' bodies: the transaction applet.
+    #[serde(default)]
+    pub method: SignatureMethod,
 }
 
 /// Returned once; the server keeps only a hash of `credential`.
@@ -458,14 +461,19 @@ pub mod b64 {
     }
 }
 
-/// How a device confirms: which applet (or password) the server verifies.
+/// How an enrolled device confirms, and so what the server verifies.
+/// Wire form: `"transaction_applet"` (the default), `"piv"` or `"ocra"`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SignatureMethod {
-    /// KeyBridge's transaction applet: ECDSA over payload ‖ counter.
+    /// KeyBridge's transaction applet: ECDSA P-256 over
+    /// SHA-256(payload ‖ counter), with a strictly increasing counter.
+    #[default]
     TransactionApplet,
-    /// A PIV card's slot 9C.
+    /// A PIV card's slot 9C: ECDSA P-256 over SHA-256(payload), no counter
+    /// (the confirmation's `counter` is ignored; replay is stopped by the
+    /// single-use challenge and the transaction leaving `pending` once).
     Piv,
     /// An OCRA (RFC 6287) response over the payload's SHA-256.
     Ocra,
@@ -583,6 +591,19 @@ mod tests {
         };
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.starts_with(r#"{"type":"cancelled""#), "{json}");
+    }
+
+    #[test]
+    fn enrolment_bodies_without_a_method_still_parse() {
+        let old = r#"{"account":"alice","public_key":"BA==","label":"card"}"#;
+        let body: EnrollDevice = serde_json::from_str(old).unwrap();
+        assert_eq!(body.method, SignatureMethod::TransactionApplet);
+        let piv = r#"{"account":"alice","public_key":"BA==","method":"piv"}"#;
+        let body: EnrollDevice = serde_json::from_str(piv).unwrap();
+        assert_eq!(body.method, SignatureMethod::Piv);
+        for m in [SignatureMethod::TransactionApplet, SignatureMethod::Piv] {
+            assert_eq!(SignatureMethod::parse(m.as_str()), Some(m));
+        }
     }
 
     #[test]

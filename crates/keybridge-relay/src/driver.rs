@@ -30,7 +30,7 @@ pub enum DriverError {
     Malformed { step: &'static str },
 }
 
-fn send(link: &mut CardLink, command: &Command) -> Result<Response, DriverError> {
+pub(crate) fn send(link: &mut CardLink, command: &Command) -> Result<Response, DriverError> {
     let options = TransmitOptions {
         extended_length: link.extended_length(),
         ..TransmitOptions::default()

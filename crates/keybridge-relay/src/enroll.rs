@@ -7,7 +7,9 @@
 
 use std::path::Path;
 
-use keybridge_proto::api::{b64, DeviceEnrolled, EnrollCsr, ProvisionOcra, SignatureMethod};
+use keybridge_proto::api::{
+    b64, DeviceEnrolled, EnrollCsr, EnrollDevice, ProvisionOcra, SignatureMethod,
+};
 use keybridge_proto::ocra::OtpauthUri;
 use keybridge_proto::AccountId;
 use keybridge_terminal::Client;
@@ -25,7 +27,7 @@ pub struct DeviceCredential {
     pub account: AccountId,
     pub credential: String,
     /// How the card confirms (older credential files: the transaction applet).
-    #[serde(default = "transaction_applet")]
+    #[serde(default = "transaction_applet", alias = "signature_method")]
     pub method: SignatureMethod,
 }
 
@@ -74,6 +76,95 @@ impl DeviceCredential {
 /// The common name the relay puts in the request (the CA chooses the
 /// certificate's subject; this only labels the request).
 const REQUEST_COMMON_NAME: &str = "KeyBridge transaction applet";
+
+/// What enrolling a PIV card needs besides its PIN.
+#[derive(Clone)]
+pub struct PivEnrollment {
+    /// The card's 3DES management key (default: [`crate::piv::MANAGEMENT_KEY_DEFAULT`]).
+    pub management_key: zeroize::Zeroizing<[u8; 24]>,
+}
+
+impl Default for PivEnrollment {
+    fn default() -> PivEnrollment {
+        PivEnrollment {
+            management_key: zeroize::Zeroizing::new(crate::piv::MANAGEMENT_KEY_DEFAULT),
+        }
+    }
+}
+
+impl std::fmt::Debug for PivEnrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PivEnrollment { management_key: <redacted> }")
+    }
+}
+
+/// Enrols the card on `link` for `account` with the applet `method` names:
+/// - transaction applet: [`enroll`] (by CSR signed on the card);
+/// - PIV: VERIFY, management-key authentication, GENERATE in 9C, certificate
+///   from the server's CA, PUT DATA `5FC10A` (authenticated again first: the
+///   card may have been reset while the server answered).
+#[allow(clippy::too_many_arguments)] // one flat call from the CLI and the demo; a struct would only rename them
+pub async fn enroll_with(
+    admin: &Client,
+    link: std::sync::Arc<std::sync::Mutex<CardLink>>,
+    account: &AccountId,
+    label: &str,
+    pin: zeroize::Zeroizing<String>,
+    card_wait: std::time::Duration,
+    method: SignatureMethod,
+    piv_options: PivEnrollment,
+) -> Result<(DeviceEnrolled, DeviceCredential), RelayError> {
+    if method == SignatureMethod::TransactionApplet {
+        return enroll(admin, link, account, label, pin, card_wait).await;
+    }
+    let link2 = link.clone();
+    let key = piv_options.management_key.clone();
+    let public_key = tokio::task::spawn_blocking(move || {
+        let mut link = link2.lock().map_err(|_| RelayError::Poisoned)?;
+        link.wait_for_card(card_wait)?;
+        crate::piv::select(&mut link)?;
+        if let Some(reason) = crate::piv::verify_pin(&mut link, pin.as_bytes())? {
+            return Err(RelayError::Pin(reason));
+        }
+        crate::piv::authenticate_management(&mut link, &key)?;
+        Ok::<_, RelayError>(crate::piv::generate_p256(
+            &mut link,
+            crate::piv::SLOT_SIGNATURE,
+        )?)
+    })
+    .await
+    .map_err(|_| RelayError::Poisoned)??;
+
+    let enrolled = admin
+        .enroll_device(&EnrollDevice {
+            account: account.clone(),
+            public_key: b64::encode(&public_key),
+            label: label.to_owned(),
+            method: SignatureMethod::Piv,
+        })
+        .await?;
+    let certificate = b64::decode(&enrolled.certificate)
+        .ok_or_else(|| RelayError::Protocol("certificate is not base64".into()))?;
+    let key = piv_options.management_key.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut link = link.lock().map_err(|_| RelayError::Poisoned)?;
+        crate::piv::select(&mut link)?;
+        crate::piv::authenticate_management(&mut link, &key)?;
+        crate::piv::put_certificate(&mut link, crate::piv::SLOT_SIGNATURE, &certificate)?;
+        Ok::<_, RelayError>(())
+    })
+    .await
+    .map_err(|_| RelayError::Poisoned)??;
+
+    let credential = DeviceCredential {
+        server: admin.base_url().to_owned(),
+        device_id: enrolled.device_id.clone(),
+        account: enrolled.account.clone(),
+        credential: enrolled.credential.clone(),
+        method: SignatureMethod::Piv,
+    };
+    Ok((enrolled, credential))
+}
 
 /// Enrols the card on `link` for `account`: VERIFY, GENERATE KEY, SIGN CSR
 /// (the card checks the request carries its own key), the CA certifies it

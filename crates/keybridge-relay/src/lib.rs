@@ -1,11 +1,15 @@
 //! The mobile device: the bridge between the server and the security device.
 //!
-//! - [`link`]: [`CardLink`], how the phone reaches the card (today the vpcd
-//!   reader side: the phone listens and the card connects), run on a blocking
-//!   thread because card conversations are sequential and slow.
+//! - [`link`]: [`CardLink`], how the phone reaches the card: the vpcd reader
+//!   side (the phone listens and the card connects) or a PC/SC reader through
+//!   pcscd; run on a blocking thread because card conversations are
+//!   sequential and slow.
 //! - [`driver`]: the transaction applet's conversation: SELECT, VERIFY, SIGN
 //!   (or OCRA RESPONSE for an OCRA-mode card), and enrolment's GENERATE KEY,
 //!   SIGN CSR, PUT DATA and PUT DATA OCRA, mapping status words to outcomes.
+//! - [`piv`]: the PIV conversation (SP 800-73-4) for PIV cards: VERIFY,
+//!   GENERAL AUTHENTICATE 9C over SHA-256 of the payload; and enrolment's
+//!   management-key authentication, GENERATE in 9C, PUT DATA `5FC10A`.
 //! - [`screen`]: the panel the phone shows for a confirmation request.
 //! - [`session`]: the WebSocket session with the server: receive requests,
 //!   show them, drive the card, post the signature or a decline.
@@ -20,10 +24,11 @@
 pub mod driver;
 pub mod enroll;
 pub mod link;
+pub mod piv;
 pub mod screen;
 pub mod session;
 
 pub use driver::{DriverError, SignOutcome};
-pub use enroll::{enroll, enroll_ocra, DeviceCredential};
+pub use enroll::{enroll, enroll_ocra, enroll_with, DeviceCredential, PivEnrollment};
 pub use link::{CardLink, CardLinkSpec};
 pub use session::{run, Decision, RelayError, RelayOptions, Tamper};

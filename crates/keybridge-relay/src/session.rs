@@ -96,6 +96,15 @@ pub struct RelayOptions {
     /// PEM certificates to trust for an `https` server (its CA or its
     /// self-signed certificate). `wss://` trusts only these.
     pub ca_cert_pem: Option<Vec<u8>>,
+    /// Which applet to drive; `None`: the one the credential was enrolled with.
+    pub applet: Option<SignatureMethod>,
+}
+
+impl RelayOptions {
+    /// The applet this relay drives.
+    pub fn signature_method(&self) -> SignatureMethod {
+        self.applet.unwrap_or(self.credential.method)
+    }
 }
 
 /// How often the time left is printed while waiting for the card.
@@ -120,7 +129,12 @@ struct Context {
 /// Runs the relay until the server refuses its credential or the process ends.
 pub async fn run(options: RelayOptions) -> Result<(), RelayError> {
     let link = CardLink::open(&options.card)?;
-    say!(options.quiet, "card reader ready at {}", options.card);
+    say!(
+        options.quiet,
+        "card reader ready at {} ({} applet)",
+        options.card,
+        options.signature_method().as_str()
+    );
     let client = Client::with_ca_pem(
         &options.credential.server,
         &options.credential.credential,
@@ -348,11 +362,18 @@ async fn confirm(
     let outcome = outcome?;
     let answer = match outcome {
         Some(SignOutcome::Signed { counter, signature }) => {
-            say!(
-                ctx.options.quiet,
-                "card signed (counter {counter}, {} byte signature)",
-                signature.len()
-            );
+            match ctx.options.signature_method() {
+                SignatureMethod::Piv => say!(
+                    ctx.options.quiet,
+                    "card signed SHA-256 of the payload in PIV slot 9C ({} byte signature)",
+                    signature.len()
+                ),
+                _ => say!(
+                    ctx.options.quiet,
+                    "card signed (counter {counter}, {} byte signature)",
+                    signature.len()
+                ),
+            }
             Confirmation::Signed {
                 counter,
                 signature: b64::encode(&signature),
@@ -396,7 +417,7 @@ async fn sign_with_retries(
 ) -> Result<Option<SignOutcome>, RelayError> {
     let link = ctx.link.clone();
     let card_wait = ctx.options.card_wait;
-    let method = ctx.options.credential.method;
+    let method = ctx.options.signature_method();
     tokio::task::spawn_blocking(move || {
         let mut link = link.lock().map_err(|_| RelayError::Poisoned)?;
         for attempt in 1..=CARD_ATTEMPTS_MAX {
@@ -411,7 +432,13 @@ async fn sign_with_retries(
                     SignatureMethod::Ocra => {
                         driver::ocra_response(&mut link, pin.as_bytes(), &payload)
                     }
-                    _ => driver::sign_transaction(&mut link, pin.as_bytes(), &payload),
+                    SignatureMethod::TransactionApplet => {
+                        driver::sign_transaction(&mut link, pin.as_bytes(), &payload)
+                    }
+                    // The card shows nothing: the panel above was the holder's view.
+                    SignatureMethod::Piv => {
+                        crate::piv::sign_payload(&mut link, pin.as_bytes(), &payload)
+                    }
                 });
             match result {
                 Ok(outcome) => return Ok(Some(outcome)),

@@ -69,6 +69,7 @@ async fn world() -> World {
         policy: keybridge_card::Policy::Approve,
         init_pin: Some(PIN.to_owned()),
         reconnect: true,
+        profile: keybridge_card::Profile::default(),
     };
     std::thread::spawn(move || keybridge_card::run(options));
     let (_, credential) = keybridge_relay::enroll(
@@ -101,6 +102,7 @@ fn start_relay(w: &World, pin: &str) {
         card_wait: Duration::from_secs(10),
         quiet: false,
         ca_cert_pem: None,
+        applet: None,
     };
     tokio::spawn(keybridge_relay::run(options));
 }

@@ -1,7 +1,7 @@
 -- Issue 5: PKI and OCRA devices.
 --
--- `method`: how the device confirms. Issue 3 adds the same column for `piv`
--- in its own migration; whichever lands second drops its ADD COLUMN.
+-- `method`: how the device confirms (`piv` from issue 3, `ocra` from issue 5;
+-- both landed together, so version 3 was never released and is absent).
 ALTER TABLE devices ADD COLUMN method TEXT NOT NULL DEFAULT 'transaction_applet'
     CHECK (method IN ('transaction_applet', 'piv', 'ocra'));
 -- Set once when the device's certificate (or OCRA secret) is revoked. The

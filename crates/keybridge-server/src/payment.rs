@@ -15,7 +15,8 @@ pub struct PaymentFacts {
     /// What a counter that did not increase is called (signature or OCRA).
     pub replay_reason: Reason,
     pub device_last_counter: u32,
-    pub counter: u32,
+    /// The submitted counter; `None` for signature methods without one (PIV).
+    pub counter: Option<u32>,
     pub payer_balance_minor: i64,
     /// System (issuance) accounts may run negative; customer accounts may not.
     pub payer_is_system: bool,
@@ -69,7 +70,7 @@ pub fn decide(f: PaymentFacts) -> PaymentDecision {
     if f.device_revoked {
         return PaymentDecision::Reject(Reason::CertificateRevoked);
     }
-    if f.counter <= f.device_last_counter {
+    if f.counter.is_some_and(|c| c <= f.device_last_counter) {
         return PaymentDecision::Reject(f.replay_reason);
     }
     let covered = match i64::try_from(f.amount_minor) {
@@ -93,7 +94,7 @@ mod tests {
             device_revoked: false,
             replay_reason: Reason::CounterReplay,
             device_last_counter: 4,
-            counter: 5,
+            counter: Some(5),
             payer_balance_minor: 1000,
             payer_is_system: false,
             amount_minor: 1000,
@@ -112,20 +113,20 @@ mod tests {
         let f = PaymentFacts {
             status: TransactionStatus::Settled,
             device_usable: false,
-            counter: 0,
+            counter: Some(0),
             ..facts()
         };
         assert_eq!(decide(f), PaymentDecision::NotPending);
         // A disabled device beats a replayed counter.
         let f = PaymentFacts {
             device_usable: false,
-            counter: 1,
+            counter: Some(1),
             ..facts()
         };
         assert_eq!(decide(f), PaymentDecision::Reject(Reason::UnknownDevice));
         // A replayed counter beats insufficient funds and is not consumed.
         let f = PaymentFacts {
-            counter: 4,
+            counter: Some(4),
             payer_balance_minor: 0,
             ..facts()
         };
@@ -149,6 +150,19 @@ mod tests {
             decide(f),
             PaymentDecision::Reject(Reason::CertificateRevoked)
         );
+        // No counter (PIV): nothing to replay, the other rules still hold.
+        let f = PaymentFacts {
+            counter: None,
+            device_last_counter: 0,
+            ..facts()
+        };
+        assert_eq!(decide(f), PaymentDecision::Settle);
+        let f = PaymentFacts {
+            counter: None,
+            payer_balance_minor: 1,
+            ..facts()
+        };
+        assert_eq!(decide(f), PaymentDecision::InsufficientFunds);
         let f = PaymentFacts {
             payer_balance_minor: 999,
             ..facts()

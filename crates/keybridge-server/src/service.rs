@@ -207,6 +207,7 @@ pub async fn confirm(
             counter,
             replay_reason,
         } => {
+            // `counter` is `None` for methods without one (PIV).
             state
                 .store
                 .apply_signed_confirmation(SignedConfirmation {

@@ -6,6 +6,11 @@
 //! the transaction, never against anything the relay sent. Consuming the
 //! counter and moving money is the payment unit's job ([`crate::payment`]),
 //! which re-checks the counter and the revocation atomically.
+//!
+//! What the signature covers depends on the device's [`SignatureMethod`]
+//! ([`signed_message_for`]): the transaction applet signs the payload and its
+//! counter, which must increase; a PIV card signs the payload alone (SHA-256
+//! of it, in slot 9C) and has no counter.
 
 use keybridge_proto::api::{b64, Confirmation, Reason, SignatureMethod, TransactionStatus};
 use keybridge_proto::ocra::{self, Inputs, Suite};
@@ -77,8 +82,12 @@ pub enum Verdict {
         reason: Reason,
     },
     /// Valid confirmation from the payer's device: hand over to the payment
-    /// unit, which consumes `counter` (and calls a stale one `replay_reason`).
-    Accept { counter: u32, replay_reason: Reason },
+    /// unit, which consumes `counter` (`None` for PIV, which has none) and
+    /// calls a stale one `replay_reason`.
+    Accept {
+        counter: Option<u32>,
+        replay_reason: Reason,
+    },
 }
 
 impl Verdict {
@@ -97,6 +106,21 @@ pub struct Submission<'a> {
     pub transaction: &'a TransactionRecord,
     pub confirmation: &'a Confirmation,
     pub now_unix_s: u64,
+}
+
+/// The bytes whose ECDSA P-256 / SHA-256 signature a device of `method`
+/// returns for `payload` (ring's `ECDSA_P256_SHA256_ASN1` hashes them).
+pub fn signed_message_for(method: SignatureMethod, payload: &[u8], counter: u32) -> Vec<u8> {
+    match method {
+        SignatureMethod::TransactionApplet => signed_message(payload, counter),
+        // The relay sends SHA-256(payload) to the card, which signs that
+        // digest: the same signature as over the payload with SHA-256.
+        SignatureMethod::Piv => payload.to_vec(),
+        // OCRA devices send responses, not signatures: `verify` refuses a
+        // signature from them before it gets here; an empty message can
+        // verify nothing.
+        SignatureMethod::Ocra => Vec::new(),
+    }
 }
 
 /// The checks, in the documented order; the first failure decides.
@@ -174,7 +198,8 @@ fn verify_signature(v: &Verifier, s: Submission<'_>, counter: u32, signature_b64
     if path.key.bytes() != device.public_key.as_slice() {
         return Verdict::reject(Reason::CertificateInvalid);
     }
-    // 5. The signature covers exactly the stored payload and this counter.
+    // 5. The signature covers exactly the stored payload (and the counter,
+    //    for the transaction applet).
     let signature = match (signature_b64.len() <= SIGNATURE_B64_LEN_MAX)
         .then(|| b64::decode(signature_b64))
         .flatten()
@@ -182,19 +207,22 @@ fn verify_signature(v: &Verifier, s: Submission<'_>, counter: u32, signature_b64
         Some(sig) => sig,
         None => return Verdict::reject(Reason::BadSignature),
     };
-    if !path
-        .key
-        .verify(&signed_message(&transaction.payload, counter), &signature)
-    {
+    let message = signed_message_for(device.method, &transaction.payload, counter);
+    if !path.key.verify(&message, &signature) {
         return Verdict::reject(Reason::BadSignature);
     }
-    // 6. The counter moves forward (checked again, atomically, by the payment unit).
-    if counter <= device.last_counter {
-        return Verdict::reject(Reason::CounterReplay);
-    }
-    Verdict::Accept {
-        counter,
-        replay_reason: Reason::CounterReplay,
+    // 6. The counter moves forward (checked again, atomically, by the payment
+    //    unit). PIV has none: the submitted value is ignored.
+    match device.method {
+        SignatureMethod::Piv => Verdict::Accept {
+            counter: None,
+            replay_reason: Reason::CounterReplay,
+        },
+        _ if counter <= device.last_counter => Verdict::reject(Reason::CounterReplay),
+        _ => Verdict::Accept {
+            counter: Some(counter),
+            replay_reason: Reason::CounterReplay,
+        },
     }
 }
 
@@ -307,7 +335,7 @@ fn verify_ocra(
         return mismatch;
     }
     Verdict::Accept {
-        counter: used,
+        counter: Some(used),
         replay_reason: Reason::ResponseReused,
     }
 }
@@ -438,7 +466,7 @@ mod tests {
         assert_eq!(
             check(&f, &c, NOW + 1),
             Verdict::Accept {
-                counter: 4,
+                counter: Some(4),
                 replay_reason: Reason::CounterReplay
             }
         );
@@ -470,6 +498,40 @@ mod tests {
             signature: "A".repeat(10_000),
         };
         assert_eq!(check(&f, &c, NOW), rejected(Reason::BadSignature));
+    }
+
+    /// A PIV device signs SHA-256(payload) (the card gets the digest): the
+    /// server verifies over the stored payload, with no counter; a signature
+    /// over a changed payload, or in the transaction applet's form, is refused.
+    #[test]
+    fn piv_signatures_cover_the_payload_alone() {
+        use p256::ecdsa::signature::hazmat::PrehashSigner;
+        use sha2::{Digest, Sha256};
+        let mut f = fixture();
+        f.device.method = SignatureMethod::Piv;
+        let piv_sign = |bytes: &[u8]| {
+            let sig: p256::ecdsa::Signature = f.key.sign_prehash(&Sha256::digest(bytes)).unwrap();
+            Confirmation::Signed {
+                counter: 0,
+                signature: b64::encode(sig.to_der().as_bytes()),
+            }
+        };
+        let good = piv_sign(&f.transaction.payload);
+        assert_eq!(
+            check(&f, &good, NOW),
+            Verdict::Accept {
+                counter: None,
+                replay_reason: Reason::CounterReplay
+            }
+        );
+        let tampered = piv_sign(&payload(1000, "mallory"));
+        assert_eq!(check(&f, &tampered, NOW), rejected(Reason::BadSignature));
+        // The transaction applet's message (payload ‖ counter) is not a PIV signature.
+        let applet_form = signed(&f, &f.transaction.payload, 4);
+        assert_eq!(check(&f, &applet_form, NOW), rejected(Reason::BadSignature));
+        // And a PIV signature does not pass for a transaction-applet device.
+        f.device.method = SignatureMethod::TransactionApplet;
+        assert_eq!(check(&f, &good, NOW), rejected(Reason::BadSignature));
     }
 
     #[test]

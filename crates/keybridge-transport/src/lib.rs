@@ -7,14 +7,21 @@
 //!   accepts: chaining, `61xx` GET RESPONSE, `6Cxx` retries.
 //! - [`vpcd`]: vsmartcard's vpcd wire protocol, both sides: [`vpcd::VpcdReader`]
 //!   is the reader (it listens; a card connects) and [`vpcd::VpcdCard`] is the card.
+//! - [`pcsc`]: [`pcsc::PcscReader`], a reader through pcscd (the `pcsc` crate,
+//!   libpcsclite), the way a phone or PC reaches USB and NFC readers.
+//! - [`pcscd`]: pcscd and vpcd on this machine: installed?, start the daemon,
+//!   and [`pcscd::VpcdLock`] so programs take turns on vpcd's fixed ports.
 //!
-//! The codecs do no IO. Only `vpcd` touches sockets, with blocking std IO: card
+//! The codecs do no IO. Only `vpcd`, `pcsc` and `pcscd` touch sockets and
+//! processes, with blocking std IO: card
 //! links are slow, sequential conversations, and callers in async code run them
 //! on a blocking thread.
 #![forbid(unsafe_code)]
 
 pub mod apdu;
 pub mod channel;
+pub mod pcsc;
+pub mod pcscd;
 pub mod vpcd;
 
 pub use apdu::{ApduError, Command, Response, StatusWord};

@@ -179,7 +179,8 @@ pub async fn enroll_device(
             id: device_id,
             account: body.account,
             label: body.label,
-            method: SignatureMethod::TransactionApplet,
+            // The transaction applet or a PIV card; OCRA devices have no key.
+            method: body.method,
             ocra: None,
             public_key: point.to_vec(),
             certificate,

@@ -70,7 +70,8 @@ pub enum Finalized {
 pub struct SignedConfirmation {
     pub transaction_id: TransactionId,
     pub device_id: String,
-    pub counter: u32,
+    /// The card's counter to consume; `None` for methods without one (PIV).
+    pub counter: Option<u32>,
     pub now_unix_s: u64,
     /// The reason for a counter that did not move forward: `counter_replay`
     /// for signatures, `response_reused` for OCRA.

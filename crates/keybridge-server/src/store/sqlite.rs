@@ -1052,12 +1052,12 @@ impl Store for SqliteStore {
             let Some((status, reason)) = decision.outcome() else {
                 return Ok(Finalized::NotPending(current));
             };
-            if decision.consumes_counter() {
+            if let (true, Some(counter)) = (decision.consumes_counter(), c.counter) {
                 let changed = tx
                     .execute(
                         "UPDATE devices SET last_counter = ?1, updated_at = ?2
                          WHERE id = ?3 AND last_counter < ?1",
-                        params![c.counter, to_i64(c.now_unix_s)?, c.device_id],
+                        params![counter, to_i64(c.now_unix_s)?, c.device_id],
                     )
                     .map_err(backend)?;
                 if changed != 1 {

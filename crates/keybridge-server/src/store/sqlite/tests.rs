@@ -81,7 +81,7 @@ fn signed(id: u8, counter: u32) -> SignedConfirmation {
     SignedConfirmation {
         transaction_id: TransactionId([id; 16]),
         device_id: "dev_1".into(),
-        counter,
+        counter: Some(counter),
         now_unix_s: NOW + 1,
         replay_reason: Reason::CounterReplay,
     }
