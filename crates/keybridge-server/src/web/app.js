@@ -283,6 +283,8 @@
 
   $("new-payment").addEventListener("click", () => {
     stopFollowing();
+    // The last payment's outcome must not stand in for the next one's.
+    $("status").dataset.status = "";
     $("order").value = newOrderId();
     $("amount").value = "";
     $("description").value = "";
