@@ -451,8 +451,8 @@ fn yubico_piv_tool_manages_pins_keys_and_certificates() {
 
 /// The card stays usable when pcscd restarts under it: the card process
 /// reconnects to the new daemon's vpcd and clients see it again with its
-/// state (only when pcscd was started by this test: someone else's daemon
-/// is not ours to restart).
+/// state. Outside CI only a pcscd this test started is restarted (someone
+/// else's daemon is not ours to stop); under CI the daemon is always restarted.
 #[test]
 fn the_card_comes_back_after_pcscd_restarts() {
     if require_stack("the_card_comes_back_after_pcscd_restarts").is_none() {
@@ -465,8 +465,23 @@ fn the_card_comes_back_after_pcscd_restarts() {
         "Successfully changed",
     );
     if !stack.pcscd.started_here() {
-        eprintln!("pcscd was already running (not started by this test): not restarting it");
-        return;
+        if std::env::var("CI").as_deref() != Ok("true") {
+            eprintln!("pcscd was already running (not started by this test): not restarting it");
+            return;
+        }
+        // Under CI the running daemon is .ci/run's, on a throwaway machine:
+        // stop it too, so the reconnect path is exercised where it counts.
+        // Later tests start their own when none runs.
+        let stopped = std::process::Command::new("pkill")
+            .args(["-x", "pcscd"])
+            .status()
+            .expect("run pkill");
+        assert!(stopped.success(), "pkill pcscd: {stopped}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while keybridge_transport::pcscd::is_running() {
+            assert!(std::time::Instant::now() < deadline, "pcscd did not stop");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
     let log = stack.path("pcscd.log");
     stack.pcscd.restart(Some(&log)).expect("restart pcscd");
