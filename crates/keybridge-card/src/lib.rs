@@ -17,7 +17,9 @@
 //! - [`state`]: [`CardState`] and its file format, [`StateStore`]
 //!   ([`FileStore`]: atomic writes; [`MemoryStore`]), [`init_state`].
 //! - [`atr`]: the card's ATR.
-//! - [`shell`]: [`run`], the process: vpcd link, reconnects, the clock.
+//! - [`shell`]: [`run`], the process: vpcd link, reconnects, the clock;
+//!   [`run_with_link`] on the simulated BLE link (GATT server), where the card
+//!   requires the secure channel (KB-SC1, answered by [`dispatch`]).
 //!
 //! **Architecture invariant**: `applet`, `dispatch`, `transaction` and `der` do
 //! no IO and read no clock. They see the outside only through [`Context`]
@@ -26,8 +28,8 @@
 //! sockets and reads `SystemTime`; only `state` touches files; the `holder`
 //! implementations print to stderr and read stdin.
 //!
-//! Not here: PIV (to be added as a second [`Applet`]), secure messaging,
-//! logical channels, BLE.
+//! Not here: PIV (to be added as a second [`Applet`]), ISO/IEC 7816-4
+//! secure messaging (KB-SC1 is KeyBridge's own), logical channels.
 #![forbid(unsafe_code)]
 
 pub mod applet;
@@ -45,6 +47,6 @@ pub use atr::ATR;
 pub use dispatch::Card;
 pub use error::CardError;
 pub use holder::{AutoApprove, AutoDecline, Holder, Prompt, Screen};
-pub use shell::{run, CardOptions, Policy};
+pub use shell::{run, run_with_link, CardOptions, DeviceLink, Policy};
 pub use state::{init_state, CardState, FileStore, MemoryStore, StateStore};
 pub use transaction::TransactionApplet;
