@@ -20,6 +20,19 @@ pub struct DeviceCredential {
     pub device_id: String,
     pub account: AccountId,
     pub credential: String,
+    /// The card's certificate (DER, base64) as the server issued it at
+    /// enrolment: pinned, it is what the card must prove itself with in the
+    /// secure channel on radio links. Absent in credentials written before
+    /// the secure channel existed; those work on vpcd only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card_certificate: Option<String>,
+}
+
+impl DeviceCredential {
+    /// The pinned card certificate, DER.
+    pub fn card_certificate_der(&self) -> Option<Vec<u8>> {
+        self.card_certificate.as_deref().and_then(b64::decode)
+    }
 }
 
 impl std::fmt::Debug for DeviceCredential {
@@ -29,6 +42,7 @@ impl std::fmt::Debug for DeviceCredential {
             .field("device_id", &self.device_id)
             .field("account", &self.account)
             .field("credential", &"<redacted>")
+            .field("card_certificate", &self.card_certificate.is_some())
             .finish()
     }
 }
@@ -104,6 +118,7 @@ pub async fn enroll(
         device_id: enrolled.device_id.clone(),
         account: enrolled.account.clone(),
         credential: enrolled.credential.clone(),
+        card_certificate: Some(enrolled.certificate.clone()),
     };
     Ok((enrolled, credential))
 }

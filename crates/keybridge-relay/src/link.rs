@@ -1,17 +1,60 @@
 //! How the phone reaches its card.
+//!
+//! - `vpcd-listen:HOST:PORT`: the phone is a vpcd reader; the card connects.
+//!   A wired or otherwise trusted link: the secure channel is not required.
+//! - `ble-sim:HOST:PORT`: the phone is the GATT client of the simulated BLE
+//!   link ([`keybridge_transport::ble::sim`]); the card listens. A radio link:
+//!   VERIFY and SIGN go through the secure channel (KB-SC1), which needs the
+//!   card certificate pinned at enrolment (see [`crate::driver::sign_transaction_pinned`]).
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use keybridge_transport::ble::sim::{LinkShape, SimClient};
+use keybridge_transport::ble::{Central, CentralOptions, GattClientIo, LinkStats};
 use keybridge_transport::vpcd::VpcdReader;
 use keybridge_transport::{CardChannel, LinkError};
+
+/// The ATT MTU the phone asks for when none is given: the largest.
+pub const BLE_ATT_MTU_DEFAULT: u16 = 515;
+/// How often the phone tries to connect while waiting for the card.
+const BLE_CONNECT_INTERVAL_MS: u64 = 100;
+
+/// How the phone shapes a simulated BLE link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BleSimSettings {
+    /// The phone's largest ATT MTU (23..=515); the device may agree on less.
+    pub att_mtu: u16,
+    pub shape: LinkShape,
+}
+
+impl Default for BleSimSettings {
+    fn default() -> BleSimSettings {
+        BleSimSettings {
+            att_mtu: BLE_ATT_MTU_DEFAULT,
+            shape: LinkShape::default(),
+        }
+    }
+}
 
 /// Where the card is, as given on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CardLinkSpec {
     /// `vpcd-listen:HOST:PORT`: act as a vpcd reader; the card connects here.
     VpcdListen(String),
+    /// `ble-sim:HOST:PORT`: connect to a card advertising on the simulated BLE link.
+    BleSim(String, BleSimSettings),
+}
+
+impl CardLinkSpec {
+    /// Sets the simulated BLE link's MTU and shape (no effect on other links).
+    pub fn with_ble_settings(self, settings: BleSimSettings) -> CardLinkSpec {
+        match self {
+            CardLinkSpec::BleSim(addr, _) => CardLinkSpec::BleSim(addr, settings),
+            other => other,
+        }
+    }
 }
 
 impl FromStr for CardLinkSpec {
@@ -21,8 +64,12 @@ impl FromStr for CardLinkSpec {
             Some(("vpcd-listen", addr)) if addr.contains(':') => {
                 Ok(CardLinkSpec::VpcdListen(addr.to_owned()))
             }
+            Some(("ble-sim", addr)) if addr.contains(':') => Ok(CardLinkSpec::BleSim(
+                addr.to_owned(),
+                BleSimSettings::default(),
+            )),
             _ => Err(format!(
-                "unknown card link {s:?}: expected vpcd-listen:HOST:PORT"
+                "unknown card link {s:?}: expected vpcd-listen:HOST:PORT or ble-sim:HOST:PORT"
             )),
         }
     }
@@ -32,7 +79,111 @@ impl fmt::Display for CardLinkSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CardLinkSpec::VpcdListen(addr) => write!(f, "vpcd-listen:{addr}"),
+            CardLinkSpec::BleSim(addr, _) => write!(f, "ble-sim:{addr}"),
         }
+    }
+}
+
+/// The phone's side of a simulated BLE link: connects when the card is
+/// wanted, and forgets the connection when it breaks (the card left).
+#[derive(Debug)]
+pub struct BleSimLink {
+    addr: String,
+    settings: BleSimSettings,
+    central: Option<Central<SimClient>>,
+    /// Totals over every connection.
+    stats: LinkStats,
+    last_att_mtu: Option<u16>,
+    last_fragment_len: Option<usize>,
+}
+
+impl BleSimLink {
+    fn new(addr: String, settings: BleSimSettings) -> BleSimLink {
+        BleSimLink {
+            addr,
+            settings,
+            central: None,
+            stats: LinkStats::default(),
+            last_att_mtu: None,
+            last_fragment_len: None,
+        }
+    }
+
+    fn options(&self) -> CentralOptions {
+        // Silence long enough for a fragment train both ways at this latency.
+        let latency = self.settings.shape.latency_ms;
+        CentralOptions {
+            idle_ms_max: 600 + latency.saturating_mul(8),
+            attempts_max: 24,
+            ..CentralOptions::default()
+        }
+    }
+
+    fn wait_for_card(&mut self, wait: Duration) -> Result<(), LinkError> {
+        if self.central.is_some() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            match SimClient::connect(
+                self.addr.as_str(),
+                self.settings.att_mtu,
+                self.settings.shape,
+            ) {
+                Ok(client) => {
+                    self.last_att_mtu = Some(client.att_mtu());
+                    self.last_fragment_len = Some(client.fragment_len().get());
+                    self.central = Some(Central::new(client, self.options()));
+                    return Ok(());
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    tracing::debug!(error = %e, "no BLE device");
+                    return Err(LinkError::Timeout);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(BLE_CONNECT_INTERVAL_MS)),
+            }
+        }
+    }
+
+    fn drop_connection(&mut self) {
+        if let Some(central) = self.central.take() {
+            add_stats(&mut self.stats, central.stats());
+        }
+    }
+
+    /// Link statistics so far, the open connection included.
+    pub fn stats(&self) -> LinkStats {
+        let mut total = self.stats;
+        if let Some(c) = &self.central {
+            add_stats(&mut total, c.stats());
+        }
+        total
+    }
+
+    /// The negotiated ATT MTU and fragment length of the last connection.
+    pub fn negotiated(&self) -> Option<(u16, usize)> {
+        Some((self.last_att_mtu?, self.last_fragment_len?))
+    }
+}
+
+fn add_stats(total: &mut LinkStats, s: LinkStats) {
+    total.requests += s.requests;
+    total.fragments_sent += s.fragments_sent;
+    total.fragments_received += s.fragments_received;
+    total.retransmissions += s.retransmissions;
+    total.keepalives += s.keepalives;
+}
+
+impl CardChannel for BleSimLink {
+    fn transmit_raw(&mut self, command: &[u8]) -> Result<Vec<u8>, LinkError> {
+        let central = self.central.as_mut().ok_or(LinkError::CardGone)?;
+        let result = central.request(command);
+        if result.is_err() {
+            // Whatever broke, the next conversation starts with a new connection
+            // (a card that left the field is connected to afresh).
+            self.drop_connection();
+        }
+        result
     }
 }
 
@@ -40,12 +191,16 @@ impl fmt::Display for CardLinkSpec {
 #[derive(Debug)]
 pub enum CardLink {
     Vpcd(VpcdReader),
+    BleSim(BleSimLink),
 }
 
 impl CardLink {
     pub fn open(spec: &CardLinkSpec) -> Result<CardLink, LinkError> {
         match spec {
             CardLinkSpec::VpcdListen(addr) => Ok(CardLink::Vpcd(VpcdReader::bind(addr.as_str())?)),
+            CardLinkSpec::BleSim(addr, settings) => {
+                Ok(CardLink::BleSim(BleSimLink::new(addr.clone(), *settings)))
+            }
         }
     }
 
@@ -53,12 +208,14 @@ impl CardLink {
     pub fn wait_for_card(&mut self, wait: Duration) -> Result<(), LinkError> {
         match self {
             CardLink::Vpcd(reader) => reader.wait_for_card(wait),
+            CardLink::BleSim(link) => link.wait_for_card(wait),
         }
     }
 
     pub fn channel(&mut self) -> &mut dyn CardChannel {
         match self {
             CardLink::Vpcd(reader) => reader,
+            CardLink::BleSim(link) => link,
         }
     }
 
@@ -66,6 +223,52 @@ impl CardLink {
     pub fn extended_length(&self) -> bool {
         match self {
             CardLink::Vpcd(_) => true,
+            // BLE messages carry up to 8 KiB: extended APDUs fit.
+            CardLink::BleSim(_) => true,
         }
+    }
+
+    /// Whether VERIFY and SIGN must go through the secure channel: every
+    /// radio link, where a bystander can listen and tamper.
+    pub fn requires_secure_channel(&self) -> bool {
+        match self {
+            CardLink::Vpcd(_) => false,
+            CardLink::BleSim(_) => true,
+        }
+    }
+
+    /// What the link did so far, on links that count.
+    pub fn ble_stats(&self) -> Option<LinkStats> {
+        match self {
+            CardLink::BleSim(link) => Some(link.stats()),
+            CardLink::Vpcd(_) => None,
+        }
+    }
+
+    /// The last negotiated ATT MTU and fragment length, on BLE links.
+    pub fn ble_negotiated(&self) -> Option<(u16, usize)> {
+        match self {
+            CardLink::BleSim(link) => link.negotiated(),
+            CardLink::Vpcd(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_link_specs() {
+        let v: CardLinkSpec = "vpcd-listen:127.0.0.1:35963".parse().unwrap();
+        assert_eq!(v.to_string(), "vpcd-listen:127.0.0.1:35963");
+        let b: CardLinkSpec = "ble-sim:127.0.0.1:4000".parse().unwrap();
+        assert_eq!(
+            b,
+            CardLinkSpec::BleSim("127.0.0.1:4000".into(), BleSimSettings::default())
+        );
+        assert_eq!(b.to_string(), "ble-sim:127.0.0.1:4000");
+        assert!("ble-sim:nowhere".parse::<CardLinkSpec>().is_err());
+        assert!("nfc:0".parse::<CardLinkSpec>().is_err());
     }
 }

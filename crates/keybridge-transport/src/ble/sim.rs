@@ -134,11 +134,12 @@ pub fn read_op(r: &mut impl Read) -> io::Result<Option<GattOp>> {
 }
 
 /// How one side shapes its link.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinkShape {
     pub latency_ms: u64,
-    /// Probability in `0.0..=`[`DROP_RATE_MAX`] that a fragment is lost.
-    pub drop_rate: f64,
+    /// Probability that a fragment is lost, in parts per million (integer, so
+    /// a shape compares and prints exactly); at most [`DROP_RATE_MAX`].
+    pub drop_ppm: u32,
     pub seed: u64,
 }
 
@@ -146,7 +147,7 @@ impl Default for LinkShape {
     fn default() -> LinkShape {
         LinkShape {
             latency_ms: 0,
-            drop_rate: 0.0,
+            drop_ppm: 0,
             seed: 1,
         }
     }
@@ -160,11 +161,19 @@ impl LinkShape {
         if latency_ms > 10_000 {
             return Err(format!("latency {latency_ms} ms over 10000"));
         }
+        // In 0..=0.5 (checked above), so the product is in 0..=500_000: the
+        // cast neither truncates nor meets a sign.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let drop_ppm = (drop_rate * 1_000_000.0).round() as u32;
         Ok(LinkShape {
             latency_ms,
-            drop_rate,
+            drop_ppm,
             seed,
         })
+    }
+
+    pub fn drop_rate(&self) -> f64 {
+        f64::from(self.drop_ppm) / 1_000_000.0
     }
 }
 
@@ -190,14 +199,15 @@ impl Shaper {
         if self.shape.latency_ms > 0 {
             std::thread::sleep(Duration::from_millis(self.shape.latency_ms));
         }
-        if self.shape.drop_rate <= 0.0 {
+        if self.shape.drop_ppm == 0 {
             return true;
         }
         let lost = self
             .rng
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .gen_bool(self.shape.drop_rate);
+            .gen_range(0..1_000_000u32)
+            < self.shape.drop_ppm;
         if lost {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
