@@ -19,7 +19,8 @@
 //! - [`atr`]: the card's ATR.
 //! - [`shell`]: [`run`], the process: vpcd link, reconnects, the clock;
 //!   [`run_with_link`] on the simulated BLE link (GATT server), where the card
-//!   requires the secure channel (KB-SC1, answered by [`dispatch`]).
+//!   requires the secure channel (KB-SC1, answered by [`dispatch`]); with
+//!   feature `ble`, `radio` is the real GATT server on BlueZ (`bluer`).
 //!
 //! **Architecture invariant**: `applet`, `dispatch`, `transaction` and `der` do
 //! no IO and read no clock. They see the outside only through [`Context`]
@@ -38,6 +39,8 @@ mod der;
 pub mod dispatch;
 mod error;
 pub mod holder;
+#[cfg(feature = "ble")]
+pub mod radio;
 pub mod shell;
 pub mod state;
 pub mod transaction;

@@ -132,6 +132,10 @@ pub enum DeviceLink {
         att_mtu_max: u16,
         shape: LinkShape,
     },
+    /// Be the GATT server on the real Bluetooth adapter (BlueZ), advertising
+    /// the KeyBridge service under `name`.
+    #[cfg(feature = "ble")]
+    Ble { name: String },
 }
 
 /// Runs the card: returns only on an error, or when the reader closes the link
@@ -174,6 +178,18 @@ pub fn run_with_link(options: CardOptions, link: DeviceLink) -> Result<(), CardE
             run_radio(
                 &options,
                 || server.accept(),
+                card.require_secure_messaging(true),
+                holder,
+            )
+        }
+        #[cfg(feature = "ble")]
+        DeviceLink::Ble { name } => {
+            let server = crate::radio::start(&name)
+                .map_err(|e| CardError::Persist(format!("BlueZ: {e}")))?;
+            eprintln!("[card] advertising the KeyBridge service on Bluetooth as {name:?}");
+            run_radio(
+                &options,
+                || Ok(server.clone()),
                 card.require_secure_messaging(true),
                 holder,
             )

@@ -141,11 +141,13 @@ pub fn card(args: CardArgs) -> anyhow::Result<()> {
             shape: args.ble.shape()?,
         }
     } else {
-        anyhow::bail!("--link must be vpcd=HOST:PORT or ble-sim=HOST:PORT");
+        ble_link(&args.link)?
     };
     let addr = match &link {
         keybridge_card::DeviceLink::Vpcd(addr) => addr.clone(),
         keybridge_card::DeviceLink::BleSim { addr, .. } => addr.clone(),
+        #[cfg(feature = "ble")]
+        keybridge_card::DeviceLink::Ble { .. } => String::new(),
     };
     let init_pin = if args.init {
         Some(std::env::var("KEYBRIDGE_CARD_PIN").context("--init needs KEYBRIDGE_CARD_PIN")?)
@@ -168,6 +170,24 @@ pub fn card(args: CardArgs) -> anyhow::Result<()> {
         link,
     )
     .context("card stopped")
+}
+
+/// `ble=NAME`: the real adapter (feature `ble`).
+#[cfg(feature = "ble")]
+fn ble_link(link: &str) -> anyhow::Result<keybridge_card::DeviceLink> {
+    match link.strip_prefix("ble=") {
+        Some(name) if !name.is_empty() => Ok(keybridge_card::DeviceLink::Ble {
+            name: name.to_owned(),
+        }),
+        _ => anyhow::bail!("--link must be vpcd=HOST:PORT, ble-sim=HOST:PORT or ble=NAME"),
+    }
+}
+
+#[cfg(not(feature = "ble"))]
+fn ble_link(_link: &str) -> anyhow::Result<keybridge_card::DeviceLink> {
+    anyhow::bail!(
+        "--link must be vpcd=HOST:PORT or ble-sim=HOST:PORT (ble=NAME needs a build with --features ble)"
+    )
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

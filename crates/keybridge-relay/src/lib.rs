@@ -1,8 +1,9 @@
 //! The mobile device: the bridge between the server and the security device.
 //!
-//! - [`link`]: [`CardLink`], how the phone reaches the card (today the vpcd
-//!   reader side: the phone listens and the card connects), run on a blocking
-//!   thread because card conversations are sequential and slow.
+//! - [`link`]: [`CardLink`], how the phone reaches the card: the vpcd reader
+//!   side (the phone listens and the card connects), or Bluetooth LE, simulated
+//!   over TCP or (feature `ble`) real through btleplug (`radio`); run on a
+//!   blocking thread because card conversations are sequential and slow.
 //! - [`driver`]: the transaction applet's conversation: SELECT, VERIFY, SIGN,
 //!   and enrolment's GENERATE KEY / PUT DATA, mapping status words to outcomes.
 //! - [`screen`]: the panel the phone shows for a confirmation request.
@@ -18,6 +19,8 @@
 pub mod driver;
 pub mod enroll;
 pub mod link;
+#[cfg(feature = "ble")]
+pub mod radio;
 pub mod screen;
 pub mod session;
 

@@ -6,6 +6,9 @@
 //!   link ([`keybridge_transport::ble::sim`]); the card listens. A radio link:
 //!   VERIFY and SIGN go through the secure channel (KB-SC1), which needs the
 //!   card certificate pinned at enrolment (see [`crate::driver::sign_transaction_pinned`]).
+//! - `ble` (feature `ble`): a real Bluetooth LE device advertising the
+//!   KeyBridge service, through btleplug ([`crate::radio`]); same engine,
+//!   same secure channel.
 
 use std::fmt;
 use std::str::FromStr;
@@ -45,6 +48,9 @@ pub enum CardLinkSpec {
     VpcdListen(String),
     /// `ble-sim:HOST:PORT`: connect to a card advertising on the simulated BLE link.
     BleSim(String, BleSimSettings),
+    /// `ble`: the first real BLE device advertising the KeyBridge service.
+    #[cfg(feature = "ble")]
+    Ble,
 }
 
 impl CardLinkSpec {
@@ -68,6 +74,8 @@ impl FromStr for CardLinkSpec {
                 addr.to_owned(),
                 BleSimSettings::default(),
             )),
+            #[cfg(feature = "ble")]
+            None if s == "ble" => Ok(CardLinkSpec::Ble),
             _ => Err(format!(
                 "unknown card link {s:?}: expected vpcd-listen:HOST:PORT or ble-sim:HOST:PORT"
             )),
@@ -80,28 +88,36 @@ impl fmt::Display for CardLinkSpec {
         match self {
             CardLinkSpec::VpcdListen(addr) => write!(f, "vpcd-listen:{addr}"),
             CardLinkSpec::BleSim(addr, _) => write!(f, "ble-sim:{addr}"),
+            #[cfg(feature = "ble")]
+            CardLinkSpec::Ble => f.write_str("ble"),
         }
     }
 }
 
-/// The phone's side of a simulated BLE link: connects when the card is
-/// wanted, and forgets the connection when it breaks (the card left).
+/// Which radio a [`RadioLink`] connects through.
+#[derive(Debug, Clone)]
+enum Radio {
+    Sim(String, BleSimSettings),
+    #[cfg(feature = "ble")]
+    Real,
+}
+
+/// The phone's side of a BLE link (simulated or real): connects when the
+/// card is wanted, and forgets the connection when it breaks (the card left).
 #[derive(Debug)]
-pub struct BleSimLink {
-    addr: String,
-    settings: BleSimSettings,
-    central: Option<Central<SimClient>>,
+pub struct RadioLink {
+    radio: Radio,
+    central: Option<Central<Box<dyn GattClientIo>>>,
     /// Totals over every connection.
     stats: LinkStats,
     last_att_mtu: Option<u16>,
     last_fragment_len: Option<usize>,
 }
 
-impl BleSimLink {
-    fn new(addr: String, settings: BleSimSettings) -> BleSimLink {
-        BleSimLink {
-            addr,
-            settings,
+impl RadioLink {
+    fn new(radio: Radio) -> RadioLink {
+        RadioLink {
+            radio,
             central: None,
             stats: LinkStats::default(),
             last_att_mtu: None,
@@ -111,7 +127,11 @@ impl BleSimLink {
 
     fn options(&self) -> CentralOptions {
         // Silence long enough for a fragment train both ways at this latency.
-        let latency = self.settings.shape.latency_ms;
+        let latency = match &self.radio {
+            Radio::Sim(_, settings) => settings.shape.latency_ms,
+            #[cfg(feature = "ble")]
+            Radio::Real => 0,
+        };
         CentralOptions {
             idle_ms_max: 600 + latency.saturating_mul(8),
             attempts_max: 24,
@@ -125,11 +145,16 @@ impl BleSimLink {
         }
         let deadline = Instant::now() + wait;
         loop {
-            match SimClient::connect(
-                self.addr.as_str(),
-                self.settings.att_mtu,
-                self.settings.shape,
-            ) {
+            let connected: Result<Box<dyn GattClientIo>, LinkError> = match &self.radio {
+                Radio::Sim(addr, settings) => {
+                    SimClient::connect(addr.as_str(), settings.att_mtu, settings.shape)
+                        .map(|c| Box::new(c) as Box<dyn GattClientIo>)
+                }
+                #[cfg(feature = "ble")]
+                Radio::Real => crate::radio::BtleClient::connect(wait)
+                    .map(|c| Box::new(c) as Box<dyn GattClientIo>),
+            };
+            match connected {
                 Ok(client) => {
                     self.last_att_mtu = Some(client.att_mtu());
                     self.last_fragment_len = Some(client.fragment_len().get());
@@ -174,7 +199,7 @@ fn add_stats(total: &mut LinkStats, s: LinkStats) {
     total.keepalives += s.keepalives;
 }
 
-impl CardChannel for BleSimLink {
+impl CardChannel for RadioLink {
     fn transmit_raw(&mut self, command: &[u8]) -> Result<Vec<u8>, LinkError> {
         let central = self.central.as_mut().ok_or(LinkError::CardGone)?;
         let result = central.request(command);
@@ -191,16 +216,19 @@ impl CardChannel for BleSimLink {
 #[derive(Debug)]
 pub enum CardLink {
     Vpcd(VpcdReader),
-    BleSim(BleSimLink),
+    /// Simulated or real Bluetooth LE.
+    Radio(RadioLink),
 }
 
 impl CardLink {
     pub fn open(spec: &CardLinkSpec) -> Result<CardLink, LinkError> {
         match spec {
             CardLinkSpec::VpcdListen(addr) => Ok(CardLink::Vpcd(VpcdReader::bind(addr.as_str())?)),
-            CardLinkSpec::BleSim(addr, settings) => {
-                Ok(CardLink::BleSim(BleSimLink::new(addr.clone(), *settings)))
-            }
+            CardLinkSpec::BleSim(addr, settings) => Ok(CardLink::Radio(RadioLink::new(
+                Radio::Sim(addr.clone(), *settings),
+            ))),
+            #[cfg(feature = "ble")]
+            CardLinkSpec::Ble => Ok(CardLink::Radio(RadioLink::new(Radio::Real))),
         }
     }
 
@@ -208,14 +236,14 @@ impl CardLink {
     pub fn wait_for_card(&mut self, wait: Duration) -> Result<(), LinkError> {
         match self {
             CardLink::Vpcd(reader) => reader.wait_for_card(wait),
-            CardLink::BleSim(link) => link.wait_for_card(wait),
+            CardLink::Radio(link) => link.wait_for_card(wait),
         }
     }
 
     pub fn channel(&mut self) -> &mut dyn CardChannel {
         match self {
             CardLink::Vpcd(reader) => reader,
-            CardLink::BleSim(link) => link,
+            CardLink::Radio(link) => link,
         }
     }
 
@@ -224,7 +252,7 @@ impl CardLink {
         match self {
             CardLink::Vpcd(_) => true,
             // BLE messages carry up to 8 KiB: extended APDUs fit.
-            CardLink::BleSim(_) => true,
+            CardLink::Radio(_) => true,
         }
     }
 
@@ -233,14 +261,14 @@ impl CardLink {
     pub fn requires_secure_channel(&self) -> bool {
         match self {
             CardLink::Vpcd(_) => false,
-            CardLink::BleSim(_) => true,
+            CardLink::Radio(_) => true,
         }
     }
 
     /// What the link did so far, on links that count.
     pub fn ble_stats(&self) -> Option<LinkStats> {
         match self {
-            CardLink::BleSim(link) => Some(link.stats()),
+            CardLink::Radio(link) => Some(link.stats()),
             CardLink::Vpcd(_) => None,
         }
     }
@@ -248,7 +276,7 @@ impl CardLink {
     /// The last negotiated ATT MTU and fragment length, on BLE links.
     pub fn ble_negotiated(&self) -> Option<(u16, usize)> {
         match self {
-            CardLink::BleSim(link) => link.negotiated(),
+            CardLink::Radio(link) => link.negotiated(),
             CardLink::Vpcd(_) => None,
         }
     }

@@ -192,6 +192,7 @@ mod tests {
 
     /// A device in memory: answers each whole request by the script, losing
     /// the fragments the test says to lose.
+    #[derive(Debug)]
     struct Scripted {
         len: FragmentLen,
         inbox: Reassembler,

@@ -35,7 +35,7 @@ use crate::channel::{CardChannel, LinkError};
 
 /// What the phone's BLE stack does for the engine: write the control point,
 /// receive status notifications.
-pub trait GattClientIo: Send {
+pub trait GattClientIo: Send + std::fmt::Debug {
     /// Writes one fragment to the control-point characteristic.
     fn write(&mut self, fragment: &[u8]) -> Result<(), LinkError>;
     /// The next status notification, waiting at most `wait`; `Ok(None)` when
@@ -86,6 +86,21 @@ pub fn is_cancel(fragment: &[u8]) -> bool {
             ..
         })
     )
+}
+
+impl<T: GattClientIo + ?Sized> GattClientIo for Box<T> {
+    fn write(&mut self, fragment: &[u8]) -> Result<(), LinkError> {
+        (**self).write(fragment)
+    }
+    fn next_notification(&mut self, wait: Duration) -> Result<Option<Vec<u8>>, LinkError> {
+        (**self).next_notification(wait)
+    }
+    fn fragment_len(&self) -> FragmentLen {
+        (**self).fragment_len()
+    }
+    fn att_mtu(&self) -> u16 {
+        (**self).att_mtu()
+    }
 }
 
 impl<Io: GattClientIo> CardChannel for Central<Io> {
