@@ -612,7 +612,7 @@ mod tests {
             },
         );
         for size in [1usize, 200, 1_000, 3_000] {
-            let data: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+            let data: Vec<u8> = (0..size).map(|i| u8::try_from(i % 253).unwrap()).collect();
             assert_eq!(central.request(&data).unwrap(), data);
         }
         assert!(central.io().dropped() > 0, "the shape lost nothing");
