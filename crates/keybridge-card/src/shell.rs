@@ -211,6 +211,8 @@ pub fn run_radio<Io: ble::GattServerIo>(
             Ok(conn) => conn,
             Err(e) => {
                 tracing::warn!(error = %e, "a phone failed to connect");
+                // Bounded rate: a broken adapter must not spin the CPU.
+                std::thread::sleep(Duration::from_millis(RECONNECT_INTERVAL_MS));
                 continue;
             }
         };
@@ -240,7 +242,10 @@ pub fn run_radio<Io: ble::GattServerIo>(
         card.reset();
         match &ended {
             Ok(()) => eprintln!("[card] phone disconnected"),
-            Err(e) => tracing::warn!(error = %e, "BLE link failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "BLE link failed");
+                std::thread::sleep(Duration::from_millis(RECONNECT_INTERVAL_MS));
+            }
         }
         if !options.reconnect {
             return ended.map_err(|e| CardError::Persist(format!("BLE link: {e}")));

@@ -417,7 +417,9 @@ mod tests {
     fn long_messages_get_cont_fragments_with_wrapping_sequence() {
         // 17 bytes in the INIT, then 19 per CONT: 17 + 130 * 19 = 2487 bytes
         // need CONT sequences 0..=127 and then 0, 1 again.
-        let data: Vec<u8> = (0..2487u32).map(|i| u8::try_from(i % 251).unwrap()).collect();
+        let data: Vec<u8> = (0..2487u32)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
         let m = Message::new(Cmd::Msg, data.clone());
         let frags: Vec<_> = m.fragments(FragmentLen::MIN).unwrap().collect();
         assert_eq!(frags.len(), 131);

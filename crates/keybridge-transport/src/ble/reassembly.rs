@@ -208,7 +208,9 @@ mod tests {
         for len in FRAGMENT_LEN_MIN..=FRAGMENT_LEN_MAX {
             let len = FragmentLen::new(len).unwrap();
             for size in [0, 1, len.get() - 3, len.get() - 2, 2500, MESSAGE_LEN_MAX] {
-                let data: Vec<u8> = (0..size).map(|i| u8::try_from(i * 7 % 256).unwrap()).collect();
+                let data: Vec<u8> = (0..size)
+                    .map(|i| u8::try_from(i * 7 % 256).unwrap())
+                    .collect();
                 let m = round_trip(Cmd::Msg, &data, len);
                 assert_eq!(m.data, data, "len {len} size {size}");
             }
