@@ -120,21 +120,20 @@ struct Keys {
 }
 
 impl Keys {
-    fn derive(shared: &[u8], transcript_hash: &[u8; 32]) -> Keys {
+    fn derive(shared: &[u8], transcript_hash: &[u8; 32]) -> Result<Keys, SecureError> {
         let hk = Hkdf::<Sha256>::new(Some(transcript_hash), shared);
         let mut okm = Zeroizing::new([0u8; 64]);
-        // 64 bytes is far below HKDF-SHA256's 255 × 32 limit.
-        let _ = hk.expand(KEYS_INFO, &mut okm[..]);
-        Keys {
-            command: Aes256Gcm::new_from_slice(&okm[..32]).unwrap_or_else(|_| unreachable_key()),
-            response: Aes256Gcm::new_from_slice(&okm[32..]).unwrap_or_else(|_| unreachable_key()),
-        }
+        // 64 bytes is far below HKDF-SHA256's 255 × 32 limit; still, a failure
+        // must never leave a zero key in use.
+        hk.expand(KEYS_INFO, &mut okm[..])
+            .map_err(|_| SecureError::Malformed)?;
+        let key =
+            |bytes: &[u8]| Aes256Gcm::new_from_slice(bytes).map_err(|_| SecureError::Malformed);
+        Ok(Keys {
+            command: key(&okm[..32])?,
+            response: key(&okm[32..])?,
+        })
     }
-}
-
-/// `new_from_slice` only fails on a wrong key length, and ours are 32 bytes.
-fn unreachable_key() -> Aes256Gcm {
-    Aes256Gcm::new(&[0u8; 32].into())
 }
 
 fn nonce(direction: u32, counter: u32) -> [u8; 12] {
@@ -280,7 +279,7 @@ impl PhoneHandshake {
             .map_err(|_| SecureError::BadCardSignature)?;
         let shared = self.secret.diffie_hellman(&card_key);
         Ok(PhoneSession {
-            keys: Keys::derive(shared.raw_secret_bytes(), &th),
+            keys: Keys::derive(shared.raw_secret_bytes(), &th)?,
             next_counter: 1,
         })
     }
@@ -363,7 +362,7 @@ pub fn card_accept(
     Ok((
         response,
         CardSession {
-            keys: Keys::derive(shared.raw_secret_bytes(), &th),
+            keys: Keys::derive(shared.raw_secret_bytes(), &th)?,
             last_counter: 0,
             last: None,
         },
