@@ -9,6 +9,7 @@
 
 use std::fmt;
 
+use keybridge_transport::secure::CardIdentity;
 use keybridge_transport::{Command, Response};
 use p256::elliptic_curve::rand_core::CryptoRngCore;
 
@@ -48,5 +49,11 @@ pub trait Applet: Send {
     /// instead of `61xx`. Commands that sign or change state must say `false`.
     fn is_repeatable(&self, _command: &Command) -> bool {
         false
+    }
+    /// The certified key and certificate that prove this card in the secure
+    /// channel's key agreement, once enrolment gave it both. The key is lent
+    /// to the dispatcher for one signature and never leaves the card.
+    fn channel_identity(&self) -> Option<CardIdentity<'_>> {
+        None
     }
 }

@@ -25,10 +25,33 @@
 //! session and carries on with PIV. A successful SELECT, even of the same
 //! applet, starts a fresh session. Any command other than GET RESPONSE drops
 //! a pending answer.
+//!
+//! The secure channel (KB-SC1, [`keybridge_transport::secure`]) is answered
+//! here, above the applets, so it is the same whatever link carried it:
+//!
+//! | situation                                              | SW     |
+//! |--------------------------------------------------------|--------|
+//! | `80 86` KEY AGREEMENT, no applet selected              | `6985` |
+//! | KEY AGREEMENT, the applet has no certified key         | `6A88` |
+//! | KEY AGREEMENT malformed / unknown version or suite     | `6A80` |
+//! | `84 C2` ENVELOPE with no session                       | `6988` |
+//! | ENVELOPE that fails authentication or is out of order  | `6988`, session dropped |
+//! | ENVELOPE whose inner APDU is not class `00` (chaining included) | inner `6E00` |
+//! | ENVELOPE whose inner APDU is GET RESPONSE               | inner `6985` |
+//! | class `80` or `84` with another INS                    | `6E00` |
+//! | [`Card::require_secure_messaging`] and a plain command other than SELECT, GET RESPONSE, GET DATA | `6987` |
+//!
+//! An envelope answers `9000` with the sealed inner answer (`data ‖ SW`),
+//! never cut by the inner Le; the outer Le cuts it with `61xx` as usual. A
+//! plain SELECT or a reset drops the session (a SELECT inside the channel
+//! keeps it: it is as protected as any other inner command).
 
 use std::fmt;
 
 use keybridge_transport::apdu::{CLA_CHAINING, INS_GET_RESPONSE};
+use keybridge_transport::secure::{
+    self, CardSession, Opened, CLA_PROPRIETARY, CLA_SECURE, INS_ENVELOPE, INS_KEY_AGREEMENT,
+};
 use keybridge_transport::{Command, Response, StatusWord};
 
 use crate::applet::{Applet, Context};
@@ -40,6 +63,7 @@ pub const AID_LEN_MIN: usize = 5;
 pub const AID_LEN_MAX: usize = 16;
 
 const INS_SELECT: u8 = 0xA4;
+const INS_GET_DATA: u8 = 0xCA;
 const P1_SELECT_BY_AID: u8 = 0x04;
 const P2_SELECT_FIRST: u8 = 0x00;
 const P2_SELECT_NO_DATA: u8 = 0x0C;
@@ -49,6 +73,7 @@ const SHORT_LE_MAX: usize = 256;
 /// A command chain being received: its header and the data so far.
 #[derive(Debug)]
 struct Chain {
+    cla: u8,
     ins: u8,
     p1: u8,
     p2: u8,
@@ -69,6 +94,8 @@ pub struct Card {
     selected: Option<usize>,
     chain: Option<Chain>,
     pending: Option<Pending>,
+    secure: Option<CardSession>,
+    require_secure: bool,
 }
 
 impl fmt::Debug for Card {
@@ -83,6 +110,8 @@ impl fmt::Debug for Card {
             .field("selected", &self.selected)
             .field("chain_len", &self.chain.as_ref().map(|c| c.data.len()))
             .field("pending_len", &self.pending.as_ref().map(|p| p.data.len()))
+            .field("secure_session", &self.secure.is_some())
+            .field("require_secure", &self.require_secure)
             .finish()
     }
 }
@@ -101,7 +130,23 @@ impl Card {
             selected: None,
             chain: None,
             pending: None,
+            secure: None,
+            require_secure: false,
         }
+    }
+
+    /// On a radio link: VERIFY, SIGN and every other state-changing or
+    /// PIN-carrying command must come inside the secure channel; in clear
+    /// only SELECT, GET RESPONSE, GET DATA (public objects) and KEY AGREEMENT
+    /// are answered.
+    pub fn require_secure_messaging(mut self, required: bool) -> Card {
+        self.require_secure = required;
+        self
+    }
+
+    /// Whether a secure-channel session is open.
+    pub fn has_secure_session(&self) -> bool {
+        self.secure.is_some()
     }
 
     /// Adds an applet. SELECT prefers an exact AID match, then the first applet
@@ -124,6 +169,7 @@ impl Card {
         self.deselect();
         self.chain = None;
         self.pending = None;
+        self.secure = None;
     }
 
     /// Answers raw command bytes with raw response bytes (data ‖ SW1 SW2).
@@ -142,7 +188,14 @@ impl Card {
     /// Answers one parsed command.
     pub fn call(&mut self, command: Command, context: &mut Context<'_>) -> Response {
         let pending = self.pending.take();
-        if command.cla & !CLA_CHAINING != 0 {
+        let class = command.cla & !CLA_CHAINING;
+        let class_ok = match class {
+            0x00 => true,
+            CLA_PROPRIETARY => command.ins == INS_KEY_AGREEMENT,
+            CLA_SECURE => command.ins == INS_ENVELOPE,
+            _ => false,
+        };
+        if !class_ok {
             self.chain = None;
             return Response::status(StatusWord::ClaNotSupported);
         }
@@ -150,7 +203,7 @@ impl Card {
             self.chain = None;
             return Response::status(StatusWord::InsNotSupported);
         }
-        if command.ins == INS_GET_RESPONSE {
+        if command.ins == INS_GET_RESPONSE && class == 0x00 {
             if self.chain.take().is_some() {
                 return Response::status(StatusWord::LastCommandExpected);
             }
@@ -163,7 +216,8 @@ impl Card {
         let command = match self.chain.take() {
             None => command,
             Some(chain)
-                if (chain.ins, chain.p1, chain.p2) == (command.ins, command.p1, command.p2) =>
+                if (chain.cla, chain.ins, chain.p1, chain.p2)
+                    == (class, command.ins, command.p1, command.p2) =>
             {
                 let mut data = chain.data;
                 if data.len().saturating_add(command.data.len()) > CHAIN_DATA_LEN_MAX {
@@ -186,6 +240,7 @@ impl Card {
                 return Response::status(StatusWord::WrongLength);
             }
             self.chain = Some(Chain {
+                cla: class,
                 ins: command.ins,
                 p1: command.p1,
                 p2: command.p2,
@@ -194,18 +249,104 @@ impl Card {
             return Response::status(StatusWord::Ok);
         }
 
-        let (response, repeatable) = if command.ins == INS_SELECT {
-            (self.select(&command), true)
-        } else {
-            match self.selected.and_then(|i| self.applets.get_mut(i)) {
-                Some(applet) => {
-                    let repeatable = applet.is_repeatable(&command);
-                    (applet.call(&command, context), repeatable)
+        let command = Command {
+            cla: class,
+            ..command
+        };
+        let (response, repeatable) = match class {
+            CLA_PROPRIETARY => (self.key_agreement(&command, context), false),
+            CLA_SECURE => (self.envelope(&command, context), false),
+            _ if self.require_secure && !matches!(command.ins, INS_SELECT | INS_GET_DATA) => {
+                (Response::status(StatusWord::SecureMessagingMissing), false)
+            }
+            _ => {
+                if command.ins == INS_SELECT {
+                    // The session belonged to the applet selected before.
+                    self.secure = None;
                 }
-                None => (Response::status(StatusWord::ConditionsNotSatisfied), false),
+                self.execute(&command, context)
             }
         };
         self.fit_to_le(response, command.le, repeatable)
+    }
+
+    /// Runs one complete class-`00` command: SELECT or the selected applet.
+    fn execute(&mut self, command: &Command, context: &mut Context<'_>) -> (Response, bool) {
+        if command.ins == INS_SELECT {
+            return (self.select(command), true);
+        }
+        match self.selected.and_then(|i| self.applets.get_mut(i)) {
+            Some(applet) => {
+                let repeatable = applet.is_repeatable(command);
+                (applet.call(command, context), repeatable)
+            }
+            None => (Response::status(StatusWord::ConditionsNotSatisfied), false),
+        }
+    }
+
+    /// KEY AGREEMENT: the selected applet's certified key proves the card.
+    fn key_agreement(&mut self, command: &Command, context: &mut Context<'_>) -> Response {
+        self.secure = None;
+        if (command.p1, command.p2) != (0, 0) {
+            return Response::status(StatusWord::IncorrectP1P2);
+        }
+        let Some(applet) = self.selected.and_then(|i| self.applets.get(i)) else {
+            return Response::status(StatusWord::ConditionsNotSatisfied);
+        };
+        let Some(identity) = applet.channel_identity() else {
+            return Response::status(StatusWord::ReferencedDataNotFound);
+        };
+        match secure::card_accept(&command.data, identity, &mut context.rng) {
+            Ok((answer, session)) => {
+                self.secure = Some(session);
+                Response::ok(answer)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "key agreement refused");
+                Response::status(StatusWord::IncorrectData)
+            }
+        }
+    }
+
+    /// ENVELOPE: open, run the inner command, seal its whole answer.
+    fn envelope(&mut self, command: &Command, context: &mut Context<'_>) -> Response {
+        if (command.p1, command.p2) != (0, 0) {
+            return Response::status(StatusWord::IncorrectP1P2);
+        }
+        let Some(mut session) = self.secure.take() else {
+            return Response::status(StatusWord::SecureMessagingIncorrect);
+        };
+        let (counter, apdu) = match session.open(&command.data) {
+            Ok(Opened::Fresh { counter, apdu }) => (counter, apdu),
+            Ok(Opened::Retransmission(answer)) => {
+                tracing::debug!("retransmitted envelope: answering from cache");
+                self.secure = Some(session);
+                return Response::ok(answer);
+            }
+            Err(e) => {
+                // The session is dropped: no second guess with the same keys.
+                tracing::warn!(error = %e, "envelope refused; secure session closed");
+                return Response::status(StatusWord::SecureMessagingIncorrect);
+            }
+        };
+        let inner = match Command::parse(&apdu) {
+            Err(e) => Response::status(e.status_word()),
+            Ok(inner) if inner.cla != 0x00 => Response::status(StatusWord::ClaNotSupported),
+            Ok(inner) if inner.ins == INS_GET_RESPONSE => {
+                Response::status(StatusWord::ConditionsNotSatisfied)
+            }
+            Ok(inner) => self.execute(&inner, context).0,
+        };
+        match session.seal(counter, &inner.encode()) {
+            Ok(sealed) => {
+                self.secure = Some(session);
+                Response::ok(sealed)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "answer could not be sealed; session closed");
+                Response::status(StatusWord::SecureMessagingIncorrect)
+            }
+        }
     }
 
     fn deselect(&mut self) {

@@ -23,7 +23,10 @@
 //!   YubiKey extensions yubico-piv-tool asks for. Its state is the `piv`
 //!   section of the same state file.
 //! - [`atr`]: the card's ATR.
-//! - [`shell`]: [`run`], the process: vpcd link, reconnects, the clock.
+//! - [`shell`]: [`run`], the process: vpcd link, reconnects, the clock;
+//!   [`run_with_link`] on the simulated BLE link (GATT server), where the card
+//!   requires the secure channel (KB-SC1, answered by [`dispatch`]); with
+//!   feature `ble`, `radio` is the real GATT server on BlueZ (`bluer`).
 //!
 //! **Architecture invariant**: `applet`, `dispatch`, `transaction`, `piv` and `der` do
 //! no IO and read no clock. They see the outside only through [`Context`]
@@ -32,8 +35,9 @@
 //! sockets and reads `SystemTime`; only `state` (and `piv::state` through it) touches files; the `holder`
 //! implementations print to stderr and read stdin.
 //!
-//! Not here: secure messaging, logical channels, BLE; PIV's RSA and P-384
-//! keys, key attestation, the PIV pairing code and the global PIN.
+//! Not here: ISO/IEC 7816-4 secure messaging (KB-SC1 is KeyBridge's own),
+//! logical channels; PIV's RSA and P-384 keys, key attestation, the PIV
+//! pairing code and the global PIN.
 #![forbid(unsafe_code)]
 
 pub mod applet;
@@ -43,6 +47,8 @@ pub mod dispatch;
 mod error;
 pub mod holder;
 pub mod piv;
+#[cfg(feature = "ble")]
+pub mod radio;
 pub mod shell;
 pub mod state;
 pub mod transaction;
@@ -53,6 +59,6 @@ pub use dispatch::Card;
 pub use error::CardError;
 pub use holder::{AutoApprove, AutoDecline, Holder, Prompt, Screen};
 pub use piv::{PivApplet, PivFileStore, PivMemoryStore, PivState, PivStore};
-pub use shell::{run, CardOptions, Policy, Profile};
+pub use shell::{run, run_with_link, CardOptions, DeviceLink, Policy, Profile};
 pub use state::{init_state, CardState, FileStore, MemoryStore, StateStore};
 pub use transaction::TransactionApplet;

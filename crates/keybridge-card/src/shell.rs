@@ -4,19 +4,29 @@
 //! applets of its [`Profile`] (transaction applet, PIV, or both), connects to a vpcd reader as a card does, and answers:
 //! get-ATR at any time with [`ATR`], power on/off and reset by resetting the
 //! card (nothing selected, PIN forgotten, no chain), APDUs through the card.
+//!
+//! [`run_with_link`] does the same on another [`DeviceLink`]: the simulated
+//! BLE link (the card is the GATT server: it listens, a phone connects), where
+//! the card requires the secure channel for everything but SELECT and GET
+//! DATA, sends KEEPALIVE while the holder decides, and treats a CANCEL that
+//! arrives before the holder's answer as a decline. A disconnect is a power
+//! off: session, PIN and secure channel are forgotten.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use keybridge_transport::ble::frame::KeepaliveStatus;
+use keybridge_transport::ble::sim::{LinkShape, SimServer};
+use keybridge_transport::ble::{self, PeripheralOptions, RequestContext};
 use keybridge_transport::vpcd::{Control, ReaderMessage, VpcdCard};
 
 use crate::applet::Context;
 use crate::atr::ATR;
 use crate::dispatch::Card;
 use crate::error::CardError;
-use crate::holder::{AutoApprove, AutoDecline, Holder, Prompt};
+use crate::holder::{AutoApprove, AutoDecline, Holder, Prompt, Screen};
 use crate::piv::{PivApplet, PivFileStore, PivState, PivStore};
 use crate::state::{init_state, CardState, FileStore};
 use crate::transaction::TransactionApplet;
@@ -169,9 +179,34 @@ impl fmt::Debug for CardOptions {
     }
 }
 
+/// Where the card listens or connects, besides [`CardOptions::vpcd_addr`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeviceLink {
+    /// Connect to a vpcd reader at `host:port` (what [`run`] does).
+    Vpcd(String),
+    /// Be the GATT server of a simulated BLE link: listen on `addr`.
+    BleSim {
+        addr: String,
+        /// The largest ATT MTU the device supports (23..=515).
+        att_mtu_max: u16,
+        shape: LinkShape,
+    },
+    /// Be the GATT server on the real Bluetooth adapter (BlueZ), advertising
+    /// the KeyBridge service under `name`.
+    #[cfg(feature = "ble")]
+    Ble { name: String },
+}
+
 /// Runs the card: returns only on an error, or when the reader closes the link
 /// and `reconnect` is off.
 pub fn run(options: CardOptions) -> Result<(), CardError> {
+    let link = DeviceLink::Vpcd(options.vpcd_addr.clone());
+    run_with_link(options, link)
+}
+
+/// Runs the card on `link`. On BLE the card listens; `reconnect` off returns
+/// after the first phone disconnects.
+pub fn run_with_link(options: CardOptions, link: DeviceLink) -> Result<(), CardError> {
     let state = match (options.state_path.exists(), options.init_pin.as_deref()) {
         (false, Some(pin)) => {
             init_state(&options.state_path, pin)?;
@@ -192,13 +227,142 @@ pub fn run(options: CardOptions) -> Result<(), CardError> {
         card = card.with_applet(Box::new(applet));
     }
     eprintln!("[card] applets: {}", options.profile);
-    let mut holder = options.policy.holder();
+    let holder = options.policy.holder();
+    match link {
+        DeviceLink::Vpcd(addr) => run_vpcd(&options, &addr, card, holder),
+        DeviceLink::BleSim {
+            addr,
+            att_mtu_max,
+            shape,
+        } => {
+            let server = SimServer::bind(addr.as_str(), att_mtu_max, shape)
+                .map_err(CardError::io(format!("listening on {addr}")))?;
+            let local = server
+                .local_addr()
+                .map_err(CardError::io("reading the BLE listen address"))?;
+            eprintln!(
+                "[card] advertising on simulated BLE at {local} (ATT MTU up to {att_mtu_max})"
+            );
+            run_radio(
+                &options,
+                || server.accept(),
+                card.require_secure_messaging(true),
+                holder,
+            )
+        }
+        #[cfg(feature = "ble")]
+        DeviceLink::Ble { name } => {
+            let server = crate::radio::start(&name)
+                .map_err(|e| CardError::Persist(format!("BlueZ: {e}")))?;
+            eprintln!("[card] advertising the KeyBridge service on Bluetooth as {name:?}");
+            run_radio(
+                &options,
+                || Ok(server.clone()),
+                card.require_secure_messaging(true),
+                holder,
+            )
+        }
+    }
+}
+
+/// Serves phones over a radio link, one connection after another.
+/// `accept` waits for the next phone.
+pub fn run_radio<Io: ble::GattServerIo>(
+    options: &CardOptions,
+    mut accept: impl FnMut() -> Result<Io, keybridge_transport::LinkError>,
+    mut card: Card,
+    mut holder: Box<dyn Holder>,
+) -> Result<(), CardError> {
+    let mut rng = rand::rngs::OsRng;
+    loop {
+        let mut conn = match accept() {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "a phone failed to connect");
+                // Bounded rate: a broken adapter must not spin the CPU.
+                std::thread::sleep(Duration::from_millis(RECONNECT_INTERVAL_MS));
+                continue;
+            }
+        };
+        eprintln!(
+            "[card] phone connected over BLE, fragments of {}",
+            conn.fragment_len()
+        );
+        let mut handler = |apdu: &[u8], request: &RequestContext<'_>| {
+            let mut cancel_aware = CancelAware {
+                inner: holder.as_mut(),
+                request,
+            };
+            let mut context = Context {
+                holder: &mut cancel_aware,
+                rng: &mut rng,
+                now_unix_s: now_unix_s(),
+            };
+            let response = card.process(apdu, &mut context);
+            tracing::debug!(
+                header = %hex::encode_upper(apdu.get(..4).unwrap_or(apdu)),
+                sw = %hex::encode_upper(response.get(response.len().saturating_sub(2)..).unwrap_or(&[])),
+                "apdu over BLE"
+            );
+            response
+        };
+        let ended = ble::serve(&mut conn, &mut handler, PeripheralOptions::default());
+        card.reset();
+        match &ended {
+            Ok(()) => eprintln!("[card] phone disconnected"),
+            Err(e) => {
+                tracing::warn!(error = %e, "BLE link failed");
+                std::thread::sleep(Duration::from_millis(RECONNECT_INTERVAL_MS));
+            }
+        }
+        if !options.reconnect {
+            return ended.map_err(|e| CardError::Persist(format!("BLE link: {e}")));
+        }
+    }
+}
+
+/// The holder, as seen through a BLE request: while the holder decides the
+/// phone hears "waiting for the holder", and a CANCEL from the phone before
+/// the answer turns it into a decline, so nothing is signed for a phone that
+/// gave up.
+struct CancelAware<'a, 'r> {
+    inner: &'a mut dyn Holder,
+    request: &'a RequestContext<'r>,
+}
+
+impl Holder for CancelAware<'_, '_> {
+    fn show(&mut self, screen: &Screen) {
+        self.inner.show(screen);
+    }
+
+    fn confirm(&mut self, screen: &Screen) -> bool {
+        if self.request.cancelled() {
+            eprintln!("[card] the phone cancelled before the holder was asked");
+            return false;
+        }
+        self.request.set_status(KeepaliveStatus::UserPresenceNeeded);
+        let approved = self.inner.confirm(screen);
+        self.request.set_status(KeepaliveStatus::Processing);
+        if approved && self.request.cancelled() {
+            eprintln!("[card] the phone cancelled while the holder decided: not signing");
+            return false;
+        }
+        approved
+    }
+}
+
+fn run_vpcd(
+    options: &CardOptions,
+    addr: &str,
+    mut card: Card,
+    mut holder: Box<dyn Holder>,
+) -> Result<(), CardError> {
     let mut rng = rand::rngs::OsRng;
 
     loop {
-        let mut link = connect(&options)?;
-        eprintln!("[card] connected to reader {}", options.vpcd_addr);
-        tracing::debug!(reader = %options.vpcd_addr, "connected to reader");
+        let mut link = connect(options, addr)?;
+        eprintln!("[card] connected to reader {addr}");
+        tracing::debug!(reader = %addr, "connected to reader");
         let ended = serve(&mut link, &mut card, holder.as_mut(), &mut rng);
         card.reset();
         match &ended {
@@ -232,24 +396,23 @@ fn load_piv(options: &CardOptions) -> Result<PivState, CardError> {
 }
 
 /// Connects to the reader; with `reconnect`, retries forever, saying so once per outage.
-fn connect(options: &CardOptions) -> Result<VpcdCard, CardError> {
+fn connect(options: &CardOptions, addr: &str) -> Result<VpcdCard, CardError> {
     let mut waiting = false;
     loop {
-        match VpcdCard::connect(options.vpcd_addr.as_str()) {
+        match VpcdCard::connect(addr) {
             Ok(link) => return Ok(link),
             Err(source) if !options.reconnect => {
                 return Err(CardError::Connect {
-                    addr: options.vpcd_addr.clone(),
+                    addr: addr.to_owned(),
                     source,
                 })
             }
             Err(e) => {
                 if !waiting {
                     eprintln!(
-                        "[card] waiting for reader {} ({e}); retrying every {RECONNECT_INTERVAL_MS} ms",
-                        options.vpcd_addr
+                        "[card] waiting for reader {addr} ({e}); retrying every {RECONNECT_INTERVAL_MS} ms"
                     );
-                    tracing::debug!(reader = %options.vpcd_addr, error = %e, "reader not reachable");
+                    tracing::debug!(reader = %addr, error = %e, "reader not reachable");
                     waiting = true;
                 }
                 std::thread::sleep(Duration::from_millis(RECONNECT_INTERVAL_MS));

@@ -387,4 +387,11 @@ impl Applet for TransactionApplet {
     fn is_repeatable(&self, command: &Command) -> bool {
         command.ins == INS_GET_DATA
     }
+
+    fn channel_identity(&self) -> Option<keybridge_transport::secure::CardIdentity<'_>> {
+        Some(keybridge_transport::secure::CardIdentity {
+            key: self.state.private_key.as_ref()?,
+            certificate: self.state.certificate.as_deref()?,
+        })
+    }
 }

@@ -297,6 +297,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 account: enrolled.account.clone(),
                 credential: enrolled.credential.clone(),
                 method: SignatureMethod::TransactionApplet,
+                card_certificate: Some(enrolled.certificate.clone()),
             };
             credential.save(&credential_out)?;
             println!(

@@ -85,12 +85,28 @@ impl Scenario {
     }
 }
 
+/// How the phone reaches the card in the demo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    /// The phone is the card's vpcd reader over loopback (a wired reader; no
+    /// system packages needed).
+    Vpcd,
+    /// The card attaches to pcscd's vpcd; the phone uses PC/SC.
+    Pcsc,
+    /// The simulated BLE link, with the secure channel (KB-SC1). The card is
+    /// enrolled over vpcd first (enrolment needs no radio), then moves to BLE.
+    BleSim,
+}
+
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     #[arg(long, value_enum, default_value_t = Scenario::Happy)]
     pub scenario: Scenario,
     #[arg(long, value_enum, default_value_t = Method::Applet)]
     pub method: Method,
+    /// With `--transport ble-sim`: the phone's ATT MTU, latency, loss and seed.
+    #[command(flatten)]
+    pub ble: crate::roles::BleSimArgs,
     /// Keep the temp directory (database, card state) for inspection.
     #[arg(long)]
     pub keep: bool,
@@ -100,14 +116,6 @@ pub struct DemoArgs {
     /// Which applet signs: the transaction applet or PIV slot 9C.
     #[arg(long, value_enum, default_value_t = AppletArg::Keybridge)]
     pub applet: AppletArg,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Transport {
-    /// The phone is the card's vpcd reader (no system packages needed).
-    Vpcd,
-    /// The card attaches to pcscd's vpcd; the phone uses PC/SC.
-    Pcsc,
 }
 
 /// Waits this long for another program to finish with pcscd's vpcd ports.
@@ -146,6 +154,15 @@ impl Drop for Children {
 }
 
 impl Children {
+    /// Ends one role's process (the card taken away from the reader).
+    fn stop(&mut self, role: &str) {
+        if let Some(i) = self.0.iter().position(|(r, _)| r == role) {
+            let (_, mut child) = self.0.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     fn spawn(&mut self, log: &Log, role: &str, mut command: Command) -> anyhow::Result<()> {
         command
             .stdin(Stdio::null())
@@ -307,8 +324,14 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
     log.line("admin", &format!("terminal {} registered", terminal.id));
 
     // The card, and its enrolment through a reader the demo holds for a moment.
+    let card_policy = if scenario == Scenario::Decline {
+        "decline"
+    } else {
+        "approve"
+    };
     let (card_link, card_attach) = match args.transport {
-        Transport::Vpcd => {
+        // Over BLE the card is enrolled on a wired vpcd link first.
+        Transport::Vpcd | Transport::BleSim => {
             let port = free_port()?;
             (
                 CardLinkSpec::VpcdListen(format!("127.0.0.1:{port}")),
@@ -326,14 +349,7 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
         .arg(dir.join("card.json"))
         .arg("--link")
         .arg(card_attach)
-        .args([
-            "--policy",
-            if scenario == Scenario::Decline {
-                "decline"
-            } else {
-                "approve"
-            },
-        ])
+        .args(["--policy", card_policy])
         .env("KEYBRIDGE_CARD_PIN", CARD_PIN);
     children.spawn(&log, "card", card)?;
     let payer = AccountId::new(PAYER)?;
@@ -379,6 +395,34 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
         (Method::Applet, _) => log.line("admin", &format!("card enrolled for {payer} as device {}: key made on the card, CSR signed by the card, certificate issued by the server CA", enrolled.device_id)),
     }
 
+    let relay_card_link = match args.transport {
+        Transport::Vpcd | Transport::Pcsc => card_link.to_string(),
+        Transport::BleSim => {
+            // The enrolled card leaves the wired reader and starts advertising.
+            children.stop("card");
+            let ble_port = free_port()?;
+            let mut card = Command::new(&exe);
+            card.args(["card", "--state"])
+                .arg(dir.join("card.json"))
+                .arg("--link")
+                .arg(format!("ble-sim=127.0.0.1:{ble_port}"))
+                .args(["--policy", card_policy]);
+            children.spawn(&log, "card", card)?;
+            log.line(
+                "demo",
+                &format!(
+                    "phone reaches the card over simulated BLE: ATT MTU up to {}, latency {} ms, loss {}, seed {}; secure channel {}",
+                    args.ble.mtu,
+                    args.ble.latency_ms,
+                    args.ble.drop_rate,
+                    args.ble.seed,
+                    keybridge_transport::secure::SUITE_1_NAME
+                ),
+            );
+            format!("ble-sim:127.0.0.1:{ble_port}")
+        }
+    };
+
     // The phone.
     if scenario == Scenario::Expired {
         log.line("demo", "the phone stays offline: nobody will confirm");
@@ -395,7 +439,7 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
             .arg("--ca-cert")
             .arg(&ca_cert)
             .arg("--card")
-            .arg(card_link.to_string())
+            .arg(&relay_card_link)
             .env(
                 "KEYBRIDGE_PIN",
                 if scenario == Scenario::WrongPin {
@@ -404,6 +448,13 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
                     CARD_PIN
                 },
             );
+        if args.transport == Transport::BleSim {
+            relay
+                .args(["--mtu", &args.ble.mtu.to_string()])
+                .args(["--latency-ms", &args.ble.latency_ms.to_string()])
+                .args(["--drop-rate", &args.ble.drop_rate.to_string()])
+                .args(["--seed", &args.ble.seed.to_string()]);
+        }
         match scenario {
             Scenario::Tamper => {
                 relay.args(["--tamper", "amount"]);

@@ -167,15 +167,43 @@ pub enum CardPolicy {
     Decline,
 }
 
+/// Shaping of the simulated BLE link, for `card` and `relay`.
+#[derive(Debug, Clone, Args)]
+pub struct BleSimArgs {
+    /// Largest ATT MTU this side supports on the simulated BLE link (23..=515);
+    /// the two sides agree on the smaller.
+    #[arg(long, default_value_t = 515)]
+    pub mtu: u16,
+    /// Delay added to every fragment this side sends or receives.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Probability (0..=0.5) that this side loses a fragment, either way.
+    #[arg(long, default_value_t = 0.0)]
+    pub drop_rate: f64,
+    /// Seed of the loss RNG: a failing run is reproduced from it.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl BleSimArgs {
+    pub fn shape(&self) -> anyhow::Result<keybridge_transport::ble::sim::LinkShape> {
+        keybridge_transport::ble::sim::LinkShape::new(self.latency_ms, self.drop_rate, self.seed)
+            .map_err(anyhow::Error::msg)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct CardArgs {
     /// The card's state file (key, certificate, PIN state, counter).
     #[arg(long)]
     pub state: PathBuf,
     /// Where the card attaches: `vpcd=HOST:PORT` (pcscd's vpcd at
-    /// 127.0.0.1:35963, or a relay listening with `vpcd-listen`).
+    /// 127.0.0.1:35963, or a relay listening with `vpcd-listen`), or
+    /// `ble-sim=HOST:PORT` (advertise on the simulated BLE link: listen there).
     #[arg(long)]
     pub link: String,
+    #[command(flatten)]
+    pub ble: BleSimArgs,
     /// What the holder answers when the card asks to confirm.
     #[arg(long, value_enum, default_value_t = CardPolicy::Prompt)]
     pub policy: CardPolicy,
@@ -190,11 +218,23 @@ pub struct CardArgs {
 }
 
 pub fn card(args: CardArgs) -> anyhow::Result<()> {
-    let addr = args
-        .link
-        .strip_prefix("vpcd=")
-        .context("--link must be vpcd=HOST:PORT")?
-        .to_owned();
+    let link = if let Some(addr) = args.link.strip_prefix("vpcd=") {
+        keybridge_card::DeviceLink::Vpcd(addr.to_owned())
+    } else if let Some(addr) = args.link.strip_prefix("ble-sim=") {
+        keybridge_card::DeviceLink::BleSim {
+            addr: addr.to_owned(),
+            att_mtu_max: args.ble.mtu,
+            shape: args.ble.shape()?,
+        }
+    } else {
+        ble_link(&args.link)?
+    };
+    let addr = match &link {
+        keybridge_card::DeviceLink::Vpcd(addr) => addr.clone(),
+        keybridge_card::DeviceLink::BleSim { addr, .. } => addr.clone(),
+        #[cfg(feature = "ble")]
+        keybridge_card::DeviceLink::Ble { .. } => String::new(),
+    };
     let init_pin = if args.init {
         Some(std::env::var("KEYBRIDGE_CARD_PIN").context("--init needs KEYBRIDGE_CARD_PIN")?)
     } else {
@@ -205,15 +245,36 @@ pub fn card(args: CardArgs) -> anyhow::Result<()> {
         CardPolicy::Approve => keybridge_card::Policy::Approve,
         CardPolicy::Decline => keybridge_card::Policy::Decline,
     };
-    keybridge_card::run(keybridge_card::CardOptions {
-        state_path: args.state,
-        vpcd_addr: addr,
-        policy,
-        init_pin,
-        reconnect: true,
-        profile: args.profile,
-    })
+    keybridge_card::run_with_link(
+        keybridge_card::CardOptions {
+            state_path: args.state,
+            vpcd_addr: addr,
+            policy,
+            init_pin,
+            reconnect: true,
+            profile: args.profile,
+        },
+        link,
+    )
     .context("card stopped")
+}
+
+/// `ble=NAME`: the real adapter (feature `ble`).
+#[cfg(feature = "ble")]
+fn ble_link(link: &str) -> anyhow::Result<keybridge_card::DeviceLink> {
+    match link.strip_prefix("ble=") {
+        Some(name) if !name.is_empty() => Ok(keybridge_card::DeviceLink::Ble {
+            name: name.to_owned(),
+        }),
+        _ => anyhow::bail!("--link must be vpcd=HOST:PORT, ble-sim=HOST:PORT or ble=NAME"),
+    }
+}
+
+#[cfg(not(feature = "ble"))]
+fn ble_link(_link: &str) -> anyhow::Result<keybridge_card::DeviceLink> {
+    anyhow::bail!(
+        "--link must be vpcd=HOST:PORT or ble-sim=HOST:PORT (ble=NAME needs a build with --features ble)"
+    )
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -234,9 +295,12 @@ pub struct RelayArgs {
     /// The device credential file written at enrolment.
     #[arg(long)]
     pub credential: PathBuf,
-    /// How to reach the card: `vpcd-listen:HOST:PORT`, `pcsc` or `pcsc:READER`.
+    /// How to reach the card: `vpcd-listen:HOST:PORT`, `pcsc`, `pcsc:READER`, or
+    /// `ble-sim:HOST:PORT` (the simulated BLE link; the secure channel is required there).
     #[arg(long)]
     pub card: CardLinkSpec,
+    #[command(flatten)]
+    pub ble: BleSimArgs,
     /// What the phone's holder answers before the card is asked.
     #[arg(long, value_enum, default_value_t = AutoDecision::Prompt)]
     pub auto: AutoDecision,
@@ -274,9 +338,15 @@ impl AppletArg {
 pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
     let credential = DeviceCredential::load(&args.credential)?;
     let pin = std::env::var("KEYBRIDGE_PIN").ok().map(Zeroizing::new);
+    let card = args
+        .card
+        .with_ble_settings(keybridge_relay::link::BleSimSettings {
+            att_mtu: args.ble.mtu,
+            shape: args.ble.shape()?,
+        });
     let options = RelayOptions {
         credential,
-        card: args.card,
+        card,
         pin,
         decision: match args.auto {
             AutoDecision::Approve => Decision::Approve,

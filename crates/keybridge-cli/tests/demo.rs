@@ -108,3 +108,55 @@ fn an_ocra_response_for_a_tampered_amount_is_refused() {
     assert_outcome(&out, "rejected (ocra_mismatch)");
     assert!(out.contains("payer moved 0, payee moved 0"), "{out}");
 }
+
+fn demo_args(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_keybridge"))
+        .arg("demo")
+        .args(args)
+        .env_remove("KEYBRIDGE_LOG")
+        .output()
+        .expect("run keybridge demo");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "demo {args:?} exited {}:\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The whole payment over the simulated BLE link with the secure channel:
+/// the demo reports the negotiated MTU, the fragments and the cipher suite.
+#[test]
+fn ble_sim_demo_settles_and_reports_the_link() {
+    let out = demo_args(&["--transport", "ble-sim", "--mtu", "185"]);
+    assert_outcome(&out, "settled");
+    for step in [
+        "BLE: ATT MTU 185, 182-byte fragments",
+        "fragments sent",
+        "KB-SC1: ECDHE-P256",
+        "AES-256-GCM",
+        "card signed (counter 1",
+    ] {
+        assert!(out.contains(step), "missing {step:?} in:\n{out}");
+    }
+}
+
+/// 5% loss at the smallest MTU: retransmissions, still one payment.
+#[test]
+fn ble_sim_demo_settles_under_loss_at_mtu_23() {
+    let out = demo_args(&[
+        "--transport",
+        "ble-sim",
+        "--mtu",
+        "23",
+        "--drop-rate",
+        "0.05",
+        "--seed",
+        "3",
+    ]);
+    assert_outcome(&out, "settled");
+    assert!(out.contains("BLE: ATT MTU 23, 20-byte fragments"), "{out}");
+    assert!(out.contains("payer moved -1234, payee moved 1234"), "{out}");
+}

@@ -2,7 +2,9 @@
 
 use keybridge_proto::api::DeclineReason;
 use keybridge_proto::applet::{self, CardStatus, OcraAnswer};
+use keybridge_transport::secure::{self, PhoneSession, Protected};
 use keybridge_transport::{transmit, Command, LinkError, Response, StatusWord, TransmitOptions};
+use p256::ecdsa::VerifyingKey;
 
 use crate::link::CardLink;
 
@@ -28,14 +30,66 @@ pub enum DriverError {
     Refused { step: &'static str, sw: StatusWord },
     #[error("card answered {step} with malformed data")]
     Malformed { step: &'static str },
+    /// A radio link needs the certificate pinned at enrolment to check the
+    /// card in the secure channel; this credential has none (or a bad one).
+    #[error("no usable pinned card certificate for the secure channel: {0}; enrol the card again")]
+    NoPinnedCertificate(&'static str),
+}
+
+fn options(link: &CardLink) -> TransmitOptions {
+    TransmitOptions {
+        extended_length: link.extended_length(),
+        ..TransmitOptions::default()
+    }
 }
 
 pub(crate) fn send(link: &mut CardLink, command: &Command) -> Result<Response, DriverError> {
-    let options = TransmitOptions {
-        extended_length: link.extended_length(),
-        ..TransmitOptions::default()
-    };
+    let options = options(link);
     Ok(transmit(link.channel(), command, options)?)
+}
+
+/// Sends `command` inside the secure channel when there is one.
+fn send_via(
+    link: &mut CardLink,
+    session: Option<&mut PhoneSession>,
+    command: &Command,
+) -> Result<Response, DriverError> {
+    let Some(session) = session else {
+        return send(link, command);
+    };
+    let options = options(link);
+    let mut protected = Protected {
+        inner: link.channel(),
+        session,
+        options,
+    };
+    Ok(transmit(&mut protected, command, options)?)
+}
+
+/// The public key a pinned certificate certifies.
+fn pinned_key(certificate: &[u8]) -> Result<VerifyingKey, DriverError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(certificate)
+        .map_err(|_| DriverError::NoPinnedCertificate("not an X.509 certificate"))?;
+    VerifyingKey::from_sec1_bytes(&cert.public_key().subject_public_key.data)
+        .map_err(|_| DriverError::NoPinnedCertificate("not a P-256 key"))
+}
+
+/// KEY AGREEMENT with the selected applet: the card proves it holds the key
+/// of `pinned_certificate`, and both sides derive fresh session keys.
+pub fn open_secure_channel(
+    link: &mut CardLink,
+    pinned_certificate: &[u8],
+) -> Result<PhoneSession, DriverError> {
+    let key = pinned_key(pinned_certificate)?;
+    let options = options(link);
+    let mut rng = rand::rngs::OsRng;
+    Ok(secure::establish(
+        link.channel(),
+        options,
+        pinned_certificate,
+        &key,
+        &mut rng,
+    )?)
 }
 
 fn expect_ok(step: &'static str, r: Response) -> Result<Vec<u8>, DriverError> {
@@ -68,8 +122,16 @@ pub fn get_data(link: &mut CardLink, object: u8) -> Result<Vec<u8>, DriverError>
 /// VERIFY: `Ok(None)` when accepted, `Ok(Some(reason))` when the PIN was wrong
 /// or is blocked.
 pub fn verify_pin(link: &mut CardLink, pin: &[u8]) -> Result<Option<DeclineReason>, DriverError> {
+    verify_pin_via(link, None, pin)
+}
+
+fn verify_pin_via(
+    link: &mut CardLink,
+    session: Option<&mut PhoneSession>,
+    pin: &[u8],
+) -> Result<Option<DeclineReason>, DriverError> {
     let cmd = Command::new(0, applet::INS_VERIFY, 0x00, applet::P2_PIN).with_data(pin.to_vec());
-    let r = send(link, &cmd)?;
+    let r = send_via(link, session, &cmd)?;
     Ok(match r.sw {
         StatusWord::Ok => None,
         StatusWord::VerifyFailed(0) | StatusWord::AuthenticationBlocked => {
@@ -92,19 +154,41 @@ pub fn put_certificate(link: &mut CardLink, der: &[u8]) -> Result<(), DriverErro
 }
 
 /// The whole signing conversation for one payment: SELECT, VERIFY, SIGN.
+/// On a link that requires the secure channel this fails with
+/// [`DriverError::NoPinnedCertificate`]: use [`sign_transaction_pinned`].
 pub fn sign_transaction(
     link: &mut CardLink,
     pin: &[u8],
     payload: &[u8],
 ) -> Result<SignOutcome, DriverError> {
+    sign_transaction_pinned(link, pin, payload, None)
+}
+
+/// SELECT, then (on links that require it, or whenever a certificate is
+/// pinned and the link is radio) KEY AGREEMENT checked against
+/// `pinned_certificate`, then VERIFY and SIGN inside the channel, so neither
+/// the PIN nor the payload crosses the radio in clear.
+pub fn sign_transaction_pinned(
+    link: &mut CardLink,
+    pin: &[u8],
+    payload: &[u8],
+    pinned_certificate: Option<&[u8]>,
+) -> Result<SignOutcome, DriverError> {
     select(link)?;
-    if let Some(reason) = verify_pin(link, pin)? {
+    let mut session = if link.requires_secure_channel() {
+        let certificate = pinned_certificate
+            .ok_or(DriverError::NoPinnedCertificate("the credential has none"))?;
+        Some(open_secure_channel(link, certificate)?)
+    } else {
+        None
+    };
+    if let Some(reason) = verify_pin_via(link, session.as_mut(), pin)? {
         return Ok(SignOutcome::Declined(reason));
     }
     let cmd = Command::new(0, applet::INS_SIGN, applet::P1_SIGN, applet::P2_SIGN)
         .with_data(payload.to_vec())
         .with_le(256);
-    let r = send(link, &cmd)?;
+    let r = send_via(link, session.as_mut(), &cmd)?;
     match r.sw {
         StatusWord::Ok => {
             let (counter, signature) = applet::split_signature_response(&r.data)

@@ -29,10 +29,23 @@ pub struct DeviceCredential {
     /// How the card confirms (older credential files: the transaction applet).
     #[serde(default = "transaction_applet", alias = "signature_method")]
     pub method: SignatureMethod,
+    /// The card's certificate (DER, base64) as the server issued it at
+    /// enrolment: pinned, it is what the card must prove itself with in the
+    /// secure channel on radio links. Absent in credentials written before
+    /// the secure channel existed; those work on vpcd only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card_certificate: Option<String>,
 }
 
 fn transaction_applet() -> SignatureMethod {
     SignatureMethod::TransactionApplet
+}
+
+impl DeviceCredential {
+    /// The pinned card certificate, DER.
+    pub fn card_certificate_der(&self) -> Option<Vec<u8>> {
+        self.card_certificate.as_deref().and_then(b64::decode)
+    }
 }
 
 impl std::fmt::Debug for DeviceCredential {
@@ -43,6 +56,7 @@ impl std::fmt::Debug for DeviceCredential {
             .field("account", &self.account)
             .field("credential", &"<redacted>")
             .field("method", &self.method)
+            .field("card_certificate", &self.card_certificate.is_some())
             .finish()
     }
 }
@@ -162,6 +176,9 @@ pub async fn enroll_with(
         account: enrolled.account.clone(),
         credential: enrolled.credential.clone(),
         method: SignatureMethod::Piv,
+        // KB-SC1 runs on the transaction applet's key: PIV cards are reached by
+        // wire or PC/SC only.
+        card_certificate: None,
     };
     Ok((enrolled, credential))
 }
@@ -222,6 +239,7 @@ pub async fn enroll(
         account: enrolled.account.clone(),
         credential: enrolled.credential.clone(),
         method: SignatureMethod::TransactionApplet,
+        card_certificate: Some(enrolled.certificate.clone()),
     };
     Ok((enrolled, credential))
 }
@@ -265,6 +283,7 @@ pub async fn enroll_ocra(
         account: enrolled.account.clone(),
         credential: enrolled.credential.clone(),
         method: SignatureMethod::Ocra,
+        card_certificate: None,
     };
     Ok((enrolled, credential))
 }

@@ -1,12 +1,14 @@
 //! The mobile device: the bridge between the server and the security device.
 //!
 //! - [`link`]: [`CardLink`], how the phone reaches the card: the vpcd reader
-//!   side (the phone listens and the card connects) or a PC/SC reader through
-//!   pcscd; run on a blocking thread because card conversations are
-//!   sequential and slow.
+//!   side (the phone listens and the card connects), a PC/SC reader through
+//!   pcscd, or Bluetooth LE, simulated over TCP or (feature `ble`) real
+//!   through btleplug (`radio`); run on a blocking thread because card
+//!   conversations are sequential and slow.
 //! - [`driver`]: the transaction applet's conversation: SELECT, VERIFY, SIGN
 //!   (or OCRA RESPONSE for an OCRA-mode card), and enrolment's GENERATE KEY,
-//!   SIGN CSR, PUT DATA and PUT DATA OCRA, mapping status words to outcomes.
+//!   SIGN CSR, PUT DATA and PUT DATA OCRA, mapping status words to outcomes;
+//!   over radio links inside the KB-SC1 secure channel.
 //! - [`piv`]: the PIV conversation (SP 800-73-4) for PIV cards: VERIFY,
 //!   GENERAL AUTHENTICATE 9C over SHA-256 of the payload; and enrolment's
 //!   management-key authentication, GENERATE in 9C, PUT DATA `5FC10A`.
@@ -25,6 +27,8 @@ pub mod driver;
 pub mod enroll;
 pub mod link;
 pub mod piv;
+#[cfg(feature = "ble")]
+pub mod radio;
 pub mod screen;
 pub mod session;
 

@@ -1,12 +1,46 @@
 //! How the phone reaches its card.
+//!
+//! - `vpcd-listen:HOST:PORT`: the phone is a vpcd reader; the card connects.
+//!   A wired or otherwise trusted link: the secure channel is not required.
+//! - `ble-sim:HOST:PORT`: the phone is the GATT client of the simulated BLE
+//!   link ([`keybridge_transport::ble::sim`]); the card listens. A radio link:
+//!   VERIFY and SIGN go through the secure channel (KB-SC1), which needs the
+//!   card certificate pinned at enrolment (see [`crate::driver::sign_transaction_pinned`]).
+//! - `ble` (feature `ble`): a real Bluetooth LE device advertising the
+//!   KeyBridge service, through btleplug ([`crate::radio`]); same engine,
+//!   same secure channel.
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use keybridge_transport::ble::sim::{LinkShape, SimClient};
+use keybridge_transport::ble::{Central, CentralOptions, GattClientIo, LinkStats};
 use keybridge_transport::pcsc::PcscReader;
 use keybridge_transport::vpcd::VpcdReader;
 use keybridge_transport::{CardChannel, LinkError};
+
+/// The ATT MTU the phone asks for when none is given: the largest.
+pub const BLE_ATT_MTU_DEFAULT: u16 = 515;
+/// How often the phone tries to connect while waiting for the card.
+const BLE_CONNECT_INTERVAL_MS: u64 = 100;
+
+/// How the phone shapes a simulated BLE link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BleSimSettings {
+    /// The phone's largest ATT MTU (23..=515); the device may agree on less.
+    pub att_mtu: u16,
+    pub shape: LinkShape,
+}
+
+impl Default for BleSimSettings {
+    fn default() -> BleSimSettings {
+        BleSimSettings {
+            att_mtu: BLE_ATT_MTU_DEFAULT,
+            shape: LinkShape::default(),
+        }
+    }
+}
 
 /// Where the card is, as given on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +50,21 @@ pub enum CardLinkSpec {
     /// `pcsc` or `pcsc:READER`: a reader through pcscd (the first with a card,
     /// or the first whose name contains READER), as USB and NFC readers are.
     Pcsc(Option<String>),
+    /// `ble-sim:HOST:PORT`: connect to a card advertising on the simulated BLE link.
+    BleSim(String, BleSimSettings),
+    /// `ble`: the first real BLE device advertising the KeyBridge service.
+    #[cfg(feature = "ble")]
+    Ble,
+}
+
+impl CardLinkSpec {
+    /// Sets the simulated BLE link's MTU and shape (no effect on other links).
+    pub fn with_ble_settings(self, settings: BleSimSettings) -> CardLinkSpec {
+        match self {
+            CardLinkSpec::BleSim(addr, _) => CardLinkSpec::BleSim(addr, settings),
+            other => other,
+        }
+    }
 }
 
 impl FromStr for CardLinkSpec {
@@ -31,8 +80,14 @@ impl FromStr for CardLinkSpec {
             Some(("pcsc", reader)) if !reader.is_empty() => {
                 Ok(CardLinkSpec::Pcsc(Some(reader.to_owned())))
             }
+            Some(("ble-sim", addr)) if addr.contains(':') => Ok(CardLinkSpec::BleSim(
+                addr.to_owned(),
+                BleSimSettings::default(),
+            )),
+            #[cfg(feature = "ble")]
+            None if s == "ble" => Ok(CardLinkSpec::Ble),
             _ => Err(format!(
-                "unknown card link {s:?}: expected vpcd-listen:HOST:PORT, pcsc or pcsc:READER"
+                "unknown card link {s:?}: expected vpcd-listen:HOST:PORT, pcsc, pcsc:READER or ble-sim:HOST:PORT"
             )),
         }
     }
@@ -44,7 +99,128 @@ impl fmt::Display for CardLinkSpec {
             CardLinkSpec::VpcdListen(addr) => write!(f, "vpcd-listen:{addr}"),
             CardLinkSpec::Pcsc(None) => f.write_str("pcsc"),
             CardLinkSpec::Pcsc(Some(reader)) => write!(f, "pcsc:{reader}"),
+            CardLinkSpec::BleSim(addr, _) => write!(f, "ble-sim:{addr}"),
+            #[cfg(feature = "ble")]
+            CardLinkSpec::Ble => f.write_str("ble"),
         }
+    }
+}
+
+/// Which radio a [`RadioLink`] connects through.
+#[derive(Debug, Clone)]
+enum Radio {
+    Sim(String, BleSimSettings),
+    #[cfg(feature = "ble")]
+    Real,
+}
+
+/// The phone's side of a BLE link (simulated or real): connects when the
+/// card is wanted, and forgets the connection when it breaks (the card left).
+#[derive(Debug)]
+pub struct RadioLink {
+    radio: Radio,
+    central: Option<Central<Box<dyn GattClientIo>>>,
+    /// Totals over every connection.
+    stats: LinkStats,
+    last_att_mtu: Option<u16>,
+    last_fragment_len: Option<usize>,
+}
+
+impl RadioLink {
+    fn new(radio: Radio) -> RadioLink {
+        RadioLink {
+            radio,
+            central: None,
+            stats: LinkStats::default(),
+            last_att_mtu: None,
+            last_fragment_len: None,
+        }
+    }
+
+    fn options(&self) -> CentralOptions {
+        // Silence long enough for a fragment train both ways at this latency.
+        let latency = match &self.radio {
+            Radio::Sim(_, settings) => settings.shape.latency_ms,
+            #[cfg(feature = "ble")]
+            Radio::Real => 0,
+        };
+        CentralOptions {
+            idle_ms_max: 600 + latency.saturating_mul(8),
+            attempts_max: 24,
+            ..CentralOptions::default()
+        }
+    }
+
+    fn wait_for_card(&mut self, wait: Duration) -> Result<(), LinkError> {
+        if self.central.is_some() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            let connected: Result<Box<dyn GattClientIo>, LinkError> = match &self.radio {
+                Radio::Sim(addr, settings) => {
+                    SimClient::connect(addr.as_str(), settings.att_mtu, settings.shape)
+                        .map(|c| Box::new(c) as Box<dyn GattClientIo>)
+                }
+                #[cfg(feature = "ble")]
+                Radio::Real => crate::radio::BtleClient::connect(wait)
+                    .map(|c| Box::new(c) as Box<dyn GattClientIo>),
+            };
+            match connected {
+                Ok(client) => {
+                    self.last_att_mtu = Some(client.att_mtu());
+                    self.last_fragment_len = Some(client.fragment_len().get());
+                    self.central = Some(Central::new(client, self.options()));
+                    return Ok(());
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    tracing::debug!(error = %e, "no BLE device");
+                    return Err(LinkError::Timeout);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(BLE_CONNECT_INTERVAL_MS)),
+            }
+        }
+    }
+
+    fn drop_connection(&mut self) {
+        if let Some(central) = self.central.take() {
+            add_stats(&mut self.stats, central.stats());
+        }
+    }
+
+    /// Link statistics so far, the open connection included.
+    pub fn stats(&self) -> LinkStats {
+        let mut total = self.stats;
+        if let Some(c) = &self.central {
+            add_stats(&mut total, c.stats());
+        }
+        total
+    }
+
+    /// The negotiated ATT MTU and fragment length of the last connection.
+    pub fn negotiated(&self) -> Option<(u16, usize)> {
+        Some((self.last_att_mtu?, self.last_fragment_len?))
+    }
+}
+
+fn add_stats(total: &mut LinkStats, s: LinkStats) {
+    total.requests += s.requests;
+    total.fragments_sent += s.fragments_sent;
+    total.fragments_received += s.fragments_received;
+    total.retransmissions += s.retransmissions;
+    total.keepalives += s.keepalives;
+}
+
+impl CardChannel for RadioLink {
+    fn transmit_raw(&mut self, command: &[u8]) -> Result<Vec<u8>, LinkError> {
+        let central = self.central.as_mut().ok_or(LinkError::CardGone)?;
+        let result = central.request(command);
+        if result.is_err() {
+            // Whatever broke, the next conversation starts with a new connection
+            // (a card that left the field is connected to afresh).
+            self.drop_connection();
+        }
+        result
     }
 }
 
@@ -53,6 +229,8 @@ impl fmt::Display for CardLinkSpec {
 pub enum CardLink {
     Vpcd(VpcdReader),
     Pcsc(PcscReader),
+    /// Simulated or real Bluetooth LE.
+    Radio(RadioLink),
 }
 
 impl CardLink {
@@ -60,6 +238,11 @@ impl CardLink {
         match spec {
             CardLinkSpec::VpcdListen(addr) => Ok(CardLink::Vpcd(VpcdReader::bind(addr.as_str())?)),
             CardLinkSpec::Pcsc(reader) => Ok(CardLink::Pcsc(PcscReader::new(reader.as_deref()))),
+            CardLinkSpec::BleSim(addr, settings) => Ok(CardLink::Radio(RadioLink::new(
+                Radio::Sim(addr.clone(), *settings),
+            ))),
+            #[cfg(feature = "ble")]
+            CardLinkSpec::Ble => Ok(CardLink::Radio(RadioLink::new(Radio::Real))),
         }
     }
 
@@ -68,6 +251,7 @@ impl CardLink {
         match self {
             CardLink::Vpcd(reader) => reader.wait_for_card(wait),
             CardLink::Pcsc(reader) => reader.wait_for_card(wait),
+            CardLink::Radio(link) => link.wait_for_card(wait),
         }
     }
 
@@ -75,6 +259,34 @@ impl CardLink {
         match self {
             CardLink::Vpcd(reader) => reader,
             CardLink::Pcsc(reader) => reader,
+            CardLink::Radio(link) => link,
+        }
+    }
+
+    /// Whether VERIFY and SIGN must go through the secure channel: every
+    /// radio link, where a bystander can listen and tamper. (PC/SC readers
+    /// are not required to yet: an NFC reader behind pcscd is a radio link
+    /// too, and wiring KB-SC1 for it is the open part of issue 4.)
+    pub fn requires_secure_channel(&self) -> bool {
+        match self {
+            CardLink::Vpcd(_) | CardLink::Pcsc(_) => false,
+            CardLink::Radio(_) => true,
+        }
+    }
+
+    /// What the link did so far, on links that count.
+    pub fn ble_stats(&self) -> Option<LinkStats> {
+        match self {
+            CardLink::Radio(link) => Some(link.stats()),
+            CardLink::Vpcd(_) | CardLink::Pcsc(_) => None,
+        }
+    }
+
+    /// The last negotiated ATT MTU and fragment length, on BLE links.
+    pub fn ble_negotiated(&self) -> Option<(u16, usize)> {
+        match self {
+            CardLink::Radio(link) => link.negotiated(),
+            CardLink::Vpcd(_) | CardLink::Pcsc(_) => None,
         }
     }
 
@@ -84,6 +296,8 @@ impl CardLink {
             CardLink::Vpcd(_) => true,
             // Not every reader and card takes extended APDUs: chain instead.
             CardLink::Pcsc(_) => false,
+            // BLE messages carry up to 8 KiB: extended APDUs fit.
+            CardLink::Radio(_) => true,
         }
     }
 }
@@ -93,12 +307,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn specs_parse_and_print() {
-        for s in [
-            "vpcd-listen:127.0.0.1:35963",
-            "pcsc",
-            "pcsc:Virtual PCD 00 00",
-        ] {
+    fn parses_and_prints_link_specs() {
+        let v: CardLinkSpec = "vpcd-listen:127.0.0.1:35963".parse().unwrap();
+        assert_eq!(v.to_string(), "vpcd-listen:127.0.0.1:35963");
+        let b: CardLinkSpec = "ble-sim:127.0.0.1:4000".parse().unwrap();
+        assert_eq!(
+            b,
+            CardLinkSpec::BleSim("127.0.0.1:4000".into(), BleSimSettings::default())
+        );
+        assert_eq!(b.to_string(), "ble-sim:127.0.0.1:4000");
+        assert!("ble-sim:nowhere".parse::<CardLinkSpec>().is_err());
+        assert!("nfc:0".parse::<CardLinkSpec>().is_err());
+    }
+
+    #[test]
+    fn pcsc_specs_parse_and_print() {
+        for s in ["pcsc", "pcsc:Virtual PCD 00 00"] {
             assert_eq!(s.parse::<CardLinkSpec>().unwrap().to_string(), s);
         }
         assert_eq!("pcsc".parse(), Ok(CardLinkSpec::Pcsc(None)));

@@ -16,6 +16,7 @@ use crate::driver::{self, DriverError, SignOutcome};
 use crate::enroll::DeviceCredential;
 use crate::link::{CardLink, CardLinkSpec};
 use crate::screen;
+use keybridge_transport::LinkError;
 
 /// The phone's screen: lines for the holder, unless the relay runs quietly
 /// (benchmarks, where thousands of panels would drown the report).
@@ -418,6 +419,7 @@ async fn sign_with_retries(
     let link = ctx.link.clone();
     let card_wait = ctx.options.card_wait;
     let method = ctx.options.signature_method();
+    let pinned = ctx.options.credential.card_certificate_der();
     tokio::task::spawn_blocking(move || {
         let mut link = link.lock().map_err(|_| RelayError::Poisoned)?;
         for attempt in 1..=CARD_ATTEMPTS_MAX {
@@ -432,16 +434,34 @@ async fn sign_with_retries(
                     SignatureMethod::Ocra => {
                         driver::ocra_response(&mut link, pin.as_bytes(), &payload)
                     }
-                    SignatureMethod::TransactionApplet => {
-                        driver::sign_transaction(&mut link, pin.as_bytes(), &payload)
-                    }
+                    SignatureMethod::TransactionApplet => driver::sign_transaction_pinned(
+                        &mut link,
+                        pin.as_bytes(),
+                        &payload,
+                        pinned.as_deref(),
+                    ),
                     // The card shows nothing: the panel above was the holder's view.
                     SignatureMethod::Piv => {
                         crate::piv::sign_payload(&mut link, pin.as_bytes(), &payload)
                     }
                 });
+            report_link(&link);
             match result {
                 Ok(outcome) => return Ok(Some(outcome)),
+                Err(DriverError::Link(LinkError::CardGone)) => {
+                    // The NFC case: the card left the field mid-conversation.
+                    // The server keeps the request pending until it expires.
+                    println!(
+                        "[phone] the card went away mid-transaction: tap again (attempt {attempt}/{CARD_ATTEMPTS_MAX})"
+                    );
+                }
+                Err(DriverError::Link(LinkError::Secure(e))) => {
+                    // Damaged on the radio, or someone tampering: new keys,
+                    // new conversation; nothing unauthenticated is ever used.
+                    println!(
+                        "[phone] secure channel to the card failed ({e}); starting over (attempt {attempt}/{CARD_ATTEMPTS_MAX})"
+                    );
+                }
                 Err(DriverError::Link(e)) => {
                     tracing::warn!("card link failed (attempt {attempt}/{CARD_ATTEMPTS_MAX}): {e}");
                 }
@@ -459,6 +479,21 @@ async fn sign_with_retries(
     })
     .await
     .map_err(|_| RelayError::Poisoned)?
+}
+
+/// Says what the radio link negotiated and did (the demo prints it).
+fn report_link(link: &CardLink) {
+    if let (Some((att_mtu, fragment)), Some(stats)) = (link.ble_negotiated(), link.ble_stats()) {
+        println!(
+            "[phone] BLE: ATT MTU {att_mtu}, {fragment}-byte fragments; {} requests, {} fragments sent, {} received, {} retransmissions, {} keepalives; channel {}",
+            stats.requests,
+            stats.fragments_sent,
+            stats.fragments_received,
+            stats.retransmissions,
+            stats.keepalives,
+            keybridge_transport::secure::SUITE_1_NAME,
+        );
+    }
 }
 
 async fn read_line(prompt: &'static str) -> String {

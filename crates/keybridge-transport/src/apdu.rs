@@ -272,6 +272,12 @@ pub enum StatusWord {
     ChainingNotSupported,
     /// `6982` security status not satisfied (e.g. PIN not verified).
     SecurityNotSatisfied,
+    /// `6987` expected secure messaging data objects missing: the command
+    /// must come inside the secure channel on this link.
+    SecureMessagingMissing,
+    /// `6988` incorrect secure messaging data objects: an envelope failed
+    /// authentication or came out of order (the session is dropped).
+    SecureMessagingIncorrect,
     /// `6983` authentication method blocked (PIN blocked).
     AuthenticationBlocked,
     /// `6985` conditions of use not satisfied (the holder declined).
@@ -314,6 +320,8 @@ impl StatusWord {
             (0x68, 0x84) => StatusWord::ChainingNotSupported,
             (0x69, 0x82) => StatusWord::SecurityNotSatisfied,
             (0x69, 0x83) => StatusWord::AuthenticationBlocked,
+            (0x69, 0x87) => StatusWord::SecureMessagingMissing,
+            (0x69, 0x88) => StatusWord::SecureMessagingIncorrect,
             (0x69, 0x85) => StatusWord::ConditionsNotSatisfied,
             (0x6A, 0x80) => StatusWord::IncorrectData,
             (0x6A, 0x81) => StatusWord::FunctionNotSupported,
@@ -341,6 +349,8 @@ impl StatusWord {
             StatusWord::ChainingNotSupported => 0x6884,
             StatusWord::SecurityNotSatisfied => 0x6982,
             StatusWord::AuthenticationBlocked => 0x6983,
+            StatusWord::SecureMessagingMissing => 0x6987,
+            StatusWord::SecureMessagingIncorrect => 0x6988,
             StatusWord::ConditionsNotSatisfied => 0x6985,
             StatusWord::IncorrectData => 0x6A80,
             StatusWord::FunctionNotSupported => 0x6A81,
@@ -441,7 +451,8 @@ mod tests {
     #[test]
     fn status_words_round_trip() {
         for sw in [
-            0x9000u16, 0x6110, 0x63C2, 0x6983, 0x6A82, 0x6C05, 0x6D00, 0x6E00, 0x1234,
+            0x9000u16, 0x6110, 0x63C2, 0x6983, 0x6987, 0x6988, 0x6A82, 0x6C05, 0x6D00, 0x6E00,
+            0x1234,
         ] {
             assert_eq!(StatusWord::from_u16(sw).to_u16(), sw);
         }

@@ -18,6 +18,13 @@ pub enum LinkError {
     Timeout,
     #[error("reader error: {0}")]
     Reader(String),
+    /// The secure channel could not be set up, or refused a frame.
+    #[error("secure channel: {0}")]
+    Secure(crate::secure::SecureError),
+    /// The radio link's device answered with a BLE ERROR frame it does not
+    /// expect the phone to recover from by sending again.
+    #[error("BLE device error: {0:?}")]
+    Ble(crate::ble::ErrorCode),
 }
 
 /// Something that carries one command APDU to a card and its response back:

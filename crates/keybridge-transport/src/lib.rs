@@ -11,17 +11,28 @@
 //!   libpcsclite), the way a phone or PC reaches USB and NFC readers.
 //! - [`pcscd`]: pcscd and vpcd on this machine: installed?, start the daemon,
 //!   and [`pcscd::VpcdLock`] so programs take turns on vpcd's fixed ports.
+//! - [`ble`]: Bluetooth LE framing modelled on CTAP-BLE (IO-free fragments and
+//!   reassembly), the phone's and the device's request engines over any GATT
+//!   stack, and a simulated link over TCP with loss, latency and a MITM proxy.
+//! - [`secure`]: KB-SC1, the authenticated key agreement and AEAD envelopes
+//!   the phone and the card speak on radio links, as APDUs.
+//! - [`contactless`]: what NFC needs before PC/SC: contactless ATRs (PC/SC
+//!   part 3) and the frame-size decision (extended length or chaining).
 //!
-//! The codecs do no IO. Only `vpcd`, `pcsc` and `pcscd` touch sockets and
-//! processes, with blocking std IO: card
-//! links are slow, sequential conversations, and callers in async code run them
-//! on a blocking thread.
+//! The codecs (`apdu`, `ble::frame`, `ble::reassembly`, `secure`,
+//! `contactless`) do no IO and read no clock. Only `vpcd`, `ble::sim`, `pcsc`
+//! and `pcscd` touch sockets and processes, with blocking std IO: card links
+//! are slow, sequential conversations, and callers in async code run them on
+//! a blocking thread.
 #![forbid(unsafe_code)]
 
 pub mod apdu;
+pub mod ble;
 pub mod channel;
+pub mod contactless;
 pub mod pcsc;
 pub mod pcscd;
+pub mod secure;
 pub mod vpcd;
 
 pub use apdu::{ApduError, Command, Response, StatusWord};
