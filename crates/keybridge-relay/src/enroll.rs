@@ -7,9 +7,7 @@
 
 use std::path::Path;
 
-use keybridge_proto::api::{
-    b64, DeviceEnrolled, EnrollCsr, EnrollDevice, ProvisionOcra, SignatureMethod,
-};
+use keybridge_proto::api::{b64, DeviceEnrolled, EnrollCsr, ProvisionOcra, SignatureMethod};
 use keybridge_proto::ocra::OtpauthUri;
 use keybridge_proto::AccountId;
 use keybridge_terminal::Client;
@@ -90,6 +88,8 @@ impl DeviceCredential {
 /// The common name the relay puts in the request (the CA chooses the
 /// certificate's subject; this only labels the request).
 const REQUEST_COMMON_NAME: &str = "KeyBridge transaction applet";
+/// The same, for a PIV card's slot 9C key.
+const PIV_REQUEST_COMMON_NAME: &str = "KeyBridge PIV 9C";
 
 /// What enrolling a PIV card needs besides its PIN.
 #[derive(Clone)]
@@ -114,8 +114,9 @@ impl std::fmt::Debug for PivEnrollment {
 
 /// Enrols the card on `link` for `account` with the applet `method` names:
 /// - transaction applet: [`enroll`] (by CSR signed on the card);
-/// - PIV: VERIFY, management-key authentication, GENERATE in 9C, certificate
-///   from the server's CA, PUT DATA `5FC10A` (authenticated again first: the
+/// - PIV: VERIFY, management-key authentication, GENERATE in 9C, a PKCS#10
+///   request signed in 9C, the certificate from the server's CA, PUT DATA
+///   `5FC10A` (authenticated again first: the
 ///   card may have been reset while the server answered).
 #[allow(clippy::too_many_arguments)] // one flat call from the CLI and the demo; a struct would only rename them
 pub async fn enroll_with(
@@ -131,28 +132,41 @@ pub async fn enroll_with(
     if method == SignatureMethod::TransactionApplet {
         return enroll(admin, link, account, label, pin, card_wait).await;
     }
-    let link2 = link.clone();
+    // Proof of possession as for the transaction applet: the card signs a
+    // PKCS#10 request for its new 9C key (GENERAL AUTHENTICATE over the
+    // request info's SHA-256, which is what ECDSA-with-SHA256 signs), and the
+    // CA checks that signature before it certifies the key.
+    let (link2, pin2) = (link.clone(), pin.clone());
     let key = piv_options.management_key.clone();
-    let public_key = tokio::task::spawn_blocking(move || {
+    let csr = tokio::task::spawn_blocking(move || {
         let mut link = link2.lock().map_err(|_| RelayError::Poisoned)?;
         link.wait_for_card(card_wait)?;
         crate::piv::select(&mut link)?;
-        if let Some(reason) = crate::piv::verify_pin(&mut link, pin.as_bytes())? {
+        if let Some(reason) = crate::piv::verify_pin(&mut link, pin2.as_bytes())? {
             return Err(RelayError::Pin(reason));
         }
         crate::piv::authenticate_management(&mut link, &key)?;
-        Ok::<_, RelayError>(crate::piv::generate_p256(
-            &mut link,
-            crate::piv::SLOT_SIGNATURE,
-        )?)
+        let point = crate::piv::generate_p256(&mut link, crate::piv::SLOT_SIGNATURE)?;
+        let info =
+            keybridge_proto::csr::certification_request_info(PIV_REQUEST_COMMON_NAME, &point)
+                .map_err(|e| RelayError::Protocol(e.to_string()))?;
+        match crate::piv::sign_payload(&mut link, pin2.as_bytes(), &info)? {
+            crate::SignOutcome::Signed { signature, .. } => {
+                Ok::<_, RelayError>(keybridge_proto::csr::assemble(&info, &signature))
+            }
+            crate::SignOutcome::Declined(reason) => Err(RelayError::Pin(reason)),
+            crate::SignOutcome::Ocra(_) => Err(RelayError::Protocol(
+                "a PIV card answered with an OCRA response".into(),
+            )),
+        }
     })
     .await
     .map_err(|_| RelayError::Poisoned)??;
 
     let enrolled = admin
-        .enroll_device(&EnrollDevice {
+        .enroll_csr(&EnrollCsr {
             account: account.clone(),
-            public_key: b64::encode(&public_key),
+            csr: b64::encode(&csr),
             label: label.to_owned(),
             method: SignatureMethod::Piv,
         })
