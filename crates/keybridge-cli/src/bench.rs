@@ -24,6 +24,9 @@ use zeroize::Zeroizing;
 pub enum BenchTransport {
     /// The card behind a vpcd socket, the relay as its reader.
     Vpcd,
+    /// The simulated BLE link (ATT MTU 185, no loss) with the KB-SC1 secure
+    /// channel; each card is enrolled over vpcd first, then moves to BLE.
+    BleSim,
 }
 
 #[derive(Debug, Args)]
@@ -114,15 +117,35 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .port();
         let spec = CardLinkSpec::VpcdListen(format!("127.0.0.1:{port}"));
         let enrol = Arc::new(Mutex::new(CardLink::open(&spec)?));
-        let options = keybridge_card::CardOptions {
-            state_path: temp.path().join(format!("card-{i}.json")),
+        let ble_port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let state_path = temp.path().join(format!("card-{i}.json"));
+        let options = move |reconnect: bool| keybridge_card::CardOptions {
+            state_path: state_path.clone(),
             vpcd_addr: format!("127.0.0.1:{port}"),
             policy: keybridge_card::Policy::Approve,
             init_pin: Some(PIN.to_owned()),
-            reconnect: true,
+            reconnect,
             profile: keybridge_card::Profile::default(),
         };
-        std::thread::spawn(move || keybridge_card::run(options));
+        let transport = args.transport;
+        std::thread::spawn(move || match transport {
+            BenchTransport::Vpcd => keybridge_card::run(options(true)),
+            BenchTransport::BleSim => {
+                // The enrolment reader closing ends this run; then the same
+                // card (same state file) starts advertising on BLE.
+                let _ = keybridge_card::run(options(false));
+                keybridge_card::run_with_link(
+                    options(true),
+                    keybridge_card::DeviceLink::BleSim {
+                        addr: format!("127.0.0.1:{ble_port}"),
+                        att_mtu_max: 185,
+                        shape: keybridge_transport::ble::sim::LinkShape::default(),
+                    },
+                )
+            }
+        });
         let (_, credential) = keybridge_relay::enroll(
             &admin,
             enrol,
@@ -132,9 +155,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Duration::from_secs(30),
         )
         .await?;
+        let card = match args.transport {
+            BenchTransport::Vpcd => spec,
+            BenchTransport::BleSim => CardLinkSpec::BleSim(
+                format!("127.0.0.1:{ble_port}"),
+                keybridge_relay::link::BleSimSettings {
+                    att_mtu: 185,
+                    ..Default::default()
+                },
+            ),
+        };
         tokio::spawn(keybridge_relay::run(RelayOptions {
             credential,
-            card: spec,
+            card,
             pin: Some(Zeroizing::new(PIN.to_owned())),
             decision: Decision::Approve,
             tamper: None,
@@ -244,7 +277,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let throughput = settled as f64 / wall.as_secs_f64();
     let crypto = crypto_limit(Duration::from_millis(1500));
     let report = serde_json::json!({
-        "transport": format!("{:?}", args.transport).to_lowercase(),
+        "transport": match args.transport {
+            BenchTransport::Vpcd => "vpcd",
+            BenchTransport::BleSim => "ble-sim",
+        },
         "cards": args.cards,
         "concurrency": args.concurrency,
         "payments_settled": settled,

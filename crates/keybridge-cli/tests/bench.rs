@@ -49,3 +49,35 @@ fn bench_runs_200_payments_and_reports_json() {
         "{report}"
     );
 }
+
+/// The same smoke over the simulated BLE link with the secure channel: the
+/// JSON stays one clean object (the phone's screen is quiet).
+#[test]
+fn bench_runs_over_ble_sim() {
+    let output = Command::new(env!("CARGO_BIN_EXE_keybridge"))
+        .args([
+            "bench",
+            "--payments",
+            "40",
+            "--cards",
+            "2",
+            "--concurrency",
+            "4",
+            "--transport",
+            "ble-sim",
+            "--json",
+        ])
+        .env("KEYBRIDGE_LOG", "warn")
+        .output()
+        .expect("run keybridge bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench exited {}:\n{stdout}",
+        output.status
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["transport"], "ble-sim", "{report}");
+    assert_eq!(report["payments_settled"], 40, "{report}");
+    assert_eq!(report["payments_failed"], 0, "{report}");
+}

@@ -418,6 +418,7 @@ async fn sign_with_retries(
 ) -> Result<Option<SignOutcome>, RelayError> {
     let link = ctx.link.clone();
     let card_wait = ctx.options.card_wait;
+    let quiet = ctx.options.quiet;
     let method = ctx.options.signature_method();
     let pinned = ctx.options.credential.card_certificate_der();
     tokio::task::spawn_blocking(move || {
@@ -445,7 +446,7 @@ async fn sign_with_retries(
                         crate::piv::sign_payload(&mut link, pin.as_bytes(), &payload)
                     }
                 });
-            report_link(&link);
+            report_link(&link, quiet);
             match result {
                 Ok(outcome) => return Ok(Some(outcome)),
                 Err(DriverError::Link(LinkError::CardGone)) => {
@@ -482,10 +483,11 @@ async fn sign_with_retries(
 }
 
 /// Says what the radio link negotiated and did (the demo prints it).
-fn report_link(link: &CardLink) {
+fn report_link(link: &CardLink, quiet: bool) {
     if let (Some((att_mtu, fragment)), Some(stats)) = (link.ble_negotiated(), link.ble_stats()) {
-        println!(
-            "[phone] BLE: ATT MTU {att_mtu}, {fragment}-byte fragments; {} requests, {} fragments sent, {} received, {} retransmissions, {} keepalives; channel {}",
+        say!(
+            quiet,
+            "BLE: ATT MTU {att_mtu}, {fragment}-byte fragments; {} requests, {} fragments sent, {} received, {} retransmissions, {} keepalives; channel {}",
             stats.requests,
             stats.fragments_sent,
             stats.fragments_received,
