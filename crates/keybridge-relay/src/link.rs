@@ -14,12 +14,12 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use keybridge_transport::apdu::SHORT_DATA_LEN_MAX;
 use keybridge_transport::ble::sim::{LinkShape, SimClient};
 use keybridge_transport::ble::{Central, CentralOptions, GattClientIo, LinkStats};
+use keybridge_transport::contactless::AtrFraming;
 use keybridge_transport::pcsc::PcscReader;
 use keybridge_transport::vpcd::VpcdReader;
-use keybridge_transport::apdu::SHORT_DATA_LEN_MAX;
-use keybridge_transport::contactless::AtrFraming;
 use keybridge_transport::{CardChannel, LinkError, TransmitOptions};
 
 /// The ATT MTU the phone asks for when none is given: the largest.
@@ -305,7 +305,8 @@ impl CardLink {
 
     /// Whether a long command goes as one extended APDU (else chained).
     pub fn extended_length(&self) -> bool {
-        self.transmit_options(SHORT_DATA_LEN_MAX + 1).extended_length
+        self.transmit_options(SHORT_DATA_LEN_MAX + 1)
+            .extended_length
     }
 }
 

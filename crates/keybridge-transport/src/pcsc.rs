@@ -187,6 +187,14 @@ impl CardChannel for PcscReader {
         };
         let mut buffer = vec![0u8; pcsc::MAX_BUFFER_SIZE_EXTENDED];
         match card.transmit(command, &mut buffer) {
+            // No status word: the reader lost the card during the exchange
+            // (vpcd answers so when the card's connection closes; an NFC
+            // card leaving the field mid-command is the same case).
+            Ok(answer) if answer.len() < 2 => {
+                self.card = None;
+                self.atr = None;
+                Err(LinkError::CardGone)
+            }
             Ok(answer) => Ok(answer.to_vec()),
             Err(e) => {
                 self.card = None;
