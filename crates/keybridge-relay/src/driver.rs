@@ -36,15 +36,13 @@ pub enum DriverError {
     NoPinnedCertificate(&'static str),
 }
 
-fn options(link: &CardLink) -> TransmitOptions {
-    TransmitOptions {
-        extended_length: link.extended_length(),
-        ..TransmitOptions::default()
-    }
+/// How to frame a command with `data_len` bytes of data on this link.
+fn options(link: &CardLink, data_len: usize) -> TransmitOptions {
+    link.transmit_options(data_len)
 }
 
 pub(crate) fn send(link: &mut CardLink, command: &Command) -> Result<Response, DriverError> {
-    let options = options(link);
+    let options = options(link, command.data.len());
     Ok(transmit(link.channel(), command, options)?)
 }
 
@@ -57,7 +55,7 @@ fn send_via(
     let Some(session) = session else {
         return send(link, command);
     };
-    let options = options(link);
+    let options = options(link, command.data.len());
     let mut protected = Protected {
         inner: link.channel(),
         session,
@@ -81,7 +79,8 @@ pub fn open_secure_channel(
     pinned_certificate: &[u8],
 ) -> Result<PhoneSession, DriverError> {
     let key = pinned_key(pinned_certificate)?;
-    let options = options(link);
+    // The key agreement's messages may be long: frame as for long commands.
+    let options = options(link, keybridge_transport::apdu::SHORT_DATA_LEN_MAX + 1);
     let mut rng = rand::rngs::OsRng;
     Ok(secure::establish(
         link.channel(),

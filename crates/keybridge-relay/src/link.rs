@@ -14,11 +14,13 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use keybridge_transport::apdu::SHORT_DATA_LEN_MAX;
 use keybridge_transport::ble::sim::{LinkShape, SimClient};
 use keybridge_transport::ble::{Central, CentralOptions, GattClientIo, LinkStats};
+use keybridge_transport::contactless::AtrFraming;
 use keybridge_transport::pcsc::PcscReader;
 use keybridge_transport::vpcd::VpcdReader;
-use keybridge_transport::{CardChannel, LinkError};
+use keybridge_transport::{CardChannel, LinkError, TransmitOptions};
 
 /// The ATT MTU the phone asks for when none is given: the largest.
 pub const BLE_ATT_MTU_DEFAULT: u16 = 515;
@@ -290,16 +292,31 @@ impl CardLink {
         }
     }
 
-    /// Whether to send long commands as extended APDUs (else chain).
-    pub fn extended_length(&self) -> bool {
+    /// How to frame a command with `data_len` bytes of data: one extended
+    /// APDU or a chain of short ones, and the bound on the response.
+    pub fn transmit_options(&self, data_len: usize) -> TransmitOptions {
         match self {
-            CardLink::Vpcd(_) => true,
-            // Not every reader and card takes extended APDUs: chain instead.
-            CardLink::Pcsc(_) => false,
-            // BLE messages carry up to 8 KiB: extended APDUs fit.
-            CardLink::Radio(_) => true,
+            // The virtual card takes extended APDUs; BLE messages carry up
+            // to 8 KiB, so extended APDUs fit.
+            CardLink::Vpcd(_) | CardLink::Radio(_) => TransmitOptions::default(),
+            CardLink::Pcsc(reader) => pcsc_transmit_options(reader.atr(), data_len),
         }
     }
+
+    /// Whether a long command goes as one extended APDU (else chained).
+    pub fn extended_length(&self) -> bool {
+        self.transmit_options(SHORT_DATA_LEN_MAX + 1)
+            .extended_length
+    }
+}
+
+/// The framing for a card behind a PC/SC reader, from the ATR the reader
+/// reported: a contactless card (PC/SC part 3 ATR, the NFC case) takes
+/// extended APDUs when its card capabilities announce them and is chained
+/// otherwise ([`AtrFraming`]); a contact card, or an unknown ATR, is
+/// chained (not every reader and card takes extended APDUs).
+pub fn pcsc_transmit_options(atr: Option<&[u8]>, data_len: usize) -> TransmitOptions {
+    AtrFraming::from_atr(atr.unwrap_or_default()).transmit_options(data_len)
 }
 
 #[cfg(test)]
@@ -329,5 +346,32 @@ mod tests {
         for bad in ["pcsc:", "vpcd-listen:nowhere", "usb"] {
             assert!(bad.parse::<CardLinkSpec>().is_err(), "{bad}");
         }
+    }
+
+    fn h(s: &str) -> Vec<u8> {
+        hex::decode(s.replace(' ', "")).unwrap()
+    }
+
+    /// The PC/SC link's framing follows the ATR (contactless.rs's vectors).
+    #[test]
+    fn pcsc_framing_follows_the_atr() {
+        // YubiKey 5 NFC through a contactless reader: capabilities C0.
+        let yubikey = h("3B8D80018073C021C057597562694B6579F9");
+        assert!(pcsc_transmit_options(Some(&yubikey), 600).extended_length);
+        assert!(!pcsc_transmit_options(Some(&yubikey), 200).extended_length);
+        // Capabilities 80 (chaining only), TCK 77.
+        let chaining = h("3B8580018073 000080 77");
+        assert!(!pcsc_transmit_options(Some(&chaining), 600).extended_length);
+        // MIFARE Classic 1K: a storage card, never extended.
+        let mifare = h("3B8F8001804F0CA000000306030001000000006A");
+        assert!(!pcsc_transmit_options(Some(&mifare), 600).extended_length);
+        // A contact card (the virtual KeyBridge card), or no ATR: chained.
+        let contact = h("3B8E8131FE1580594B6579427269646765829000 76");
+        assert!(!pcsc_transmit_options(Some(&contact), 600).extended_length);
+        assert!(!pcsc_transmit_options(None, 600).extended_length);
+        // A PC/SC link not connected yet knows no ATR: chained.
+        let link = CardLink::open(&CardLinkSpec::Pcsc(None)).unwrap();
+        assert!(!link.extended_length());
+        assert!(!link.transmit_options(600).extended_length);
     }
 }

@@ -261,6 +261,50 @@ impl CardLimits {
     }
 }
 
+/// How to frame commands for the card behind a PC/SC reader, decided from
+/// the ATR the reader reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AtrFraming {
+    /// A contact card, or an ATR that is not a well-formed PC/SC part 3
+    /// contactless one: long commands are chained (not every reader and
+    /// card takes extended APDUs).
+    Contact,
+    /// A contactless card: its announced capabilities decide.
+    Contactless {
+        atr: ContactlessAtr,
+        limits: CardLimits,
+    },
+}
+
+impl AtrFraming {
+    /// Reads `atr`: contactless when [`ContactlessAtr::parse`] accepts it.
+    pub fn from_atr(atr: &[u8]) -> AtrFraming {
+        match ContactlessAtr::parse(atr) {
+            Ok(parsed) => AtrFraming::Contactless {
+                limits: CardLimits::from_atr(&parsed),
+                atr: parsed,
+            },
+            Err(_) => AtrFraming::Contact,
+        }
+    }
+
+    /// The options for a command of `data_len` bytes. When the card can take
+    /// it neither whole nor chained ([`FramePlan::TooLarge`]) the command is
+    /// chained anyway and the card's status word tells the refusal.
+    pub fn transmit_options(&self, data_len: usize) -> TransmitOptions {
+        let chained = TransmitOptions {
+            extended_length: false,
+            ..TransmitOptions::default()
+        };
+        match self {
+            AtrFraming::Contact => chained,
+            AtrFraming::Contactless { limits, .. } => {
+                limits.transmit_options(data_len).unwrap_or(chained)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,5 +430,41 @@ mod tests {
             ContactlessAtr::parse(&bad_tck),
             Err(ContactlessError::Checksum)
         );
+    }
+
+    #[test]
+    fn atr_framing_from_published_atrs() {
+        // YubiKey 5 NFC (capabilities C0): one extended APDU.
+        let yubikey = AtrFraming::from_atr(&h("3B8D80018073C021C057597562694B6579F9"));
+        assert!(matches!(yubikey, AtrFraming::Contactless { .. }));
+        assert!(yubikey.transmit_options(600).extended_length);
+        assert!(!yubikey.transmit_options(100).extended_length);
+        // Capabilities 80: chaining only.
+        let chaining = AtrFraming::from_atr(&with_tck("3B8580018073 000080"));
+        assert!(!chaining.transmit_options(600).extended_length);
+        // No capabilities in the historical bytes: chained.
+        let silent = AtrFraming::from_atr(&with_tck("3B88 8001 0000000000000000"));
+        assert!(!silent.transmit_options(600).extended_length);
+        // MIFARE Classic 1K (storage): recognised, never extended.
+        let mifare = AtrFraming::from_atr(&h("3B8F8001804F0CA000000306030001000000006A"));
+        assert!(matches!(
+            mifare,
+            AtrFraming::Contactless {
+                atr: ContactlessAtr::Storage { .. },
+                ..
+            }
+        ));
+        assert!(!mifare.transmit_options(600).extended_length);
+        // A contact ATR (KeyBridge's virtual card: T=1, TA3/TB3) and garbage:
+        // contact framing, chained.
+        for contact in [
+            "3B8E8131FE1580594B6579427269646765829000 76",
+            "3B8580018073 0000C0", // contactless-looking but no TCK
+            "",
+        ] {
+            let framing = AtrFraming::from_atr(&h(contact));
+            assert_eq!(framing, AtrFraming::Contact, "{contact}");
+            assert!(!framing.transmit_options(600).extended_length);
+        }
     }
 }

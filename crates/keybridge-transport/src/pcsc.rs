@@ -22,6 +22,8 @@ pub struct PcscReader {
     filter: Option<String>,
     context: Option<pcsc::Context>,
     card: Option<(pcsc::Card, String)>,
+    /// The ATR of the connected card, as pcscd reported it on connecting.
+    atr: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for PcscReader {
@@ -50,7 +52,15 @@ impl PcscReader {
             filter: filter.map(str::to_owned),
             context: None,
             card: None,
+            atr: None,
         }
+    }
+
+    /// The ATR of the connected card (the reader builds one for a
+    /// contactless card, PC/SC part 3), read when connecting; `None` when
+    /// not connected or when the reader would not tell.
+    pub fn atr(&self) -> Option<&[u8]> {
+        self.card.as_ref().and(self.atr.as_deref())
     }
 
     /// The connected reader's name.
@@ -61,6 +71,7 @@ impl PcscReader {
     /// Drops the card connection (the card stays in the reader).
     pub fn disconnect(&mut self) {
         self.card = None;
+        self.atr = None;
     }
 
     /// Every reader pcscd knows now.
@@ -100,6 +111,13 @@ impl PcscReader {
             };
             match context.connect(&c_name, pcsc::ShareMode::Shared, pcsc::Protocols::ANY) {
                 Ok(card) => {
+                    // SCardStatus gives the ATR; a reader that fails to tell
+                    // leaves it unknown (then commands are chained).
+                    self.atr = card
+                        .status2_owned()
+                        .map(|status| status.atr().to_vec())
+                        .ok()
+                        .filter(|atr| !atr.is_empty());
                     self.card = Some((card, name.clone()));
                     return Ok(());
                 }
@@ -169,14 +187,48 @@ impl CardChannel for PcscReader {
         };
         let mut buffer = vec![0u8; pcsc::MAX_BUFFER_SIZE_EXTENDED];
         match card.transmit(command, &mut buffer) {
+            // No status word: the reader lost the card during the exchange
+            // (vpcd answers so when the card's connection closes; an NFC
+            // card leaving the field mid-command is the same case).
+            Ok(answer) if answer.len() < 2 => {
+                self.card = None;
+                self.atr = None;
+                Err(LinkError::CardGone)
+            }
             Ok(answer) => Ok(answer.to_vec()),
             Err(e) => {
                 self.card = None;
-                if !matches!(e, pcsc::Error::RemovedCard | pcsc::Error::ResetCard) {
+                self.atr = None;
+                if !matches!(
+                    e,
+                    pcsc::Error::RemovedCard | pcsc::Error::ResetCard | pcsc::Error::NoSmartcard
+                ) {
                     self.context = None;
                 }
                 Err(reader_error(e))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A card taken out of the reader (or the NFC field), reset, or absent
+    /// is `CardGone`, which the relay answers with "tap again"; anything
+    /// else is a reader problem.
+    #[test]
+    fn removal_errors_are_card_gone() {
+        for e in [
+            pcsc::Error::RemovedCard,
+            pcsc::Error::NoSmartcard,
+            pcsc::Error::ResetCard,
+        ] {
+            assert!(matches!(reader_error(e), LinkError::CardGone), "{e}");
+        }
+        for e in [pcsc::Error::NoService, pcsc::Error::ReaderUnavailable] {
+            assert!(matches!(reader_error(e), LinkError::Reader(_)), "{e}");
         }
     }
 }
