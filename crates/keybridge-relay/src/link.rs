@@ -266,12 +266,13 @@ impl CardLink {
     }
 
     /// Whether VERIFY and SIGN must go through the secure channel: every
-    /// radio link, where a bystander can listen and tamper. (PC/SC readers
-    /// are not required to yet: an NFC reader behind pcscd is a radio link
-    /// too, and wiring KB-SC1 for it is the open part of issue 4.)
+    /// radio link, where a bystander can listen and tamper. That is BLE, and
+    /// a PC/SC reader whose card answered with a contactless ATR (NFC); a
+    /// contact card in a PC/SC reader, or the vpcd wire, is not a radio link.
     pub fn requires_secure_channel(&self) -> bool {
         match self {
-            CardLink::Vpcd(_) | CardLink::Pcsc(_) => false,
+            CardLink::Vpcd(_) => false,
+            CardLink::Pcsc(reader) => pcsc_is_radio(reader.atr()),
             CardLink::Radio(_) => true,
         }
     }
@@ -308,6 +309,15 @@ impl CardLink {
         self.transmit_options(SHORT_DATA_LEN_MAX + 1)
             .extended_length
     }
+}
+
+/// Whether the card behind a PC/SC reader is reached over the air: its ATR
+/// is a contactless one (PC/SC part 3), as NFC readers report.
+pub fn pcsc_is_radio(atr: Option<&[u8]>) -> bool {
+    matches!(
+        AtrFraming::from_atr(atr.unwrap_or_default()),
+        AtrFraming::Contactless { .. }
+    )
 }
 
 /// The framing for a card behind a PC/SC reader, from the ATR the reader
@@ -373,5 +383,20 @@ mod tests {
         let link = CardLink::open(&CardLinkSpec::Pcsc(None)).unwrap();
         assert!(!link.extended_length());
         assert!(!link.transmit_options(600).extended_length);
+    }
+
+    /// NFC is a radio link: a contactless ATR makes the relay open KB-SC1
+    /// before VERIFY and SIGN; a contact card (or no card yet) does not.
+    #[test]
+    fn a_contactless_card_needs_the_secure_channel() {
+        let yubikey = h("3B8D80018073C021C057597562694B6579F9");
+        let mifare = h("3B8F8001804F0CA000000306030001000000006A");
+        let contact = h("3B8E8131FE1580594B6579427269646765829000 76");
+        assert!(pcsc_is_radio(Some(&yubikey)));
+        assert!(pcsc_is_radio(Some(&mifare)));
+        assert!(!pcsc_is_radio(Some(&contact)));
+        assert!(!pcsc_is_radio(None));
+        let link = CardLink::open(&CardLinkSpec::Pcsc(None)).unwrap();
+        assert!(!link.requires_secure_channel());
     }
 }
