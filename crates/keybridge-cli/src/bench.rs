@@ -16,12 +16,16 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use keybridge_proto::api::{CreateAccount, TransactionStatus};
 use keybridge_proto::{AccountId, Currency, Money};
+use keybridge_relay::link::InProcessCard;
 use keybridge_relay::{CardLink, CardLinkSpec, Decision, RelayOptions};
 use keybridge_terminal::{pay, Client, PayRequest};
 use zeroize::Zeroizing;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BenchTransport {
+    /// The card in the relay's process, reached by a call: no socket, no
+    /// reader; isolates the server and the applet.
+    Direct,
     /// The card behind a vpcd socket, the relay as its reader.
     Vpcd,
     /// The simulated BLE link (ATT MTU 185, no loss) with the KB-SC1 secure
@@ -116,11 +120,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .local_addr()?
             .port();
         let spec = CardLinkSpec::VpcdListen(format!("127.0.0.1:{port}"));
-        let enrol = Arc::new(Mutex::new(CardLink::open(&spec)?));
         let ble_port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let state_path = temp.path().join(format!("card-{i}.json"));
+        let enrol = Arc::new(Mutex::new(match args.transport {
+            BenchTransport::Direct => {
+                CardLink::InProcess(InProcessCard(Box::new(DirectCard::new(&state_path)?)))
+            }
+            BenchTransport::Vpcd | BenchTransport::BleSim => CardLink::open(&spec)?,
+        }));
         let options = move |reconnect: bool| keybridge_card::CardOptions {
             state_path: state_path.clone(),
             vpcd_addr: format!("127.0.0.1:{port}"),
@@ -130,42 +139,34 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             profile: keybridge_card::Profile::default(),
         };
         let transport = args.transport;
-        std::thread::spawn(move || match transport {
-            BenchTransport::Vpcd => keybridge_card::run(options(true)),
-            BenchTransport::BleSim => {
-                // The enrolment reader closing ends this run; then the same
-                // card (same state file) starts advertising on BLE.
-                let _ = keybridge_card::run(options(false));
-                keybridge_card::run_with_link(
-                    options(true),
-                    keybridge_card::DeviceLink::BleSim {
-                        addr: format!("127.0.0.1:{ble_port}"),
-                        att_mtu_max: 185,
-                        shape: keybridge_transport::ble::sim::LinkShape::default(),
-                    },
-                )
-            }
-        });
+        if transport != BenchTransport::Direct {
+            std::thread::spawn(move || match transport {
+                BenchTransport::BleSim => {
+                    // The enrolment reader closing ends this run; then the same
+                    // card (same state file) starts advertising on BLE.
+                    let _ = keybridge_card::run(options(false));
+                    keybridge_card::run_with_link(
+                        options(true),
+                        keybridge_card::DeviceLink::BleSim {
+                            addr: format!("127.0.0.1:{ble_port}"),
+                            att_mtu_max: 185,
+                            shape: keybridge_transport::ble::sim::LinkShape::default(),
+                        },
+                    )
+                }
+                _ => keybridge_card::run(options(true)),
+            });
+        }
         let (_, credential) = keybridge_relay::enroll(
             &admin,
-            enrol,
+            Arc::clone(&enrol),
             &payer,
             "bench",
             Zeroizing::new(PIN.to_owned()),
             Duration::from_secs(30),
         )
         .await?;
-        let card = match args.transport {
-            BenchTransport::Vpcd => spec,
-            BenchTransport::BleSim => CardLinkSpec::BleSim(
-                format!("127.0.0.1:{ble_port}"),
-                keybridge_relay::link::BleSimSettings {
-                    att_mtu: 185,
-                    ..Default::default()
-                },
-            ),
-        };
-        tokio::spawn(keybridge_relay::run(RelayOptions {
+        let relay_options = |card: CardLinkSpec| RelayOptions {
             credential,
             card,
             pin: Some(Zeroizing::new(PIN.to_owned())),
@@ -175,7 +176,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             quiet: true,
             ca_cert_pem: None,
             applet: None,
-        }));
+        };
+        match args.transport {
+            BenchTransport::Direct => {
+                // The same in-process card that was enrolled serves the relay.
+                let link = Arc::try_unwrap(enrol)
+                    .map_err(|_| anyhow::anyhow!("the enrolment still holds the card"))?
+                    .into_inner()
+                    .map_err(|_| anyhow::anyhow!("the card's lock was poisoned"))?;
+                tokio::spawn(keybridge_relay::run_with_link(relay_options(spec), link));
+            }
+            BenchTransport::Vpcd => {
+                drop(enrol);
+                tokio::spawn(keybridge_relay::run(relay_options(spec)));
+            }
+            BenchTransport::BleSim => {
+                drop(enrol);
+                tokio::spawn(keybridge_relay::run(relay_options(CardLinkSpec::BleSim(
+                    format!("127.0.0.1:{ble_port}"),
+                    keybridge_relay::link::BleSimSettings {
+                        att_mtu: 185,
+                        ..Default::default()
+                    },
+                ))));
+            }
+        }
         payers.push(payer);
         setup.inc(1);
     }
@@ -278,6 +303,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let crypto = crypto_limit(Duration::from_millis(1500));
     let report = serde_json::json!({
         "transport": match args.transport {
+            BenchTransport::Direct => "direct",
             BenchTransport::Vpcd => "vpcd",
             BenchTransport::BleSim => "ble-sim",
         },
@@ -408,4 +434,44 @@ fn peak_rss_kib() -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// The transaction applet on a card in this process: the same dispatcher,
+/// applet and state file (written before each answer) as `keybridge card`,
+/// reached by a function call instead of a socket.
+struct DirectCard {
+    card: keybridge_card::Card,
+    holder: keybridge_card::AutoApprove,
+    rng: rand::rngs::OsRng,
+}
+
+impl DirectCard {
+    fn new(state_path: &std::path::Path) -> anyhow::Result<DirectCard> {
+        keybridge_card::init_state(state_path, PIN)?;
+        let state = keybridge_card::CardState::load(state_path)?;
+        let applet = keybridge_card::TransactionApplet::new(
+            state,
+            Box::new(keybridge_card::FileStore::new(state_path)),
+        );
+        Ok(DirectCard {
+            card: keybridge_card::Card::new().with_applet(Box::new(applet)),
+            holder: keybridge_card::AutoApprove,
+            rng: rand::rngs::OsRng,
+        })
+    }
+}
+
+impl keybridge_transport::CardChannel for DirectCard {
+    fn transmit_raw(&mut self, command: &[u8]) -> Result<Vec<u8>, keybridge_transport::LinkError> {
+        let now_unix_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut context = keybridge_card::Context {
+            holder: &mut self.holder,
+            rng: &mut self.rng,
+            now_unix_s,
+        };
+        Ok(self.card.process(command, &mut context))
+    }
 }

@@ -50,10 +50,17 @@ fn bench_runs_200_payments_and_reports_json() {
     );
 }
 
-/// The same smoke over the simulated BLE link with the secure channel: the
-/// JSON stays one clean object (the phone's screen is quiet).
+/// The same smoke over the simulated BLE link with the secure channel, and
+/// with the card in-process: the JSON stays one clean object (the phone's
+/// screen is quiet).
 #[test]
-fn bench_runs_over_ble_sim() {
+fn bench_runs_over_ble_sim_and_direct() {
+    for transport in ["ble-sim", "direct"] {
+        smoke(transport);
+    }
+}
+
+fn smoke(transport: &str) {
     let output = Command::new(env!("CARGO_BIN_EXE_keybridge"))
         .args([
             "bench",
@@ -64,7 +71,7 @@ fn bench_runs_over_ble_sim() {
             "--concurrency",
             "4",
             "--transport",
-            "ble-sim",
+            transport,
             "--json",
         ])
         .env("KEYBRIDGE_LOG", "warn")
@@ -77,7 +84,7 @@ fn bench_runs_over_ble_sim() {
         output.status
     );
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
-    assert_eq!(report["transport"], "ble-sim", "{report}");
+    assert_eq!(report["transport"], transport, "{report}");
     assert_eq!(report["payments_settled"], 40, "{report}");
     assert_eq!(report["payments_failed"], 0, "{report}");
 }

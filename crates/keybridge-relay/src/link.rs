@@ -233,6 +233,19 @@ pub enum CardLink {
     Pcsc(PcscReader),
     /// Simulated or real Bluetooth LE.
     Radio(RadioLink),
+    /// A card in the same process, reached by a function call: no socket, no
+    /// reader. For `keybridge bench --transport direct`, which measures the
+    /// server and the applet without any link in between.
+    InProcess(InProcessCard),
+}
+
+/// A card that answers APDUs by a call (see [`CardLink::InProcess`]).
+pub struct InProcessCard(pub Box<dyn CardChannel + Send>);
+
+impl fmt::Debug for InProcessCard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("InProcessCard")
+    }
 }
 
 impl CardLink {
@@ -254,6 +267,7 @@ impl CardLink {
             CardLink::Vpcd(reader) => reader.wait_for_card(wait),
             CardLink::Pcsc(reader) => reader.wait_for_card(wait),
             CardLink::Radio(link) => link.wait_for_card(wait),
+            CardLink::InProcess(_) => Ok(()),
         }
     }
 
@@ -262,6 +276,7 @@ impl CardLink {
             CardLink::Vpcd(reader) => reader,
             CardLink::Pcsc(reader) => reader,
             CardLink::Radio(link) => link,
+            CardLink::InProcess(card) => card.0.as_mut(),
         }
     }
 
@@ -271,7 +286,7 @@ impl CardLink {
     /// contact card in a PC/SC reader, or the vpcd wire, is not a radio link.
     pub fn requires_secure_channel(&self) -> bool {
         match self {
-            CardLink::Vpcd(_) => false,
+            CardLink::Vpcd(_) | CardLink::InProcess(_) => false,
             CardLink::Pcsc(reader) => pcsc_is_radio(reader.atr()),
             CardLink::Radio(_) => true,
         }
@@ -281,7 +296,7 @@ impl CardLink {
     pub fn ble_stats(&self) -> Option<LinkStats> {
         match self {
             CardLink::Radio(link) => Some(link.stats()),
-            CardLink::Vpcd(_) | CardLink::Pcsc(_) => None,
+            CardLink::Vpcd(_) | CardLink::Pcsc(_) | CardLink::InProcess(_) => None,
         }
     }
 
@@ -289,7 +304,7 @@ impl CardLink {
     pub fn ble_negotiated(&self) -> Option<(u16, usize)> {
         match self {
             CardLink::Radio(link) => link.negotiated(),
-            CardLink::Vpcd(_) | CardLink::Pcsc(_) => None,
+            CardLink::Vpcd(_) | CardLink::Pcsc(_) | CardLink::InProcess(_) => None,
         }
     }
 
@@ -299,7 +314,9 @@ impl CardLink {
         match self {
             // The virtual card takes extended APDUs; BLE messages carry up
             // to 8 KiB, so extended APDUs fit.
-            CardLink::Vpcd(_) | CardLink::Radio(_) => TransmitOptions::default(),
+            CardLink::Vpcd(_) | CardLink::Radio(_) | CardLink::InProcess(_) => {
+                TransmitOptions::default()
+            }
             CardLink::Pcsc(reader) => pcsc_transmit_options(reader.atr(), data_len),
         }
     }

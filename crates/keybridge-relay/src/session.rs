@@ -130,6 +130,11 @@ struct Context {
 /// Runs the relay until the server refuses its credential or the process ends.
 pub async fn run(options: RelayOptions) -> Result<(), RelayError> {
     let link = CardLink::open(&options.card)?;
+    run_with_link(options, link).await
+}
+
+/// Runs the relay over a link already open (`options.card` only names it).
+pub async fn run_with_link(options: RelayOptions, link: CardLink) -> Result<(), RelayError> {
     say!(
         options.quiet,
         "card reader ready at {} ({} applet)",
