@@ -26,14 +26,6 @@ impl Drop for Killed {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts `keybridge card` on the vpcd link with `policy`; returns it and a
 /// receiver of its stderr lines.
 fn card(
@@ -95,6 +87,8 @@ struct World {
     terminal: Client,
     state: std::path::PathBuf,
     port: u16,
+    /// The reader the card is enrolled through, taken once.
+    enrol: std::sync::Mutex<Option<CardLink>>,
 }
 
 async fn world(ttl_s: u64) -> World {
@@ -126,8 +120,16 @@ async fn world(ttl_s: u64) -> World {
     let t = admin.create_terminal("till").await.unwrap();
     let terminal = Client::new(&url, &t.api_key).unwrap();
     let state = dir.path().join("card.json");
-    let port = free_port();
+    // The enrolment reader listens from the start, on a port the kernel
+    // picked for it: choosing a "free" port first and binding it later left
+    // a window in which this test's own HTTP connections could take it.
+    let enrol = CardLink::open(&CardLinkSpec::VpcdListen("127.0.0.1:0".into())).unwrap();
+    let port = match &enrol {
+        CardLink::Vpcd(reader) => reader.local_addr().unwrap().port(),
+        _ => unreachable!("a vpcd spec opens a vpcd reader"),
+    };
     World {
+        enrol: std::sync::Mutex::new(Some(enrol)),
         _dir: dir,
         _server: server,
         admin,
@@ -140,7 +142,8 @@ async fn world(ttl_s: u64) -> World {
 /// Enrols the card (approve policy, killed afterwards) and starts the relay.
 async fn enrol_and_start_relay(w: &World) {
     let spec = CardLinkSpec::VpcdListen(format!("127.0.0.1:{}", w.port));
-    let link = Arc::new(Mutex::new(CardLink::open(&spec).unwrap()));
+    let enrol = w.enrol.lock().unwrap().take().expect("enrolled once");
+    let link = Arc::new(Mutex::new(enrol));
     let enrolling = card(&w.state, w.port, "approve", true);
     let (_, credential) = keybridge_relay::enroll(
         &w.admin,
