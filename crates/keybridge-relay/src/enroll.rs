@@ -163,16 +163,8 @@ pub async fn enroll_with(
     .await
     .map_err(|_| RelayError::Poisoned)??;
 
-    let enrolled = admin
-        .enroll_csr(&EnrollCsr {
-            account: account.clone(),
-            csr: b64::encode(&csr),
-            label: label.to_owned(),
-            method: SignatureMethod::Piv,
-        })
-        .await?;
-    let certificate = b64::decode(&enrolled.certificate)
-        .ok_or_else(|| RelayError::Protocol("certificate is not base64".into()))?;
+    let (enrolled, certificate) =
+        certify(admin, account, label, &csr, SignatureMethod::Piv).await?;
     let key = piv_options.management_key.clone();
     tokio::task::spawn_blocking(move || {
         let mut link = link.lock().map_err(|_| RelayError::Poisoned)?;
@@ -225,16 +217,14 @@ pub async fn enroll(
     .await
     .map_err(|_| RelayError::Poisoned)??;
 
-    let enrolled = admin
-        .enroll_csr(&EnrollCsr {
-            account: account.clone(),
-            csr: b64::encode(&csr),
-            label: label.to_owned(),
-            method: SignatureMethod::TransactionApplet,
-        })
-        .await?;
-    let certificate = b64::decode(&enrolled.certificate)
-        .ok_or_else(|| RelayError::Protocol("certificate is not base64".into()))?;
+    let (enrolled, certificate) = certify(
+        admin,
+        account,
+        label,
+        &csr,
+        SignatureMethod::TransactionApplet,
+    )
+    .await?;
     tokio::task::spawn_blocking(move || {
         let mut link = link.lock().map_err(|_| RelayError::Poisoned)?;
         // SIGN CSR consumed the verified PIN.
@@ -256,6 +246,28 @@ pub async fn enroll(
         card_certificate: Some(enrolled.certificate.clone()),
     };
     Ok((enrolled, credential))
+}
+
+/// Sends a card-signed PKCS#10 request to the CA (admin API) and returns the
+/// enrolment with the issued certificate, DER.
+async fn certify(
+    admin: &Client,
+    account: &AccountId,
+    label: &str,
+    csr: &[u8],
+    method: SignatureMethod,
+) -> Result<(DeviceEnrolled, Vec<u8>), RelayError> {
+    let enrolled = admin
+        .enroll_csr(&EnrollCsr {
+            account: account.clone(),
+            csr: b64::encode(csr),
+            label: label.to_owned(),
+            method,
+        })
+        .await?;
+    let certificate = b64::decode(&enrolled.certificate)
+        .ok_or_else(|| RelayError::Protocol("certificate is not base64".into()))?;
+    Ok((enrolled, certificate))
 }
 
 /// Enrols an OCRA-mode card: the server stores the URI's secret (sealed),
