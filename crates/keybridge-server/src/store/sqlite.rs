@@ -1,8 +1,10 @@
-//! The SQLite backend: one connection behind a mutex; reads run on the
-//! blocking pool, writes on one writer thread that commits them in groups
-//! ([`writer`]), each group one `BEGIN IMMEDIATE` transaction and each write
-//! its own savepoint. Writes are serialised, so compare-and-set updates and
-//! the unique indexes are a second line of defence, not the first.
+//! The SQLite backend: writes run on one writer thread that commits them in
+//! groups ([`writer`]), each group one `BEGIN IMMEDIATE` transaction and each
+//! write its own savepoint; reads run on the blocking pool, each on a
+//! read-only connection of its own ([`readers`]), so that no read waits for a
+//! commit's fsync (WAL gives every reader the last committed snapshot). Writes
+//! are serialised, so compare-and-set updates and the unique indexes are a
+//! second line of defence, not the first.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -55,11 +57,15 @@ const DEVICE_COLUMNS: &str = "id, account_id, label, public_key, certificate, st
      last_counter, created_at, method, revoked_at, ocra_suite, ocra_secret";
 const ACCOUNT_COLUMNS: &str = "id, display_name, currency, balance_minor, system, created_at";
 
+mod readers;
 mod writer;
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// The writer's connection; tests look at it directly.
+    #[cfg_attr(not(test), allow(dead_code))]
     conn: Arc<Mutex<Connection>>,
+    readers: Arc<readers::Readers>,
     writer: writer::Writer,
 }
 
@@ -67,16 +73,22 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file and applies pending migrations.
     pub fn open(path: &Path, now_unix_s: u64) -> Result<SqliteStore, StoreError> {
         let conn = Connection::open(path).map_err(backend)?;
-        SqliteStore::init(conn, now_unix_s)
+        SqliteStore::init(conn, now_unix_s, Some(path))
     }
 
     /// A private in-memory database, for tests.
     pub fn open_in_memory(now_unix_s: u64) -> Result<SqliteStore, StoreError> {
         let conn = Connection::open_in_memory().map_err(backend)?;
-        SqliteStore::init(conn, now_unix_s)
+        SqliteStore::init(conn, now_unix_s, None)
     }
 
-    fn init(mut conn: Connection, now_unix_s: u64) -> Result<SqliteStore, StoreError> {
+    /// `path` is `None` for an in-memory database, which only its own
+    /// connection can see: reads then share the writer's connection.
+    fn init(
+        mut conn: Connection,
+        now_unix_s: u64,
+        path: Option<&Path>,
+    ) -> Result<SqliteStore, StoreError> {
         // WAL lets readers proceed during a write; FULL syncs the WAL on every
         // commit, because a settled payment must survive a power cut.
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -89,27 +101,27 @@ impl SqliteStore {
             .map_err(backend)?;
         migrate(&mut conn, now_unix_s)?;
         let conn = Arc::new(Mutex::new(conn));
+        let readers = match path {
+            Some(path) => readers::Readers::file(path),
+            None => readers::Readers::shared(Arc::clone(&conn)),
+        };
         Ok(SqliteStore {
             writer: writer::Writer::start(Arc::clone(&conn))?,
+            readers: Arc::new(readers),
             conn,
         })
     }
 
-    /// Runs `f` with the connection on the blocking pool.
+    /// Runs the read `f` on the blocking pool with a read-only connection.
     async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn
-                .lock()
-                .map_err(|_| StoreError::Backend("connection mutex poisoned".into()))?;
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("blocking task failed: {e}")))?
+        let readers = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || readers.read(f))
+            .await
+            .map_err(|e| StoreError::Backend(format!("blocking task failed: {e}")))?
     }
 
     /// Runs `f` as one atomic write (a savepoint in a group commit) and
@@ -899,10 +911,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_transaction(&self, t: TransactionRecord) -> Result<InsertOutcome, StoreError> {
-        self.run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
+        self.write(move |tx| {
             let inserted = tx.execute(
                 &format!(
                     "INSERT INTO transactions ({TX_COLUMNS})
@@ -931,10 +940,11 @@ impl Store for SqliteStore {
             match inserted {
                 Ok(_) => {}
                 Err(e) if is_unique_violation(&e) => {
-                    // The unique index on (terminal_id, idempotency_key) decides the race.
-                    drop(tx);
+                    // The unique index on (terminal_id, idempotency_key) decides
+                    // the race. The failed statement changed nothing, so this
+                    // write's savepoint is released empty.
                     let existing = query_txs(
-                        conn,
+                        tx,
                         "WHERE terminal_id = ?1 AND idempotency_key = ?2",
                         params![t.terminal_id, t.idempotency_key],
                     )?
@@ -946,7 +956,7 @@ impl Store for SqliteStore {
                 Err(e) => return Err(backend(e)),
             }
             append_audit(
-                &tx,
+                tx,
                 t.created_at_unix_s,
                 Some(&t.id),
                 "transaction_created",
@@ -960,8 +970,7 @@ impl Store for SqliteStore {
                     "payload_sha256": hex::encode(keybridge_proto::ConfirmationPayload::digest(&t.payload)),
                 }),
             )?;
-            let stored = get_tx(&tx, &t.id)?.ok_or_else(|| corrupt("transaction vanished"))?;
-            tx.commit().map_err(backend)?;
+            let stored = get_tx(tx, &t.id)?.ok_or_else(|| corrupt("transaction vanished"))?;
             Ok(InsertOutcome::Created(stored))
         })
         .await

@@ -64,12 +64,20 @@ impl Writer {
             });
             (ok, completion)
         });
-        let jobs = self.jobs.clone();
-        // `send` blocks only when the queue is full; keep that off the runtime.
-        tokio::task::spawn_blocking(move || jobs.send(job))
-            .await
-            .map_err(|e| StoreError::Backend(format!("blocking task failed: {e}")))?
-            .map_err(|_| StoreError::Backend("the writer thread has stopped".into()))?;
+        let stopped = || StoreError::Backend("the writer thread has stopped".into());
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(stopped()),
+            Err(mpsc::TrySendError::Full(job)) => {
+                // A full queue: wait for room off the runtime (a blocking
+                // `send`), not on it. The common case above costs no hop.
+                let jobs = self.jobs.clone();
+                tokio::task::spawn_blocking(move || jobs.send(job))
+                    .await
+                    .map_err(|e| StoreError::Backend(format!("blocking task failed: {e}")))?
+                    .map_err(|_| stopped())?;
+            }
+        }
         answer
             .await
             .map_err(|_| StoreError::Backend("the writer thread dropped a write".into()))?
