@@ -1,20 +1,32 @@
-//! In-process fan-out of transaction events to relay WebSockets and waiting
-//! terminals (long-poll, SSE).
+//! In-process fan-out of transaction events to relay WebSockets, waiting
+//! terminals (long-poll, SSE) and the webhook deliverer.
 //!
-//! One bounded broadcast channel: every subscriber filters for what concerns
-//! it (a payer account, a transaction id). A subscriber that falls more than
-//! [`HUB_CAPACITY`] events behind is told so (`Lagged`) and re-reads the store,
-//! so the bound never loses a final status. The store stays the truth; the hub
-//! only says "look again". Several server instances would replace this with
-//! the database's own notifications.
+//! Events go by topic: a payer account (its relays: new requests, ends,
+//! disabled devices) and a transaction (its waiting terminals: the end). A
+//! subscriber hears only its topic, so one event wakes the few tasks it
+//! concerns, not every open socket: with one channel for everything, each
+//! payment woke every relay and every long-poll on the server, a cost that
+//! grew with the number of connections. A topic lives while it has
+//! subscribers.
+//!
+//! A subscriber that falls more than its topic's capacity behind is told so
+//! (`Lagged`) and re-reads the store, so the bound never loses a final
+//! status. The store stays the truth; the hub only says "look again". Several
+//! server instances would replace this with the database's own notifications.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use keybridge_proto::api::TransactionView;
-use tokio::sync::{broadcast, watch};
+use keybridge_proto::{AccountId, TransactionId};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, watch, Notify};
 
-/// Events buffered per subscriber before it must resynchronise from the store.
-pub const HUB_CAPACITY: usize = 1024;
+/// Events buffered per relay before it must resynchronise from the store:
+/// one payer rarely has more than a few requests open.
+pub const PAYER_TOPIC_CAPACITY: usize = 64;
+/// A transaction has one end; the spare slot is slack.
+pub const TRANSACTION_TOPIC_CAPACITY: usize = 2;
 
 #[derive(Debug, Clone)]
 pub enum HubEvent {
@@ -26,13 +38,56 @@ pub enum HubEvent {
     /// A transaction reached its final status.
     Ended { view: TransactionView },
     /// A device was disabled: its open relay connections must close now.
-    DeviceDisabled { device_id: String },
+    DeviceDisabled {
+        device_id: String,
+        account: AccountId,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// What a payer's relays need: `Created`, `Ended`, `DeviceDisabled`.
+    Payer(AccountId),
+    /// What a terminal waiting on one transaction needs: its `Ended`.
+    Transaction(TransactionId),
+}
+
+impl Topic {
+    fn capacity(&self) -> usize {
+        match self {
+            Topic::Payer(_) => PAYER_TOPIC_CAPACITY,
+            Topic::Transaction(_) => TRANSACTION_TOPIC_CAPACITY,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Hub {
-    events: broadcast::Sender<HubEvent>,
-    shutdown: Arc<watch::Sender<bool>>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    topics: Mutex<HashMap<Topic, broadcast::Sender<HubEvent>>>,
+    /// One stored permit however many ends: the webhook deliverer looks at
+    /// the store once for all the ends since its last look.
+    ended: Notify,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Inner {
+    fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<Topic, broadcast::Sender<HubEvent>>> {
+        // The map holds only channel handles: a panic elsewhere cannot leave
+        // it half-updated.
+        self.topics.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn send(&self, topic: &Topic, event: HubEvent) {
+        if let Some(sender) = self.topics().get(topic) {
+            // No receiver left is fine: the topic is about to be removed.
+            let _ = sender.send(event);
+        }
+    }
 }
 
 impl Default for Hub {
@@ -43,32 +98,105 @@ impl Default for Hub {
 
 impl Hub {
     pub fn new() -> Hub {
-        let (events, _) = broadcast::channel(HUB_CAPACITY);
         let (shutdown, _) = watch::channel(false);
         Hub {
-            events,
-            shutdown: Arc::new(shutdown),
+            inner: Arc::new(Inner {
+                topics: Mutex::new(HashMap::new()),
+                ended: Notify::new(),
+                shutdown,
+            }),
         }
     }
 
-    /// Sends to every current subscriber; having none is fine.
+    /// Sends to the subscribers of the topics the event concerns; having none
+    /// is fine.
     pub fn publish(&self, event: HubEvent) {
-        let _ = self.events.send(event);
+        match &event {
+            HubEvent::Created { view, .. } => {
+                let topic = Topic::Payer(view.payer.clone());
+                self.inner.send(&topic, event);
+            }
+            HubEvent::Ended { view } => {
+                let payer = Topic::Payer(view.payer.clone());
+                let transaction = Topic::Transaction(view.id);
+                self.inner.send(&payer, event.clone());
+                self.inner.send(&transaction, event);
+                self.inner.ended.notify_one();
+            }
+            HubEvent::DeviceDisabled { account, .. } => {
+                let topic = Topic::Payer(account.clone());
+                self.inner.send(&topic, event);
+            }
+        }
     }
 
     /// Subscribe before reading the store, so nothing falls in between.
-    pub fn subscribe(&self) -> broadcast::Receiver<HubEvent> {
-        self.events.subscribe()
+    pub fn subscribe(&self, topic: Topic) -> Subscription {
+        let events = self
+            .inner
+            .topics()
+            .entry(topic.clone())
+            .or_insert_with(|| broadcast::channel(topic.capacity()).0)
+            .subscribe();
+        Subscription {
+            events: Some(events),
+            topic,
+            hub: Arc::clone(&self.inner),
+        }
+    }
+
+    /// Resolves when a transaction has ended since the last call returned
+    /// (several ends in between resolve it once).
+    pub async fn some_ended(&self) {
+        self.inner.ended.notified().await;
     }
 
     /// Tells long-lived streams (relay sockets, SSE, long-polls) to finish,
     /// so a graceful shutdown does not wait for them.
     pub fn begin_shutdown(&self) {
-        self.shutdown.send_replace(true);
+        self.inner.shutdown.send_replace(true);
     }
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
+        self.inner.shutdown.subscribe()
+    }
+
+    /// Topics with at least one subscriber (for tests and metrics).
+    pub fn topic_count(&self) -> usize {
+        self.inner.topics().len()
+    }
+}
+
+/// A subscription to one topic; dropping the last one removes the topic.
+#[derive(Debug)]
+pub struct Subscription {
+    // `Some` until dropped: the drop takes it out under the map's lock.
+    events: Option<broadcast::Receiver<HubEvent>>,
+    topic: Topic,
+    hub: Arc<Inner>,
+}
+
+impl Subscription {
+    pub async fn recv(&mut self) -> Result<HubEvent, RecvError> {
+        match self.events.as_mut() {
+            Some(events) => events.recv().await,
+            None => Err(RecvError::Closed),
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut topics = self.hub.topics();
+        // Under the lock, so no subscribe can slip in between the count and
+        // the removal.
+        drop(self.events.take());
+        if topics
+            .get(&self.topic)
+            .is_some_and(|sender| sender.receiver_count() == 0)
+        {
+            topics.remove(&self.topic);
+        }
     }
 }
 
@@ -81,21 +209,112 @@ pub async fn shutdown_begun(mut signal: watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keybridge_proto::api::TransactionStatus;
+    use keybridge_proto::Currency;
+
+    fn view(payer: &str, id: u8) -> TransactionView {
+        TransactionView {
+            id: TransactionId([id; 16]),
+            status: TransactionStatus::Settled,
+            reason: None,
+            payer: AccountId::new(payer).unwrap(),
+            payee: AccountId::new("shop").unwrap(),
+            payee_name: "Shop".into(),
+            amount_minor: 1,
+            currency: Currency::from_code("CNY").unwrap(),
+            amount_display: "CNY 0.01".into(),
+            order_id: "o".into(),
+            description: String::new(),
+            created_at_unix_s: 0,
+            expires_at_unix_s: 1,
+            reason_text: None,
+        }
+    }
+
+    fn payer(name: &str) -> Topic {
+        Topic::Payer(AccountId::new(name).unwrap())
+    }
 
     #[tokio::test]
     async fn subscribers_see_events_published_after_they_subscribe() {
         let hub = Hub::new();
-        hub.publish(HubEvent::DeviceDisabled {
-            device_id: "before".into(),
-        });
-        let mut rx = hub.subscribe();
-        hub.publish(HubEvent::DeviceDisabled {
-            device_id: "after".into(),
-        });
+        let disabled = |id: &str| HubEvent::DeviceDisabled {
+            device_id: id.into(),
+            account: AccountId::new("alice").unwrap(),
+        };
+        hub.publish(disabled("before"));
+        let mut rx = hub.subscribe(payer("alice"));
+        hub.publish(disabled("after"));
         match rx.recv().await.unwrap() {
-            HubEvent::DeviceDisabled { device_id } => assert_eq!(device_id, "after"),
+            HubEvent::DeviceDisabled { device_id, .. } => assert_eq!(device_id, "after"),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// An end reaches its payer's relays and its own waiters, nobody else's.
+    #[tokio::test]
+    async fn events_reach_only_their_topics() {
+        let hub = Hub::new();
+        let mut alice = hub.subscribe(payer("alice"));
+        let mut bob = hub.subscribe(payer("bob"));
+        let mut tx1 = hub.subscribe(Topic::Transaction(TransactionId([1; 16])));
+        let mut tx2 = hub.subscribe(Topic::Transaction(TransactionId([2; 16])));
+        hub.publish(HubEvent::Ended {
+            view: view("alice", 1),
+        });
+        for rx in [&mut alice, &mut tx1] {
+            match rx.recv().await.unwrap() {
+                HubEvent::Ended { view } => assert_eq!(view.id, TransactionId([1; 16])),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        for rx in [&mut bob, &mut tx2] {
+            let nothing =
+                tokio::time::timeout(std::time::Duration::from_millis(20), rx.recv()).await;
+            assert!(nothing.is_err(), "an unrelated subscriber heard an event");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_last_subscription_dropped_removes_its_topic() {
+        let hub = Hub::new();
+        let first = hub.subscribe(payer("alice"));
+        let second = hub.subscribe(payer("alice"));
+        let other = hub.subscribe(Topic::Transaction(TransactionId([3; 16])));
+        assert_eq!(hub.topic_count(), 2);
+        drop(first);
+        assert_eq!(hub.topic_count(), 2);
+        drop(second);
+        assert_eq!(hub.topic_count(), 1);
+        drop(other);
+        assert_eq!(hub.topic_count(), 0);
+    }
+
+    /// A subscriber too far behind is told so, and must look at the store.
+    #[tokio::test]
+    async fn a_slow_subscriber_learns_it_lagged() {
+        let hub = Hub::new();
+        let mut slow = hub.subscribe(Topic::Transaction(TransactionId([1; 16])));
+        for _ in 0..=TRANSACTION_TOPIC_CAPACITY {
+            hub.publish(HubEvent::Ended {
+                view: view("alice", 1),
+            });
+        }
+        assert!(matches!(slow.recv().await, Err(RecvError::Lagged(_))));
+    }
+
+    #[tokio::test]
+    async fn ends_wake_the_webhook_deliverer_once_for_many() {
+        let hub = Hub::new();
+        for id in 1..=3 {
+            hub.publish(HubEvent::Ended {
+                view: view("alice", id),
+            });
+        }
+        hub.some_ended().await;
+        let again =
+            tokio::time::timeout(std::time::Duration::from_millis(20), hub.some_ended()).await;
+        assert!(again.is_err(), "one permit was stored per end");
     }
 
     #[tokio::test]

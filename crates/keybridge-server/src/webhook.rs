@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use keybridge_proto::api::{WebhookDeliveryView, WebhookEvent};
 
-use crate::hub::{shutdown_begun, HubEvent};
+use crate::hub::shutdown_begun;
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::store::{AttemptResult, DeliveryRecord, DeliveryState, StoreError};
@@ -32,6 +32,8 @@ pub const BACKOFF_S_MAX: u64 = 300;
 /// Events taken per pass, and delivered concurrently within a pass.
 const BATCH_LEN_MAX: u32 = 32;
 const CONCURRENT_MAX: usize = 8;
+/// Least time between two passes; bounds the store queries, not delivery.
+const PASS_SPACING_MS: u64 = 10;
 const REQUEST_TIMEOUT_S: u64 = 10;
 /// Error text kept per attempt; receivers' bodies are not stored.
 const ERROR_LEN_MAX: usize = 200;
@@ -126,7 +128,9 @@ pub fn check_url(url: &str) -> Result<(), &'static str> {
 }
 
 /// The delivery worker: runs until shutdown. Woken by the clock tick and by
-/// every transaction end, so a fresh outcome goes out at once.
+/// transaction ends (several ends, one wake-up), so a fresh outcome goes out
+/// within [`PASS_SPACING_MS`] of its commit. It must be the only caller of
+/// [`crate::hub::Hub::some_ended`].
 pub async fn run(state: AppState) {
     let http = match reqwest::Client::builder()
         .timeout(Duration::from_secs(REQUEST_TIMEOUT_S))
@@ -140,7 +144,6 @@ pub async fn run(state: AppState) {
             return;
         }
     };
-    let mut events = state.hub.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(state.sweep_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let shutdown = shutdown_begun(state.hub.shutdown_signal());
@@ -149,14 +152,23 @@ pub async fn run(state: AppState) {
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tick.tick() => {}
-            event = events.recv() => match event {
-                Ok(HubEvent::Ended { .. }) | Err(_) => {}
-                Ok(_) => continue,
-            },
+            // Ends since the last pass, however many, make one pass.
+            () = state.hub.some_ended() => {}
         }
-        if let Err(e) = deliver_due(&state, &http).await {
-            tracing::error!(error = %e, "webhook pass failed");
+        // A full batch means more may be due: go again without waiting.
+        loop {
+            match deliver_due(&state, &http).await {
+                Ok(n) if n == BATCH_LEN_MAX as usize => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "webhook pass failed");
+                    break;
+                }
+            }
         }
+        // Under load, ends arrive faster than passes are worth making: at
+        // most one pass per spacing (each is a store query).
+        tokio::time::sleep(Duration::from_millis(PASS_SPACING_MS)).await;
     }
 }
 

@@ -414,6 +414,7 @@ pub async fn revoke_device(
     // Closes its relay socket, as for a disabled device.
     state.hub.publish(HubEvent::DeviceDisabled {
         device_id: device.id.clone(),
+        account: device.account.clone(),
     });
     Ok(Json(device.view()))
 }
@@ -464,6 +465,7 @@ pub async fn disable_device(
     tracing::info!(device = %device.id, "device disabled");
     state.hub.publish(HubEvent::DeviceDisabled {
         device_id: device.id.clone(),
+        account: device.account.clone(),
     });
     Ok(Json(device.view()))
 }

@@ -17,7 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::extract::{ApiJson, Device, TxId};
 use crate::error::ApiError;
-use crate::hub::{shutdown_begun, HubEvent};
+use crate::hub::{shutdown_begun, HubEvent, Topic};
 use crate::service;
 use crate::state::AppState;
 use crate::store::DeviceRecord;
@@ -100,9 +100,9 @@ async fn session(state: AppState, device: DeviceRecord, socket: WebSocket) {
     let (mut sink, mut incoming) = socket.split();
     // Subscribe before the initial read so nothing created in between is lost;
     // `sent` drops the duplicates that overlap.
-    let mut events = state.hub.subscribe();
-    let mut sent = HashSet::new();
     let account = device.account.clone();
+    let mut events = state.hub.subscribe(Topic::Payer(account.clone()));
+    let mut sent = HashSet::new();
     if resync(&state, &account, &mut sink, &mut sent)
         .await
         .is_err()
@@ -139,7 +139,7 @@ async fn session(state: AppState, device: DeviceRecord, socket: WebSocket) {
                     sent.remove(&view.id);
                     send(&mut sink, &RelayMessage::Cancelled { transaction_id: view.id }).await
                 }
-                Ok(HubEvent::DeviceDisabled { device_id }) if device_id == device.id => {
+                Ok(HubEvent::DeviceDisabled { device_id, .. }) if device_id == device.id => {
                     tracing::info!(device = %device.id, "closing relay of disabled device");
                     Err(())
                 }

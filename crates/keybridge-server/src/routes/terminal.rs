@@ -13,11 +13,11 @@ use keybridge_proto::api::{CreateTransaction, TransactionView};
 use keybridge_proto::TransactionId;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use super::extract::{ApiJson, ApiQuery, IdempotencyKey, Terminal, TxId};
 use crate::error::ApiError;
-use crate::hub::{shutdown_begun, HubEvent};
+use crate::hub::{shutdown_begun, HubEvent, Subscription, Topic};
 use crate::service::{self, Created};
 use crate::state::AppState;
 use crate::store::TerminalRecord;
@@ -73,7 +73,7 @@ pub async fn get(
         )));
     }
     // Subscribe before reading, so an end between the two is not missed.
-    let mut events = state.hub.subscribe();
+    let mut events = state.hub.subscribe(Topic::Transaction(id));
     let view = own(&state, &terminal, &id).await?;
     if view.status.is_final() || wait_s == 0 {
         return Ok(Json(view));
@@ -108,7 +108,7 @@ pub async fn events(
     Terminal(terminal): Terminal,
     TxId(id): TxId,
 ) -> Result<impl IntoResponse, ApiError> {
-    let events = state.hub.subscribe();
+    let events = state.hub.subscribe(Topic::Transaction(id));
     let view = own(&state, &terminal, &id).await?;
     let shutdown = state.hub.shutdown_signal();
     let stream = status_stream(state, terminal, id, view, events, shutdown);
@@ -127,7 +127,7 @@ struct StreamState {
     state: AppState,
     terminal: TerminalRecord,
     id: TransactionId,
-    events: broadcast::Receiver<HubEvent>,
+    events: Subscription,
     shutdown: watch::Receiver<bool>,
     phase: Phase,
 }
@@ -141,7 +141,7 @@ fn status_stream(
     terminal: TerminalRecord,
     id: TransactionId,
     first: TransactionView,
-    events: broadcast::Receiver<HubEvent>,
+    events: Subscription,
     shutdown: watch::Receiver<bool>,
 ) -> impl Stream<Item = Result<Event, axum::Error>> {
     let start = StreamState {
