@@ -1,9 +1,10 @@
 //! `keybridge bench`: payments end to end through real loopback sockets, and
 //! the machine's crypto limit measured in the same run.
 //!
-//! Every payment takes the whole path: terminal HTTP → server (store, payload)
+//! Every payment takes the whole path: terminal HTTP (one request that waits
+//! for the outcome, `Prefer: wait`) → server (store, payload)
 //! → relay WebSocket → card over vpcd (VERIFY, SIGN with a persisted counter)
-//! → relay HTTP → verification → ledger commit → terminal long-poll. K cards,
+//! → relay HTTP → verification → ledger commit → answer to the terminal. K cards,
 //! each with its own payer account and relay, run in this process (cards on
 //! threads, relays and terminals as tasks); the server runs in-process too, so
 //! CPU time and peak RSS cover every role.
@@ -18,7 +19,7 @@ use keybridge_proto::api::{CreateAccount, TransactionStatus};
 use keybridge_proto::{AccountId, Currency, Money};
 use keybridge_relay::link::InProcessCard;
 use keybridge_relay::{CardLink, CardLinkSpec, Decision, RelayOptions};
-use keybridge_terminal::{pay, Client, PayRequest};
+use keybridge_terminal::{pay_waiting, Client, PayRequest};
 use zeroize::Zeroizing;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -253,7 +254,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     wait_max: Duration::from_secs(60),
                 };
                 let t0 = Instant::now();
-                match pay(&terminal, &request, |_| {}).await {
+                match pay_waiting(&terminal, &request).await {
                     Ok(out) if out.last.status == TransactionStatus::Settled => {
                         latencies.lock().expect("not poisoned").push(t0.elapsed());
                     }

@@ -137,10 +137,13 @@ mod paths {
     #[utoipa::path(post, path = "/v1/transactions", tag = "terminal",
         security(("terminal_key" = [])),
         params(("Idempotency-Key" = String, Header,
-            description = "Chosen and kept by the client: 1 to 128 printable ASCII characters. The same key and body replay the original (200); another body is `idempotency_conflict`.")),
+            description = "Chosen and kept by the client: 1 to 128 printable ASCII characters. The same key and body replay the original (200); another body is `idempotency_conflict`."),
+            ("Prefer" = Option<String>, Header,
+            description = "`wait=N` (RFC 7240): hold the answer up to N seconds (at most 60) for the outcome, saving the long-poll. Answered with `Preference-Applied`.")),
         request_body = CreateTransaction,
         responses(
-            (status = 202, description = "Stored `pending`; the payer's device was asked.", body = TransactionView),
+            (status = 201, description = "With `Prefer: wait`: created, and final within the wait.", body = TransactionView),
+            (status = 202, description = "Stored `pending`; the payer's device was asked (with `Prefer: wait`: still pending when the wait ran out).", body = TransactionView),
             (status = 200, description = "A replay of an earlier request with this key.", body = TransactionView),
             (status = "4XX", description = "`invalid_request`, `unauthorized`, `idempotency_conflict`, `payload_too_large`, `unknown_account`, `currency_mismatch`, `no_device`", body = ErrorBody)))]
     fn create_transaction() {}

@@ -9,7 +9,7 @@ use keybridge_proto::{Challenge, ConfirmationPayload, Money, TransactionId};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
-use crate::hub::HubEvent;
+use crate::hub::{HubEvent, Subscription, Topic};
 use crate::random;
 use crate::state::AppState;
 use crate::store::{
@@ -53,14 +53,30 @@ fn check_text(name: &str, value: &str, min: usize, max: usize) -> Result<(), Api
     Ok(())
 }
 
+/// What [`create_transaction`] did, and a subscription to the new
+/// transaction's end if one was asked for.
+#[derive(Debug)]
+pub struct Creation {
+    pub created: Created,
+    /// `Some` for a new transaction when `follow` was asked: subscribed before
+    /// the transaction existed, so its end cannot be missed.
+    pub ends: Option<Subscription>,
+}
+
 /// Validates, builds the confirmation payload, stores the transaction
-/// `pending` and tells the payer's relays.
+/// `pending` and tells the payer's relays. With `follow`, also subscribes to
+/// the new transaction's end (for a terminal that waits in the same request).
 pub async fn create_transaction(
     state: &AppState,
     terminal: &TerminalRecord,
     idempotency_key: &str,
     body: CreateTransaction,
-) -> Result<Created, ApiError> {
+    follow: bool,
+) -> Result<Creation, ApiError> {
+    let replayed = |created| Creation {
+        created,
+        ends: None,
+    };
     let hash = request_hash(&body)?;
     // A replay is answered from the store before any validation, so a retry
     // after the payer's device was disabled still finds its transaction.
@@ -69,7 +85,7 @@ pub async fn create_transaction(
         .transaction_by_idempotency_key(&terminal.id, idempotency_key)
         .await?
     {
-        return replay(existing, hash);
+        return replay(existing, hash).map(replayed);
     }
 
     if body.amount_minor == 0 || i64::try_from(body.amount_minor).is_err() {
@@ -115,6 +131,7 @@ pub async fn create_transaction(
         ApiError::Internal
     };
     let id = TransactionId(random::bytes::<16>().map_err(rng)?);
+    let ends = follow.then(|| state.hub.subscribe(Topic::Transaction(id)));
     let payload = ConfirmationPayload {
         origin: state.origin.clone(),
         transaction_id: id,
@@ -159,10 +176,13 @@ pub async fn create_transaction(
                 view: view.clone(),
                 payload: Arc::from(stored.payload.as_slice()),
             });
-            Ok(Created::New(view))
+            Ok(Creation {
+                created: Created::New(view),
+                ends,
+            })
         }
         // Lost the race to a concurrent request with the same key.
-        InsertOutcome::Existing(existing) => replay(existing, hash),
+        InsertOutcome::Existing(existing) => replay(existing, hash).map(replayed),
     }
 }
 

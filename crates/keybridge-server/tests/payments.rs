@@ -9,6 +9,7 @@ use keybridge_proto::api::{
 };
 use keybridge_proto::{ConfirmationPayload, TransactionId};
 use reqwest::StatusCode;
+use std::time::Duration;
 
 /// The whole happy path as a relay sees it: the request arrives live on the
 /// WebSocket, the card signs what arrived, the server settles and says
@@ -492,6 +493,56 @@ async fn a_long_poll_returns_on_settlement() {
         (status, body.error.as_str()),
         (StatusCode::BAD_REQUEST, "invalid_request")
     );
+}
+
+/// `Prefer: wait=N` on the create holds the answer until the end: 201 with
+/// the settled view, no long-poll needed; without an end, 202 pending after
+/// the wait; a replay is 200.
+#[tokio::test]
+async fn prefer_wait_on_create_answers_with_the_outcome() {
+    let (h, terminal, card) = Harness::standard().await;
+    let create = |key: &'static str, wait: &'static str| {
+        h.http
+            .post(h.url("/v1/transactions"))
+            .bearer_auth(&terminal.api_key)
+            .header("Idempotency-Key", key)
+            .header("Prefer", wait)
+            .json(&payment(100))
+            .send()
+    };
+    let waiting = tokio::spawn(create("prefer-1", "respond-async, wait=30"));
+    let mut relay = h.relay(&card.enrolled.credential).await;
+    let request = relay.next().await;
+    let RelayMessage::ConfirmationRequest { transaction_id, .. } = &request else {
+        panic!("expected a confirmation request, got {request:?}");
+    };
+    let id = *transaction_id;
+    let payload = request_payload(&request, &id);
+    h.confirm_ok(&card, &id, &card.sign(&payload)).await;
+    let r = tokio::time::timeout(GUARD, waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers()["preference-applied"], "wait=30");
+    let view: TransactionView = r.json().await.unwrap();
+    assert_eq!((view.id, view.status), (id, TransactionStatus::Settled));
+
+    // Nobody answers: pending after the wait.
+    let started = std::time::Instant::now();
+    let r = create("prefer-2", "wait=1").await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let view: TransactionView = r.json().await.unwrap();
+    assert_eq!(view.status, TransactionStatus::Pending);
+
+    // A replay answers at once with the original; a wait that does not parse
+    // is ignored.
+    let r = create("prefer-1", "wait=soon").await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let view: TransactionView = r.json().await.unwrap();
+    assert_eq!((view.id, view.status), (id, TransactionStatus::Settled));
 }
 
 /// SSE: `status` with pending at once, then settled, then the stream ends.

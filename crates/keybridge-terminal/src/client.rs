@@ -114,6 +114,25 @@ impl Client {
         self.send(request).await
     }
 
+    /// Creates and waits in the same request (`Prefer: wait`, RFC 7240): the
+    /// answer comes when the transaction ends, or after `wait_s` with it
+    /// still pending.
+    pub async fn create_transaction_waiting(
+        &self,
+        idempotency_key: &str,
+        body: &CreateTransaction,
+        wait_s: u32,
+    ) -> Result<TransactionView, ClientError> {
+        let request = self
+            .http
+            .post(format!("{}/v1/transactions", self.base))
+            .header("Idempotency-Key", idempotency_key)
+            .header("Prefer", format!("wait={wait_s}"))
+            .timeout(Duration::from_secs(u64::from(wait_s) + 15))
+            .json(body);
+        self.send(request).await
+    }
+
     /// Long-polls: the server answers as soon as the transaction is final, or
     /// after `wait_s` with it still pending.
     pub async fn get_transaction(

@@ -15,4 +15,4 @@ mod client;
 mod pay;
 
 pub use client::{Client, ClientError};
-pub use pay::{new_idempotency_key, pay, PayOutcome, PayRequest};
+pub use pay::{new_idempotency_key, pay, pay_waiting, PayOutcome, PayRequest};

@@ -50,18 +50,50 @@ pub async fn pay(
     request: &PayRequest,
     on_created: impl FnOnce(&TransactionView),
 ) -> Result<PayOutcome, ClientError> {
-    let body = CreateTransaction {
+    let created = client
+        .create_transaction(&request.idempotency_key, &body(request))
+        .await?;
+    on_created(&created);
+    follow(client, request, created).await
+}
+
+/// [`pay`] in one request when the payment ends within the server's longest
+/// wait: the create itself waits for the outcome (`Prefer: wait`), saving
+/// the long-poll's request. There is no "created" moment to report: the
+/// first answer is usually already the outcome.
+pub async fn pay_waiting(client: &Client, request: &PayRequest) -> Result<PayOutcome, ClientError> {
+    let created = client
+        .create_transaction_waiting(
+            &request.idempotency_key,
+            &body(request),
+            wait_s(request.wait_max),
+        )
+        .await?;
+    follow(client, request, created).await
+}
+
+fn body(request: &PayRequest) -> CreateTransaction {
+    CreateTransaction {
         payer: request.payer.clone(),
         payee: request.payee.clone(),
         amount_minor: request.amount.minor_units,
         currency: request.amount.currency,
         order_id: request.order_id.clone(),
         description: request.description.clone(),
-    };
-    let created = client
-        .create_transaction(&request.idempotency_key, &body)
-        .await?;
-    on_created(&created);
+    }
+}
+
+/// One long-poll's wait: what is left, within what the server allows.
+fn wait_s(left: Duration) -> u32 {
+    u32::try_from(left.as_secs().clamp(1, 30)).unwrap_or(30)
+}
+
+/// Long-polls until the transaction is final or `wait_max` has passed.
+async fn follow(
+    client: &Client,
+    request: &PayRequest,
+    created: TransactionView,
+) -> Result<PayOutcome, ClientError> {
     let deadline = tokio::time::Instant::now() + request.wait_max;
     let mut last = created.clone();
     while !last.status.is_final() {
@@ -69,8 +101,7 @@ pub async fn pay(
         if left.is_zero() {
             break;
         }
-        let wait_s = u32::try_from(left.as_secs().clamp(1, 30)).unwrap_or(30);
-        last = client.get_transaction(&created.id, wait_s).await?;
+        last = client.get_transaction(&created.id, wait_s(left)).await?;
     }
     Ok(PayOutcome { created, last })
 }

@@ -160,6 +160,34 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     }
 }
 
+/// `Prefer: wait=N` (RFC 7240 §4.3): the client would rather the server
+/// answered within `N` seconds with the outcome than at once with "accepted".
+/// Capped at [`WAIT_S_MAX`](super::terminal::WAIT_S_MAX); a preference that
+/// does not parse is ignored, as the RFC asks of preferences a server does
+/// not understand.
+#[derive(Debug)]
+pub struct PreferWait(pub Option<u64>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PreferWait {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let wait = parts
+            .headers
+            .get_all("prefer")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .find_map(|preference| {
+                let (name, value) = preference.split_once('=')?;
+                name.trim()
+                    .eq_ignore_ascii_case("wait")
+                    .then(|| value.trim().parse::<u64>().ok())?
+            });
+        Ok(PreferWait(wait.map(|s| s.min(super::terminal::WAIT_S_MAX))))
+    }
+}
+
 /// A query string decoded into `T`, rejecting with `invalid_request`.
 #[derive(Debug)]
 pub struct ApiQuery<T>(pub T);

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream};
 use keybridge_proto::api::{CreateTransaction, TransactionView};
@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
-use super::extract::{ApiJson, ApiQuery, IdempotencyKey, Terminal, TxId};
+use super::extract::{ApiJson, ApiQuery, IdempotencyKey, PreferWait, Terminal, TxId};
 use crate::error::ApiError;
 use crate::hub::{shutdown_begun, HubEvent, Subscription, Topic};
 use crate::service::{self, Created};
@@ -26,18 +26,40 @@ use crate::store::TerminalRecord;
 pub const WAIT_S_MAX: u64 = 60;
 const SSE_KEEP_ALIVE_S: u64 = 15;
 
+/// `POST /v1/transactions`: 202 with the pending transaction; 200 with the
+/// original for a replayed `Idempotency-Key`. With `Prefer: wait=N` the
+/// answer waits up to `N` seconds for the end: 201 if the new transaction
+/// ended by then, 202 if not (one request instead of create + long-poll).
 pub async fn create(
     State(state): State<AppState>,
     Terminal(terminal): Terminal,
     IdempotencyKey(key): IdempotencyKey,
+    PreferWait(wait): PreferWait,
     ApiJson(body): ApiJson<CreateTransaction>,
-) -> Result<impl IntoResponse, ApiError> {
-    Ok(
-        match service::create_transaction(&state, &terminal, &key, body).await? {
-            Created::New(view) => (StatusCode::ACCEPTED, Json(view)),
-            Created::Replayed(view) => (StatusCode::OK, Json(view)),
-        },
-    )
+) -> Result<Response, ApiError> {
+    let creation =
+        service::create_transaction(&state, &terminal, &key, body, wait.is_some()).await?;
+    let (status, view) = match (creation.created, creation.ends, wait) {
+        (Created::New(view), Some(ends), Some(wait_s)) => {
+            let id = view.id;
+            let view = wait_for_end(&state, &terminal, id, ends, wait_s).await?;
+            match view.status.is_final() {
+                true => (StatusCode::CREATED, view),
+                false => (StatusCode::ACCEPTED, view),
+            }
+        }
+        (Created::New(view), _, _) => (StatusCode::ACCEPTED, view),
+        (Created::Replayed(view), _, _) => (StatusCode::OK, view),
+    };
+    let mut response = (status, Json(view)).into_response();
+    if let Some(wait_s) = wait {
+        if let Ok(applied) = HeaderValue::from_str(&format!("wait={wait_s}")) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static("preference-applied"), applied);
+        }
+    }
+    Ok(response)
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,11 +95,26 @@ pub async fn get(
         )));
     }
     // Subscribe before reading, so an end between the two is not missed.
-    let mut events = state.hub.subscribe(Topic::Transaction(id));
+    let events = state.hub.subscribe(Topic::Transaction(id));
     let view = own(&state, &terminal, &id).await?;
     if view.status.is_final() || wait_s == 0 {
         return Ok(Json(view));
     }
+    Ok(Json(
+        wait_for_end(&state, &terminal, id, events, wait_s).await?,
+    ))
+}
+
+/// The transaction once it has ended, or as it is after `wait_s` seconds (or
+/// at shutdown). `events` must have been subscribed before the caller last
+/// saw the transaction pending.
+async fn wait_for_end(
+    state: &AppState,
+    terminal: &TerminalRecord,
+    id: TransactionId,
+    mut events: Subscription,
+    wait_s: u64,
+) -> Result<TransactionView, ApiError> {
     let deadline = tokio::time::sleep(Duration::from_secs(wait_s));
     let shutdown = shutdown_begun(state.hub.shutdown_signal());
     tokio::pin!(deadline, shutdown);
@@ -86,19 +123,19 @@ pub async fn get(
             _ = &mut deadline => break,
             _ = &mut shutdown => break,
             event = events.recv() => match event {
-                Ok(HubEvent::Ended { view }) if view.id == id => return Ok(Json(view)),
+                Ok(HubEvent::Ended { view }) if view.id == id => return Ok(view),
                 Ok(_) => {}
                 Err(RecvError::Lagged(_)) => {
-                    let view = own(&state, &terminal, &id).await?;
+                    let view = own(state, terminal, &id).await?;
                     if view.status.is_final() {
-                        return Ok(Json(view));
+                        return Ok(view);
                     }
                 }
                 Err(RecvError::Closed) => break,
             },
         }
     }
-    Ok(Json(own(&state, &terminal, &id).await?))
+    own(state, terminal, &id).await
 }
 
 /// `GET /v1/transactions/{id}/events`: `event: status` with the view now,
