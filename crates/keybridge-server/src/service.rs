@@ -80,11 +80,11 @@ pub async fn create_transaction(
     let hash = request_hash(&body)?;
     // A replay is answered from the store before any validation, so a retry
     // after the payer's device was disabled still finds its transaction.
-    if let Some(existing) = state
+    let facts = state
         .store
-        .transaction_by_idempotency_key(&terminal.id, idempotency_key)
-        .await?
-    {
+        .creation_facts(&terminal.id, idempotency_key, &body.payer, &body.payee)
+        .await?;
+    if let Some(existing) = facts.existing {
         return replay(existing, hash).map(replayed);
     }
 
@@ -113,12 +113,12 @@ pub async fn create_transaction(
         Some(a) if !a.system => Ok(a),
         _ => Err(ApiError::UnknownAccount(id.to_string())),
     };
-    let payer = customer(state.store.get_account(&body.payer).await?, &body.payer)?;
-    let payee = customer(state.store.get_account(&body.payee).await?, &body.payee)?;
+    let payer = customer(facts.payer, &body.payer)?;
+    let payee = customer(facts.payee, &body.payee)?;
     if payer.currency != body.currency || payee.currency != body.currency {
         return Err(ApiError::CurrencyMismatch);
     }
-    if state.store.count_active_devices(&payer.id).await? == 0 {
+    if facts.payer_active_devices == 0 {
         return Err(ApiError::NoDevice);
     }
 

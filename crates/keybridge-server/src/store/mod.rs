@@ -46,6 +46,18 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// What creating a transaction needs to read, read together by
+/// [`Store::creation_facts`]: one trip to the store instead of four.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreationFacts {
+    /// The transaction this terminal already created with this key.
+    pub existing: Option<TransactionRecord>,
+    pub payer: Option<AccountRecord>,
+    pub payee: Option<AccountRecord>,
+    /// The payer's active, unrevoked devices (as [`Store::count_active_devices`]).
+    pub payer_active_devices: u64,
+}
+
 /// Result of [`Store::insert_transaction`]: the unique index on
 /// `(terminal_id, idempotency_key)` decides which request created the row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +144,15 @@ pub trait Store: WebStore + Send + Sync + std::fmt::Debug {
     ) -> Result<Option<DeviceRecord>, StoreError>;
 
     // Transactions.
+    /// The idempotency lookup, both accounts and the payer's device count,
+    /// from one snapshot.
+    async fn creation_facts(
+        &self,
+        terminal_id: &str,
+        idempotency_key: &str,
+        payer: &AccountId,
+        payee: &AccountId,
+    ) -> Result<CreationFacts, StoreError>;
     async fn transaction_by_idempotency_key(
         &self,
         terminal_id: &str,

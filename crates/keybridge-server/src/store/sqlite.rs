@@ -16,9 +16,9 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 
 use super::audit;
 use super::{
-    AccountRecord, AuditRecord, DeviceRecord, DeviceStatus, Finalized, InsertOutcome, NewAccount,
-    NewDevice, NewTerminal, OcraRecord, SignedConfirmation, Store, StoreError, TerminalRecord,
-    TransactionRecord, TransferKind, TransferRecord,
+    AccountRecord, AuditRecord, CreationFacts, DeviceRecord, DeviceStatus, Finalized,
+    InsertOutcome, NewAccount, NewDevice, NewTerminal, OcraRecord, SignedConfirmation, Store,
+    StoreError, TerminalRecord, TransactionRecord, TransferKind, TransferRecord,
 };
 use crate::payment::{self, PaymentDecision, PaymentFacts};
 
@@ -409,6 +409,32 @@ fn get_account(conn: &Connection, id: &AccountId) -> Result<Option<AccountRecord
     Ok(query_accounts(conn, "WHERE id = ?1", [id.as_str()])?
         .into_iter()
         .next())
+}
+
+fn by_idempotency_key(
+    conn: &Connection,
+    terminal_id: &str,
+    key: &str,
+) -> Result<Option<TransactionRecord>, StoreError> {
+    Ok(query_txs(
+        conn,
+        "WHERE terminal_id = ?1 AND idempotency_key = ?2",
+        params![terminal_id, key],
+    )?
+    .into_iter()
+    .next())
+}
+
+fn count_active_devices(conn: &Connection, account: &AccountId) -> Result<u64, StoreError> {
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM devices
+             WHERE account_id = ?1 AND status = 'active' AND revoked_at IS NULL",
+            [account.as_str()],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    to_u64(n)
 }
 
 /// Appends one audit row, chained to the last one, inside the caller's transaction.
@@ -808,18 +834,8 @@ impl Store for SqliteStore {
 
     async fn count_active_devices(&self, account: &AccountId) -> Result<u64, StoreError> {
         let account = account.clone();
-        self.run(move |conn| {
-            let n: i64 = conn
-                .query_row(
-                    "SELECT COUNT(*) FROM devices
-                     WHERE account_id = ?1 AND status = 'active' AND revoked_at IS NULL",
-                    [account.as_str()],
-                    |r| r.get(0),
-                )
-                .map_err(backend)?;
-            to_u64(n)
-        })
-        .await
+        self.run(move |conn| count_active_devices(conn, &account))
+            .await
     }
 
     async fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>, StoreError> {
@@ -892,22 +908,38 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn creation_facts(
+        &self,
+        terminal_id: &str,
+        idempotency_key: &str,
+        payer: &AccountId,
+        payee: &AccountId,
+    ) -> Result<CreationFacts, StoreError> {
+        let (terminal_id, key) = (terminal_id.to_owned(), idempotency_key.to_owned());
+        let (payer, payee) = (payer.clone(), payee.clone());
+        self.run(move |conn| {
+            // One read transaction: the four answers come from one snapshot.
+            let tx = conn.unchecked_transaction().map_err(backend)?;
+            let facts = CreationFacts {
+                existing: by_idempotency_key(&tx, &terminal_id, &key)?,
+                payer: get_account(&tx, &payer)?,
+                payee: get_account(&tx, &payee)?,
+                payer_active_devices: count_active_devices(&tx, &payer)?,
+            };
+            tx.finish().map_err(backend)?;
+            Ok(facts)
+        })
+        .await
+    }
+
     async fn transaction_by_idempotency_key(
         &self,
         terminal_id: &str,
         idempotency_key: &str,
     ) -> Result<Option<TransactionRecord>, StoreError> {
         let (terminal_id, key) = (terminal_id.to_owned(), idempotency_key.to_owned());
-        self.run(move |conn| {
-            Ok(query_txs(
-                conn,
-                "WHERE terminal_id = ?1 AND idempotency_key = ?2",
-                params![terminal_id, key],
-            )?
-            .into_iter()
-            .next())
-        })
-        .await
+        self.run(move |conn| by_idempotency_key(conn, &terminal_id, &key))
+            .await
     }
 
     async fn insert_transaction(&self, t: TransactionRecord) -> Result<InsertOutcome, StoreError> {
