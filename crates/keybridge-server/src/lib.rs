@@ -23,9 +23,10 @@
 //! - [`webhook`] — signed outcome events to terminals' callback URLs, with retries.
 //! - [`metrics`] — Prometheus metrics.
 //! - [`tls`] — rustls configuration from PEM files, or a self-signed development certificate.
-//! - `random`, `secret`, `state`, `sweeper`, `crl_import` — the CSPRNG,
-//!   bearer-secret hashing, shared state, the expiry task and the scheduled
-//!   import of an external CA's CRLs.
+//! - `random`, `secret`, `state`, `sweeper`, `crl_import`, `terminal_cache` —
+//!   the CSPRNG, bearer-secret hashing, shared state, the expiry task, the
+//!   scheduled import of an external CA's CRLs, and terminals remembered by
+//!   API-key hash.
 //!
 //! Not here: PostgreSQL (the trait is ready for it), OCSP, rate limits.
 #![forbid(unsafe_code)]
@@ -48,6 +49,7 @@ pub mod service;
 mod state;
 pub mod store;
 mod sweeper;
+mod terminal_cache;
 pub mod tls;
 pub mod verify;
 pub mod webhook;

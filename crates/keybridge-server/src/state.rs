@@ -12,6 +12,7 @@ use crate::pki::TrustStore;
 use crate::secret::sha256;
 use crate::secretbox::{MasterKey, MASTER_KEY_ENV};
 use crate::store::{SqliteStore, Store};
+use crate::terminal_cache::TerminalCache;
 use crate::verify::Verifier;
 
 /// Cheap to clone: one `Arc` around [`Shared`].
@@ -42,6 +43,7 @@ pub struct Shared {
     pub body_limit_bytes: usize,
     /// Only the hash is kept, so the token itself sits in no long-lived struct.
     pub(crate) admin_token_hash: [u8; 32],
+    pub(crate) terminals: TerminalCache,
 }
 
 impl std::ops::Deref for AppState {
@@ -114,6 +116,7 @@ impl AppState {
             sweep_interval_ms: config.sweep_interval_ms,
             body_limit_bytes: config.body_limit_bytes,
             admin_token_hash: sha256(&config.admin_token),
+            terminals: TerminalCache::default(),
         })))
     }
 

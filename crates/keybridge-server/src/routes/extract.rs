@@ -69,7 +69,8 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
-/// A terminal, found by the hash of its API key.
+/// A terminal, found by the hash of its API key (remembered: see
+/// [`crate::terminal_cache`]).
 #[derive(Debug)]
 pub struct Terminal(pub TerminalRecord);
 
@@ -78,12 +79,17 @@ impl FromRequestParts<AppState> for Terminal {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
-        state
+        let key_hash = sha256(token);
+        if let Some(terminal) = state.terminals.get(&key_hash) {
+            return Ok(Terminal(terminal));
+        }
+        let terminal = state
             .store
-            .terminal_by_key_hash(sha256(token))
+            .terminal_by_key_hash(key_hash)
             .await?
-            .map(Terminal)
-            .ok_or(ApiError::Unauthorized)
+            .ok_or(ApiError::Unauthorized)?;
+        state.terminals.insert(key_hash, terminal.clone());
+        Ok(Terminal(terminal))
     }
 }
 
