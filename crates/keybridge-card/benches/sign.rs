@@ -5,6 +5,9 @@
 //! - `applet_verify_and_sign_file`: the same on a state file in a temporary
 //!   directory, every save durable (file and directory fsync), as a real
 //!   card runs: the figure is mostly the disk's.
+//! - `ecdsa_sign_p256_crate` / `ecdsa_sign_ring`: one signature over a
+//!   payment's signed message, as SIGN CSR (`p256`, RFC 6979) and SIGN
+//!   TRANSACTION (ring, key pair made once) make it.
 use criterion::{criterion_group, criterion_main, Criterion};
 use keybridge_card::{
     init_state, AutoApprove, Card, CardState, Context, FileStore, MemoryStore, StateStore,
@@ -103,6 +106,29 @@ fn bench(c: &mut Criterion) {
     let state = CardState::load(&path).expect("state file loads");
     let mut payment = Payment::new(state, Box::new(FileStore::new(&path)));
     c.bench_function("applet_verify_and_sign_file", |b| b.iter(|| payment.pay()));
+
+    let key = p256::ecdsa::SigningKey::random(&mut rng);
+    let message = keybridge_proto::signed_message(&payload(), 1);
+    c.bench_function("ecdsa_sign_p256_crate", |b| {
+        b.iter(|| {
+            let signature: p256::ecdsa::Signature =
+                p256::ecdsa::signature::Signer::sign(&key, &message);
+            signature.to_der()
+        })
+    });
+    let random = ring::rand::SystemRandom::new();
+    let scalar = key.to_bytes();
+    let point = key.verifying_key().to_encoded_point(false);
+    let pair = ring::signature::EcdsaKeyPair::from_private_key_and_public_key(
+        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        &scalar,
+        point.as_bytes(),
+        &random,
+    )
+    .expect("ring takes a p256 key");
+    c.bench_function("ecdsa_sign_ring", |b| {
+        b.iter(|| pair.sign(&random, &message).expect("signs"))
+    });
 }
 
 criterion_group!(benches, bench);

@@ -22,6 +22,10 @@
 //! - The counter is incremented and saved before the signature is made; if the
 //!   save fails the answer is `6581` and no signature leaves the card. A
 //!   counter value is never used twice.
+//! - SIGN TRANSACTION signs with ring (a key pair built once per key, when the
+//!   applet is made and by GENERATE KEY); its nonce is random, hedged by ring
+//!   with the key and the message digest. SIGN CSR signs with `p256`
+//!   (RFC 6979). Both answer DER ECDSA P-256 over SHA-256.
 //! - GENERATE KEY drops the stored certificate: it certifies the old key.
 //! - SIGN CSR and OCRA RESPONSE consume the verified PIN like SIGN TRANSACTION.
 //! - OCRA suites with a PIN hash (P) or session data (S) are refused: the card
@@ -40,6 +44,8 @@ use keybridge_transport::{Command, Response, StatusWord};
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey};
 use p256::PublicKey;
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 use zeroize::Zeroizing;
 
 use crate::applet::{Applet, Context};
@@ -60,6 +66,15 @@ type Outcome = Result<Vec<u8>, StatusWord>;
 pub struct TransactionApplet {
     state: CardState,
     store: Box<dyn StateStore>,
+    /// `state.private_key` as ring holds it, for SIGN TRANSACTION: made once
+    /// per key, never saved (it is made again from the state). `Some` when
+    /// the state has a key, unless ring refused it ([`ring_key_pair`]). ring
+    /// does not zeroize its copy of the scalar on drop; it lives as long as
+    /// the key in the state, which does.
+    payment_key: Option<EcdsaKeyPair>,
+    /// ring's randomness: its `SecureRandom` is sealed, so the injected
+    /// [`Context::rng`] cannot stand in.
+    ring_random: SystemRandom,
     /// Session only: set by a right PIN, cleared by SIGN, deselect and reset.
     pin_verified: bool,
 }
@@ -68,6 +83,7 @@ impl std::fmt::Debug for TransactionApplet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TransactionApplet")
             .field("state", &self.state)
+            .field("has_payment_key", &self.payment_key.is_some())
             .field("pin_verified", &self.pin_verified)
             .finish_non_exhaustive()
     }
@@ -75,9 +91,16 @@ impl std::fmt::Debug for TransactionApplet {
 
 impl TransactionApplet {
     pub fn new(state: CardState, store: Box<dyn StateStore>) -> TransactionApplet {
+        let ring_random = SystemRandom::new();
+        let payment_key = state
+            .private_key
+            .as_ref()
+            .and_then(|key| ring_key_pair(key, &ring_random));
         TransactionApplet {
             state,
             store,
+            payment_key,
+            ring_random,
             pin_verified: false,
         }
     }
@@ -151,6 +174,8 @@ impl TransactionApplet {
         }
         self.require_pin()?;
         let key = SigningKey::random(&mut context.rng);
+        let new_payment_key =
+            ring_key_pair(&key, &self.ring_random).ok_or(StatusWord::NoPreciseDiagnosis)?;
         let old_key = self.state.private_key.replace(key);
         let old_certificate = self.state.certificate.take();
         if let Err(sw) = self.persist() {
@@ -159,6 +184,7 @@ impl TransactionApplet {
             self.state.certificate = old_certificate;
             return Err(sw);
         }
+        self.payment_key = Some(new_payment_key);
         self.state
             .public_key_sec1()
             .ok_or(StatusWord::NoPreciseDiagnosis)
@@ -323,11 +349,14 @@ impl TransactionApplet {
         self.require_pin()?;
         // One verified PIN, one SIGN, whatever happens next.
         self.pin_verified = false;
-        let key = self
-            .state
-            .private_key
-            .clone()
-            .ok_or(StatusWord::ReferencedDataNotFound)?;
+        match (&self.state.private_key, &self.payment_key) {
+            (None, _) => return Err(StatusWord::ReferencedDataNotFound),
+            (Some(_), None) => {
+                tracing::error!("ring refused the card's key; not signing");
+                return Err(StatusWord::NoPreciseDiagnosis);
+            }
+            (Some(_), Some(_)) => {}
+        }
         let payload =
             ConfirmationPayload::decode(&command.data).map_err(|_| StatusWord::IncorrectData)?;
         let counter = self
@@ -344,13 +373,42 @@ impl TransactionApplet {
         // The counter is spent before the signature exists: never used twice.
         self.state.counter = counter;
         self.persist()?;
-        let signature: Signature = key.sign(&signed_message(&command.data, counter));
-        let der = signature.to_der();
-        let mut out = Vec::with_capacity(4 + der.as_bytes().len());
+        let key = self
+            .payment_key
+            .as_ref()
+            .ok_or(StatusWord::NoPreciseDiagnosis)?;
+        let signature = key
+            .sign(&self.ring_random, &signed_message(&command.data, counter))
+            .map_err(|_| {
+                tracing::error!(counter, "ring could not sign (no randomness?)");
+                StatusWord::NoPreciseDiagnosis
+            })?;
+        let der = signature.as_ref();
+        let mut out = Vec::with_capacity(4 + der.len());
         out.extend_from_slice(&counter.to_be_bytes());
-        out.extend_from_slice(der.as_bytes());
+        out.extend_from_slice(der);
         tracing::info!(counter, "signed a payment");
         Ok(out)
+    }
+}
+
+/// `key` as a ring key pair for SIGN TRANSACTION. `None` only if ring
+/// refuses a key `p256` accepted (both check the scalar is in `1..n` and
+/// the point is its public key), which this card then cannot sign with.
+fn ring_key_pair(key: &SigningKey, random: &SystemRandom) -> Option<EcdsaKeyPair> {
+    let scalar = Zeroizing::new(key.to_bytes());
+    let point = key.verifying_key().to_encoded_point(false);
+    match EcdsaKeyPair::from_private_key_and_public_key(
+        &ECDSA_P256_SHA256_ASN1_SIGNING,
+        &scalar,
+        point.as_bytes(),
+        random,
+    ) {
+        Ok(pair) => Some(pair),
+        Err(e) => {
+            tracing::error!(error = %e, "ring refused the card's key");
+            None
+        }
     }
 }
 
