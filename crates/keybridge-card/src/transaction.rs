@@ -14,9 +14,14 @@
 //! | anything else      | `6D00`                                                           |
 //!
 //! Rules the table cannot show:
-//! - A wrong-PIN attempt is counted and saved *before* the PIN is compared, so
-//!   cutting the power mid-command cannot buy a free guess; a right PIN then
-//!   restores the retries (a second save).
+//! - A PIN attempt is counted and saved *before* the PIN is compared, so
+//!   cutting the power mid-command cannot buy a free guess.
+//! - A right PIN restores the retries in memory only; the restore is written
+//!   by the next save (SIGN TRANSACTION's counter, any other change), or on
+//!   deselect, reset and power off if nothing saved it before. Until then the
+//!   saved retry count is lower than the true one, never higher: a crash
+//!   costs the holder a try (fail-safe), it never gives one. A payment is two
+//!   durable writes (VERIFY's count, SIGN's counter), not three.
 //! - A verified PIN is consumed by the next SIGN TRANSACTION whatever its
 //!   outcome, and forgotten on deselect, reset and power off.
 //! - The counter is incremented and saved before the signature is made; if the
@@ -77,6 +82,9 @@ pub struct TransactionApplet {
     ring_random: SystemRandom,
     /// Session only: set by a right PIN, cleared by SIGN, deselect and reset.
     pin_verified: bool,
+    /// A right PIN restored the retries in memory and no save has written
+    /// them yet: the saved count is one lower (see the module doc).
+    retries_restore_unsaved: bool,
 }
 
 impl std::fmt::Debug for TransactionApplet {
@@ -85,6 +93,7 @@ impl std::fmt::Debug for TransactionApplet {
             .field("state", &self.state)
             .field("has_payment_key", &self.payment_key.is_some())
             .field("pin_verified", &self.pin_verified)
+            .field("retries_restore_unsaved", &self.retries_restore_unsaved)
             .finish_non_exhaustive()
     }
 }
@@ -102,6 +111,7 @@ impl TransactionApplet {
             payment_key,
             ring_random,
             pin_verified: false,
+            retries_restore_unsaved: false,
         }
     }
 
@@ -109,8 +119,16 @@ impl TransactionApplet {
         &self.state
     }
 
+    /// Saves the whole state, a pending retry restore included.
+    fn save(&mut self) -> Result<(), crate::CardError> {
+        self.store.save(&self.state)?;
+        self.retries_restore_unsaved = false;
+        Ok(())
+    }
+
+    /// [`Self::save`] before an answer: `6581` when it fails.
     fn persist(&mut self) -> Result<(), StatusWord> {
-        self.store.save(&self.state).map_err(|e| {
+        self.save().map_err(|e| {
             tracing::error!(error = %e, "card state not saved; answering 6581");
             StatusWord::MemoryFailure
         })
@@ -154,8 +172,11 @@ impl TransactionApplet {
         self.state.pin_retries_left = self.state.pin_retries_left.saturating_sub(1);
         self.persist()?;
         if self.state.pin.matches(pin) {
+            // Not saved now: the saved count stays one lower until the next
+            // save writes this, which errs on the holder's side, never on an
+            // attacker's.
             self.state.pin_retries_left = self.state.pin_retries_max;
-            self.persist()?;
+            self.retries_restore_unsaved = true;
             self.pin_verified = true;
             return Ok(Vec::new());
         }
@@ -371,6 +392,7 @@ impl TransactionApplet {
             return Err(StatusWord::ConditionsNotSatisfied);
         }
         // The counter is spent before the signature exists: never used twice.
+        // This save also writes a retry restore VERIFY left unsaved.
         self.state.counter = counter;
         self.persist()?;
         let key = self
@@ -422,8 +444,15 @@ impl Applet for TransactionApplet {
         Response::ok(vec![APPLET_VERSION])
     }
 
+    /// Also writes a retry restore no save has written yet: the last chance
+    /// before a power off (a failure leaves the lower, fail-safe count).
     fn deselect(&mut self) {
         self.pin_verified = false;
+        if self.retries_restore_unsaved {
+            if let Err(e) = self.save() {
+                tracing::warn!(error = %e, "PIN retry restore not saved; the saved count stays one lower");
+            }
+        }
     }
 
     fn call(&mut self, command: &Command, context: &mut Context<'_>) -> Response {
