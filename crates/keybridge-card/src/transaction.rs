@@ -4,10 +4,10 @@
 //! |--------------------|------------------------------------------------------------------|
 //! | VERIFY             | `6A86` P1-P2 ≠ `0080`; `6983` blocked; `6A80` not 4–8 digits; `63Cx` wrong PIN (`6983` when that was the last try); `6581` state not saved |
 //! | VERIFY (no data)   | `9000` verified; `63Cx` not verified; `6983` blocked            |
-//! | GENERATE KEY       | `6A86` P1-P2 ≠ `0000`; `6700` data present; `6983`; `6982` PIN not verified; `6581` |
+//! | GENERATE KEY       | `6A86` P1-P2 ≠ `0000`; `6700` data present; `6983`; `6982` PIN not verified; `6581`; `6F00` ring refused the new key |
 //! | GET DATA           | `6A86` P1 ≠ `00`; `6700` data present; `6A88` no such object (or no key/certificate yet) |
 //! | PUT DATA           | `6A86` P1-P2 ≠ `0002`; `6983`; `6982`; `6700` empty or over [`CERTIFICATE_LEN_MAX`]; `6A88` no key; `6A80` not a certificate for the card's key; `6581` |
-//! | SIGN TRANSACTION   | `6A86` P1-P2 ≠ `9E9A`/`9E10`; `6983`; `6982`; `6A88` no key; `6A80` payload does not decode; `6985` counter exhausted or holder declined; `6581` |
+//! | SIGN TRANSACTION   | `6A86` P1-P2 ≠ `9E9A`/`9E10`; `6983`; `6982`; `6A88` no key; `6A80` payload does not decode; `6985` counter exhausted or holder declined; `6581`; `6F00` ring refused the key or could not sign |
 //! | SIGN CSR           | `6983`; `6982`; `6A88` no key; `6A80` not a CertificationRequestInfo for the card's own key |
 //! | PUT DATA OCRA      | `6983`; `6982`; `6A80` suite does not parse, has P or S, or secret empty/over [`OCRA_SECRET_LEN_MAX`]; `6581` |
 //! | OCRA RESPONSE      | `6A86` P1-P2 ≠ `0000`; `6983`; `6982`; `6A88` no OCRA secret; `6A80` payload does not decode; `6985` counter exhausted or holder declined; `6581` |
