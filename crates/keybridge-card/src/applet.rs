@@ -19,7 +19,10 @@ use crate::holder::Holder;
 pub struct Context<'a> {
     /// The person holding the card: display and approval.
     pub holder: &'a mut dyn Holder,
-    /// Randomness for key generation (signatures are deterministic, RFC 6979).
+    /// Randomness for key generation, the secure channel and PIV. SIGN
+    /// TRANSACTION's ECDSA nonce does not come from here: ring draws it from
+    /// the operating system (its `SecureRandom` is sealed) and hedges it with
+    /// the key and message; `p256` signatures (SIGN CSR, PIV) are RFC 6979.
     pub rng: &'a mut dyn CryptoRngCore,
     /// The current time, injected: applets never read a clock.
     pub now_unix_s: u64,

@@ -31,7 +31,10 @@
 //! **Architecture invariant**: `applet`, `dispatch`, `transaction`, `piv` and `der` do
 //! no IO and read no clock. They see the outside only through [`Context`]
 //! (holder, randomness, injected time) and the [`StateStore`] an applet was
-//! built with; they never panic on any command bytes. Only `shell` talks to
+//! built with; they never panic on any command bytes. One exception to
+//! injected randomness: SIGN TRANSACTION signs with ring, whose sealed
+//! `SecureRandom` only the operating system's generator implements (ring
+//! hedges the nonce with the key and the message). Only `shell` talks to
 //! sockets and reads `SystemTime`; only `state` (and `piv::state` through it) touches files; the `holder`
 //! implementations print to stderr and read stdin.
 //!

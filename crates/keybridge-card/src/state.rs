@@ -368,6 +368,29 @@ pub(crate) fn read_document(
     })
 }
 
+/// The PIV section of a state file as it is (`null` included), and only it:
+/// the rest, this applet's key among it, is checked as JSON but not copied
+/// into memory, where nothing would zeroize it.
+fn read_piv_section(path: &Path) -> Result<Option<serde_json::Value>, CardError> {
+    /// The field name is [`PIV_SECTION`].
+    #[derive(Deserialize)]
+    struct PivOnly {
+        #[serde(default, deserialize_with = "present")]
+        piv: Option<serde_json::Value>,
+    }
+    fn present<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<serde_json::Value>, D::Error> {
+        serde_json::Value::deserialize(d).map(Some)
+    }
+    let bytes = read_bytes(path)?;
+    let file: PivOnly = serde_json::from_slice(&bytes).map_err(|e| CardError::CorruptState {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(file.piv)
+}
+
 /// Rewrites one applet's section of an existing state file, keeping the rest.
 pub(crate) fn replace_section(
     path: &Path,
@@ -411,7 +434,7 @@ impl StateStore for FileStore {
     fn save(&mut self, state: &CardState) -> Result<(), CardError> {
         // Carry the PIV applet's section over from the file as it is now.
         let piv = match self.path.exists() {
-            true => read_document(&self.path)?.remove(PIV_SECTION),
+            true => read_piv_section(&self.path)?,
             false => None,
         };
         write_atomic(&self.path, &state.to_json_with(piv), Replace::Yes)
@@ -612,6 +635,30 @@ mod tests {
         assert!(matches!(
             CardState::from_json(b"{}"),
             Err(DecodeError::Corrupt(_))
+        ));
+    }
+
+    /// A save carries the PIV section over exactly as the file has it:
+    /// present, absent, even `null` (which the PIV applet refuses to load).
+    #[test]
+    fn the_piv_section_is_carried_over_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("card.json");
+        let state = CardState::new(b"1234", &mut rng()).unwrap();
+        let piv = serde_json::json!({ "pin_retries_left": 2, "objects": ["5FC102"] });
+        for section in [Some(piv), Some(serde_json::Value::Null), None] {
+            std::fs::write(&path, &state.to_json_with(section.clone())[..]).unwrap();
+            FileStore::new(&path).save(&state).unwrap();
+            assert_eq!(read_piv_section(&path).unwrap(), section);
+            assert_eq!(
+                read_document(&path).unwrap().get(PIV_SECTION),
+                section.as_ref()
+            );
+        }
+        std::fs::write(&path, "[1, 2]").unwrap();
+        assert!(matches!(
+            FileStore::new(&path).save(&state),
+            Err(CardError::CorruptState { .. })
         ));
     }
 

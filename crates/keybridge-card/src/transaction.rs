@@ -4,24 +4,33 @@
 //! |--------------------|------------------------------------------------------------------|
 //! | VERIFY             | `6A86` P1-P2 ≠ `0080`; `6983` blocked; `6A80` not 4–8 digits; `63Cx` wrong PIN (`6983` when that was the last try); `6581` state not saved |
 //! | VERIFY (no data)   | `9000` verified; `63Cx` not verified; `6983` blocked            |
-//! | GENERATE KEY       | `6A86` P1-P2 ≠ `0000`; `6700` data present; `6983`; `6982` PIN not verified; `6581` |
+//! | GENERATE KEY       | `6A86` P1-P2 ≠ `0000`; `6700` data present; `6983`; `6982` PIN not verified; `6581`; `6F00` ring refused the new key |
 //! | GET DATA           | `6A86` P1 ≠ `00`; `6700` data present; `6A88` no such object (or no key/certificate yet) |
 //! | PUT DATA           | `6A86` P1-P2 ≠ `0002`; `6983`; `6982`; `6700` empty or over [`CERTIFICATE_LEN_MAX`]; `6A88` no key; `6A80` not a certificate for the card's key; `6581` |
-//! | SIGN TRANSACTION   | `6A86` P1-P2 ≠ `9E9A`/`9E10`; `6983`; `6982`; `6A88` no key; `6A80` payload does not decode; `6985` counter exhausted or holder declined; `6581` |
+//! | SIGN TRANSACTION   | `6A86` P1-P2 ≠ `9E9A`/`9E10`; `6983`; `6982`; `6A88` no key; `6A80` payload does not decode; `6985` counter exhausted or holder declined; `6581`; `6F00` ring refused the key or could not sign |
 //! | SIGN CSR           | `6983`; `6982`; `6A88` no key; `6A80` not a CertificationRequestInfo for the card's own key |
 //! | PUT DATA OCRA      | `6983`; `6982`; `6A80` suite does not parse, has P or S, or secret empty/over [`OCRA_SECRET_LEN_MAX`]; `6581` |
 //! | OCRA RESPONSE      | `6A86` P1-P2 ≠ `0000`; `6983`; `6982`; `6A88` no OCRA secret; `6A80` payload does not decode; `6985` counter exhausted or holder declined; `6581` |
 //! | anything else      | `6D00`                                                           |
 //!
 //! Rules the table cannot show:
-//! - A wrong-PIN attempt is counted and saved *before* the PIN is compared, so
-//!   cutting the power mid-command cannot buy a free guess; a right PIN then
-//!   restores the retries (a second save).
+//! - A PIN attempt is counted and saved *before* the PIN is compared, so
+//!   cutting the power mid-command cannot buy a free guess.
+//! - A right PIN restores the retries in memory only; the restore is written
+//!   by the next save (SIGN TRANSACTION's counter, any other change), or on
+//!   deselect, reset and power off if nothing saved it before. Until then the
+//!   saved retry count is lower than the true one, never higher: a crash
+//!   costs the holder a try (fail-safe), it never gives one. A payment is two
+//!   durable writes (VERIFY's count, SIGN's counter), not three.
 //! - A verified PIN is consumed by the next SIGN TRANSACTION whatever its
 //!   outcome, and forgotten on deselect, reset and power off.
 //! - The counter is incremented and saved before the signature is made; if the
 //!   save fails the answer is `6581` and no signature leaves the card. A
 //!   counter value is never used twice.
+//! - SIGN TRANSACTION signs with ring (a key pair built once per key, when the
+//!   applet is made and by GENERATE KEY); its nonce is random, hedged by ring
+//!   with the key and the message digest. SIGN CSR signs with `p256`
+//!   (RFC 6979). Both answer DER ECDSA P-256 over SHA-256.
 //! - GENERATE KEY drops the stored certificate: it certifies the old key.
 //! - SIGN CSR and OCRA RESPONSE consume the verified PIN like SIGN TRANSACTION.
 //! - OCRA suites with a PIN hash (P) or session data (S) are refused: the card
@@ -40,6 +49,8 @@ use keybridge_transport::{Command, Response, StatusWord};
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey};
 use p256::PublicKey;
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 use zeroize::Zeroizing;
 
 use crate::applet::{Applet, Context};
@@ -60,25 +71,47 @@ type Outcome = Result<Vec<u8>, StatusWord>;
 pub struct TransactionApplet {
     state: CardState,
     store: Box<dyn StateStore>,
+    /// `state.private_key` as ring holds it, for SIGN TRANSACTION: made once
+    /// per key, never saved (it is made again from the state). `Some` when
+    /// the state has a key, unless ring refused it ([`ring_key_pair`]). ring
+    /// does not zeroize its copy of the scalar on drop; it lives as long as
+    /// the key in the state, which does.
+    payment_key: Option<EcdsaKeyPair>,
+    /// ring's randomness: its `SecureRandom` is sealed, so the injected
+    /// [`Context::rng`] cannot stand in.
+    ring_random: SystemRandom,
     /// Session only: set by a right PIN, cleared by SIGN, deselect and reset.
     pin_verified: bool,
+    /// A right PIN restored the retries in memory and no save has written
+    /// them yet: the saved count is one lower (see the module doc).
+    retries_restore_unsaved: bool,
 }
 
 impl std::fmt::Debug for TransactionApplet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TransactionApplet")
             .field("state", &self.state)
+            .field("has_payment_key", &self.payment_key.is_some())
             .field("pin_verified", &self.pin_verified)
+            .field("retries_restore_unsaved", &self.retries_restore_unsaved)
             .finish_non_exhaustive()
     }
 }
 
 impl TransactionApplet {
     pub fn new(state: CardState, store: Box<dyn StateStore>) -> TransactionApplet {
+        let ring_random = SystemRandom::new();
+        let payment_key = state
+            .private_key
+            .as_ref()
+            .and_then(|key| ring_key_pair(key, &ring_random));
         TransactionApplet {
             state,
             store,
+            payment_key,
+            ring_random,
             pin_verified: false,
+            retries_restore_unsaved: false,
         }
     }
 
@@ -86,8 +119,16 @@ impl TransactionApplet {
         &self.state
     }
 
+    /// Saves the whole state, a pending retry restore included.
+    fn save(&mut self) -> Result<(), crate::CardError> {
+        self.store.save(&self.state)?;
+        self.retries_restore_unsaved = false;
+        Ok(())
+    }
+
+    /// [`Self::save`] before an answer: `6581` when it fails.
     fn persist(&mut self) -> Result<(), StatusWord> {
-        self.store.save(&self.state).map_err(|e| {
+        self.save().map_err(|e| {
             tracing::error!(error = %e, "card state not saved; answering 6581");
             StatusWord::MemoryFailure
         })
@@ -131,8 +172,11 @@ impl TransactionApplet {
         self.state.pin_retries_left = self.state.pin_retries_left.saturating_sub(1);
         self.persist()?;
         if self.state.pin.matches(pin) {
+            // Not saved now: the saved count stays one lower until the next
+            // save writes this, which errs on the holder's side, never on an
+            // attacker's.
             self.state.pin_retries_left = self.state.pin_retries_max;
-            self.persist()?;
+            self.retries_restore_unsaved = true;
             self.pin_verified = true;
             return Ok(Vec::new());
         }
@@ -151,6 +195,8 @@ impl TransactionApplet {
         }
         self.require_pin()?;
         let key = SigningKey::random(&mut context.rng);
+        let new_payment_key =
+            ring_key_pair(&key, &self.ring_random).ok_or(StatusWord::NoPreciseDiagnosis)?;
         let old_key = self.state.private_key.replace(key);
         let old_certificate = self.state.certificate.take();
         if let Err(sw) = self.persist() {
@@ -159,6 +205,7 @@ impl TransactionApplet {
             self.state.certificate = old_certificate;
             return Err(sw);
         }
+        self.payment_key = Some(new_payment_key);
         self.state
             .public_key_sec1()
             .ok_or(StatusWord::NoPreciseDiagnosis)
@@ -323,11 +370,14 @@ impl TransactionApplet {
         self.require_pin()?;
         // One verified PIN, one SIGN, whatever happens next.
         self.pin_verified = false;
-        let key = self
-            .state
-            .private_key
-            .clone()
-            .ok_or(StatusWord::ReferencedDataNotFound)?;
+        match (&self.state.private_key, &self.payment_key) {
+            (None, _) => return Err(StatusWord::ReferencedDataNotFound),
+            (Some(_), None) => {
+                tracing::error!("ring refused the card's key; not signing");
+                return Err(StatusWord::NoPreciseDiagnosis);
+            }
+            (Some(_), Some(_)) => {}
+        }
         let payload =
             ConfirmationPayload::decode(&command.data).map_err(|_| StatusWord::IncorrectData)?;
         let counter = self
@@ -342,15 +392,45 @@ impl TransactionApplet {
             return Err(StatusWord::ConditionsNotSatisfied);
         }
         // The counter is spent before the signature exists: never used twice.
+        // This save also writes a retry restore VERIFY left unsaved.
         self.state.counter = counter;
         self.persist()?;
-        let signature: Signature = key.sign(&signed_message(&command.data, counter));
-        let der = signature.to_der();
-        let mut out = Vec::with_capacity(4 + der.as_bytes().len());
+        let key = self
+            .payment_key
+            .as_ref()
+            .ok_or(StatusWord::NoPreciseDiagnosis)?;
+        let signature = key
+            .sign(&self.ring_random, &signed_message(&command.data, counter))
+            .map_err(|_| {
+                tracing::error!(counter, "ring could not sign (no randomness?)");
+                StatusWord::NoPreciseDiagnosis
+            })?;
+        let der = signature.as_ref();
+        let mut out = Vec::with_capacity(4 + der.len());
         out.extend_from_slice(&counter.to_be_bytes());
-        out.extend_from_slice(der.as_bytes());
+        out.extend_from_slice(der);
         tracing::info!(counter, "signed a payment");
         Ok(out)
+    }
+}
+
+/// `key` as a ring key pair for SIGN TRANSACTION. `None` only if ring
+/// refuses a key `p256` accepted (both check the scalar is in `1..n` and
+/// the point is its public key), which this card then cannot sign with.
+fn ring_key_pair(key: &SigningKey, random: &SystemRandom) -> Option<EcdsaKeyPair> {
+    let scalar = Zeroizing::new(key.to_bytes());
+    let point = key.verifying_key().to_encoded_point(false);
+    match EcdsaKeyPair::from_private_key_and_public_key(
+        &ECDSA_P256_SHA256_ASN1_SIGNING,
+        &scalar,
+        point.as_bytes(),
+        random,
+    ) {
+        Ok(pair) => Some(pair),
+        Err(e) => {
+            tracing::error!(error = %e, "ring refused the card's key");
+            None
+        }
     }
 }
 
@@ -364,8 +444,15 @@ impl Applet for TransactionApplet {
         Response::ok(vec![APPLET_VERSION])
     }
 
+    /// Also writes a retry restore no save has written yet: the last chance
+    /// before a power off (a failure leaves the lower, fail-safe count).
     fn deselect(&mut self) {
         self.pin_verified = false;
+        if self.retries_restore_unsaved {
+            if let Err(e) = self.save() {
+                tracing::warn!(error = %e, "PIN retry restore not saved; the saved count stays one lower");
+            }
+        }
     }
 
     fn call(&mut self, command: &Command, context: &mut Context<'_>) -> Response {

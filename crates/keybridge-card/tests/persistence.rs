@@ -81,6 +81,42 @@ fn a_restarted_card_keeps_key_counter_and_wrong_pin_count() {
     assert_eq!(file_names(dir.path()), ["card.json"]);
 }
 
+/// A right PIN with no SIGN after it: the file keeps the try VERIFY counted
+/// (a card restarted from it has one try fewer, never one more) until the
+/// applet is left, which writes the restore; a SIGN writes it with the counter.
+#[test]
+fn a_right_pin_is_written_back_by_the_next_save_or_on_leaving() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("card.json");
+    init_state(&path, PIN).unwrap();
+    let retries_saved = || CardState::load(&path).unwrap().pin_retries_left();
+
+    let mut card = card_on(&path);
+    card.transcript(&[(SELECT, "01 9000"), (VERIFY_OK, "9000")]);
+    assert_eq!(retries_saved(), 2);
+    card_on(&path).transcript(&[(SELECT, "01 9000"), ("00200080", "63C2")]);
+    card.card.reset();
+    assert_eq!(retries_saved(), 3);
+
+    let payload = sample_payload().encode().unwrap();
+    let sign = format!(
+        "002A9E9A {:02X} {} 00",
+        payload.len(),
+        hex::encode(&payload)
+    );
+    card.transcript(&[
+        (SELECT, "01 9000"),
+        (VERIFY_OK, "9000"),
+        ("00470000", "* 9000"),
+        (VERIFY_OK, "9000"),
+    ]);
+    assert_eq!(retries_saved(), 2);
+    card.transcript(&[(&sign, "* 9000")]);
+    let saved = CardState::load(&path).unwrap();
+    assert_eq!((saved.pin_retries_left(), saved.counter()), (3, 1));
+    assert_eq!(file_names(dir.path()), ["card.json"]);
+}
+
 /// `init` never overwrites: that would destroy a key and reset its counter.
 #[test]
 fn init_refuses_to_overwrite() {

@@ -410,6 +410,112 @@ fn wrong_pin_is_saved_before_the_answer() {
     assert_eq!(card.store.saved().unwrap().pin_retries_left(), 2);
 }
 
+/// A payment is two durable writes: VERIFY saves the counted try before the
+/// PIN is compared, SIGN saves the counter, and with it the retries the right
+/// PIN restored.
+#[test]
+fn a_payment_is_two_saves() {
+    let mut card = Harness::with_known_key();
+    let public_key = card.transcript(&[(SELECT, "01 9000"), ("00CA0001 00", "* 9000")])[1].clone();
+    let payload = sample_payload().encode().unwrap();
+    let sign = format!(
+        "002A9E9A {:02X} {} 00",
+        payload.len(),
+        hex::encode(&payload)
+    );
+    assert_eq!(card.store.saves(), 0);
+
+    card.transcript(&[(VERIFY_OK, "9000")]);
+    assert_eq!(card.store.saves(), 1);
+    // Saved: the try counted before the compare, not yet its restore.
+    assert_eq!(card.store.saved().unwrap().pin_retries_left(), 2);
+    assert_eq!(card.status().pin_retries_left, 3);
+
+    let answer = card.transcript(&[(&sign, "* 9000")]).remove(0);
+    assert_eq!(check_signature(&answer, &payload, &public_key), 1);
+    assert_eq!(card.store.saves(), 2);
+    let saved = card.store.saved().unwrap();
+    assert_eq!((saved.pin_retries_left(), saved.counter()), (3, 1));
+
+    // Nothing left to write: leaving the applet saves nothing more.
+    card.card.reset();
+    assert_eq!(card.store.saves(), 2);
+}
+
+/// A right PIN with no save after it: a card restarted from what was saved
+/// has one try fewer (the saved count errs low, never high); leaving the
+/// applet (another SELECT, a reset, a power off) writes the restore.
+#[test]
+fn an_unsaved_retry_restore_errs_low_and_is_saved_on_deselect() {
+    let mut card = Harness::with_known_key();
+    card.transcript(&[(SELECT, "01 9000"), (VERIFY_OK, "9000")]);
+    assert_eq!(card.store.saves(), 1);
+
+    // Power cut now: the restarted card has lost a try, not gained one.
+    let mut restarted = Harness::with_state(card.store.saved().unwrap());
+    restarted.transcript(&[(SELECT, "01 9000"), ("00200080", "63C2")]);
+
+    // Re-selecting deselects first: the restore is written.
+    card.transcript(&[(SELECT, "01 9000")]);
+    assert_eq!(card.store.saves(), 2);
+    assert_eq!(card.store.saved().unwrap().pin_retries_left(), 3);
+
+    // So does a reset, once per restore.
+    card.transcript(&[(VERIFY_OK, "9000")]);
+    card.card.reset();
+    card.card.reset();
+    assert_eq!(card.store.saves(), 4);
+    assert_eq!(card.store.saved().unwrap().pin_retries_left(), 3);
+
+    // A restore that cannot be saved on reset stays pending, and the next
+    // save writes it: the saved count was only ever lower than the truth.
+    card.transcript(&[(SELECT, "01 9000"), (VERIFY_OK, "9000")]);
+    card.store.set_failing(true);
+    card.card.reset();
+    card.store.set_failing(false);
+    assert_eq!(card.store.saved().unwrap().pin_retries_left(), 2);
+    card.transcript(&[(SELECT, "01 9000"), ("00200080", "63C3")]);
+    card.card.reset();
+    assert_eq!(card.store.saved().unwrap().pin_retries_left(), 3);
+}
+
+/// A wrong PIN right after a right one is counted from the restored value
+/// and saved before the answer, restore and all.
+#[test]
+fn a_wrong_pin_after_a_right_one_saves_the_true_count() {
+    let mut card = Harness::new();
+    card.transcript(&[
+        (SELECT, "01 9000"),
+        (VERIFY_WRONG, "63C2"),
+        (VERIFY_OK, "9000"),
+    ]);
+    assert_eq!(card.store.saved().unwrap().pin_retries_left(), 1);
+    card.transcript(&[(VERIFY_WRONG, "63C2")]);
+    assert_eq!(card.store.saved().unwrap().pin_retries_left(), 2);
+}
+
+/// When SIGN cannot save its counter, the unsaved restore does not help: no
+/// signature, 6581, and the counter it spent is not used again.
+#[test]
+fn a_sign_whose_save_fails_releases_nothing_after_a_right_pin() {
+    let mut card = Harness::with_known_key();
+    let public_key = card.transcript(&[(SELECT, "01 9000"), ("00CA0001 00", "* 9000")])[1].clone();
+    let payload = sample_payload().encode().unwrap();
+    let sign = format!(
+        "002A9E9A {:02X} {} 00",
+        payload.len(),
+        hex::encode(&payload)
+    );
+    card.transcript(&[(VERIFY_OK, "9000")]);
+    card.store.set_failing(true);
+    card.transcript(&[(&sign, "6581")]);
+    card.store.set_failing(false);
+    let saved = card.store.saved().unwrap();
+    assert_eq!((saved.pin_retries_left(), saved.counter()), (2, 0));
+    let answers = card.transcript(&[(VERIFY_OK, "9000"), (&sign, "* 9000")]);
+    assert_eq!(check_signature(&answers[1], &payload, &public_key), 2);
+}
+
 /// An exhausted counter cannot wrap around to reuse old values: SIGN is
 /// refused before the holder is even asked.
 #[test]
