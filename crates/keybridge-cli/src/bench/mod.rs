@@ -21,6 +21,12 @@ use keybridge_relay::{CardLink, CardLinkSpec, Decision, RelayOptions};
 use keybridge_terminal::{pay, Client, PayRequest};
 use zeroize::Zeroizing;
 
+use direct_card::DirectCard;
+use machine::{crypto_limit, peak_rss_kib, process_cpu_seconds};
+
+mod direct_card;
+mod machine;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BenchTransport {
     /// The card in the relay's process, reached by a call: no socket, no
@@ -355,123 +361,4 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("no payment settled");
     }
     Ok(())
-}
-
-/// P-256 sign + verify pairs per second with ring, one thread per core: the
-/// bound the whole system cannot beat, since each payment needs one of each.
-fn crypto_limit(duration: Duration) -> f64 {
-    use ring::rand::SystemRandom;
-    use ring::signature::{
-        EcdsaKeyPair, KeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_ASN1,
-        ECDSA_P256_SHA256_ASN1_SIGNING,
-    };
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let threads: Vec<_> = (0..cores)
-        .map(|_| {
-            std::thread::spawn(move || -> u64 {
-                let rng = SystemRandom::new();
-                let Ok(pkcs8) = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
-                else {
-                    return 0;
-                };
-                let Ok(key) =
-                    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
-                else {
-                    return 0;
-                };
-                let public = UnparsedPublicKey::new(
-                    &ECDSA_P256_SHA256_ASN1,
-                    key.public_key().as_ref().to_vec(),
-                );
-                let message = [7u8; 300];
-                let end = Instant::now() + duration;
-                let mut n = 0u64;
-                while Instant::now() < end {
-                    let Ok(sig) = key.sign(&rng, &message) else {
-                        return n;
-                    };
-                    if public.verify(&message, sig.as_ref()).is_ok() {
-                        n += 1;
-                    }
-                }
-                n
-            })
-        })
-        .collect();
-    let total: u64 = threads.into_iter().map(|t| t.join().unwrap_or(0)).sum();
-    total as f64 / duration.as_secs_f64()
-}
-
-/// User + system CPU seconds of this process, from /proc (Linux).
-fn process_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // Linux reports in clock ticks of 1/100 s (USER_HZ) on every mainstream build.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// The transaction applet on a card in this process: the same dispatcher,
-/// applet and state file (written before each answer) as `keybridge card`,
-/// reached by a function call instead of a socket.
-struct DirectCard {
-    card: keybridge_card::Card,
-    holder: keybridge_card::AutoApprove,
-    rng: rand::rngs::OsRng,
-}
-
-impl DirectCard {
-    fn new(state_path: &std::path::Path) -> anyhow::Result<DirectCard> {
-        keybridge_card::init_state(state_path, PIN)?;
-        let state = keybridge_card::CardState::load(state_path)?;
-        let applet = keybridge_card::TransactionApplet::new(
-            state,
-            Box::new(keybridge_card::FileStore::new(state_path)),
-        );
-        Ok(DirectCard {
-            card: keybridge_card::Card::new().with_applet(Box::new(applet)),
-            holder: keybridge_card::AutoApprove,
-            rng: rand::rngs::OsRng,
-        })
-    }
-}
-
-impl keybridge_transport::CardChannel for DirectCard {
-    fn transmit_raw(&mut self, command: &[u8]) -> Result<Vec<u8>, keybridge_transport::LinkError> {
-        let now_unix_s = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let mut context = keybridge_card::Context {
-            holder: &mut self.holder,
-            rng: &mut self.rng,
-            now_unix_s,
-        };
-        Ok(self.card.process(command, &mut context))
-    }
 }
