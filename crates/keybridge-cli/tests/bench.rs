@@ -88,3 +88,50 @@ fn smoke(transport: &str) {
     assert_eq!(report["payments_settled"], 40, "{report}");
     assert_eq!(report["payments_failed"], 0, "{report}");
 }
+
+/// Runs `keybridge bench ARGS --json` and returns its one JSON object.
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_keybridge"))
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .env("KEYBRIDGE_LOG", "warn")
+        .output()
+        .expect("run keybridge bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench {args:?} exited {}:\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim()).expect("one JSON object")
+}
+
+/// `--rate`: the open loop starts payments on a schedule, not when others
+/// end. At 50/s, far below what even a debug build confirms, every payment is
+/// issued and settles, and the report gives the offered and achieved rates
+/// and the latencies counted from when each payment was due.
+#[test]
+fn bench_open_loop_at_a_fixed_rate() {
+    let report = bench_json(&["--rate", "50", "--payments", "100", "--cards", "2"]);
+    assert_eq!(report["mode"], "open-loop", "{report}");
+    assert_eq!(report["payments_settled"], 100, "{report}");
+    assert_eq!(report["payments_failed"], 0, "{report}");
+    let open = &report["open_loop"];
+    assert_eq!(open["offered_per_s"], 50.0, "{report}");
+    assert_eq!(open["issued"], 100, "{report}");
+    for key in ["achieved_per_s", "issue_lag_ms_max"] {
+        assert!(
+            open[key].as_f64().is_some_and(|v| v >= 0.0),
+            "{key} in {report}"
+        );
+    }
+    assert!(
+        open["in_flight_peak"].as_u64().is_some_and(|n| n >= 1),
+        "{report}"
+    );
+    let p50 = report["latency_ms"]["p50"].as_f64().unwrap();
+    let p99 = report["latency_ms"]["p99"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 <= p99, "{report}");
+}

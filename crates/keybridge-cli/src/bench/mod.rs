@@ -7,24 +7,23 @@
 //! each with its own payer account and relay, run in this process (cards on
 //! threads, relays and terminals as tasks); the server runs in-process too, so
 //! CPU time and peak RSS cover every role.
+//!
+//! Modes: a closed loop with `--concurrency` payments in flight (the maximum
+//! rate), or an open loop at `--rate` payments per second (latency at a
+//! given offered load); see [`load`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, ValueEnum};
-use keybridge_proto::api::{CreateAccount, TransactionStatus};
-use keybridge_proto::{AccountId, Currency, Money};
-use keybridge_relay::link::InProcessCard;
-use keybridge_relay::{CardLink, CardLinkSpec, Decision, RelayOptions};
-use keybridge_terminal::{pay, Client, PayRequest};
-use zeroize::Zeroizing;
 
-use direct_card::DirectCard;
-use machine::{crypto_limit, peak_rss_kib, process_cpu_seconds};
+use harness::{Cards, Harness, HarnessConfig};
+use load::{Length, Pace, Run, Traffic};
+use machine::{crypto_limit, peak_rss_kib};
 
 mod direct_card;
+mod harness;
+mod load;
 mod machine;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -39,6 +38,16 @@ pub enum BenchTransport {
     BleSim,
 }
 
+impl BenchTransport {
+    fn name(self) -> &'static str {
+        match self {
+            BenchTransport::Direct => "direct",
+            BenchTransport::Vpcd => "vpcd",
+            BenchTransport::BleSim => "ble-sim",
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Number of payments to run (ignored with --duration).
@@ -47,9 +56,14 @@ pub struct BenchArgs {
     /// Run for this many seconds instead of a fixed count.
     #[arg(long)]
     pub duration: Option<u64>,
-    /// Payments in flight at once.
+    /// Payments in flight at once (closed loop: each payment that ends starts
+    /// the next).
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    /// Open loop instead: start a payment every 1/R seconds whatever the
+    /// others are doing, and time each from when it was due.
+    #[arg(long, value_parser = parse_rate, conflicts_with = "concurrency")]
+    pub rate: Option<f64>,
     /// Cards (each with its own relay and payer account).
     #[arg(long, default_value_t = 8)]
     pub cards: usize,
@@ -63,239 +77,74 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "{s:?} is not a positive number of payments per second"
+        )),
+    }
+}
+
 const PIN: &str = "123456";
+
+/// How long a transaction may wait for its card: longer than any run.
+const CONFIRMATION_TTL_S: u64 = 600;
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.cards == 0 || args.concurrency == 0 {
         bail!("--cards and --concurrency must be at least 1");
     }
-    let temp = tempfile::Builder::new()
-        .prefix("keybridge-bench-")
-        .tempdir()?;
-    let data_dir = match args.store.as_deref() {
-        Some(spec) => std::path::PathBuf::from(
-            spec.strip_prefix("sqlite:")
-                .context("--store must be sqlite:DIR")?,
-        ),
-        None => temp.path().join("server"),
+    let harness = Harness::start(&HarnessConfig {
+        store: args.store.clone(),
+        confirmation_ttl_s: CONFIRMATION_TTL_S,
+        quiet: args.json,
+    })
+    .await?;
+    let payers = harness
+        .cards(args.cards, Cards::Serving(args.transport))
+        .await?;
+    let traffic = Traffic {
+        terminal: harness.terminal.clone(),
+        payers: payers.into(),
+        payee: harness.merchant.clone(),
+        currency: harness.currency,
     };
-    std::fs::create_dir_all(&data_dir)?;
-    let token = hex::encode(rand::random::<[u8; 24]>());
-    let mut config =
-        keybridge_server::ServerConfig::new("127.0.0.1:0".parse()?, data_dir, token.clone());
-    config.confirmation_ttl_s = 600;
-    let server = keybridge_server::start(config).await?;
-    let url = format!("http://{}", server.addr);
-    let admin = Client::new(&url, &token)?;
-    let cny = Currency::from_code("CNY")?;
-    let payments_max = if args.duration.is_some() {
-        u64::MAX
+    let result = payments(&args, &harness, &traffic).await;
+    harness.shutdown().await;
+    result
+}
+
+/// The payment modes: runs the payments, then measures the crypto limit.
+async fn payments(args: &BenchArgs, harness: &Harness, traffic: &Traffic) -> anyhow::Result<()> {
+    let pace = match args.rate {
+        Some(rate_per_s) => Pace::Open { rate_per_s },
+        None => Pace::Closed {
+            concurrency: args.concurrency,
+        },
+    };
+    let (length, bar) = match args.duration {
+        Some(s) => (Length::Duration(Duration::from_secs(s)), s),
+        None => (Length::Payments(args.payments), args.payments),
+    };
+    let bar = harness.progress(bar, "{msg:>10} {bar:40} {pos}/{len} [{elapsed_precise}]")?;
+    let run = load::drive(traffic, pace, length, bar).await?;
+    let crypto = crypto_limit(Duration::from_millis(1500));
+    let report = payments_report(args, &run, crypto);
+    if args.json {
+        println!("{report}");
     } else {
-        args.payments
-    };
+        print_payments(&report);
+    }
+    if run.outcomes.latencies.is_empty() {
+        bail!("no payment settled");
+    }
+    Ok(())
+}
 
-    // Accounts, one card + relay per payer.
-    let setup = indicatif::ProgressBar::new(u64::try_from(args.cards)?);
-    setup.set_style(indicatif::ProgressStyle::with_template(
-        "setting up cards {bar:30} {pos}/{len}",
-    )?);
-    if args.json {
-        setup.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    admin
-        .create_account(&CreateAccount {
-            id: AccountId::new("merchant")?,
-            display_name: "Merchant".into(),
-            currency: cny,
-            opening_balance_minor: 0,
-        })
-        .await?;
-    let terminal_key = admin.create_terminal("bench").await?.api_key;
-    let mut payers = Vec::new();
-    for i in 0..args.cards {
-        let payer = AccountId::new(&format!("payer-{i}"))?;
-        admin
-            .create_account(&CreateAccount {
-                id: payer.clone(),
-                display_name: format!("Payer {i}"),
-                currency: cny,
-                opening_balance_minor: 1_000_000_000_000,
-            })
-            .await?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let spec = CardLinkSpec::VpcdListen(format!("127.0.0.1:{port}"));
-        let ble_port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let state_path = temp.path().join(format!("card-{i}.json"));
-        let enrol = Arc::new(Mutex::new(match args.transport {
-            BenchTransport::Direct => {
-                CardLink::InProcess(InProcessCard(Box::new(DirectCard::new(&state_path)?)))
-            }
-            BenchTransport::Vpcd | BenchTransport::BleSim => CardLink::open(&spec)?,
-        }));
-        let options = move |reconnect: bool| keybridge_card::CardOptions {
-            state_path: state_path.clone(),
-            vpcd_addr: format!("127.0.0.1:{port}"),
-            policy: keybridge_card::Policy::Approve,
-            init_pin: Some(PIN.to_owned()),
-            reconnect,
-            profile: keybridge_card::Profile::default(),
-        };
-        let transport = args.transport;
-        if transport != BenchTransport::Direct {
-            std::thread::spawn(move || match transport {
-                BenchTransport::BleSim => {
-                    // The enrolment reader closing ends this run; then the same
-                    // card (same state file) starts advertising on BLE.
-                    let _ = keybridge_card::run(options(false));
-                    keybridge_card::run_with_link(
-                        options(true),
-                        keybridge_card::DeviceLink::BleSim {
-                            addr: format!("127.0.0.1:{ble_port}"),
-                            att_mtu_max: 185,
-                            shape: keybridge_transport::ble::sim::LinkShape::default(),
-                        },
-                    )
-                }
-                _ => keybridge_card::run(options(true)),
-            });
-        }
-        let (_, credential) = keybridge_relay::enroll(
-            &admin,
-            Arc::clone(&enrol),
-            &payer,
-            "bench",
-            Zeroizing::new(PIN.to_owned()),
-            Duration::from_secs(30),
-        )
-        .await?;
-        let relay_options = |card: CardLinkSpec| RelayOptions {
-            credential,
-            card,
-            pin: Some(Zeroizing::new(PIN.to_owned())),
-            decision: Decision::Approve,
-            tamper: None,
-            card_wait: Duration::from_secs(30),
-            quiet: true,
-            ca_cert_pem: None,
-            applet: None,
-        };
-        match args.transport {
-            BenchTransport::Direct => {
-                // The same in-process card that was enrolled serves the relay.
-                let link = Arc::try_unwrap(enrol)
-                    .map_err(|_| anyhow::anyhow!("the enrolment still holds the card"))?
-                    .into_inner()
-                    .map_err(|_| anyhow::anyhow!("the card's lock was poisoned"))?;
-                tokio::spawn(keybridge_relay::run_with_link(relay_options(spec), link));
-            }
-            BenchTransport::Vpcd => {
-                drop(enrol);
-                tokio::spawn(keybridge_relay::run(relay_options(spec)));
-            }
-            BenchTransport::BleSim => {
-                drop(enrol);
-                tokio::spawn(keybridge_relay::run(relay_options(CardLinkSpec::BleSim(
-                    format!("127.0.0.1:{ble_port}"),
-                    keybridge_relay::link::BleSimSettings {
-                        att_mtu: 185,
-                        ..Default::default()
-                    },
-                ))));
-            }
-        }
-        payers.push(payer);
-        setup.inc(1);
-    }
-    setup.finish_and_clear();
-
-    let progress = match args.duration {
-        Some(s) => indicatif::ProgressBar::new(s),
-        None => indicatif::ProgressBar::new(args.payments),
-    };
-    progress.set_style(indicatif::ProgressStyle::with_template(
-        "{msg:>10} {bar:40} {pos}/{len} [{elapsed_precise}]",
-    )?);
-    if args.json {
-        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let terminal = Client::new(&url, &terminal_key)?;
-    let issued = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(Mutex::new(Vec::<Duration>::new()));
-    let failures = Arc::new(AtomicU64::new(0));
-    let failure_reasons = Arc::new(Mutex::new(std::collections::BTreeMap::<String, u64>::new()));
-    let deadline = args
-        .duration
-        .map(|s| Instant::now() + Duration::from_secs(s));
-    let cpu_start = process_cpu_seconds();
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for worker in 0..args.concurrency {
-        let terminal = terminal.clone();
-        let payers = payers.clone();
-        let issued = issued.clone();
-        let latencies = latencies.clone();
-        let failures = failures.clone();
-        let failure_reasons = failure_reasons.clone();
-        let progress = progress.clone();
-        workers.push(tokio::spawn(async move {
-            loop {
-                let n = issued.fetch_add(1, Ordering::Relaxed);
-                if n >= payments_max || deadline.is_some_and(|d| Instant::now() >= d) {
-                    break;
-                }
-                let payer =
-                    payers[(usize::try_from(n).unwrap_or(0) + worker) % payers.len()].clone();
-                let request = PayRequest {
-                    payer,
-                    payee: AccountId::new("merchant").expect("valid id"),
-                    amount: Money::new(100, cny),
-                    order_id: format!("B-{n}"),
-                    description: String::new(),
-                    idempotency_key: format!("bench-{n}"),
-                    wait_max: Duration::from_secs(60),
-                };
-                let t0 = Instant::now();
-                match pay(&terminal, &request, |_| {}).await {
-                    Ok(out) if out.last.status == TransactionStatus::Settled => {
-                        latencies.lock().expect("not poisoned").push(t0.elapsed());
-                    }
-                    other => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                        let why = match other {
-                            Ok(out) => format!(
-                                "{}:{}",
-                                out.last.status.as_str(),
-                                out.last.reason.map(|r| r.as_str()).unwrap_or("-")
-                            ),
-                            Err(e) => e.to_string(),
-                        };
-                        *failure_reasons
-                            .lock()
-                            .expect("not poisoned")
-                            .entry(why)
-                            .or_default() += 1;
-                    }
-                }
-                if deadline.is_some() {
-                    progress.set_position(started.elapsed().as_secs());
-                } else {
-                    progress.inc(1);
-                }
-            }
-        }));
-    }
-    for w in workers {
-        w.await?;
-    }
-    let wall = started.elapsed();
-    let cpu = process_cpu_seconds() - cpu_start;
-    progress.finish_and_clear();
-
-    let mut lat = latencies.lock().expect("not poisoned").clone();
+/// Every figure of a payment run, as printed by `--json`.
+fn payments_report(args: &BenchArgs, run: &Run, crypto: f64) -> serde_json::Value {
+    let mut lat = run.outcomes.latencies.clone();
     lat.sort();
     let settled = lat.len();
     // Nearest-rank percentile in integer arithmetic: `permille` of 500 is p50.
@@ -305,60 +154,88 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             n => lat[((n - 1) * permille / 1000).min(n - 1)].as_secs_f64() * 1000.0,
         }
     };
-    let throughput = settled as f64 / wall.as_secs_f64();
-    let crypto = crypto_limit(Duration::from_millis(1500));
-    let report = serde_json::json!({
-        "transport": match args.transport {
-            BenchTransport::Direct => "direct",
-            BenchTransport::Vpcd => "vpcd",
-            BenchTransport::BleSim => "ble-sim",
-        },
+    let throughput = settled as f64 / run.wall.as_secs_f64();
+    let open_loop = match (args.rate, run.open) {
+        (Some(offered), Some(open)) => serde_json::json!({
+            "offered_per_s": offered,
+            "achieved_per_s": open.issued as f64 / open.issuing.as_secs_f64().max(f64::EPSILON),
+            "issued": open.issued,
+            "issue_lag_ms_max": open.issue_lag_max.as_secs_f64() * 1000.0,
+            "in_flight_peak": open.in_flight_peak,
+            "in_flight_max": load::IN_FLIGHT_MAX,
+        }),
+        _ => serde_json::Value::Null,
+    };
+    serde_json::json!({
+        "mode": if args.rate.is_some() { "open-loop" } else { "closed-loop" },
+        "transport": args.transport.name(),
         "cards": args.cards,
-        "concurrency": args.concurrency,
+        "concurrency": if args.rate.is_some() { None } else { Some(args.concurrency) },
+        "open_loop": open_loop,
         "payments_settled": settled,
-        "payments_failed": failures.load(Ordering::Relaxed),
-        "failures_by_reason": *failure_reasons.lock().expect("not poisoned"),
-        "wall_s": wall.as_secs_f64(),
+        "payments_failed": run.outcomes.failed(),
+        "failures_by_reason": run.outcomes.failures_by_reason,
+        "wall_s": run.wall.as_secs_f64(),
         "confirmed_per_s": throughput,
         "latency_ms": { "p50": pct(500), "p95": pct(950), "p99": pct(990) },
-        "cpu_s_per_payment": if settled > 0 { cpu / settled as f64 } else { 0.0 },
+        "cpu_s_per_payment": if settled > 0 { run.cpu_s / settled as f64 } else { 0.0 },
         "peak_rss_kib": peak_rss_kib(),
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "crypto_limit_per_s": crypto,
         "ratio_to_crypto_limit": if crypto > 0.0 { throughput / crypto } else { 0.0 },
-    });
-    if args.json {
-        println!("{report}");
-    } else {
-        println!(
-            "payments settled     {settled} ({} failed) in {:.2} s",
-            failures.load(Ordering::Relaxed),
-            wall.as_secs_f64()
-        );
-        for (why, n) in failure_reasons.lock().expect("not poisoned").iter() {
+    })
+}
+
+fn print_payments(report: &serde_json::Value) {
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+    println!(
+        "payments settled     {} ({} failed) in {:.2} s",
+        report["payments_settled"],
+        report["payments_failed"],
+        f(&report["wall_s"])
+    );
+    if let Some(reasons) = report["failures_by_reason"].as_object() {
+        for (why, n) in reasons {
             println!("  failed: {n} × {why}");
         }
-        println!("confirmed payments/s {throughput:.1}");
+    }
+    let open = &report["open_loop"];
+    if open.is_null() {
+        println!("closed loop          {} in flight", report["concurrency"]);
+    } else {
         println!(
-            "submit→settled ms    p50 {:.2}  p95 {:.2}  p99 {:.2}",
-            pct(500),
-            pct(950),
-            pct(990)
-        );
-        println!(
-            "CPU s per payment    {:.6}",
-            report["cpu_s_per_payment"].as_f64().unwrap_or(0.0)
-        );
-        println!("peak RSS             {} KiB", report["peak_rss_kib"]);
-        println!("crypto limit         {crypto:.0} P-256 sign+verify per s on all cores (ring), same run");
-        println!(
-            "ratio                {:.4} of the crypto limit",
-            report["ratio_to_crypto_limit"].as_f64().unwrap_or(0.0)
+            "open loop            offered {:.1}/s, achieved {:.1}/s ({} issued, at most {:.1} ms late), peak {} in flight",
+            f(&open["offered_per_s"]),
+            f(&open["achieved_per_s"]),
+            open["issued"],
+            f(&open["issue_lag_ms_max"]),
+            open["in_flight_peak"]
         );
     }
-    server.shutdown().await;
-    if settled == 0 {
-        bail!("no payment settled");
-    }
-    Ok(())
+    println!("confirmed payments/s {:.1}", f(&report["confirmed_per_s"]));
+    let latency = &report["latency_ms"];
+    println!(
+        "submit→settled ms    p50 {:.2}  p95 {:.2}  p99 {:.2}{}",
+        f(&latency["p50"]),
+        f(&latency["p95"]),
+        f(&latency["p99"]),
+        if open.is_null() {
+            ""
+        } else {
+            " (from when due)"
+        }
+    );
+    println!(
+        "CPU s per payment    {:.6}",
+        f(&report["cpu_s_per_payment"])
+    );
+    println!("peak RSS             {} KiB", report["peak_rss_kib"]);
+    println!(
+        "crypto limit         {:.0} P-256 sign+verify per s on all cores (ring), same run",
+        f(&report["crypto_limit_per_s"])
+    );
+    println!(
+        "ratio                {:.4} of the crypto limit",
+        f(&report["ratio_to_crypto_limit"])
+    );
 }
