@@ -48,6 +48,13 @@ fn bench_runs_200_payments_and_reports_json() {
         report["peak_rss_kib"].as_u64().is_some_and(|v| v > 0),
         "{report}"
     );
+    // Read back from the server: 200 payments of 1.00 left the payers and
+    // reached the merchant.
+    assert_eq!(report["ledger"]["payers_debited_minor"], 20_000, "{report}");
+    assert_eq!(
+        report["ledger"]["merchant_credited_minor"], 20_000,
+        "{report}"
+    );
 }
 
 /// The same smoke over the simulated BLE link with the secure channel, and
@@ -134,4 +141,32 @@ fn bench_open_loop_at_a_fixed_rate() {
     let p50 = report["latency_ms"]["p50"].as_f64().unwrap();
     let p99 = report["latency_ms"]["p99"].as_f64().unwrap();
     assert!(p50 > 0.0 && p50 <= p99, "{report}");
+}
+
+/// `--accounts`: 500 accounts are seeded through the store before the run,
+/// and the payments go to them: the payers are debited for every payment
+/// while the merchant, the default payee, receives nothing.
+#[test]
+fn bench_pays_seeded_accounts() {
+    let report = bench_json(&[
+        "--accounts",
+        "500",
+        "--payments",
+        "100",
+        "--cards",
+        "2",
+        "--concurrency",
+        "4",
+    ]);
+    assert_eq!(report["accounts"]["seeded"], 500, "{report}");
+    assert!(
+        report["accounts"]["seed_s"]
+            .as_f64()
+            .is_some_and(|s| s > 0.0),
+        "{report}"
+    );
+    assert_eq!(report["payments_settled"], 100, "{report}");
+    assert_eq!(report["payments_failed"], 0, "{report}");
+    assert_eq!(report["ledger"]["payers_debited_minor"], 10_000, "{report}");
+    assert_eq!(report["ledger"]["merchant_credited_minor"], 0, "{report}");
 }

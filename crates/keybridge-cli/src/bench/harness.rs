@@ -17,6 +17,9 @@ use zeroize::Zeroizing;
 use super::direct_card::DirectCard;
 use super::{BenchTransport, PIN};
 
+/// Each payer's opening balance: more than any run spends.
+pub const PAYER_OPENING_MINOR: u64 = 1_000_000_000_000;
+
 /// What the harness starts.
 #[derive(Debug, Clone)]
 pub struct HarnessConfig {
@@ -36,6 +39,15 @@ pub enum Cards {
     /// Enrolled in-process, with no relay: the payer has an active device, so
     /// transactions can be created, but nothing ever answers them.
     Silent,
+}
+
+/// What the payments moved: the payers' debits against their opening
+/// balances, and what reached the merchant (nothing when payees are seeded
+/// accounts).
+#[derive(Debug, Clone, Copy)]
+pub struct Ledger {
+    pub payers_debited_minor: i64,
+    pub merchant_credited_minor: i64,
 }
 
 /// A running server with its merchant and terminal.
@@ -126,7 +138,7 @@ impl Harness {
                     id: payer.clone(),
                     display_name: format!("Payer {i}"),
                     currency: self.currency,
-                    opening_balance_minor: 1_000_000_000_000,
+                    opening_balance_minor: PAYER_OPENING_MINOR,
                 })
                 .await?;
             self.card(i, &payer, cards).await?;
@@ -135,6 +147,23 @@ impl Harness {
         }
         setup.finish_and_clear();
         Ok(payers)
+    }
+
+    /// Money moved so far, read back from the server.
+    pub async fn ledger(&self, payers: &[AccountId]) -> anyhow::Result<Ledger> {
+        let opening = i64::try_from(PAYER_OPENING_MINOR)?;
+        let mut payers_debited_minor = 0i64;
+        for payer in payers {
+            let balance = self.admin.account(payer).await?.balance_minor;
+            payers_debited_minor = opening
+                .checked_sub(balance)
+                .and_then(|d| payers_debited_minor.checked_add(d))
+                .context("payer debits out of range")?;
+        }
+        Ok(Ledger {
+            payers_debited_minor,
+            merchant_credited_minor: self.admin.account(&self.merchant).await?.balance_minor,
+        })
     }
 
     async fn card(&self, i: usize, payer: &AccountId, cards: Cards) -> anyhow::Result<()> {

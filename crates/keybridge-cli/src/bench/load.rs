@@ -19,6 +19,7 @@ use keybridge_terminal::{pay, Client, PayRequest};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::accounts::Payees;
 use super::machine::process_cpu_seconds;
 
 /// Payments in flight at once in the open loop. A payment due while this many
@@ -33,7 +34,7 @@ pub const OVERLOADED: &str = "overloaded";
 pub struct Traffic {
     pub terminal: Client,
     pub payers: Arc<[AccountId]>,
-    pub payee: AccountId,
+    pub payees: Payees,
     pub currency: Currency,
 }
 
@@ -105,7 +106,7 @@ impl Traffic {
     fn request(&self, n: u64, payer: usize) -> PayRequest {
         PayRequest {
             payer: self.payers[payer % self.payers.len()].clone(),
-            payee: self.payee.clone(),
+            payee: self.payees.pick(),
             amount: Money::new(100, self.currency),
             order_id: format!("B-{n}"),
             description: String::new(),

@@ -10,17 +10,20 @@
 //!
 //! Modes: a closed loop with `--concurrency` payments in flight (the maximum
 //! rate), or an open loop at `--rate` payments per second (latency at a
-//! given offered load); see [`load`].
+//! given offered load); see [`load`]. `--accounts N` first seeds N payee
+//! accounts so the ledger works on a large table; see [`accounts`].
 
 use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Args, ValueEnum};
 
+use accounts::Payees;
 use harness::{Cards, Harness, HarnessConfig};
 use load::{Length, Pace, Run, Traffic};
 use machine::{crypto_limit, peak_rss_kib};
 
+mod accounts;
 mod direct_card;
 mod harness;
 mod load;
@@ -64,6 +67,10 @@ pub struct BenchArgs {
     /// others are doing, and time each from when it was due.
     #[arg(long, value_parser = parse_rate, conflicts_with = "concurrency")]
     pub rate: Option<f64>,
+    /// Before the run, create this many accounts (zero balance) through the
+    /// store, and pay to them at random instead of to one merchant.
+    #[arg(long, default_value_t = 0)]
+    pub accounts: u64,
     /// Cards (each with its own relay and payer account).
     #[arg(long, default_value_t = 8)]
     pub cards: usize,
@@ -101,22 +108,54 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         quiet: args.json,
     })
     .await?;
+    let seeded = seed(&args, &harness).await?;
+    let payees = match seeded {
+        Some(_) => Payees::Seeded {
+            count: args.accounts,
+        },
+        None => Payees::Merchant(harness.merchant.clone()),
+    };
     let payers = harness
         .cards(args.cards, Cards::Serving(args.transport))
         .await?;
     let traffic = Traffic {
         terminal: harness.terminal.clone(),
         payers: payers.into(),
-        payee: harness.merchant.clone(),
+        payees,
         currency: harness.currency,
     };
-    let result = payments(&args, &harness, &traffic).await;
+    let result = payments(&args, &harness, &traffic, seeded).await;
     harness.shutdown().await;
     result
 }
 
+/// `--accounts N`: seeds them; returns how long it took.
+async fn seed(args: &BenchArgs, harness: &Harness) -> anyhow::Result<Option<Duration>> {
+    if args.accounts == 0 {
+        return Ok(None);
+    }
+    let bar = harness.progress(
+        args.accounts,
+        "seeding accounts {bar:40} {pos}/{len} [{elapsed_precise}, eta {eta}]",
+    )?;
+    let took = accounts::seed(
+        harness.server.store(),
+        harness.server.state().now_unix_s(),
+        args.accounts,
+        harness.currency,
+        bar,
+    )
+    .await?;
+    Ok(Some(took))
+}
+
 /// The payment modes: runs the payments, then measures the crypto limit.
-async fn payments(args: &BenchArgs, harness: &Harness, traffic: &Traffic) -> anyhow::Result<()> {
+async fn payments(
+    args: &BenchArgs,
+    harness: &Harness,
+    traffic: &Traffic,
+    seeded: Option<Duration>,
+) -> anyhow::Result<()> {
     let pace = match args.rate {
         Some(rate_per_s) => Pace::Open { rate_per_s },
         None => Pace::Closed {
@@ -129,8 +168,14 @@ async fn payments(args: &BenchArgs, harness: &Harness, traffic: &Traffic) -> any
     };
     let bar = harness.progress(bar, "{msg:>10} {bar:40} {pos}/{len} [{elapsed_precise}]")?;
     let run = load::drive(traffic, pace, length, bar).await?;
+    let ledger = harness.ledger(&traffic.payers).await?;
     let crypto = crypto_limit(Duration::from_millis(1500));
-    let report = payments_report(args, &run, crypto);
+    let mut report = payments_report(args, &run, crypto);
+    report["ledger"] = serde_json::json!({
+        "payers_debited_minor": ledger.payers_debited_minor,
+        "merchant_credited_minor": ledger.merchant_credited_minor,
+    });
+    report["accounts"] = accounts_report(args.accounts, seeded);
     if args.json {
         println!("{report}");
     } else {
@@ -186,6 +231,30 @@ fn payments_report(args: &BenchArgs, run: &Run, crypto: f64) -> serde_json::Valu
     })
 }
 
+/// `--accounts`: how many were seeded and how long that took; null without.
+fn accounts_report(count: u64, seeded: Option<Duration>) -> serde_json::Value {
+    match seeded {
+        Some(took) => serde_json::json!({
+            "seeded": count,
+            "seed_s": took.as_secs_f64(),
+            "seeded_per_s": count as f64 / took.as_secs_f64().max(f64::EPSILON),
+        }),
+        None => serde_json::Value::Null,
+    }
+}
+
+fn print_accounts(report: &serde_json::Value) {
+    let accounts = &report["accounts"];
+    if !accounts.is_null() {
+        println!(
+            "accounts seeded      {} in {:.2} s ({:.0}/s), each payment to one at random",
+            accounts["seeded"],
+            accounts["seed_s"].as_f64().unwrap_or(0.0),
+            accounts["seeded_per_s"].as_f64().unwrap_or(0.0)
+        );
+    }
+}
+
 fn print_payments(report: &serde_json::Value) {
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
     println!(
@@ -199,6 +268,7 @@ fn print_payments(report: &serde_json::Value) {
             println!("  failed: {n} × {why}");
         }
     }
+    print_accounts(report);
     let open = &report["open_loop"];
     if open.is_null() {
         println!("closed loop          {} in flight", report["concurrency"]);
@@ -228,6 +298,10 @@ fn print_payments(report: &serde_json::Value) {
     println!(
         "CPU s per payment    {:.6}",
         f(&report["cpu_s_per_payment"])
+    );
+    println!(
+        "ledger               payers debited {}, merchant credited {} (minor units)",
+        report["ledger"]["payers_debited_minor"], report["ledger"]["merchant_credited_minor"]
     );
     println!("peak RSS             {} KiB", report["peak_rss_kib"]);
     println!(
