@@ -170,3 +170,29 @@ fn bench_pays_seeded_accounts() {
     assert_eq!(report["ledger"]["payers_debited_minor"], 10_000, "{report}");
     assert_eq!(report["ledger"]["merchant_credited_minor"], 0, "{report}");
 }
+
+/// `--pending`: with no relay to answer, 200 transactions (after the warm-up)
+/// stay pending — the bench refuses its figure if the store does not list
+/// every one of them so — and the report gives the resident memory they
+/// added, per pending confirmation.
+#[test]
+fn bench_measures_memory_per_pending_confirmation() {
+    let report = bench_json(&["--pending", "200", "--cards", "2"]);
+    assert_eq!(report["mode"], "pending", "{report}");
+    let pending = &report["pending"];
+    assert_eq!(pending["measured"], 200, "{report}");
+    assert_eq!(
+        pending["total"].as_u64(),
+        pending["warmup"].as_u64().map(|w| w + 200),
+        "{report}"
+    );
+    let before = pending["rss_before_kib"].as_u64().unwrap();
+    let after = pending["rss_after_kib"].as_u64().unwrap();
+    assert!(before > 0 && after >= before, "{report}");
+    assert!(
+        pending["server_bytes_per_pending"]
+            .as_f64()
+            .is_some_and(|b| b > 0.0),
+        "{report}"
+    );
+}

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+
 /// P-256 sign + verify pairs per second with ring, one thread per core: the
 /// bound the whole system cannot beat, since each payment needs one of each.
 pub fn crypto_limit(duration: Duration) -> f64 {
@@ -70,14 +72,24 @@ pub fn process_cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Peak resident memory of this process (VmHWM), in KiB; 0 if unknown.
 pub fn peak_rss_kib() -> u64 {
+    status_kib("VmHWM:").unwrap_or(0)
+}
+
+/// Resident memory of this process now (VmRSS), in KiB.
+pub fn current_rss_kib() -> anyhow::Result<u64> {
+    status_kib("VmRSS:").context("reading VmRSS from /proc/self/status")
+}
+
+/// A `kB` field of /proc/self/status.
+fn status_kib(field: &str) -> Option<u64> {
     std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }

@@ -12,6 +12,8 @@
 //! rate), or an open loop at `--rate` payments per second (latency at a
 //! given offered load); see [`load`]. `--accounts N` first seeds N payee
 //! accounts so the ledger works on a large table; see [`accounts`].
+//! `--pending N` runs no payment to its end: it measures the server's memory
+//! per pending confirmation; see [`pending`].
 
 use std::time::Duration;
 
@@ -28,6 +30,7 @@ mod direct_card;
 mod harness;
 mod load;
 mod machine;
+mod pending;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BenchTransport {
@@ -71,6 +74,11 @@ pub struct BenchArgs {
     /// store, and pay to them at random instead of to one merchant.
     #[arg(long, default_value_t = 0)]
     pub accounts: u64,
+    /// Memory mode: create N transactions that stay pending (cards enrolled
+    /// in-process, no relay), and report the server's resident memory per
+    /// pending confirmation.
+    #[arg(long, conflicts_with_all = ["rate", "duration", "payments", "transport"])]
+    pub pending: Option<u64>,
     /// Cards (each with its own relay and payer account).
     #[arg(long, default_value_t = 8)]
     pub cards: usize,
@@ -98,13 +106,23 @@ const PIN: &str = "123456";
 /// How long a transaction may wait for its card: longer than any run.
 const CONFIRMATION_TTL_S: u64 = 600;
 
+/// `--pending`: the longest the server allows, so nothing expires while the
+/// pending transactions are created and counted.
+const PENDING_TTL_S: u64 = 24 * 3600;
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.cards == 0 || args.concurrency == 0 {
         bail!("--cards and --concurrency must be at least 1");
     }
+    if args.pending == Some(0) {
+        bail!("--pending must be at least 1");
+    }
     let harness = Harness::start(&HarnessConfig {
         store: args.store.clone(),
-        confirmation_ttl_s: CONFIRMATION_TTL_S,
+        confirmation_ttl_s: match args.pending {
+            Some(_) => PENDING_TTL_S,
+            None => CONFIRMATION_TTL_S,
+        },
         quiet: args.json,
     })
     .await?;
@@ -115,16 +133,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         },
         None => Payees::Merchant(harness.merchant.clone()),
     };
-    let payers = harness
-        .cards(args.cards, Cards::Serving(args.transport))
-        .await?;
+    let cards = match args.pending {
+        Some(_) => Cards::Silent,
+        None => Cards::Serving(args.transport),
+    };
+    let payers = harness.cards(args.cards, cards).await?;
     let traffic = Traffic {
         terminal: harness.terminal.clone(),
         payers: payers.into(),
         payees,
         currency: harness.currency,
     };
-    let result = payments(&args, &harness, &traffic, seeded).await;
+    let result = match args.pending {
+        Some(count) => pending_memory(&args, &harness, &traffic, count, seeded).await,
+        None => payments(&args, &harness, &traffic, seeded).await,
+    };
     harness.shutdown().await;
     result
 }
@@ -229,6 +252,64 @@ fn payments_report(args: &BenchArgs, run: &Run, crypto: f64) -> serde_json::Valu
         "crypto_limit_per_s": crypto,
         "ratio_to_crypto_limit": if crypto > 0.0 { throughput / crypto } else { 0.0 },
     })
+}
+
+/// The memory mode: creates `count` pending transactions and reports the
+/// server's memory per pending confirmation.
+async fn pending_memory(
+    args: &BenchArgs,
+    harness: &Harness,
+    traffic: &Traffic,
+    count: u64,
+    seeded: Option<Duration>,
+) -> anyhow::Result<()> {
+    let bar = harness.progress(
+        count,
+        "pending {bar:40} {pos}/{len} [{elapsed_precise}, eta {eta}]",
+    )?;
+    let measured = pending::measure(traffic, &harness.server, count, args.concurrency, bar).await?;
+    let report = serde_json::json!({
+        "mode": "pending",
+        "cards": args.cards,
+        "concurrency": args.concurrency,
+        "accounts": accounts_report(args.accounts, seeded),
+        "pending": {
+            "measured": measured.measured,
+            "warmup": pending::WARMUP,
+            "total": measured.total,
+            "create_s": measured.create.as_secs_f64(),
+            "created_per_s": measured.measured as f64
+                / measured.create.as_secs_f64().max(f64::EPSILON),
+            "rss_before_kib": measured.rss_before_kib,
+            "rss_after_kib": measured.rss_after_kib,
+            "server_bytes_per_pending": measured.bytes_per_pending(),
+        },
+        "peak_rss_kib": measured.peak_rss_kib,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        print_accounts(&report);
+        println!(
+            "pending              {} created in {:.2} s ({:.0}/s) after {} warm-up, {} in flight; all still pending",
+            measured.measured,
+            measured.create.as_secs_f64(),
+            report["pending"]["created_per_s"].as_f64().unwrap_or(0.0),
+            pending::WARMUP,
+            args.concurrency
+        );
+        println!(
+            "VmRSS                {} KiB before, {} KiB after",
+            measured.rss_before_kib, measured.rss_after_kib
+        );
+        println!(
+            "server memory        {:.0} bytes per pending confirmation",
+            measured.bytes_per_pending()
+        );
+        println!("peak RSS             {} KiB", measured.peak_rss_kib);
+    }
+    Ok(())
 }
 
 /// `--accounts`: how many were seeded and how long that took; null without.
