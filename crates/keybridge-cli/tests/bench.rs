@@ -48,6 +48,13 @@ fn bench_runs_200_payments_and_reports_json() {
         report["peak_rss_kib"].as_u64().is_some_and(|v| v > 0),
         "{report}"
     );
+    // Read back from the server: 200 payments of 1.00 left the payers and
+    // reached the merchant.
+    assert_eq!(report["ledger"]["payers_debited_minor"], 20_000, "{report}");
+    assert_eq!(
+        report["ledger"]["merchant_credited_minor"], 20_000,
+        "{report}"
+    );
 }
 
 /// The same smoke over the simulated BLE link with the secure channel, and
@@ -87,4 +94,105 @@ fn smoke(transport: &str) {
     assert_eq!(report["transport"], transport, "{report}");
     assert_eq!(report["payments_settled"], 40, "{report}");
     assert_eq!(report["payments_failed"], 0, "{report}");
+}
+
+/// Runs `keybridge bench ARGS --json` and returns its one JSON object.
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_keybridge"))
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .env("KEYBRIDGE_LOG", "warn")
+        .output()
+        .expect("run keybridge bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench {args:?} exited {}:\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim()).expect("one JSON object")
+}
+
+/// `--rate`: the open loop starts payments on a schedule, not when others
+/// end. At 50/s, far below what even a debug build confirms, every payment is
+/// issued and settles, and the report gives the offered and achieved rates
+/// and the latencies counted from when each payment was due.
+#[test]
+fn bench_open_loop_at_a_fixed_rate() {
+    let report = bench_json(&["--rate", "50", "--payments", "100", "--cards", "2"]);
+    assert_eq!(report["mode"], "open-loop", "{report}");
+    assert_eq!(report["payments_settled"], 100, "{report}");
+    assert_eq!(report["payments_failed"], 0, "{report}");
+    let open = &report["open_loop"];
+    assert_eq!(open["offered_per_s"], 50.0, "{report}");
+    assert_eq!(open["issued"], 100, "{report}");
+    for key in ["achieved_per_s", "issue_lag_ms_max"] {
+        assert!(
+            open[key].as_f64().is_some_and(|v| v >= 0.0),
+            "{key} in {report}"
+        );
+    }
+    assert!(
+        open["in_flight_peak"].as_u64().is_some_and(|n| n >= 1),
+        "{report}"
+    );
+    let p50 = report["latency_ms"]["p50"].as_f64().unwrap();
+    let p99 = report["latency_ms"]["p99"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 <= p99, "{report}");
+}
+
+/// `--accounts`: 500 accounts are seeded through the store before the run,
+/// and the payments go to them: the payers are debited for every payment
+/// while the merchant, the default payee, receives nothing.
+#[test]
+fn bench_pays_seeded_accounts() {
+    let report = bench_json(&[
+        "--accounts",
+        "500",
+        "--payments",
+        "100",
+        "--cards",
+        "2",
+        "--concurrency",
+        "4",
+    ]);
+    assert_eq!(report["accounts"]["seeded"], 500, "{report}");
+    assert!(
+        report["accounts"]["seed_s"]
+            .as_f64()
+            .is_some_and(|s| s > 0.0),
+        "{report}"
+    );
+    assert_eq!(report["payments_settled"], 100, "{report}");
+    assert_eq!(report["payments_failed"], 0, "{report}");
+    assert_eq!(report["ledger"]["payers_debited_minor"], 10_000, "{report}");
+    assert_eq!(report["ledger"]["merchant_credited_minor"], 0, "{report}");
+}
+
+/// `--pending`: with no relay to answer, 200 transactions (after the warm-up)
+/// stay pending — the bench refuses its figure if the store does not list
+/// every one of them so — and the report gives the resident memory they
+/// added, per pending confirmation.
+#[test]
+fn bench_measures_memory_per_pending_confirmation() {
+    let report = bench_json(&["--pending", "200", "--cards", "2"]);
+    assert_eq!(report["mode"], "pending", "{report}");
+    let pending = &report["pending"];
+    assert_eq!(pending["measured"], 200, "{report}");
+    assert_eq!(
+        pending["total"].as_u64(),
+        pending["warmup"].as_u64().map(|w| w + 200),
+        "{report}"
+    );
+    let before = pending["rss_before_kib"].as_u64().unwrap();
+    let after = pending["rss_after_kib"].as_u64().unwrap();
+    assert!(before > 0 && after >= before, "{report}");
+    assert!(
+        pending["server_bytes_per_pending"]
+            .as_f64()
+            .is_some_and(|b| b > 0.0),
+        "{report}"
+    );
 }
