@@ -99,6 +99,7 @@ impl SqliteStore {
             .map_err(backend)?;
         conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
             .map_err(backend)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
         migrate(&mut conn, now_unix_s)?;
         let conn = Arc::new(Mutex::new(conn));
         let readers = match path {
@@ -148,17 +149,18 @@ fn migrate(conn: &mut Connection, now_unix_s: u64) -> Result<(), StoreError> {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(backend)?;
-        let applied: Option<i64> = tx
-            .query_row(
-                "SELECT version FROM schema_migrations WHERE version = ?1",
-                [version],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(backend)?;
+        let applied: Option<i64> = one_row(
+            &tx,
+            "SELECT version FROM schema_migrations WHERE version = ?1",
+            [version],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
         if applied.is_none() {
             tx.execute_batch(sql).map_err(backend)?;
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
                 params![version, name, to_i64(now_unix_s)?],
             )
@@ -169,6 +171,27 @@ fn migrate(conn: &mut Connection, now_unix_s: u64) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+/// `Connection::execute` through the connection's statement cache: parsing
+/// and planning the SQL was a third of the writer thread's time when every
+/// call prepared its statement afresh.
+fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// `Connection::query_row` through the statement cache (see [`exec`]).
+fn one_row<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, f)
+}
+
+/// Statements kept prepared per connection: every distinct SQL text of the
+/// store fits, so the hot path never parses.
+const STATEMENT_CACHE_CAPACITY: usize = 128;
 
 fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -289,7 +312,7 @@ fn query_txs(
     params: impl rusqlite::Params,
 ) -> Result<Vec<TransactionRecord>, StoreError> {
     let sql = format!("SELECT {TX_COLUMNS} FROM transactions {where_clause}");
-    let mut stmt = conn.prepare(&sql).map_err(backend)?;
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
     let rows = stmt
         .query_map(params, read_tx_row)
         .map_err(backend)?
@@ -358,7 +381,7 @@ fn query_devices(
     params: impl rusqlite::Params,
 ) -> Result<Vec<DeviceRecord>, StoreError> {
     let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices {where_clause}");
-    let mut stmt = conn.prepare(&sql).map_err(backend)?;
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
     let rows = stmt
         .query_map(params, read_device_row)
         .map_err(backend)?
@@ -387,7 +410,7 @@ fn query_accounts(
     params: impl rusqlite::Params,
 ) -> Result<Vec<AccountRecord>, StoreError> {
     let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts {where_clause}");
-    let mut stmt = conn.prepare(&sql).map_err(backend)?;
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
     let rows = stmt
         .query_map(params, |r| {
             Ok((
@@ -426,14 +449,14 @@ fn by_idempotency_key(
 }
 
 fn count_active_devices(conn: &Connection, account: &AccountId) -> Result<u64, StoreError> {
-    let n: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM devices
+    let n: i64 = one_row(
+        conn,
+        "SELECT COUNT(*) FROM devices
              WHERE account_id = ?1 AND status = 'active' AND revoked_at IS NULL",
-            [account.as_str()],
-            |r| r.get(0),
-        )
-        .map_err(backend)?;
+        [account.as_str()],
+        |r| r.get(0),
+    )
+    .map_err(backend)?;
     to_u64(n)
 }
 
@@ -445,14 +468,14 @@ fn append_audit(
     event: &str,
     detail: &serde_json::Value,
 ) -> Result<(), StoreError> {
-    let last: Option<(i64, Vec<u8>)> = tx
-        .query_row(
-            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
-        .map_err(backend)?;
+    let last: Option<(i64, Vec<u8>)> = one_row(
+        tx,
+        "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+    .map_err(backend)?;
     let (seq, prev_hash) = match last {
         Some((seq, hash)) => (to_u64(seq)? + 1, hash32(hash)?),
         None => (1, audit::GENESIS_HASH),
@@ -467,7 +490,8 @@ fn append_audit(
         event,
         &detail,
     );
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO audit_log (seq, at, transaction_id, event, detail, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
@@ -486,17 +510,18 @@ fn append_audit(
 
 /// Adds `delta` to an account's balance with checked arithmetic.
 fn add_to_balance(tx: &Transaction<'_>, id: &AccountId, delta: i64) -> Result<i64, StoreError> {
-    let balance: i64 = tx
-        .query_row(
-            "SELECT balance_minor FROM accounts WHERE id = ?1",
-            [id.as_str()],
-            |r| r.get(0),
-        )
-        .map_err(backend)?;
+    let balance: i64 = one_row(
+        tx,
+        "SELECT balance_minor FROM accounts WHERE id = ?1",
+        [id.as_str()],
+        |r| r.get(0),
+    )
+    .map_err(backend)?;
     let new = balance
         .checked_add(delta)
         .ok_or(StoreError::BalanceOverflow)?;
-    tx.execute(
+    exec(
+        tx,
         "UPDATE accounts SET balance_minor = ?1 WHERE id = ?2",
         params![new, id.as_str()],
     )
@@ -525,7 +550,7 @@ fn transfer(tx: &Transaction<'_>, t: Transfer<'_>, now_unix_s: u64) -> Result<()
         currency,
     } = t;
     let amount = i64::try_from(amount_minor).map_err(|_| StoreError::BalanceOverflow)?;
-    tx.execute(
+    exec(tx,
         "INSERT INTO transfers
              (transaction_id, kind, debit_account, credit_account, amount_minor, currency, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -561,18 +586,18 @@ fn end_pending(
     detail: serde_json::Value,
 ) -> Result<bool, StoreError> {
     debug_assert!(status.is_final());
-    let changed = tx
-        .execute(
-            "UPDATE transactions SET status = ?1, reason = ?2, updated_at = ?3
+    let changed = exec(
+        tx,
+        "UPDATE transactions SET status = ?1, reason = ?2, updated_at = ?3
              WHERE id = ?4 AND status = 'pending'",
-            params![
-                status.as_str(),
-                reason.map(|r| r.as_str()),
-                to_i64(now_unix_s)?,
-                id.to_hex()
-            ],
-        )
-        .map_err(backend)?;
+        params![
+            status.as_str(),
+            reason.map(|r| r.as_str()),
+            to_i64(now_unix_s)?,
+            id.to_hex()
+        ],
+    )
+    .map_err(backend)?;
     if changed == 1 {
         let event = format!("transaction_{}", status.as_str());
         append_audit(tx, now_unix_s, Some(id), &event, &detail)?;
@@ -599,7 +624,7 @@ impl Store for SqliteStore {
             let now = to_i64(now_unix_s)?;
             let issuance = issuance_account_id(account.currency)?;
             if get_account(tx, &issuance)?.is_none() {
-                tx.execute(
+                exec(tx,
                     "INSERT INTO accounts (id, display_name, currency, balance_minor, system, created_at)
                      VALUES (?1, ?2, ?3, 0, 1, ?4)",
                     params![
@@ -618,7 +643,7 @@ impl Store for SqliteStore {
                     &serde_json::json!({"account": issuance.as_str(), "system": true}),
                 )?;
             }
-            tx.execute(
+            exec(tx,
                 "INSERT INTO accounts (id, display_name, currency, balance_minor, system, created_at)
                  VALUES (?1, ?2, ?3, 0, 0, ?4)",
                 params![
@@ -674,7 +699,7 @@ impl Store for SqliteStore {
 
     async fn create_terminal(&self, terminal: NewTerminal) -> Result<TerminalRecord, StoreError> {
         self.write(move |tx| {
-            tx.execute(
+            exec(tx,
                 "INSERT INTO terminals (id, name, api_key_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![
                     terminal.id,
@@ -710,7 +735,8 @@ impl Store for SqliteStore {
         api_key_hash: [u8; 32],
     ) -> Result<Option<TerminalRecord>, StoreError> {
         self.run(move |conn| {
-            conn.query_row(
+            one_row(
+                conn,
                 "SELECT id, name FROM terminals WHERE api_key_hash = ?1",
                 [api_key_hash.as_slice()],
                 |r| {
@@ -737,7 +763,8 @@ impl Store for SqliteStore {
                 Some(o) => (Some(o.suite.as_str()), Some(o.sealed_secret.as_slice())),
                 None => (None, None),
             };
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO devices (id, account_id, label, public_key, certificate,
                      credential_hash, status, last_counter, created_at, updated_at,
                      method, ocra_suite, ocra_secret)
@@ -809,13 +836,13 @@ impl Store for SqliteStore {
     ) -> Result<Option<DeviceRecord>, StoreError> {
         let device_id = device_id.to_owned();
         self.write(move |tx| {
-            let changed = tx
-                .execute(
-                    "UPDATE devices SET status = 'disabled', updated_at = ?1
+            let changed = exec(
+                tx,
+                "UPDATE devices SET status = 'disabled', updated_at = ?1
                      WHERE id = ?2 AND status <> 'disabled'",
-                    params![to_i64(now_unix_s)?, device_id],
-                )
-                .map_err(backend)?;
+                params![to_i64(now_unix_s)?, device_id],
+            )
+            .map_err(backend)?;
             if changed == 1 {
                 append_audit(
                     tx,
@@ -856,12 +883,12 @@ impl Store for SqliteStore {
     ) -> Result<Option<DeviceRecord>, StoreError> {
         let (device_id, label) = (device_id.to_owned(), label.to_owned());
         self.write(move |tx| {
-            let changed = tx
-                .execute(
-                    "UPDATE devices SET label = ?1, updated_at = ?2 WHERE id = ?3",
-                    params![label, to_i64(now_unix_s)?, device_id],
-                )
-                .map_err(backend)?;
+            let changed = exec(
+                tx,
+                "UPDATE devices SET label = ?1, updated_at = ?2 WHERE id = ?3",
+                params![label, to_i64(now_unix_s)?, device_id],
+            )
+            .map_err(backend)?;
             if changed == 1 {
                 append_audit(
                     tx,
@@ -885,13 +912,13 @@ impl Store for SqliteStore {
     ) -> Result<Option<DeviceRecord>, StoreError> {
         let device_id = device_id.to_owned();
         self.write(move |tx| {
-            let changed = tx
-                .execute(
-                    "UPDATE devices SET revoked_at = ?1, updated_at = ?1
+            let changed = exec(
+                tx,
+                "UPDATE devices SET revoked_at = ?1, updated_at = ?1
                      WHERE id = ?2 AND revoked_at IS NULL",
-                    params![to_i64(now_unix_s)?, device_id],
-                )
-                .map_err(backend)?;
+                params![to_i64(now_unix_s)?, device_id],
+            )
+            .map_err(backend)?;
             if changed == 1 {
                 append_audit(
                     tx,
@@ -944,7 +971,7 @@ impl Store for SqliteStore {
 
     async fn insert_transaction(&self, t: TransactionRecord) -> Result<InsertOutcome, StoreError> {
         self.write(move |tx| {
-            let inserted = tx.execute(
+            let inserted = exec(tx,
                 &format!(
                     "INSERT INTO transactions ({TX_COLUMNS})
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
@@ -1094,13 +1121,13 @@ impl Store for SqliteStore {
                 return Ok(Finalized::NotPending(current));
             };
             if let (true, Some(counter)) = (decision.consumes_counter(), c.counter) {
-                let changed = tx
-                    .execute(
-                        "UPDATE devices SET last_counter = ?1, updated_at = ?2
+                let changed = exec(
+                    tx,
+                    "UPDATE devices SET last_counter = ?1, updated_at = ?2
                          WHERE id = ?3 AND last_counter < ?1",
-                        params![counter, to_i64(c.now_unix_s)?, c.device_id],
-                    )
-                    .map_err(backend)?;
+                    params![counter, to_i64(c.now_unix_s)?, c.device_id],
+                )
+                .map_err(backend)?;
                 if changed != 1 {
                     return Err(corrupt("device counter moved inside the transaction"));
                 }

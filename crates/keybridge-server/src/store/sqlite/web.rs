@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use keybridge_proto::AccountId;
 use rusqlite::{params, OptionalExtension};
 
-use super::{backend, query_txs, to_i64, to_u64, transaction_id, SqliteStore};
+use super::{backend, exec, one_row, query_txs, to_i64, to_u64, transaction_id, SqliteStore};
 use crate::store::web::{AttemptResult, DeliveryRecord, DeliveryState, WebStore, WebhookRecord};
 use crate::store::{StoreError, TransactionRecord};
 
@@ -67,7 +67,7 @@ fn query_deliveries(
     params: impl rusqlite::Params,
 ) -> Result<Vec<DeliveryRecord>, StoreError> {
     let sql = format!("SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries {tail}");
-    let mut stmt = conn.prepare(&sql).map_err(backend)?;
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
     let rows = stmt
         .query_map(params, read_delivery_row)
         .map_err(backend)?
@@ -80,14 +80,14 @@ fn get_webhook(
     conn: &rusqlite::Connection,
     terminal_id: &str,
 ) -> Result<Option<WebhookRecord>, StoreError> {
-    let row: Option<(String, String, String, i64)> = conn
-        .query_row(
-            "SELECT terminal_id, url, secret, created_at FROM webhooks WHERE terminal_id = ?1",
-            [terminal_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .optional()
-        .map_err(backend)?;
+    let row: Option<(String, String, String, i64)> = one_row(
+        conn,
+        "SELECT terminal_id, url, secret, created_at FROM webhooks WHERE terminal_id = ?1",
+        [terminal_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )
+    .optional()
+    .map_err(backend)?;
     row.map(|(terminal_id, url, secret, created)| {
         Ok(WebhookRecord {
             terminal_id,
@@ -103,7 +103,7 @@ fn get_webhook(
 impl WebStore for SqliteStore {
     async fn put_webhook(&self, webhook: WebhookRecord) -> Result<WebhookRecord, StoreError> {
         self.write(move |tx| {
-            tx.execute(
+            exec(tx,
                 "INSERT INTO webhooks (terminal_id, url, secret, created_at)
                  VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (terminal_id) DO UPDATE
@@ -129,9 +129,12 @@ impl WebStore for SqliteStore {
     async fn delete_webhook(&self, terminal_id: &str) -> Result<bool, StoreError> {
         let terminal_id = terminal_id.to_owned();
         self.write(move |tx| {
-            let n = tx
-                .execute("DELETE FROM webhooks WHERE terminal_id = ?1", [terminal_id])
-                .map_err(backend)?;
+            let n = exec(
+                tx,
+                "DELETE FROM webhooks WHERE terminal_id = ?1",
+                [terminal_id],
+            )
+            .map_err(backend)?;
             Ok(n == 1)
         })
         .await
@@ -159,7 +162,8 @@ impl WebStore for SqliteStore {
                 DeliveryState::Delivered => Some(to_i64(a.now_unix_s)?),
                 _ => None,
             };
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE webhook_deliveries
                  SET state = ?1, attempts = ?2, next_attempt_at = ?3, last_status = ?4,
                      last_error = ?5, delivered_at = ?6
@@ -205,13 +209,13 @@ impl WebStore for SqliteStore {
 
     async fn count_pending(&self) -> Result<u64, StoreError> {
         self.run(|conn| {
-            let n: i64 = conn
-                .query_row(
-                    "SELECT count(*) FROM transactions WHERE status = 'pending'",
-                    [],
-                    |r| r.get(0),
-                )
-                .map_err(backend)?;
+            let n: i64 = one_row(
+                conn,
+                "SELECT count(*) FROM transactions WHERE status = 'pending'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(backend)?;
             to_u64(n)
         })
         .await
@@ -219,7 +223,7 @@ impl WebStore for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.run(|conn| {
-            conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+            one_row(conn, "SELECT 1", [], |r| r.get::<_, i64>(0))
                 .map_err(backend)
                 .map(|_| ())
         })

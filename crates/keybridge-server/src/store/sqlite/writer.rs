@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
-use super::backend;
+use super::{backend, exec};
 use crate::store::StoreError;
 
 /// Upper bound on writes sharing one commit: bounds the latency a write can
@@ -111,19 +111,18 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Job>) {
     };
     let mut completions = Vec::with_capacity(batch.len());
     for job in batch {
-        if let Err(e) = tx.execute_batch("SAVEPOINT job") {
+        if let Err(e) = exec(&tx, "SAVEPOINT job", []) {
             tracing::error!(error = %e, "cannot open a savepoint");
             completions.push(Box::new(move |_: Result<(), StoreError>| {}) as Completion);
             drop(job);
             continue;
         }
         let (ok, completion) = job(&tx);
-        let end = if ok {
-            "RELEASE job"
-        } else {
-            "ROLLBACK TO job; RELEASE job"
+        let end = match ok {
+            true => exec(&tx, "RELEASE job", []),
+            false => exec(&tx, "ROLLBACK TO job", []).and_then(|_| exec(&tx, "RELEASE job", [])),
         };
-        if let Err(e) = tx.execute_batch(end) {
+        if let Err(e) = end {
             // The transaction is now in an unknown state: fail the whole batch.
             tracing::error!(error = %e, "cannot close a savepoint");
             completions.push(completion);
