@@ -58,11 +58,11 @@ fn bench_runs_200_payments_and_reports_json() {
 }
 
 /// The same smoke over the simulated BLE link with the secure channel, and
-/// with the card in-process: the JSON stays one clean object (the phone's
-/// screen is quiet).
+/// with the card in-process (state file or memory): the JSON stays one clean
+/// object (the phone's screen is quiet).
 #[test]
 fn bench_runs_over_ble_sim_and_direct() {
-    for transport in ["ble-sim", "direct"] {
+    for transport in ["ble-sim", "direct", "direct-memory"] {
         smoke(transport);
     }
 }

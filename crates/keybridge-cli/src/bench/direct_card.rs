@@ -11,14 +11,24 @@ pub struct DirectCard {
     rng: rand::rngs::OsRng,
 }
 
+/// Where a direct card keeps its state between commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardState {
+    /// Its state file, saved durably before each answer (as `keybridge card`).
+    File,
+    /// Memory only (`--transport direct-memory`).
+    Memory,
+}
+
 impl DirectCard {
-    pub fn new(state_path: &std::path::Path) -> anyhow::Result<DirectCard> {
+    pub fn new(state_path: &std::path::Path, kept: CardState) -> anyhow::Result<DirectCard> {
         keybridge_card::init_state(state_path, PIN)?;
         let state = keybridge_card::CardState::load(state_path)?;
-        let applet = keybridge_card::TransactionApplet::new(
-            state,
-            Box::new(keybridge_card::FileStore::new(state_path)),
-        );
+        let store: Box<dyn keybridge_card::StateStore> = match kept {
+            CardState::File => Box::new(keybridge_card::FileStore::new(state_path)),
+            CardState::Memory => Box::new(keybridge_card::MemoryStore::new()),
+        };
+        let applet = keybridge_card::TransactionApplet::new(state, store);
         Ok(DirectCard {
             card: keybridge_card::Card::new().with_applet(Box::new(applet)),
             holder: keybridge_card::AutoApprove,

@@ -14,7 +14,7 @@ use keybridge_server::RunningServer;
 use keybridge_terminal::Client;
 use zeroize::Zeroizing;
 
-use super::direct_card::DirectCard;
+use super::direct_card::{CardState, DirectCard};
 use super::{BenchTransport, PIN};
 
 /// Each payer's opening balance: more than any run spends.
@@ -180,9 +180,12 @@ impl Harness {
             .port();
         let state_path = self.temp.path().join(format!("card-{i}.json"));
         let enrol = Arc::new(Mutex::new(match transport {
-            BenchTransport::Direct => {
-                CardLink::InProcess(InProcessCard(Box::new(DirectCard::new(&state_path)?)))
-            }
+            BenchTransport::Direct => CardLink::InProcess(InProcessCard(Box::new(
+                DirectCard::new(&state_path, CardState::File)?,
+            ))),
+            BenchTransport::DirectMemory => CardLink::InProcess(InProcessCard(Box::new(
+                DirectCard::new(&state_path, CardState::Memory)?,
+            ))),
             BenchTransport::Vpcd | BenchTransport::BleSim => CardLink::open(&spec)?,
         }));
         let options = move |reconnect: bool| keybridge_card::CardOptions {
@@ -193,7 +196,7 @@ impl Harness {
             reconnect,
             profile: keybridge_card::Profile::default(),
         };
-        if transport != BenchTransport::Direct {
+        if !transport.in_process() {
             std::thread::spawn(move || match transport {
                 BenchTransport::BleSim => {
                     // The enrolment reader closing ends this run; then the same
@@ -235,7 +238,7 @@ impl Harness {
             applet: None,
         };
         match transport {
-            BenchTransport::Direct => {
+            BenchTransport::Direct | BenchTransport::DirectMemory => {
                 // The same in-process card that was enrolled serves the relay.
                 let link = Arc::try_unwrap(enrol)
                     .map_err(|_| anyhow::anyhow!("the enrolment still holds the card"))?

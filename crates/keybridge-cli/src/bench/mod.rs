@@ -38,6 +38,10 @@ pub enum BenchTransport {
     /// The card in the relay's process, reached by a call: no socket, no
     /// reader; isolates the server and the applet.
     Direct,
+    /// As `direct`, with the card's state kept in memory instead of its
+    /// fsynced file: a real card writes its own EEPROM, not the server's
+    /// disk, so this isolates what the server costs.
+    DirectMemory,
     /// The card behind a vpcd socket, the relay as its reader.
     Vpcd,
     /// The simulated BLE link (ATT MTU 185, no loss) with the KB-SC1 secure
@@ -46,9 +50,15 @@ pub enum BenchTransport {
 }
 
 impl BenchTransport {
+    /// The card is an object in this process, not a `keybridge card` thread.
+    fn in_process(self) -> bool {
+        matches!(self, BenchTransport::Direct | BenchTransport::DirectMemory)
+    }
+
     fn name(self) -> &'static str {
         match self {
             BenchTransport::Direct => "direct",
+            BenchTransport::DirectMemory => "direct-memory",
             BenchTransport::Vpcd => "vpcd",
             BenchTransport::BleSim => "ble-sim",
         }
