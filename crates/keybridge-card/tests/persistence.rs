@@ -144,7 +144,7 @@ fn the_state_file_keeps_no_pin_and_is_private() {
     init_state(&path, "97531864").unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(!text.contains("97531864"), "{text}");
-    assert!(text.contains("\"version\": 2"), "{text}");
+    assert!(text.contains("\"version\": 3"), "{text}");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -164,14 +164,14 @@ fn load_refuses_unknown_versions_and_corrupt_files() {
 
     let state = CardState::new(PIN.as_bytes(), &mut StdRng::seed_from_u64(1)).unwrap();
     let text = String::from_utf8(state.to_json().to_vec()).unwrap();
-    std::fs::write(&path, text.replace("\"version\": 2", "\"version\": 9")).unwrap();
+    std::fs::write(&path, text.replace("\"version\": 3", "\"version\": 9")).unwrap();
     let err = CardState::load(&path).unwrap_err();
     assert!(
         matches!(
             err,
             CardError::UnsupportedVersion {
                 found: 9,
-                supported: 2,
+                supported: 3,
                 ..
             }
         ),
@@ -242,7 +242,7 @@ fn a_version_1_state_file_upgrades_and_keeps_everything() {
     PivFileStore::new(&path).save(&piv).unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(
-        text.contains("\"version\": 2") && text.contains("\"piv\""),
+        text.contains("\"version\": 3") && text.contains("\"piv\""),
         "{text}"
     );
 
