@@ -17,7 +17,9 @@
 //! - [`holder`]: [`Screen`] (what the display shows) and [`Holder`]
 //!   ([`AutoApprove`], [`AutoDecline`], [`Prompt`]).
 //! - [`state`]: [`CardState`] and its file format, [`StateStore`]
-//!   ([`FileStore`]: atomic writes; [`MemoryStore`]), [`init_state`].
+//!   ([`FileStore`]: whole states written atomically, the retry count and
+//!   the counter written in place in a sidecar; [`MemoryStore`]),
+//!   [`init_state`].
 //! - [`piv`]: [`PivApplet`], the PIV profile (NIST SP 800-73-4): PIN and PUK,
 //!   3DES management key, P-256 keys in 9A/9C/9D/9E, data objects, and the
 //!   YubiKey extensions yubico-piv-tool asks for. Its state is the `piv`

@@ -22,6 +22,11 @@
 //!   saved retry count is lower than the true one, never higher: a crash
 //!   costs the holder a try (fail-safe), it never gives one. A payment is two
 //!   durable writes (VERIFY's count, SIGN's counter), not three.
+//! - Saves that change only the retries left and the counter (VERIFY's try,
+//!   SIGN TRANSACTION's and OCRA RESPONSE's counter, a retry restore) go
+//!   through [`StateStore::save_counters`], which a [`crate::FileStore`]
+//!   writes in place; GENERATE KEY, PUT DATA and PUT DATA OCRA save the
+//!   whole state.
 //! - A verified PIN is consumed by the next SIGN TRANSACTION whatever its
 //!   outcome, and forgotten on deselect, reset and power off.
 //! - The counter is incremented and saved before the signature is made; if the
@@ -126,9 +131,27 @@ impl TransactionApplet {
         Ok(())
     }
 
+    /// Saves the PIN retries left and the counter, the only fields VERIFY,
+    /// SIGN TRANSACTION, OCRA RESPONSE and a retry restore change (a
+    /// pending restore included).
+    fn save_counters(&mut self) -> Result<(), crate::CardError> {
+        self.store.save_counters(&self.state)?;
+        self.retries_restore_unsaved = false;
+        Ok(())
+    }
+
     /// [`Self::save`] before an answer: `6581` when it fails.
     fn persist(&mut self) -> Result<(), StatusWord> {
-        self.save().map_err(|e| {
+        Self::answerable(self.save())
+    }
+
+    /// [`Self::save_counters`] before an answer: `6581` when it fails.
+    fn persist_counters(&mut self) -> Result<(), StatusWord> {
+        Self::answerable(self.save_counters())
+    }
+
+    fn answerable(saved: Result<(), crate::CardError>) -> Result<(), StatusWord> {
+        saved.map_err(|e| {
             tracing::error!(error = %e, "card state not saved; answering 6581");
             StatusWord::MemoryFailure
         })
@@ -170,7 +193,7 @@ impl TransactionApplet {
         self.pin_verified = false;
         // Count the attempt first (not blocked, so at least one try is left).
         self.state.pin_retries_left = self.state.pin_retries_left.saturating_sub(1);
-        self.persist()?;
+        self.persist_counters()?;
         if self.state.pin.matches(pin) {
             // Not saved now: the saved count stays one lower until the next
             // save writes this, which errs on the holder's side, never on an
@@ -335,7 +358,7 @@ impl TransactionApplet {
         if let Some(c) = counter {
             // Spent before the response exists, as for signatures.
             self.state.counter = c;
-            self.persist()?;
+            self.persist_counters()?;
         }
         let time_step = suite.time_step().map(|t| t.steps_at(context.now_unix_s));
         let question = ocra::payload_question(&command.data);
@@ -394,7 +417,7 @@ impl TransactionApplet {
         // The counter is spent before the signature exists: never used twice.
         // This save also writes a retry restore VERIFY left unsaved.
         self.state.counter = counter;
-        self.persist()?;
+        self.persist_counters()?;
         let key = self
             .payment_key
             .as_ref()
@@ -449,7 +472,7 @@ impl Applet for TransactionApplet {
     fn deselect(&mut self) {
         self.pin_verified = false;
         if self.retries_restore_unsaved {
-            if let Err(e) = self.save() {
+            if let Err(e) = self.save_counters() {
                 tracing::warn!(error = %e, "PIN retry restore not saved; the saved count stays one lower");
             }
         }

@@ -88,10 +88,15 @@ fn ocra_response_is_rfc6287_over_the_payload_hash() {
     ] {
         assert_eq!(put_ocra(&mut card, suite, secret), "6A80", "{suite}");
     }
+    let counters_saves = card.store.counters_saves();
     assert_eq!(put_ocra(&mut card, SUITE, SECRET), "9000");
+    assert_eq!(card.store.counters_saves(), counters_saves, "a whole save");
 
     // PUT DATA leaves the PIN verified (as for certificates); the response consumes it.
     let data = card.transcript(&[(&respond, "* 9000")]).remove(0);
+    // The counter was spent by a counters save, before the response.
+    assert_eq!(card.store.counters_saves(), counters_saves + 1);
+    assert_eq!(card.store.saved().unwrap().counter(), 5);
     card.transcript(&[(&respond, "6982")]);
     let answer = OcraAnswer::decode(&data).unwrap();
     assert_eq!(answer.counter, 5, "the counter moves on from 4");

@@ -436,10 +436,36 @@ fn a_payment_is_two_saves() {
     assert_eq!(card.store.saves(), 2);
     let saved = card.store.saved().unwrap();
     assert_eq!((saved.pin_retries_left(), saved.counter()), (3, 1));
+    // Both wrote only the counters: a file store writes them in place.
+    assert_eq!(card.store.counters_saves(), 2);
 
     // Nothing left to write: leaving the applet saves nothing more.
     card.card.reset();
     assert_eq!(card.store.saves(), 2);
+}
+
+/// Only what changes nothing but the retries and the counter is a counters
+/// save; GENERATE KEY saves the whole state. The memory store keeps only the
+/// counters of a counters save, as the file store does: a key saved that way
+/// would be lost.
+#[test]
+fn only_counter_changes_are_counters_saves() {
+    let mut card = Harness::new();
+    let key = card
+        .transcript(&[
+            (SELECT, "01 9000"),
+            (VERIFY_OK, "9000"),
+            ("00470000", "* 9000"),
+        ])
+        .remove(2);
+    assert_eq!((card.store.saves(), card.store.counters_saves()), (2, 1));
+    assert_eq!(card.store.saved().unwrap().public_key_sec1(), Some(key));
+
+    // A wrong PIN, a restore written on reset: counters.
+    card.transcript(&[(VERIFY_WRONG, "63C2"), (VERIFY_OK, "9000")]);
+    card.card.reset();
+    assert_eq!((card.store.saves(), card.store.counters_saves()), (5, 4));
+    assert_eq!(card.store.saved().unwrap().pin_retries_left(), 3);
 }
 
 /// A right PIN with no save after it: a card restarted from what was saved

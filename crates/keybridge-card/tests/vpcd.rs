@@ -108,10 +108,15 @@ fn pays_over_vpcd_and_keeps_counting_after_a_restart() {
     assert_eq!(check_signature(&answer, &payload, &public_key), 2);
     drop(reader);
     card.join().unwrap().unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
     assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        1,
-        "only the state file"
+        names,
+        ["card.json", "card.json.counters"],
+        "only the state file and its counters"
     );
 }
 
