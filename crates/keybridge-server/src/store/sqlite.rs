@@ -97,9 +97,7 @@ impl SqliteStore {
             .map_err(backend)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(backend)?;
-        conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
-            .map_err(backend)?;
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+        tune(&conn)?;
         migrate(&mut conn, now_unix_s)?;
         let conn = Arc::new(Mutex::new(conn));
         let readers = match path {
@@ -192,6 +190,14 @@ fn one_row<T>(
 /// Statements kept prepared per connection: every distinct SQL text of the
 /// store fits, so the hot path never parses.
 const STATEMENT_CACHE_CAPACITY: usize = 128;
+
+/// What every connection of the store gets, the writer's and the readers'.
+fn tune(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
+        .map_err(backend)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    Ok(())
+}
 
 fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -1029,8 +1035,9 @@ impl Store for SqliteStore {
                     "payload_sha256": hex::encode(keybridge_proto::ConfirmationPayload::digest(&t.payload)),
                 }),
             )?;
-            let stored = get_tx(tx, &t.id)?.ok_or_else(|| corrupt("transaction vanished"))?;
-            Ok(InsertOutcome::Created(stored))
+            // The row is exactly `t` (the store adds only `seq`, which records
+            // do not carry); reading it back would cost the writer a query.
+            Ok(InsertOutcome::Created(t))
         })
         .await
     }
@@ -1162,9 +1169,14 @@ impl Store for SqliteStore {
                     "pending transaction changed inside the transaction",
                 ));
             }
-            let updated =
-                get_tx(tx, &current.id)?.ok_or_else(|| corrupt("transaction vanished"))?;
-            Ok(Finalized::Applied(updated))
+            // Exactly what `end_pending` wrote; reading it back would cost the
+            // serial writer a query per payment.
+            Ok(Finalized::Applied(TransactionRecord {
+                status,
+                reason,
+                updated_at_unix_s: c.now_unix_s,
+                ..current
+            }))
         })
         .await
     }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::{backend, BUSY_TIMEOUT_MS, STATEMENT_CACHE_CAPACITY};
+use super::{backend, tune};
 use crate::store::StoreError;
 
 /// Idle connections kept open; more may exist while reads are in flight.
@@ -86,9 +86,7 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     .map_err(backend)?;
     conn.pragma_update(None, "query_only", "ON")
         .map_err(backend)?;
-    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
-        .map_err(backend)?;
-    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    tune(&conn)?;
     Ok(conn)
 }
 
