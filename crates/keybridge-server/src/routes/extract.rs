@@ -178,20 +178,29 @@ impl<S: Send + Sync> FromRequestParts<S> for PreferWait {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        let wait = parts
+        let values = parts
             .headers
             .get_all("prefer")
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .find_map(|preference| {
-                let (name, value) = preference.split_once('=')?;
-                name.trim()
-                    .eq_ignore_ascii_case("wait")
-                    .then(|| value.trim().parse::<u64>().ok())?
-            });
-        Ok(PreferWait(wait.map(|s| s.min(super::terminal::WAIT_S_MAX))))
+            .filter_map(|v| v.to_str().ok());
+        Ok(PreferWait(
+            prefer_wait(values).map(|s| s.min(super::terminal::WAIT_S_MAX)),
+        ))
     }
+}
+
+/// The first `wait=N` among `Prefer` header values: comma-separated
+/// preferences, each `token[=value]` with optional `;`-parameters (ignored),
+/// names case-insensitive, the value bare or quoted.
+fn prefer_wait<'a>(values: impl Iterator<Item = &'a str>) -> Option<u64> {
+    values.flat_map(|v| v.split(',')).find_map(|preference| {
+        let preference = preference.split(';').next()?;
+        let (name, value) = preference.split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("wait") {
+            return None;
+        }
+        value.trim().trim_matches('"').parse::<u64>().ok()
+    })
 }
 
 /// A query string decoded into `T`, rejecting with `invalid_request`.
@@ -206,5 +215,30 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
             .await
             .map(|q| ApiQuery(q.0))
             .map_err(|e| ApiError::invalid(format!("invalid query string: {}", e.body_text())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefer_wait;
+
+    fn wait(values: &[&str]) -> Option<u64> {
+        prefer_wait(values.iter().copied())
+    }
+
+    #[test]
+    fn prefer_wait_reads_rfc_7240_forms() {
+        assert_eq!(wait(&["wait=5"]), Some(5));
+        assert_eq!(wait(&["respond-async, wait=10"]), Some(10));
+        assert_eq!(wait(&[" WAIT = 3 ; foo=bar"]), Some(3));
+        assert_eq!(wait(&["wait=\"7\""]), Some(7));
+        assert_eq!(wait(&["respond-async", "wait=8"]), Some(8));
+        // What does not parse is ignored, as RFC 7240 asks.
+        assert_eq!(wait(&["wait=soon"]), None);
+        assert_eq!(wait(&["wait=-1"]), None);
+        assert_eq!(wait(&["wait"]), None);
+        assert_eq!(wait(&["handling=lenient"]), None);
+        assert_eq!(wait(&[]), None);
+        assert_eq!(wait(&["wait=99999999999999999999999"]), None);
     }
 }
