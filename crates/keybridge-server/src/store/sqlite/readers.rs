@@ -4,41 +4,83 @@
 //! the writer, but only on a connection of its own: sharing the writer's
 //! connection would make every read queue behind a batch and its fsync (the
 //! first cut of this store did that; it capped the server near 600
-//! payments/s with the CPU a third idle). Idle connections are kept for reuse,
-//! up to [`IDLE_MAX`]; a read that finds none opens one.
+//! payments/s with the CPU a third idle). Connections are opened on demand
+//! and kept, at most [`OPEN_MAX`]: beyond, a read waits for one to come back,
+//! so an overload queues reads instead of opening a connection (and a page
+//! cache) per blocked thread.
 //!
 //! Read connections are `query_only`: a write that strays here fails loudly
 //! instead of bypassing the group commit.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use rusqlite::{Connection, OpenFlags};
 
 use super::{backend, tune};
 use crate::store::StoreError;
 
-/// Idle connections kept open; more may exist while reads are in flight.
-/// About the blocking pool's busy threads under load on a small machine.
-pub const IDLE_MAX: usize = 16;
+/// Read connections open at most: a few per core covers the reads in flight
+/// on a small machine; each holds its own page cache.
+pub const OPEN_MAX: usize = 16;
 
 #[derive(Debug)]
 pub enum Readers {
-    /// A database file: a pool of read-only connections to it.
+    /// A database file: a bounded pool of read-only connections to it.
     File {
         path: PathBuf,
-        idle: Mutex<Vec<Connection>>,
+        pool: Mutex<Pool>,
+        returned: Condvar,
+        open_max: usize,
     },
     /// An in-memory database is private to its connection: reads share the
     /// writer's (and so wait for it, which tests do not mind).
     Shared(Arc<Mutex<Connection>>),
 }
 
+#[derive(Debug, Default)]
+pub struct Pool {
+    idle: Vec<Connection>,
+    /// Connections in existence: idle plus lent out plus being opened.
+    open: usize,
+}
+
+/// A connection lent to one read; goes back to the pool however the read
+/// ends. `None` while it is being opened (and if opening failed).
+struct Lease<'a> {
+    conn: Option<Connection>,
+    pool: &'a Mutex<Pool>,
+    returned: &'a Condvar,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let mut pool = lock(self.pool);
+        match self.conn.take() {
+            Some(conn) => pool.idle.push(conn),
+            None => pool.open -= 1,
+        }
+        self.returned.notify_one();
+    }
+}
+
+fn lock(pool: &Mutex<Pool>) -> MutexGuard<'_, Pool> {
+    // A poisoned pool only ever holds whole connections and a count that
+    // leases keep right.
+    pool.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Readers {
     pub fn file(path: &Path) -> Readers {
+        Readers::file_with_max(path, OPEN_MAX)
+    }
+
+    fn file_with_max(path: &Path, open_max: usize) -> Readers {
         Readers::File {
             path: path.to_owned(),
-            idle: Mutex::new(Vec::new()),
+            pool: Mutex::new(Pool::default()),
+            returned: Condvar::new(),
+            open_max: open_max.max(1),
         }
     }
 
@@ -46,7 +88,8 @@ impl Readers {
         Readers::Shared(conn)
     }
 
-    /// Runs `f` on a read connection. Blocking: call it off the async runtime.
+    /// Runs `f` on a read connection. Blocking (it may wait for a free
+    /// connection): call it off the async runtime.
     pub fn read<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
@@ -58,19 +101,38 @@ impl Readers {
                     .map_err(|_| StoreError::Backend("connection mutex poisoned".into()))?;
                 f(&guard)
             }
-            Readers::File { path, idle } => {
-                // A poisoned pool only ever holds whole connections.
-                let taken = idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
-                let conn = match taken {
+            Readers::File {
+                path,
+                pool,
+                returned,
+                open_max,
+            } => {
+                let mut lease = Lease {
+                    conn: None,
+                    pool,
+                    returned,
+                };
+                {
+                    let mut guard = lock(pool);
+                    loop {
+                        if let Some(conn) = guard.idle.pop() {
+                            lease.conn = Some(conn);
+                            break;
+                        }
+                        if guard.open < *open_max {
+                            guard.open += 1;
+                            break;
+                        }
+                        guard = returned.wait(guard).unwrap_or_else(PoisonError::into_inner);
+                    }
+                }
+                let conn = match lease.conn.take() {
                     Some(conn) => conn,
+                    // On failure the lease gives the slot back.
                     None => open_reader(path)?,
                 };
-                let out = f(&conn);
-                let mut idle = idle.lock().unwrap_or_else(PoisonError::into_inner);
-                if idle.len() < IDLE_MAX {
-                    idle.push(conn);
-                }
-                out
+                let conn = lease.conn.insert(conn);
+                f(conn)
             }
         }
     }
@@ -116,6 +178,64 @@ mod tests {
             })
             .unwrap();
         assert_eq!(n, 2);
+    }
+
+    /// However many reads at once, at most `open_max` connections exist;
+    /// the others wait for one and all complete.
+    #[test]
+    fn connections_are_bounded_and_reads_wait_for_one() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (n INTEGER);")
+            .unwrap();
+        let readers = Arc::new(Readers::file_with_max(&path, 2));
+        let inside = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (readers, inside, most) = (readers.clone(), inside.clone(), most.clone());
+                std::thread::spawn(move || {
+                    readers
+                        .read(|c| {
+                            let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                            c.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+                                .map_err(backend)
+                        })
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), 0);
+        }
+        let most = most.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&most), "{most} reads at once");
+        let Readers::File { pool, .. } = &*readers else {
+            panic!("a file pool")
+        };
+        let pool = lock(pool);
+        assert!(pool.open <= 2 && pool.open == pool.idle.len(), "{pool:?}");
+    }
+
+    /// A connection that cannot be opened gives its slot back.
+    #[test]
+    fn a_failed_open_frees_its_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-such-dir").join("r.sqlite");
+        let readers = Readers::file_with_max(&missing, 1);
+        for _ in 0..3 {
+            assert!(readers.read(|_| Ok(())).is_err());
+        }
+        let Readers::File { pool, .. } = &readers else {
+            panic!("a file pool")
+        };
+        assert_eq!(lock(pool).open, 0);
     }
 
     /// A read in progress does not hold up the writer, and the writer's open
