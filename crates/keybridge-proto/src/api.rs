@@ -229,6 +229,32 @@ pub enum RelayMessage {
     },
     /// The transaction ended elsewhere (expired, another device answered).
     Cancelled { transaction_id: TransactionId },
+    /// The answer to a [`RelayAnswer::Confirmation`] sent on this socket:
+    /// `status` is what `POST /v1/confirmations/{id}` would have answered,
+    /// with the transaction after it (`view`, on 200) or the error body.
+    ConfirmationResult {
+        transaction_id: TransactionId,
+        status: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        view: Option<Box<TransactionView>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<ErrorBody>,
+    },
+}
+
+/// Relay → server on the relay WebSocket, one JSON text message per frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RelayAnswer {
+    /// The device's answer, exactly as the body of `POST
+    /// /v1/confirmations/{id}` carries it: saves the relay a second
+    /// connection and request per payment. Answered by
+    /// [`RelayMessage::ConfirmationResult`].
+    Confirmation {
+        transaction_id: TransactionId,
+        confirmation: Confirmation,
+    },
 }
 
 /// `POST /v1/confirmations/{id}` (relay; `Authorization: Bearer <device credential>`).

@@ -1,13 +1,16 @@
 //! The phone's session with the server.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
-use keybridge_proto::api::{b64, Confirmation, DeclineReason, RelayMessage, SignatureMethod};
+use futures_util::{SinkExt, StreamExt};
+use keybridge_proto::api::{
+    b64, Confirmation, DeclineReason, RelayAnswer, RelayMessage, SignatureMethod, TransactionView,
+};
 use keybridge_proto::{AccountId, ConfirmationPayload, TransactionId};
 use keybridge_terminal::{Client, ClientError};
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use zeroize::Zeroizing;
@@ -114,6 +117,10 @@ const TIME_LEFT_EVERY_S: u64 = 5;
 /// Bounded retries when the card goes away mid-conversation.
 const CARD_ATTEMPTS_MAX: u32 = 3;
 
+/// How long an answer sent on the WebSocket waits for the server's result
+/// before the relay posts it over HTTP instead.
+const SOCKET_ANSWER_WAIT_S: u64 = 30;
+
 struct Context {
     options: RelayOptions,
     client: Client,
@@ -125,6 +132,10 @@ struct Context {
     /// submission lands would let a later signature overtake an earlier one
     /// and get the earlier payment refused as a replay.
     turn: tokio::sync::Mutex<()>,
+    /// The open session's outgoing frames, `None` between sessions.
+    outbox: Mutex<Option<mpsc::UnboundedSender<String>>>,
+    /// Answers sent on the socket, waiting for their `ConfirmationResult`.
+    waiting: Mutex<HashMap<TransactionId, oneshot::Sender<RelayMessage>>>,
 }
 
 /// Runs the relay until the server refuses its credential or the process ends.
@@ -152,6 +163,8 @@ pub async fn run_with_link(options: RelayOptions, link: CardLink) -> Result<(), 
         options,
         seen: Mutex::new(HashSet::new()),
         turn: tokio::sync::Mutex::new(()),
+        outbox: Mutex::new(None),
+        waiting: Mutex::new(HashMap::new()),
     });
     let mut backoff = Duration::from_millis(250);
     loop {
@@ -217,8 +230,11 @@ async fn session(ctx: &Arc<Context>) -> Result<(), RelayError> {
             .map_err(|_| RelayError::Credential("credential is not a valid header".into()))?,
     );
     let connector = tls_connector(ctx.options.ca_cert_pem.as_deref())?;
-    let (mut ws, _) =
-        match tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector)
+    let (ws, _) =
+        // No Nagle: the answers this socket carries are small frames that
+        // must leave at once (with Nagle and the peer's delayed ACK, each
+        // waited about 40 ms).
+        match tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector)
             .await
         {
             Ok(ok) => ok,
@@ -234,13 +250,52 @@ async fn session(ctx: &Arc<Context>) -> Result<(), RelayError> {
         ctx.options.credential.device_id,
         ctx.options.credential.account
     );
-    while let Some(message) = ws.next().await {
+    let (mut sink, mut incoming) = ws.split();
+    let (outbox, mut outgoing) = mpsc::unbounded_channel::<String>();
+    let writer = tokio::spawn(async move {
+        while let Some(text) = outgoing.recv().await {
+            if sink.send(tungstenite::Message::Text(text)).await.is_err() {
+                break;
+            }
+        }
+    });
+    *ctx.outbox.lock().map_err(|_| RelayError::Poisoned)? = Some(outbox);
+    let read = read_session(ctx, &mut incoming).await;
+    // Answers in flight lose their socket: each falls back to HTTP.
+    *ctx.outbox.lock().map_err(|_| RelayError::Poisoned)? = None;
+    ctx.waiting
+        .lock()
+        .map_err(|_| RelayError::Poisoned)?
+        .clear();
+    writer.abort();
+    read
+}
+
+type Incoming = futures_util::stream::SplitStream<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+>;
+
+async fn read_session(ctx: &Arc<Context>, incoming: &mut Incoming) -> Result<(), RelayError> {
+    while let Some(message) = incoming.next().await {
         let text = match message.map_err(|e| RelayError::Protocol(e.to_string()))? {
             tungstenite::Message::Text(text) => text,
             tungstenite::Message::Close(_) => break,
             _ => continue,
         };
         match serde_json::from_str::<RelayMessage>(&text) {
+            Ok(result @ RelayMessage::ConfirmationResult { .. }) => {
+                let RelayMessage::ConfirmationResult { transaction_id, .. } = &result else {
+                    continue;
+                };
+                let waiter = ctx
+                    .waiting
+                    .lock()
+                    .map_err(|_| RelayError::Poisoned)?
+                    .remove(transaction_id);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(result);
+                }
+            }
             Ok(RelayMessage::ConfirmationRequest {
                 transaction_id,
                 payload,
@@ -265,6 +320,62 @@ async fn session(ctx: &Arc<Context>) -> Result<(), RelayError> {
         }
     }
     Ok(())
+}
+
+/// Sends the device's answer on the session's WebSocket and waits for the
+/// server's result; posts it over HTTP if there is no socket, or the socket
+/// closed or stayed silent. A result lost after the server judged the answer
+/// makes the HTTP post see the transaction already ended (`not_pending`),
+/// never a second payment.
+async fn submit(
+    ctx: &Arc<Context>,
+    id: TransactionId,
+    answer: &Confirmation,
+) -> Result<TransactionView, RelayError> {
+    let outbox = ctx.outbox.lock().map_err(|_| RelayError::Poisoned)?.clone();
+    if let Some(outbox) = outbox {
+        let (waiter, result) = oneshot::channel();
+        ctx.waiting
+            .lock()
+            .map_err(|_| RelayError::Poisoned)?
+            .insert(id, waiter);
+        let frame = serde_json::to_string(&RelayAnswer::Confirmation {
+            transaction_id: id,
+            confirmation: answer.clone(),
+        })
+        .map_err(|e| RelayError::Protocol(e.to_string()))?;
+        if outbox.send(frame).is_ok() {
+            let wait = Duration::from_secs(SOCKET_ANSWER_WAIT_S);
+            if let Ok(Ok(RelayMessage::ConfirmationResult {
+                status,
+                view,
+                error,
+                ..
+            })) = tokio::time::timeout(wait, result).await
+            {
+                return match (view, error) {
+                    (Some(view), _) if status == 200 => Ok(*view),
+                    (_, error) => {
+                        let error = error.unwrap_or(keybridge_proto::api::ErrorBody {
+                            error: "http_error".into(),
+                            message: format!("status {status}"),
+                        });
+                        Err(RelayError::Server(ClientError::Api {
+                            status,
+                            code: error.error,
+                            message: error.message,
+                        }))
+                    }
+                };
+            }
+        }
+        ctx.waiting
+            .lock()
+            .map_err(|_| RelayError::Poisoned)?
+            .remove(&id);
+        tracing::warn!("no answer on the socket for {id}; posting it");
+    }
+    Ok(ctx.client.submit_confirmation(&id, answer).await?)
 }
 
 fn now_unix_s() -> u64 {
@@ -322,7 +433,7 @@ async fn confirm(
         let answer = Confirmation::Declined {
             reason: DeclineReason::Declined,
         };
-        return Ok(Some(ctx.client.submit_confirmation(&id, &answer).await?));
+        return Ok(Some(submit(ctx, id, &answer).await?));
     }
     let to_sign = match ctx.options.tamper {
         Some(t) => {
@@ -409,7 +520,7 @@ async fn confirm(
         }
     };
     say!(ctx.options.quiet, "submitting to the server");
-    Ok(Some(ctx.client.submit_confirmation(&id, &answer).await?))
+    Ok(Some(submit(ctx, id, &answer).await?))
 }
 
 /// Runs the card conversation on a blocking thread, retrying when the card

@@ -188,8 +188,17 @@ pub async fn start_with_state(
         .map_err(ServerError::io("reading the bound address"))?;
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let router = app(state.clone());
+    // No Nagle on accepted sockets: the relay WebSocket carries small frames
+    // back to back (a result, then the next request); with Nagle each second
+    // frame waited for the peer's delayed ACK, about 40 ms.
     let (scheme, server) = match &config.tls {
         None => {
+            use axum::serve::ListenerExt;
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
             let server = tokio::spawn(async move {
                 axum::serve(listener, router)
                     .with_graceful_shutdown(async move {
@@ -215,7 +224,10 @@ pub async fn start_with_state(
                 stopper.graceful_shutdown(None);
             });
             let server = tokio::spawn(async move {
-                axum_server::from_tcp_rustls(listener, tls)
+                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+                    .acceptor(axum_server::accept::NoDelayAcceptor::new());
+                axum_server::from_tcp(listener)
+                    .acceptor(acceptor)
                     .handle(handle)
                     .serve(router.into_make_service())
                     .await

@@ -11,9 +11,9 @@ use std::sync::OnceLock;
 use keybridge_proto::api::{
     AccountActivity, AccountView, Confirmation, CreateAccount, CreateTerminal, CreateTransaction,
     DeclineReason, DeviceEnrolled, DeviceView, EnrollCsr, EnrollDevice, ErrorBody,
-    ImportCertificate, ProvisionOcra, Reason, RegisterWebhook, RelayMessage, RenameDevice,
-    SignatureMethod, TerminalCreated, TransactionStatus, TransactionView, WebhookDeliveryView,
-    WebhookEvent, WebhookRegistered, WebhookView,
+    ImportCertificate, ProvisionOcra, Reason, RegisterWebhook, RelayAnswer, RelayMessage,
+    RenameDevice, SignatureMethod, TerminalCreated, TransactionStatus, TransactionView,
+    WebhookDeliveryView, WebhookEvent, WebhookRegistered, WebhookView,
 };
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -38,7 +38,7 @@ use utoipa::{Modify, OpenApi};
     ),
     components(schemas(
         ErrorBody, TransactionStatus, Reason, CreateTransaction, TransactionView,
-        RelayMessage, Confirmation, DeclineReason, CreateAccount, AccountView, CreateTerminal,
+        RelayMessage, RelayAnswer, Confirmation, DeclineReason, CreateAccount, AccountView, CreateTerminal,
         TerminalCreated, EnrollDevice, DeviceEnrolled, DeviceView, RegisterWebhook,
         WebhookRegistered, WebhookView, WebhookEvent, WebhookDeliveryView, AccountActivity,
         SignatureMethod, EnrollCsr, ImportCertificate, ProvisionOcra, RenameDevice,
@@ -200,7 +200,7 @@ mod paths {
     #[utoipa::path(get, path = "/v1/relay", tag = "relay",
         security(("device_credential" = [])),
         responses(
-            (status = 101, description = "WebSocket. The server sends `RelayMessage` JSON text frames; pings every 15 s."),
+            (status = 101, description = "WebSocket. The server sends `RelayMessage` JSON text frames; pings every 15 s. The relay may send its device's answers as `RelayAnswer` frames (at most 4096 bytes): each is judged as `POST /v1/confirmations/{id}` would judge it and answered with a `confirmation_result` frame carrying that endpoint's status and body."),
             (status = "4XX", description = "`invalid_request` (not an upgrade), `unauthorized`", body = ErrorBody)))]
     fn relay_socket() {}
 

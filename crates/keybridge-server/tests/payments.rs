@@ -5,7 +5,8 @@ mod common;
 
 use common::{error_body, payment, request_payload, sign_with, Harness, Options, GUARD};
 use keybridge_proto::api::{
-    Confirmation, DeclineReason, Reason, RelayMessage, TransactionStatus, TransactionView,
+    Confirmation, DeclineReason, Reason, RelayAnswer, RelayMessage, TransactionStatus,
+    TransactionView,
 };
 use keybridge_proto::{ConfirmationPayload, TransactionId};
 use reqwest::StatusCode;
@@ -543,6 +544,57 @@ async fn prefer_wait_on_create_answers_with_the_outcome() {
     assert_eq!(r.status(), StatusCode::OK);
     let view: TransactionView = r.json().await.unwrap();
     assert_eq!((view.id, view.status), (id, TransactionStatus::Settled));
+}
+
+/// The relay's answer on its WebSocket is judged as the HTTP endpoint judges
+/// it: a result frame with status 200 and the settled view; a second answer
+/// gets the endpoint's 409 `not_pending` and moves nothing; a frame that is
+/// not an answer is ignored and the socket stays open.
+#[tokio::test]
+async fn an_answer_on_the_relay_socket_settles_once() {
+    let (h, terminal, card) = Harness::standard().await;
+    let tx = h.pay(&terminal, 250).await;
+    let mut relay = h.relay(&card.enrolled.credential).await;
+    let payload = request_payload(&relay.next().await, &tx.id);
+    let answer = RelayAnswer::Confirmation {
+        transaction_id: tx.id,
+        confirmation: card.sign(&payload),
+    };
+    relay.send_text("{\"type\":\"nonsense\"}".into()).await;
+    relay
+        .send_text(serde_json::to_string(&answer).unwrap())
+        .await;
+    let view = match relay.next().await {
+        RelayMessage::ConfirmationResult {
+            transaction_id,
+            status: 200,
+            view: Some(view),
+            error: None,
+        } if transaction_id == tx.id => view,
+        other => panic!("expected a 200 result, got {other:?}"),
+    };
+    assert_eq!(view.status, TransactionStatus::Settled);
+    // The end also reaches the relay as a cancellation of its request.
+    assert_eq!(
+        relay.next().await,
+        RelayMessage::Cancelled {
+            transaction_id: tx.id
+        }
+    );
+    relay
+        .send_text(serde_json::to_string(&answer).unwrap())
+        .await;
+    match relay.next().await {
+        RelayMessage::ConfirmationResult {
+            status,
+            view: None,
+            error: Some(error),
+            ..
+        } => assert_eq!((status, error.error.as_str()), (409, "not_pending")),
+        other => panic!("expected a 409 result, got {other:?}"),
+    }
+    assert_eq!(h.transfer_count(&tx.id).await, 1);
+    h.assert_ledger_balanced().await;
 }
 
 /// SSE: `status` with pending at once, then settled, then the stream ends.

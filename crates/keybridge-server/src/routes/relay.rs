@@ -1,5 +1,6 @@
 //! Relay endpoints: the WebSocket that carries confirmation requests to the
-//! payer's phone, and the confirmation it posts back.
+//! payer's phone and, on the same socket, the device's answers back; and the
+//! HTTP endpoint a relay may post an answer to instead.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use axum::response::Response;
 use axum::Json;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use keybridge_proto::api::{b64, Confirmation, RelayMessage, TransactionView};
+use keybridge_proto::api::{b64, Confirmation, RelayAnswer, RelayMessage, TransactionView};
 use keybridge_proto::{AccountId, TransactionId};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -20,11 +21,12 @@ use crate::error::ApiError;
 use crate::hub::{shutdown_begun, HubEvent, Topic};
 use crate::service;
 use crate::state::AppState;
-use crate::store::DeviceRecord;
+use crate::store::{DeviceRecord, DeviceStatus};
 
 /// Keeps NATs and proxies from dropping an idle socket, and finds dead peers.
 pub const RELAY_PING_INTERVAL_S: u64 = 15;
-/// Relays send nothing we act on; bound what they may send anyway.
+/// Relays send only their answers (a signature or an OCRA response, well
+/// under this); bound what they may send anyway.
 const RELAY_MESSAGE_LEN_MAX: usize = 4096;
 
 /// `POST /v1/confirmations/{id}`: 200 with the outcome, whatever it is.
@@ -55,6 +57,46 @@ pub async fn connect(
     Ok(upgrade
         .max_message_size(RELAY_MESSAGE_LEN_MAX)
         .on_upgrade(move |socket| session(state, device, socket)))
+}
+
+/// Judges a `RelayAnswer` from the socket exactly as `POST
+/// /v1/confirmations/{id}` would (the device read fresh, so a disabled device
+/// is refused at once) and says what that endpoint would have answered.
+/// `None` for a frame that is not an answer (logged, ignored).
+async fn answer(state: &AppState, device: &DeviceRecord, text: &str) -> Option<RelayMessage> {
+    let RelayAnswer::Confirmation {
+        transaction_id,
+        confirmation,
+    } = match serde_json::from_str::<RelayAnswer>(text) {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::warn!(device = %device.id, "ignoring a relay frame that is not an answer: {e}");
+            return None;
+        }
+    };
+    let judged = async {
+        let fresh = state
+            .store
+            .get_device(&device.id)
+            .await?
+            .filter(|d| d.status == DeviceStatus::Active)
+            .ok_or(ApiError::Unauthorized)?;
+        service::confirm(state, &fresh, &transaction_id, &confirmation).await
+    };
+    Some(match judged.await {
+        Ok(view) => RelayMessage::ConfirmationResult {
+            transaction_id,
+            status: 200,
+            view: Some(Box::new(view)),
+            error: None,
+        },
+        Err(e) => RelayMessage::ConfirmationResult {
+            transaction_id,
+            status: e.status().as_u16(),
+            view: None,
+            error: Some(e.body()),
+        },
+    })
 }
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -119,8 +161,15 @@ async fn session(state: AppState, device: DeviceRecord, socket: WebSocket) {
             _ = &mut shutdown => Err(()),
             _ = ping.tick() => sink.send(Message::Ping(Bytes::new())).await.map_err(|_| ()),
             message = incoming.next() => match message {
-                // Pongs are handled by the library; other messages are ignored.
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => Err(()),
+                // The device's answer. Judged here, in turn: the relay holds
+                // its card until it hears back, so answers come one at a time
+                // per device, and a relay that floods gets backpressure.
+                Some(Ok(Message::Text(text))) => match answer(&state, &device, &text).await {
+                    Some(result) => send(&mut sink, &result).await,
+                    None => Ok(()),
+                },
+                // Pongs are handled by the library; other messages are ignored.
                 Some(Ok(_)) => Ok(()),
             },
             event = events.recv() => match event {

@@ -372,6 +372,11 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// Sends a JSON text frame (an answer, or anything a test wants to try).
+    pub async fn send_text(&mut self, text: String) {
+        self.socket.send(Message::Text(text)).await.unwrap();
+    }
+
     /// The next JSON message, skipping pings.
     pub async fn next(&mut self) -> RelayMessage {
         loop {
