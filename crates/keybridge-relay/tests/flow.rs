@@ -3,8 +3,11 @@
 //! speaking vpcd over a loopback socket to the relay's reader). Nothing is
 //! mocked: these tests prove what the phone does with what the card answers.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use keybridge_proto::api::{CreateAccount, Reason, TransactionStatus};
 use keybridge_proto::{AccountId, Currency, Money};
@@ -212,4 +215,90 @@ async fn concurrent_payments_on_one_card_all_settle() {
     }
     assert_eq!(w.admin.devices().await.unwrap()[0].last_counter, 40);
     assert_eq!(balance(&w, "shop").await, 40 * 250);
+}
+
+/// A loopback proxy in front of the server that forwards every connection as
+/// is, except the relay's WebSocket: that one it cuts when the relay first
+/// sends on it (its answer), without passing the answer on. Returns the
+/// proxy's URL and how many sockets it cut.
+async fn cutting_proxy(server: std::net::SocketAddr) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cuts = Arc::new(AtomicUsize::new(0));
+    let counted = cuts.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let cuts = counted.clone();
+            tokio::spawn(async move {
+                let Ok(upstream) = tokio::net::TcpStream::connect(server).await else {
+                    return;
+                };
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = upstream.into_split();
+                // Forward the request head whole, then decide.
+                let mut head = Vec::new();
+                let mut buf = vec![0u8; 16 * 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = from_client.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                }
+                if to_server.write_all(&head).await.is_err() {
+                    return;
+                }
+                let down =
+                    tokio::spawn(
+                        async move { tokio::io::copy(&mut from_server, &mut to_client).await },
+                    );
+                if head.starts_with(b"GET /v1/relay") {
+                    // The relay sends nothing on its socket but its answers
+                    // (and pongs, after the server's first ping in 15 s).
+                    if from_client.read(&mut buf).await.unwrap_or(0) > 0 {
+                        cuts.fetch_add(1, Ordering::SeqCst);
+                    }
+                    down.abort();
+                } else {
+                    let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+                    let _ = down.await;
+                }
+            });
+        }
+    });
+    (url, cuts)
+}
+
+/// The relay's answer goes on its WebSocket; when that socket dies before the
+/// server's result comes back, the relay posts the same answer over HTTP.
+/// The payment settles once, with the card's one signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_whose_socket_dies_is_posted_instead() {
+    let w = world().await;
+    let (proxy, cuts) = cutting_proxy(w._server.addr).await;
+    let mut credential = w.credential.clone();
+    credential.server = proxy;
+    tokio::spawn(keybridge_relay::run(RelayOptions {
+        credential,
+        card: w.card_link.clone(),
+        pin: Some(Zeroizing::new(PIN.to_owned())),
+        decision: Decision::Approve,
+        tamper: None,
+        card_wait: Duration::from_secs(10),
+        quiet: false,
+        ca_cert_pem: None,
+        applet: None,
+    }));
+    let out = pay(&w.terminal, &request("W-1", "w-1"), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(out.last.status, TransactionStatus::Settled);
+    assert!(
+        cuts.load(Ordering::SeqCst) >= 1,
+        "the answer never went on the socket"
+    );
+    let devices = w.admin.devices().await.unwrap();
+    assert_eq!(devices[0].last_counter, 1, "one signature");
+    assert_eq!(balance(&w, "alice").await, 100_000 - 250);
+    assert_eq!(balance(&w, "shop").await, 250);
 }
