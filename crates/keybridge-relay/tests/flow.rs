@@ -96,8 +96,13 @@ async fn world() -> World {
 }
 
 fn start_relay(w: &World, pin: &str) {
+    start_relay_as(w, w.credential.clone(), pin);
+}
+
+/// [`start_relay`] with another credential (another server URL, say).
+fn start_relay_as(w: &World, credential: keybridge_relay::DeviceCredential, pin: &str) {
     let options = RelayOptions {
-        credential: w.credential.clone(),
+        credential,
         card: w.card_link.clone(),
         pin: Some(Zeroizing::new(pin.to_owned())),
         decision: Decision::Approve,
@@ -278,17 +283,7 @@ async fn an_answer_whose_socket_dies_is_posted_instead() {
     let (proxy, cuts) = cutting_proxy(w._server.addr).await;
     let mut credential = w.credential.clone();
     credential.server = proxy;
-    tokio::spawn(keybridge_relay::run(RelayOptions {
-        credential,
-        card: w.card_link.clone(),
-        pin: Some(Zeroizing::new(PIN.to_owned())),
-        decision: Decision::Approve,
-        tamper: None,
-        card_wait: Duration::from_secs(10),
-        quiet: false,
-        ca_cert_pem: None,
-        applet: None,
-    }));
+    start_relay_as(&w, credential, PIN);
     let out = pay(&w.terminal, &request("W-1", "w-1"), |_| {})
         .await
         .unwrap();
