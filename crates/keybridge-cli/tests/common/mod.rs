@@ -121,10 +121,15 @@ impl Stack {
 
     /// Waits until pcscd reports the card in the first virtual reader.
     pub fn wait_for_card(&self) {
-        let mut reader = PcscReader::new(Some(pcscd::VPCD_READER_NAME));
-        if let Err(e) = reader.wait_for_card(Duration::from_secs(20)) {
+        if let Err(e) = self.card_appears(Duration::from_secs(20)) {
             panic!("the card did not appear in pcscd: {e}\n{}", self.logs());
         }
+    }
+
+    /// Whether the card shows up in pcscd's vpcd reader within `wait`.
+    pub fn card_appears(&self, wait: Duration) -> Result<(), String> {
+        let mut reader = PcscReader::new(Some(pcscd::VPCD_READER_NAME));
+        reader.wait_for_card(wait).map_err(|e| e.to_string())
     }
 
     pub fn logs(&self) -> String {
