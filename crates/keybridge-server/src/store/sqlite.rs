@@ -187,6 +187,24 @@ fn one_row<T>(
     conn.prepare_cached(sql)?.query_row(params, f)
 }
 
+/// Runs the query `sql` through the statement cache: each row is read by
+/// `read` (SQLite types) and then checked and converted by `decode`.
+fn select<R, T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<R>,
+    decode: impl FnMut(R) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+    let rows = stmt
+        .query_map(params, read)
+        .map_err(backend)?
+        .collect::<Result<Vec<R>, _>>()
+        .map_err(backend)?;
+    rows.into_iter().map(decode).collect()
+}
+
 /// Statements kept prepared per connection: every distinct SQL text of the
 /// store fits, so the hot path never parses.
 const STATEMENT_CACHE_CAPACITY: usize = 128;
@@ -318,13 +336,7 @@ fn query_txs(
     params: impl rusqlite::Params,
 ) -> Result<Vec<TransactionRecord>, StoreError> {
     let sql = format!("SELECT {TX_COLUMNS} FROM transactions {where_clause}");
-    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
-    let rows = stmt
-        .query_map(params, read_tx_row)
-        .map_err(backend)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(backend)?;
-    rows.into_iter().map(decode_tx).collect()
+    select(conn, &sql, params, read_tx_row, decode_tx)
 }
 
 fn get_tx(conn: &Connection, id: &TransactionId) -> Result<Option<TransactionRecord>, StoreError> {
@@ -387,13 +399,7 @@ fn query_devices(
     params: impl rusqlite::Params,
 ) -> Result<Vec<DeviceRecord>, StoreError> {
     let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices {where_clause}");
-    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
-    let rows = stmt
-        .query_map(params, read_device_row)
-        .map_err(backend)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(backend)?;
-    rows.into_iter().map(decode_device).collect()
+    select(conn, &sql, params, read_device_row, decode_device)
 }
 
 type AccountRow = (String, String, String, i64, i64, i64);
@@ -416,22 +422,17 @@ fn query_accounts(
     params: impl rusqlite::Params,
 ) -> Result<Vec<AccountRecord>, StoreError> {
     let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts {where_clause}");
-    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
-    let rows = stmt
-        .query_map(params, |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        })
-        .map_err(backend)?
-        .collect::<Result<Vec<AccountRow>, _>>()
-        .map_err(backend)?;
-    rows.into_iter().map(decode_account).collect()
+    let read = |r: &rusqlite::Row<'_>| -> rusqlite::Result<AccountRow> {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+        ))
+    };
+    select(conn, &sql, params, read, decode_account)
 }
 
 fn get_account(conn: &Connection, id: &AccountId) -> Result<Option<AccountRecord>, StoreError> {

@@ -4,7 +4,9 @@ use async_trait::async_trait;
 use keybridge_proto::AccountId;
 use rusqlite::{params, OptionalExtension};
 
-use super::{backend, exec, one_row, query_txs, to_i64, to_u64, transaction_id, SqliteStore};
+use super::{
+    backend, exec, one_row, query_txs, select, to_i64, to_u64, transaction_id, SqliteStore,
+};
 use crate::store::web::{AttemptResult, DeliveryRecord, DeliveryState, WebStore, WebhookRecord};
 use crate::store::{StoreError, TransactionRecord};
 
@@ -67,13 +69,7 @@ fn query_deliveries(
     params: impl rusqlite::Params,
 ) -> Result<Vec<DeliveryRecord>, StoreError> {
     let sql = format!("SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries {tail}");
-    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
-    let rows = stmt
-        .query_map(params, read_delivery_row)
-        .map_err(backend)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(backend)?;
-    rows.into_iter().map(decode_delivery).collect()
+    select(conn, &sql, params, read_delivery_row, decode_delivery)
 }
 
 fn get_webhook(
