@@ -46,6 +46,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0005_webhooks",
         include_str!("../../migrations/0005_webhooks.sql"),
     ),
+    (
+        6,
+        "0006_pending_indexes",
+        include_str!("../../migrations/0006_pending_indexes.sql"),
+    ),
 ];
 
 const BUSY_TIMEOUT_MS: u64 = 5_000;
@@ -329,6 +334,17 @@ fn decode_tx(row: TxRow) -> Result<TransactionRecord, StoreError> {
         updated_at_unix_s: to_u64(updated)?,
     })
 }
+
+/// A payer's pending transactions not yet expired (`?1` payer, `?2` now).
+/// Served by the partial index `transactions_pending_by_payer`, which SQLite
+/// uses only because the literal `'pending'` is in the query.
+const PENDING_OF_PAYER: &str =
+    "WHERE payer = ?1 AND status = 'pending' AND expires_at > ?2 ORDER BY seq";
+/// Pending transactions whose window has passed (`?1` now), oldest deadline
+/// first; served by `transactions_pending_by_expiry`. Ordering by the index's
+/// own order (expiry, then seq) is what keeps SQLite on it: asked for `seq`
+/// order alone, it scans the whole table instead, to skip a sort.
+const PENDING_DUE: &str = "WHERE status = 'pending' AND expires_at <= ?1 ORDER BY expires_at, seq";
 
 fn query_txs(
     conn: &Connection,
@@ -1065,7 +1081,7 @@ impl Store for SqliteStore {
         self.run(move |conn| {
             query_txs(
                 conn,
-                "WHERE payer = ?1 AND status = 'pending' AND expires_at > ?2 ORDER BY seq",
+                PENDING_OF_PAYER,
                 params![payer.as_str(), to_i64(now_unix_s)?],
             )
         })
@@ -1184,11 +1200,7 @@ impl Store for SqliteStore {
 
     async fn expire_due(&self, now_unix_s: u64) -> Result<Vec<TransactionRecord>, StoreError> {
         self.write(move |tx| {
-            let due = query_txs(
-                tx,
-                "WHERE status = 'pending' AND expires_at <= ?1 ORDER BY seq",
-                [to_i64(now_unix_s)?],
-            )?;
+            let due = query_txs(tx, PENDING_DUE, [to_i64(now_unix_s)?])?;
             let mut expired = Vec::with_capacity(due.len());
             for t in due {
                 let detail =

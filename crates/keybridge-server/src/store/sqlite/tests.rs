@@ -438,3 +438,47 @@ async fn a_revoked_device_cannot_settle_and_renames_are_kept() {
     assert_eq!(events.iter().filter(|e| *e == "device_revoked").count(), 1);
     assert!(events.contains(&"device_renamed".to_owned()));
 }
+
+/// The queries for pending rows run on the partial indexes of migration 6,
+/// not a scan: a full scan would grow with every transaction ever made.
+#[test]
+fn pending_queries_use_the_partial_indexes() {
+    let store = SqliteStore::open_in_memory(NOW).unwrap();
+    let conn = store.conn.lock().unwrap();
+    let plan = |sql: &str| -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let zeros = rusqlite::params_from_iter(std::iter::repeat_n(0, stmt.parameter_count()));
+        stmt.query_map(zeros, |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+            .join("; ")
+    };
+    for (sql, index) in [
+        (
+            format!("SELECT * FROM transactions {PENDING_OF_PAYER}"),
+            "transactions_pending_by_payer",
+        ),
+        (
+            format!("SELECT * FROM transactions {PENDING_DUE}"),
+            "transactions_pending_by_expiry",
+        ),
+        (
+            format!("SELECT * FROM webhook_deliveries {}", web::DELIVERIES_DUE),
+            "webhook_deliveries_pending",
+        ),
+        (
+            "SELECT count(*) FROM transactions WHERE status = 'pending'".to_owned(),
+            "transactions_pending_by",
+        ),
+    ] {
+        let plan = plan(&sql);
+        assert!(
+            plan.contains(index)
+                && !plan
+                    .split("; ")
+                    .any(|step| step.starts_with("SCAN ") && !step.contains(" USING ")),
+            "{sql}\n  planned as: {plan}"
+        );
+    }
+}

@@ -27,6 +27,12 @@ type DeliveryRow = (
     Option<i64>,
 );
 
+/// Deliveries due (`?1` now, `?2` limit), longest overdue first; served by
+/// the partial index `webhook_deliveries_pending` (the literal `'pending'`
+/// lets SQLite use it, and ordering by the index's own order keeps it there).
+pub(super) const DELIVERIES_DUE: &str =
+    "WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at, seq LIMIT ?2";
+
 fn read_delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
     Ok((
         r.get(0)?,
@@ -142,14 +148,8 @@ impl WebStore for SqliteStore {
         limit: u32,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         let now = to_i64(now_unix_s)?;
-        self.run(move |conn| {
-            query_deliveries(
-                conn,
-                "WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY seq LIMIT ?2",
-                params![now, limit],
-            )
-        })
-        .await
+        self.run(move |conn| query_deliveries(conn, DELIVERIES_DUE, params![now, limit]))
+            .await
     }
 
     async fn record_attempt(&self, a: AttemptResult) -> Result<(), StoreError> {
