@@ -13,8 +13,8 @@ use crate::hub::{HubEvent, Subscription, Topic};
 use crate::random;
 use crate::state::AppState;
 use crate::store::{
-    DeviceRecord, Finalized, InsertOutcome, SignedConfirmation, StoreError, TerminalRecord,
-    TransactionRecord,
+    AccountRecord, BuildTransaction, CreateOutcome, CreationFacts, CreationKeys, DeviceRecord,
+    Finalized, SignedConfirmation, StoreError, TerminalRecord, TransactionRecord,
 };
 use crate::verify::{self, Submission, Verdict};
 
@@ -63,9 +63,111 @@ pub struct Creation {
     pub ends: Option<Subscription>,
 }
 
+/// A transaction about to be created: the request and everything chosen for
+/// it before the store is asked (id, challenge, times).
+struct Draft {
+    terminal_id: String,
+    idempotency_key: String,
+    request_hash: [u8; 32],
+    body: CreateTransaction,
+    origin: String,
+    id: TransactionId,
+    challenge: Challenge,
+    now: u64,
+    expires: u64,
+}
+
+/// An account a payment may name: one that exists and is not a system account.
+fn customer<'a>(
+    account: Option<&'a AccountRecord>,
+    id: &keybridge_proto::AccountId,
+) -> Result<&'a AccountRecord, ApiError> {
+    match account {
+        Some(a) if !a.system => Ok(a),
+        _ => Err(ApiError::UnknownAccount(id.to_string())),
+    }
+}
+
+impl Draft {
+    /// The rules for a new transaction, on the facts the store read. Pure, so
+    /// the store can run it inside its write and the refusal's error can be
+    /// found again outside from the same facts.
+    fn build(&self, facts: &CreationFacts) -> Result<TransactionRecord, ApiError> {
+        let body = &self.body;
+        if body.amount_minor == 0 || i64::try_from(body.amount_minor).is_err() {
+            return Err(ApiError::invalid(
+                "amount_minor must be 1 to 9223372036854775807",
+            ));
+        }
+        if body.payer == body.payee {
+            return Err(ApiError::invalid("payer and payee must differ"));
+        }
+        check_text(
+            "order_id",
+            &body.order_id,
+            1,
+            ConfirmationPayload::ORDER_ID_LEN_MAX,
+        )?;
+        check_text(
+            "description",
+            &body.description,
+            0,
+            ConfirmationPayload::DESCRIPTION_LEN_MAX,
+        )?;
+        let payer = customer(facts.payer.as_ref(), &body.payer)?;
+        let payee = customer(facts.payee.as_ref(), &body.payee)?;
+        if payer.currency != body.currency || payee.currency != body.currency {
+            return Err(ApiError::CurrencyMismatch);
+        }
+        if facts.payer_active_devices == 0 {
+            return Err(ApiError::NoDevice);
+        }
+        let payload = ConfirmationPayload {
+            origin: self.origin.clone(),
+            transaction_id: self.id,
+            challenge: self.challenge,
+            payer: payer.id.clone(),
+            payee: payee.id.clone(),
+            payee_name: payee.display_name.clone(),
+            amount: Money::new(body.amount_minor, body.currency),
+            order_id: body.order_id.clone(),
+            description: body.description.clone(),
+            created_at_unix_s: self.now,
+            expires_at_unix_s: self.expires,
+        };
+        let encoded = payload.encode().map_err(|e| {
+            ApiError::invalid(format!("cannot build the confirmation payload: {e}"))
+        })?;
+        Ok(TransactionRecord {
+            id: self.id,
+            terminal_id: self.terminal_id.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            request_hash: self.request_hash,
+            payer: payer.id.clone(),
+            payee: payee.id.clone(),
+            payee_name: payee.display_name.clone(),
+            amount_minor: body.amount_minor,
+            currency: body.currency,
+            order_id: body.order_id.clone(),
+            description: body.description.clone(),
+            payload: encoded,
+            status: TransactionStatus::Pending,
+            reason: None,
+            created_at_unix_s: self.now,
+            expires_at_unix_s: self.expires,
+            updated_at_unix_s: self.now,
+        })
+    }
+}
+
 /// Validates, builds the confirmation payload, stores the transaction
 /// `pending` and tells the payer's relays. With `follow`, also subscribes to
 /// the new transaction's end (for a terminal that waits in the same request).
+///
+/// One trip to the store: the replay lookup, the facts the rules need and the
+/// insert are one write ([`crate::store::Store::create_transaction`]). A
+/// replay is answered before any rule is applied, so a retry after the
+/// payer's device was disabled still finds its transaction.
 pub async fn create_transaction(
     state: &AppState,
     terminal: &TerminalRecord,
@@ -78,97 +180,36 @@ pub async fn create_transaction(
         ends: None,
     };
     let hash = request_hash(&body)?;
-    // A replay is answered from the store before any validation, so a retry
-    // after the payer's device was disabled still finds its transaction.
-    let facts = state
-        .store
-        .creation_facts(&terminal.id, idempotency_key, &body.payer, &body.payee)
-        .await?;
-    if let Some(existing) = facts.existing {
-        return replay(existing, hash).map(replayed);
-    }
-
-    if body.amount_minor == 0 || i64::try_from(body.amount_minor).is_err() {
-        return Err(ApiError::invalid(
-            "amount_minor must be 1 to 9223372036854775807",
-        ));
-    }
-    if body.payer == body.payee {
-        return Err(ApiError::invalid("payer and payee must differ"));
-    }
-    check_text(
-        "order_id",
-        &body.order_id,
-        1,
-        ConfirmationPayload::ORDER_ID_LEN_MAX,
-    )?;
-    check_text(
-        "description",
-        &body.description,
-        0,
-        ConfirmationPayload::DESCRIPTION_LEN_MAX,
-    )?;
-    let customer = |a: Option<crate::store::AccountRecord>, id: &keybridge_proto::AccountId| match a
-    {
-        Some(a) if !a.system => Ok(a),
-        _ => Err(ApiError::UnknownAccount(id.to_string())),
-    };
-    let payer = customer(facts.payer, &body.payer)?;
-    let payee = customer(facts.payee, &body.payee)?;
-    if payer.currency != body.currency || payee.currency != body.currency {
-        return Err(ApiError::CurrencyMismatch);
-    }
-    if facts.payer_active_devices == 0 {
-        return Err(ApiError::NoDevice);
-    }
-
     let now = state.now_unix_s();
-    let expires = now
-        .checked_add(state.confirmation_ttl_s)
-        .ok_or(ApiError::Internal)?;
     let rng = |e: random::RandomError| {
         tracing::error!(error = %e, "CSPRNG failed");
         ApiError::Internal
     };
-    let id = TransactionId(random::bytes::<16>().map_err(rng)?);
-    let ends = follow.then(|| state.hub.subscribe(Topic::Transaction(id)));
-    let payload = ConfirmationPayload {
-        origin: state.origin.clone(),
-        transaction_id: id,
-        challenge: Challenge(random::bytes::<32>().map_err(rng)?),
-        payer: payer.id.clone(),
-        payee: payee.id.clone(),
-        payee_name: payee.display_name.clone(),
-        amount: Money::new(body.amount_minor, body.currency),
-        order_id: body.order_id.clone(),
-        description: body.description.clone(),
-        created_at_unix_s: now,
-        expires_at_unix_s: expires,
-    };
-    let encoded = payload
-        .encode()
-        .map_err(|e| ApiError::invalid(format!("cannot build the confirmation payload: {e}")))?;
-    let record = TransactionRecord {
-        id,
+    let draft = Arc::new(Draft {
         terminal_id: terminal.id.clone(),
         idempotency_key: idempotency_key.to_owned(),
         request_hash: hash,
-        payer: payer.id,
-        payee: payee.id,
-        payee_name: payee.display_name,
-        amount_minor: body.amount_minor,
-        currency: body.currency,
-        order_id: body.order_id,
-        description: body.description,
-        payload: encoded,
-        status: TransactionStatus::Pending,
-        reason: None,
-        created_at_unix_s: now,
-        expires_at_unix_s: expires,
-        updated_at_unix_s: now,
+        origin: state.origin.clone(),
+        id: TransactionId(random::bytes::<16>().map_err(rng)?),
+        challenge: Challenge(random::bytes::<32>().map_err(rng)?),
+        now,
+        expires: now
+            .checked_add(state.confirmation_ttl_s)
+            .ok_or(ApiError::Internal)?,
+        body,
+    });
+    // Subscribed before the transaction exists, so its end cannot be missed.
+    let ends = follow.then(|| state.hub.subscribe(Topic::Transaction(draft.id)));
+    let keys = CreationKeys {
+        terminal_id: terminal.id.clone(),
+        idempotency_key: idempotency_key.to_owned(),
+        payer: draft.body.payer.clone(),
+        payee: draft.body.payee.clone(),
     };
-    match state.store.insert_transaction(record).await? {
-        InsertOutcome::Created(stored) => {
+    let inside = Arc::clone(&draft);
+    let build: BuildTransaction = Box::new(move |facts| inside.build(facts).ok());
+    match state.store.create_transaction(keys, build).await? {
+        CreateOutcome::Created(stored) => {
             tracing::info!(transaction = %stored.id, status = "pending", terminal = %terminal.id, "transaction created");
             let view = stored.view();
             state.metrics.submitted(stored.id);
@@ -181,8 +222,16 @@ pub async fn create_transaction(
                 ends,
             })
         }
-        // Lost the race to a concurrent request with the same key.
-        InsertOutcome::Existing(existing) => replay(existing, hash).map(replayed),
+        CreateOutcome::Existing(existing) => replay(existing, hash).map(replayed),
+        // The same rules on the same facts give the same refusal, now with
+        // its reason.
+        CreateOutcome::Refused(facts) => match draft.build(&facts) {
+            Err(refused) => Err(refused),
+            Ok(_) => {
+                tracing::error!("the store refused a transaction its rules accept");
+                Err(ApiError::Internal)
+            }
+        },
     }
 }
 

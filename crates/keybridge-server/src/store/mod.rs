@@ -46,16 +46,40 @@ pub enum StoreError {
     Backend(String),
 }
 
-/// What creating a transaction needs to read, read together by
-/// [`Store::creation_facts`]: one trip to the store instead of four.
+/// What [`Store::create_transaction`] reads by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreationKeys {
+    pub terminal_id: String,
+    pub idempotency_key: String,
+    pub payer: AccountId,
+    pub payee: AccountId,
+}
+
+/// What deciding on a new transaction needs to know, read by
+/// [`Store::create_transaction`] in the same database transaction as the insert.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreationFacts {
-    /// The transaction this terminal already created with this key.
-    pub existing: Option<TransactionRecord>,
     pub payer: Option<AccountRecord>,
     pub payee: Option<AccountRecord>,
     /// The payer's active, unrevoked devices (as [`Store::count_active_devices`]).
     pub payer_active_devices: u64,
+}
+
+/// Builds the new transaction from the facts, or `None` to refuse it (the
+/// caller learns why from the facts it gets back). Runs inside the store's
+/// write, so it must be quick and must not block.
+pub type BuildTransaction = Box<dyn FnOnce(&CreationFacts) -> Option<TransactionRecord> + Send>;
+
+/// Result of [`Store::create_transaction`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// Stored `pending`, exactly as built.
+    Created(TransactionRecord),
+    /// This terminal already created a transaction with this key (the caller
+    /// compares the request hash): nothing was built.
+    Existing(TransactionRecord),
+    /// `build` refused; nothing was stored.
+    Refused(CreationFacts),
 }
 
 /// Result of [`Store::insert_transaction`]: the unique index on
@@ -144,15 +168,15 @@ pub trait Store: WebStore + Send + Sync + std::fmt::Debug {
     ) -> Result<Option<DeviceRecord>, StoreError>;
 
     // Transactions.
-    /// The idempotency lookup, both accounts and the payer's device count,
-    /// from one snapshot.
-    async fn creation_facts(
+    /// In one database transaction: answers a replay of `(terminal,
+    /// idempotency key)` with the existing transaction; otherwise reads both
+    /// accounts and the payer's device count, lets `build` decide, and inserts
+    /// what it built (with its audit row) as [`Store::insert_transaction`].
+    async fn create_transaction(
         &self,
-        terminal_id: &str,
-        idempotency_key: &str,
-        payer: &AccountId,
-        payee: &AccountId,
-    ) -> Result<CreationFacts, StoreError>;
+        keys: CreationKeys,
+        build: BuildTransaction,
+    ) -> Result<CreateOutcome, StoreError>;
     async fn transaction_by_idempotency_key(
         &self,
         terminal_id: &str,

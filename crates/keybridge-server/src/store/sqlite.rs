@@ -16,9 +16,10 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 
 use super::audit;
 use super::{
-    AccountRecord, AuditRecord, CreationFacts, DeviceRecord, DeviceStatus, Finalized,
-    InsertOutcome, NewAccount, NewDevice, NewTerminal, OcraRecord, SignedConfirmation, Store,
-    StoreError, TerminalRecord, TransactionRecord, TransferKind, TransferRecord,
+    AccountRecord, AuditRecord, BuildTransaction, CreateOutcome, CreationFacts, CreationKeys,
+    DeviceRecord, DeviceStatus, Finalized, InsertOutcome, NewAccount, NewDevice, NewTerminal,
+    OcraRecord, SignedConfirmation, Store, StoreError, TerminalRecord, TransactionRecord,
+    TransferKind, TransferRecord,
 };
 use crate::payment::{self, PaymentDecision, PaymentFacts};
 
@@ -449,6 +450,73 @@ fn query_accounts(
         ))
     };
     select(conn, &sql, params, read, decode_account)
+}
+
+/// Inserts a new `pending` transaction and its audit row; the unique index on
+/// `(terminal_id, idempotency_key)` decides a race between two requests.
+fn insert_tx(tx: &Transaction<'_>, t: TransactionRecord) -> Result<InsertOutcome, StoreError> {
+    let inserted = exec(
+        tx,
+        &format!(
+            "INSERT INTO transactions ({TX_COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+        ),
+        params![
+            t.id.to_hex(),
+            t.terminal_id,
+            t.idempotency_key,
+            t.request_hash.as_slice(),
+            t.payer.as_str(),
+            t.payee.as_str(),
+            t.payee_name,
+            to_i64(t.amount_minor)?,
+            t.currency.code(),
+            t.order_id,
+            t.description,
+            t.payload,
+            t.status.as_str(),
+            t.reason.map(|r| r.as_str()),
+            to_i64(t.created_at_unix_s)?,
+            to_i64(t.expires_at_unix_s)?,
+            to_i64(t.updated_at_unix_s)?
+        ],
+    );
+    match inserted {
+        Ok(_) => {}
+        Err(e) if is_unique_violation(&e) => {
+            // The unique index on (terminal_id, idempotency_key) decides
+            // the race. The failed statement changed nothing, so this
+            // write's savepoint is released empty.
+            let existing = query_txs(
+                tx,
+                "WHERE terminal_id = ?1 AND idempotency_key = ?2",
+                params![t.terminal_id, t.idempotency_key],
+            )?
+            .into_iter()
+            .next()
+            .ok_or(StoreError::AlreadyExists)?;
+            return Ok(InsertOutcome::Existing(existing));
+        }
+        Err(e) => return Err(backend(e)),
+    }
+    append_audit(
+        tx,
+        t.created_at_unix_s,
+        Some(&t.id),
+        "transaction_created",
+        &serde_json::json!({
+            "terminal": t.terminal_id,
+            "payer": t.payer.as_str(),
+            "payee": t.payee.as_str(),
+            "amount_minor": t.amount_minor,
+            "currency": t.currency.code(),
+            "order_id": t.order_id,
+            "payload_sha256": hex::encode(keybridge_proto::ConfirmationPayload::digest(&t.payload)),
+        }),
+    )?;
+    // The row is exactly `t` (the store adds only `seq`, which records
+    // do not carry); reading it back would cost the writer a query.
+    Ok(InsertOutcome::Created(t))
 }
 
 fn get_account(conn: &Connection, id: &AccountId) -> Result<Option<AccountRecord>, StoreError> {
@@ -958,26 +1026,32 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn creation_facts(
+    async fn create_transaction(
         &self,
-        terminal_id: &str,
-        idempotency_key: &str,
-        payer: &AccountId,
-        payee: &AccountId,
-    ) -> Result<CreationFacts, StoreError> {
-        let (terminal_id, key) = (terminal_id.to_owned(), idempotency_key.to_owned());
-        let (payer, payee) = (payer.clone(), payee.clone());
-        self.run(move |conn| {
-            // One read transaction: the four answers come from one snapshot.
-            let tx = conn.unchecked_transaction().map_err(backend)?;
+        keys: CreationKeys,
+        build: BuildTransaction,
+    ) -> Result<CreateOutcome, StoreError> {
+        self.write(move |tx| {
+            // Read on the writer's connection, inside the write: its pages are
+            // warm (a reader's cache is dropped at every commit), there is no
+            // hop to a reader, and nothing can change between check and insert.
+            if let Some(existing) =
+                by_idempotency_key(tx, &keys.terminal_id, &keys.idempotency_key)?
+            {
+                return Ok(CreateOutcome::Existing(existing));
+            }
             let facts = CreationFacts {
-                existing: by_idempotency_key(&tx, &terminal_id, &key)?,
-                payer: get_account(&tx, &payer)?,
-                payee: get_account(&tx, &payee)?,
-                payer_active_devices: count_active_devices(&tx, &payer)?,
+                payer: get_account(tx, &keys.payer)?,
+                payee: get_account(tx, &keys.payee)?,
+                payer_active_devices: count_active_devices(tx, &keys.payer)?,
             };
-            tx.finish().map_err(backend)?;
-            Ok(facts)
+            match build(&facts) {
+                Some(record) => Ok(match insert_tx(tx, record)? {
+                    InsertOutcome::Created(record) => CreateOutcome::Created(record),
+                    InsertOutcome::Existing(record) => CreateOutcome::Existing(record),
+                }),
+                None => Ok(CreateOutcome::Refused(facts)),
+            }
         })
         .await
     }
@@ -993,70 +1067,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_transaction(&self, t: TransactionRecord) -> Result<InsertOutcome, StoreError> {
-        self.write(move |tx| {
-            let inserted = exec(tx,
-                &format!(
-                    "INSERT INTO transactions ({TX_COLUMNS})
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
-                ),
-                params![
-                    t.id.to_hex(),
-                    t.terminal_id,
-                    t.idempotency_key,
-                    t.request_hash.as_slice(),
-                    t.payer.as_str(),
-                    t.payee.as_str(),
-                    t.payee_name,
-                    to_i64(t.amount_minor)?,
-                    t.currency.code(),
-                    t.order_id,
-                    t.description,
-                    t.payload,
-                    t.status.as_str(),
-                    t.reason.map(|r| r.as_str()),
-                    to_i64(t.created_at_unix_s)?,
-                    to_i64(t.expires_at_unix_s)?,
-                    to_i64(t.updated_at_unix_s)?
-                ],
-            );
-            match inserted {
-                Ok(_) => {}
-                Err(e) if is_unique_violation(&e) => {
-                    // The unique index on (terminal_id, idempotency_key) decides
-                    // the race. The failed statement changed nothing, so this
-                    // write's savepoint is released empty.
-                    let existing = query_txs(
-                        tx,
-                        "WHERE terminal_id = ?1 AND idempotency_key = ?2",
-                        params![t.terminal_id, t.idempotency_key],
-                    )?
-                    .into_iter()
-                    .next()
-                    .ok_or(StoreError::AlreadyExists)?;
-                    return Ok(InsertOutcome::Existing(existing));
-                }
-                Err(e) => return Err(backend(e)),
-            }
-            append_audit(
-                tx,
-                t.created_at_unix_s,
-                Some(&t.id),
-                "transaction_created",
-                &serde_json::json!({
-                    "terminal": t.terminal_id,
-                    "payer": t.payer.as_str(),
-                    "payee": t.payee.as_str(),
-                    "amount_minor": t.amount_minor,
-                    "currency": t.currency.code(),
-                    "order_id": t.order_id,
-                    "payload_sha256": hex::encode(keybridge_proto::ConfirmationPayload::digest(&t.payload)),
-                }),
-            )?;
-            // The row is exactly `t` (the store adds only `seq`, which records
-            // do not carry); reading it back would cost the writer a query.
-            Ok(InsertOutcome::Created(t))
-        })
-        .await
+        self.write(move |tx| insert_tx(tx, t)).await
     }
 
     async fn get_transaction(

@@ -482,3 +482,63 @@ fn pending_queries_use_the_partial_indexes() {
         );
     }
 }
+
+fn keys(key: &str, payee: &str) -> CreationKeys {
+    CreationKeys {
+        terminal_id: "term_1".into(),
+        idempotency_key: key.into(),
+        payer: acct("alice"),
+        payee: acct(payee),
+    }
+}
+
+/// `create_transaction` reads the facts, lets the caller decide, and stores
+/// only what it built; a refusal stores nothing and hands the facts back; a
+/// replay returns the first transaction without asking `build` at all.
+#[tokio::test]
+async fn create_transaction_decides_on_facts_read_inside_the_write() {
+    let store = seeded().await;
+    let audit_rows = store.audit_log().await.unwrap().len();
+    let refused = store
+        .create_transaction(keys("k1", "nobody"), Box::new(|_| None))
+        .await
+        .unwrap();
+    let CreateOutcome::Refused(facts) = refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(facts.payer.as_ref().map(|a| a.balance_minor), Some(10_000));
+    assert_eq!(facts.payee, None);
+    assert_eq!(facts.payer_active_devices, 1);
+    assert!(store.list_transactions(10).await.unwrap().is_empty());
+
+    let built = store
+        .create_transaction(
+            keys("k1", "shop"),
+            Box::new(|facts| {
+                assert_eq!(facts.payee.as_ref().unwrap().display_name, "SHOP");
+                Some(pending(1, "k1", 100))
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(built, CreateOutcome::Created(pending(1, "k1", 100)));
+    assert_eq!(
+        store
+            .get_transaction(&TransactionId([1; 16]))
+            .await
+            .unwrap(),
+        Some(pending(1, "k1", 100))
+    );
+
+    let replayed = store
+        .create_transaction(
+            keys("k1", "shop"),
+            Box::new(|_| panic!("a replay must not build")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(replayed, CreateOutcome::Existing(pending(1, "k1", 100)));
+    assert_eq!(store.list_transactions(10).await.unwrap().len(), 1);
+    // Only the one created transaction was audited.
+    assert_eq!(store.audit_log().await.unwrap().len(), audit_rows + 1);
+}
