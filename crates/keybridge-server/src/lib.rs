@@ -40,6 +40,7 @@ pub mod hub;
 pub mod metrics;
 pub mod openapi;
 pub mod payment;
+mod pending_cache;
 pub mod pki;
 mod random;
 mod routes;

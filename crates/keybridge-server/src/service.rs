@@ -213,9 +213,11 @@ pub async fn create_transaction(
             tracing::info!(transaction = %stored.id, status = "pending", terminal = %terminal.id, "transaction created");
             let view = stored.view();
             state.metrics.submitted(stored.id);
+            let payload = Arc::from(stored.payload.as_slice());
+            state.pending.created(Arc::new(stored));
             state.hub.publish(HubEvent::Created {
                 view: view.clone(),
-                payload: Arc::from(stored.payload.as_slice()),
+                payload,
             });
             Ok(Creation {
                 created: Created::New(view),
@@ -243,11 +245,18 @@ pub async fn confirm(
     id: &TransactionId,
     confirmation: &Confirmation,
 ) -> Result<TransactionView, ApiError> {
-    let transaction = state
-        .store
-        .get_transaction(id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    // Remembered from its creation (see `pending_cache` for why that is safe),
+    // else read.
+    let transaction = match state.pending.get(id) {
+        Some(remembered) => remembered,
+        None => Arc::new(
+            state
+                .store
+                .get_transaction(id)
+                .await?
+                .ok_or(ApiError::NotFound)?,
+        ),
+    };
     // Another account's device learns nothing and changes nothing.
     if transaction.payer != device.account {
         return Err(ApiError::NotFound);
@@ -260,7 +269,7 @@ pub async fn confirm(
         &state.verifier,
         Submission {
             device,
-            transaction: &transaction,
+            transaction: &*transaction,
             confirmation,
             now_unix_s: now,
         },
@@ -294,7 +303,11 @@ pub async fn confirm(
             announce_end(state, &record);
             Ok(record.view())
         }
-        Finalized::NotPending(record) => Err(ended(record.status)),
+        Finalized::NotPending(record) => {
+            // Ended elsewhere (another instance): nothing to remember.
+            state.pending.ended(&record.id);
+            Err(ended(record.status))
+        }
         Finalized::NotFound => Err(ApiError::NotFound),
     }
 }
@@ -324,8 +337,10 @@ pub async fn sweep(state: &AppState) -> Result<usize, StoreError> {
     Ok(expired.len())
 }
 
-/// Logs a final status and tells relays and waiting terminals.
+/// Logs a final status, forgets the pending record, and tells relays and
+/// waiting terminals.
 fn announce_end(state: &AppState, record: &TransactionRecord) {
+    state.pending.ended(&record.id);
     tracing::info!(
         transaction = %record.id,
         status = record.status.as_str(),

@@ -8,6 +8,7 @@ use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::pending_cache::PendingCache;
 use crate::pki::TrustStore;
 use crate::secret::sha256;
 use crate::secretbox::{MasterKey, MASTER_KEY_ENV};
@@ -44,6 +45,8 @@ pub struct Shared {
     /// Only the hash is kept, so the token itself sits in no long-lived struct.
     pub(crate) admin_token_hash: [u8; 32],
     pub(crate) terminals: TerminalCache,
+    /// Pending transactions created here, for judging their confirmations.
+    pub(crate) pending: PendingCache,
 }
 
 impl std::ops::Deref for AppState {
@@ -117,6 +120,7 @@ impl AppState {
             body_limit_bytes: config.body_limit_bytes,
             admin_token_hash: sha256(&config.admin_token),
             terminals: TerminalCache::default(),
+            pending: PendingCache::default(),
         })))
     }
 

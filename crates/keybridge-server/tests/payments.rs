@@ -445,6 +445,43 @@ async fn concurrent_confirmations_settle_at_most_once() {
     h.assert_ledger_balanced().await;
 }
 
+/// A transaction ended behind this server's back (as another instance on the
+/// same database would end it) is still refused here, although this server
+/// remembers it as pending: the payment unit decides on the stored row.
+#[tokio::test]
+async fn a_transaction_ended_elsewhere_is_not_paid_from_memory() {
+    let (h, terminal, card) = Harness::standard().await;
+    let tx = h.pay(&terminal, 100).await;
+    let payload = h.payload(&tx.id).await;
+    let ended = h
+        .server()
+        .store()
+        .finalize(
+            &tx.id,
+            TransactionStatus::Rejected,
+            Reason::Declined,
+            keybridge_server::Clock::now_unix_s(&*h.clock),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        ended,
+        keybridge_server::store::Finalized::Applied(_)
+    ));
+
+    let r = h
+        .confirm(&card.enrolled.credential, &tx.id, &card.sign(&payload))
+        .await;
+    let (status, body) = error_body(r).await;
+    assert_eq!(
+        (status, body.error.as_str()),
+        (StatusCode::CONFLICT, "not_pending")
+    );
+    assert_eq!(h.transfer_count(&tx.id).await, 0);
+    assert_eq!(h.balances().await["alice"], 1_000_000);
+    h.assert_ledger_balanced().await;
+}
+
 /// Long-poll returns as soon as the transaction settles.
 #[tokio::test]
 async fn a_long_poll_returns_on_settlement() {
