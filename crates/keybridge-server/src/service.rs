@@ -269,7 +269,7 @@ pub async fn confirm(
         &state.verifier,
         Submission {
             device,
-            transaction: &*transaction,
+            transaction: &transaction,
             confirmation,
             now_unix_s: now,
         },
