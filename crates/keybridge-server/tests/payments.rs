@@ -634,6 +634,54 @@ async fn an_answer_on_the_relay_socket_settles_once() {
     h.assert_ledger_balanced().await;
 }
 
+/// The relay's session judges answers with the device it read at connect. A
+/// revocation it was not told of (made in the store directly, as another
+/// server instance would) still stops the payment: the payment unit checks
+/// the stored device, so the transaction ends `certificate_revoked` and no
+/// money moves.
+#[tokio::test]
+async fn a_socket_answer_from_a_device_revoked_elsewhere_moves_nothing() {
+    let (h, terminal, card) = Harness::standard().await;
+    let tx = h.pay(&terminal, 250).await;
+    let mut relay = h.relay(&card.enrolled.credential).await;
+    let payload = request_payload(&relay.next().await, &tx.id);
+    let revoked = h
+        .server()
+        .store()
+        .revoke_device(
+            &card.enrolled.device_id,
+            keybridge_server::Clock::now_unix_s(&*h.clock),
+        )
+        .await
+        .unwrap();
+    assert!(revoked.is_some_and(|d| d.is_revoked()));
+    let answer = RelayAnswer::Confirmation {
+        transaction_id: tx.id,
+        confirmation: card.sign(&payload),
+    };
+    relay
+        .send_text(serde_json::to_string(&answer).unwrap())
+        .await;
+    let view = match relay.next().await {
+        RelayMessage::ConfirmationResult {
+            status: 200,
+            view: Some(view),
+            ..
+        } => view,
+        other => panic!("expected a 200 result, got {other:?}"),
+    };
+    assert_eq!(
+        (view.status, view.reason),
+        (
+            TransactionStatus::Rejected,
+            Some(Reason::CertificateRevoked)
+        )
+    );
+    assert_eq!(h.transfer_count(&tx.id).await, 0);
+    assert_eq!(h.balances().await["alice"], 1_000_000);
+    h.assert_ledger_balanced().await;
+}
+
 /// SSE: `status` with pending at once, then settled, then the stream ends.
 #[tokio::test]
 async fn server_sent_events_deliver_pending_then_settled() {

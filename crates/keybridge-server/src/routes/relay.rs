@@ -12,7 +12,9 @@ use axum::response::Response;
 use axum::Json;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use keybridge_proto::api::{b64, Confirmation, RelayAnswer, RelayMessage, TransactionView};
+use keybridge_proto::api::{
+    b64, Confirmation, RelayAnswer, RelayMessage, SignatureMethod, TransactionView,
+};
 use keybridge_proto::{AccountId, TransactionId};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -59,10 +61,19 @@ pub async fn connect(
         .on_upgrade(move |socket| session(state, device, socket)))
 }
 
-/// Judges a `RelayAnswer` from the socket exactly as `POST
-/// /v1/confirmations/{id}` would (the device read fresh, so a disabled device
-/// is refused at once) and says what that endpoint would have answered.
-/// `None` for a frame that is not an answer (logged, ignored).
+/// Judges a `RelayAnswer` from the socket as `POST /v1/confirmations/{id}`
+/// would, and says what that endpoint would have answered. `None` for a frame
+/// that is not an answer (logged, ignored).
+///
+/// `device` is the session's snapshot, read when the relay connected. For
+/// signatures that is enough: whether the device is still active and
+/// unrevoked, and whether its counter moved forward, is decided again by the
+/// payment unit on the stored row, atomically with the payment
+/// ([`crate::payment::decide`]); and disabling a device closes its session.
+/// What a snapshot changes is only the race with a disable: an answer judged
+/// in that instant ends its transaction `rejected/unknown_device` instead of
+/// being refused with 401. OCRA reads the device fresh, because its counter
+/// look-ahead starts from the stored counter.
 async fn answer(state: &AppState, device: &DeviceRecord, text: &str) -> Option<RelayMessage> {
     let RelayAnswer::Confirmation {
         transaction_id,
@@ -75,6 +86,9 @@ async fn answer(state: &AppState, device: &DeviceRecord, text: &str) -> Option<R
         }
     };
     let judged = async {
+        if device.method != SignatureMethod::Ocra {
+            return service::confirm(state, device, &transaction_id, &confirmation).await;
+        }
         let fresh = state
             .store
             .get_device(&device.id)
