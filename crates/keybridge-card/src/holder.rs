@@ -151,6 +151,21 @@ impl Holder for AutoApprove {
     }
 }
 
+/// Approves every payment and prints nothing: for load generation
+/// (`keybridge bench`), where thousands of screens a second would drown the
+/// bench's own output and cost the machine more than the card's signing does.
+/// The screen is still built (by the applet) from the payload it signs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QuietApprove;
+
+impl Holder for QuietApprove {
+    fn show(&mut self, _screen: &Screen) {}
+
+    fn confirm(&mut self, _screen: &Screen) -> bool {
+        true
+    }
+}
+
 /// Declines every payment (tests of the decline path).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AutoDecline;
@@ -206,6 +221,14 @@ mod tests {
             expires_at_unix_s: 1_700_000_120,
             now_unix_s,
         }
+    }
+
+    #[test]
+    fn the_automatic_holders_answer_without_asking() {
+        let shown = screen(1_700_000_000);
+        assert!(QuietApprove.confirm(&shown));
+        assert!(AutoApprove.confirm(&shown));
+        assert!(!AutoDecline.confirm(&shown));
     }
 
     /// The display shows every field the holder needs, with expiry relative to

@@ -62,7 +62,7 @@ pub use applet::{Applet, Context};
 pub use atr::ATR;
 pub use dispatch::Card;
 pub use error::CardError;
-pub use holder::{AutoApprove, AutoDecline, Holder, Prompt, Screen};
+pub use holder::{AutoApprove, AutoDecline, Holder, Prompt, QuietApprove, Screen};
 pub use piv::{PivApplet, PivFileStore, PivMemoryStore, PivState, PivStore};
 pub use shell::{run, run_with_link, CardOptions, DeviceLink, Policy, Profile};
 pub use state::{init_state, CardState, FileStore, MemoryStore, StateStore};

@@ -26,7 +26,7 @@ use crate::applet::Context;
 use crate::atr::ATR;
 use crate::dispatch::Card;
 use crate::error::CardError;
-use crate::holder::{AutoApprove, AutoDecline, Holder, Prompt, Screen};
+use crate::holder::{AutoApprove, AutoDecline, Holder, Prompt, QuietApprove, Screen};
 use crate::piv::{PivApplet, PivFileStore, PivState, PivStore};
 use crate::state::{init_state, CardState, FileStore};
 use crate::transaction::TransactionApplet;
@@ -42,6 +42,8 @@ pub enum Policy {
     Prompt,
     /// Approve everything (tests, demos).
     Approve,
+    /// Approve everything without printing the screen (load generation).
+    ApproveQuietly,
     /// Decline everything.
     Decline,
 }
@@ -51,6 +53,7 @@ impl Policy {
         match self {
             Policy::Prompt => Box::new(Prompt),
             Policy::Approve => Box::new(AutoApprove),
+            Policy::ApproveQuietly => Box::new(QuietApprove),
             Policy::Decline => Box::new(AutoDecline),
         }
     }
@@ -63,9 +66,10 @@ impl FromStr for Policy {
         match s {
             "prompt" => Ok(Policy::Prompt),
             "approve" => Ok(Policy::Approve),
+            "approve-quietly" => Ok(Policy::ApproveQuietly),
             "decline" => Ok(Policy::Decline),
             other => Err(format!(
-                "unknown policy {other:?} (expected prompt, approve or decline)"
+                "unknown policy {other:?} (expected prompt, approve, approve-quietly or decline)"
             )),
         }
     }
@@ -76,6 +80,7 @@ impl fmt::Display for Policy {
         f.write_str(match self {
             Policy::Prompt => "prompt",
             Policy::Approve => "approve",
+            Policy::ApproveQuietly => "approve-quietly",
             Policy::Decline => "decline",
         })
     }
@@ -462,4 +467,22 @@ fn now_unix_s() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_parse_from_what_they_print() {
+        for policy in [
+            Policy::Prompt,
+            Policy::Approve,
+            Policy::ApproveQuietly,
+            Policy::Decline,
+        ] {
+            assert_eq!(policy.to_string().parse::<Policy>(), Ok(policy));
+        }
+        assert!("yes".parse::<Policy>().is_err());
+    }
 }

@@ -7,7 +7,7 @@ use super::PIN;
 /// reached by a function call instead of a socket.
 pub struct DirectCard {
     card: keybridge_card::Card,
-    holder: keybridge_card::AutoApprove,
+    holder: keybridge_card::QuietApprove,
     rng: rand::rngs::OsRng,
 }
 
@@ -31,7 +31,7 @@ impl DirectCard {
         let applet = keybridge_card::TransactionApplet::new(state, store);
         Ok(DirectCard {
             card: keybridge_card::Card::new().with_applet(Box::new(applet)),
-            holder: keybridge_card::AutoApprove,
+            holder: keybridge_card::QuietApprove,
             rng: rand::rngs::OsRng,
         })
     }

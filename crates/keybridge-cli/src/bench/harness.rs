@@ -191,7 +191,7 @@ impl Harness {
         let options = move |reconnect: bool| keybridge_card::CardOptions {
             state_path: state_path.clone(),
             vpcd_addr: format!("127.0.0.1:{port}"),
-            policy: keybridge_card::Policy::Approve,
+            policy: keybridge_card::Policy::ApproveQuietly,
             init_pin: Some(PIN.to_owned()),
             reconnect,
             profile: keybridge_card::Profile::default(),
