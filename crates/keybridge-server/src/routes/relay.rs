@@ -180,7 +180,21 @@ async fn session(state: AppState, device: DeviceRecord, socket: WebSocket) {
                 // its card until it hears back, so answers come one at a time
                 // per device, and a relay that floods gets backpressure.
                 Some(Ok(Message::Text(text))) => match answer(&state, &device, &text).await {
-                    Some(result) => send(&mut sink, &result).await,
+                    Some(result) => {
+                        // A result that shows the end tells this relay how its
+                        // request ended: no `Cancelled` for it follows.
+                        if let RelayMessage::ConfirmationResult {
+                            transaction_id,
+                            view: Some(view),
+                            ..
+                        } = &result
+                        {
+                            if view.status.is_final() {
+                                sent.remove(transaction_id);
+                            }
+                        }
+                        send(&mut sink, &result).await
+                    }
                     None => Ok(()),
                 },
                 // Pongs are handled by the library; other messages are ignored.
@@ -198,9 +212,14 @@ async fn session(state: AppState, device: DeviceRecord, socket: WebSocket) {
                         Ok(())
                     }
                 }
+                // Only for requests this relay was sent and has not had a
+                // result for.
                 Ok(HubEvent::Ended { view }) if view.payer == account => {
-                    sent.remove(&view.id);
-                    send(&mut sink, &RelayMessage::Cancelled { transaction_id: view.id }).await
+                    if sent.remove(&view.id) {
+                        send(&mut sink, &RelayMessage::Cancelled { transaction_id: view.id }).await
+                    } else {
+                        Ok(())
+                    }
                 }
                 Ok(HubEvent::DeviceDisabled { device_id, .. }) if device_id == device.id => {
                     tracing::info!(device = %device.id, "closing relay of disabled device");
