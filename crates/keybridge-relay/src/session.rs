@@ -325,8 +325,9 @@ async fn read_session(ctx: &Arc<Context>, incoming: &mut Incoming) -> Result<(),
 /// Sends the device's answer on the session's WebSocket and waits for the
 /// server's result; posts it over HTTP if there is no socket, or the socket
 /// closed or stayed silent. A result lost after the server judged the answer
-/// makes the HTTP post see the transaction already ended (`not_pending`),
-/// never a second payment.
+/// never makes a second payment: the server answers the post of the answer
+/// it already applied with the stored outcome (any other answer to an ended
+/// transaction gets `not_pending`).
 async fn submit(
     ctx: &Arc<Context>,
     id: TransactionId,

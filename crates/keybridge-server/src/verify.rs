@@ -226,6 +226,58 @@ fn verify_signature(v: &Verifier, s: Submission<'_>, counter: u32, signature_b64
     }
 }
 
+/// Whether `confirmation` is the signed answer the payment unit already
+/// applied to the ended `transaction`: a transaction-applet signature from
+/// `device` over this payload with the counter the device consumed last.
+///
+/// A relay whose result was lost (its socket died after the server judged
+/// the answer) posts the same answer again; it should hear the outcome, not
+/// `not_pending`. The card raises its counter before every signature, so a
+/// valid signature over this payload with the consumed counter can only be
+/// the one that was applied. Nothing is written: the caller only answers
+/// with the stored outcome.
+pub fn is_applied_answer(
+    v: &Verifier,
+    device: &DeviceRecord,
+    transaction: &TransactionRecord,
+    confirmation: &Confirmation,
+    now_unix_s: u64,
+) -> bool {
+    let Confirmation::Signed { counter, signature } = confirmation else {
+        return false;
+    };
+    let consumed = matches!(
+        transaction.status,
+        TransactionStatus::Settled | TransactionStatus::Failed
+    );
+    if !consumed
+        || device.method != SignatureMethod::TransactionApplet
+        || device.account != transaction.payer
+        || *counter != device.last_counter
+    {
+        return false;
+    }
+    let Ok(now) = i64::try_from(now_unix_s) else {
+        return false;
+    };
+    let Ok(path) = v
+        .cache
+        .get_or_validate(&v.trust, &device.id, &device.certificate, now)
+    else {
+        return false;
+    };
+    let signature = (signature.len() <= SIGNATURE_B64_LEN_MAX)
+        .then(|| b64::decode(signature))
+        .flatten();
+    match signature {
+        Some(sig) if path.key.bytes() == device.public_key.as_slice() => path.key.verify(
+            &signed_message_for(device.method, &transaction.payload, *counter),
+            &sig,
+        ),
+        _ => false,
+    }
+}
+
 /// OCRA: recompute over the stored payload's question for the candidate
 /// counters and time steps; the accepted (C, else T) must be fresh.
 fn verify_ocra(

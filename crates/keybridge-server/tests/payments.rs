@@ -66,6 +66,46 @@ async fn a_signed_confirmation_settles_and_moves_exactly_the_amount() {
     relay.close().await;
 }
 
+/// A relay whose result was lost posts its answer again: the very answer
+/// that settled the transaction hears the settled outcome (200), once more,
+/// and nothing moves twice. Any other answer after the end, even a valid new
+/// signature from the same card, is still 409 `not_pending`.
+#[tokio::test]
+async fn the_answer_that_settled_hears_the_outcome_again() {
+    let (h, terminal, card) = Harness::standard().await;
+    let tx = h.pay(&terminal, 700).await;
+    let payload = h.payload(&tx.id).await;
+    let answer = card.sign(&payload);
+    let settled = h.confirm_ok(&card, &tx.id, &answer).await;
+    assert_eq!(settled.status, TransactionStatus::Settled);
+
+    let again = h.confirm_ok(&card, &tx.id, &answer).await;
+    assert_eq!(again, settled);
+    assert_eq!(h.transfer_count(&tx.id).await, 1);
+    assert_eq!(h.balances().await["alice"], 1_000_000 - 700);
+
+    let Confirmation::Signed { counter, .. } = &answer else {
+        panic!("{answer:?}")
+    };
+    let forged = Confirmation::Signed {
+        counter: *counter,
+        signature: match card.sign(b"another payload") {
+            Confirmation::Signed { signature, .. } => signature,
+            other => panic!("{other:?}"),
+        },
+    };
+    for other in [card.sign(&payload), forged] {
+        let r = h.confirm(&card.enrolled.credential, &tx.id, &other).await;
+        let (status, body) = error_body(r).await;
+        assert_eq!(
+            (status, body.error.as_str()),
+            (StatusCode::CONFLICT, "not_pending")
+        );
+    }
+    assert_eq!(h.transfer_count(&tx.id).await, 1);
+    h.assert_ledger_balanced().await;
+}
+
 /// A relay that connects late is sent what is already pending.
 #[tokio::test]
 async fn a_relay_receives_pending_requests_on_connect() {
