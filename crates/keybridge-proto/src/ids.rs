@@ -15,7 +15,8 @@ pub enum IdError {
     Transaction,
 }
 
-/// A transaction id: 128 random bits, shown as 32 lower-case hex digits.
+/// A transaction id: 128 bits (the server's are a millisecond time prefix and
+/// 80 random bits), shown as 32 lower-case hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TransactionId(pub [u8; 16]);
 
