@@ -361,6 +361,7 @@ pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
         quiet: false,
         ca_cert_pem: read_ca_cert(args.ca_cert.as_deref())?,
         applet: args.applet.map(AppletArg::method),
+        answer_wait: keybridge_relay::SOCKET_ANSWER_WAIT,
     };
     keybridge_relay::run(options).await?;
     Ok(())

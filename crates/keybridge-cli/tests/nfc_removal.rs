@@ -184,6 +184,7 @@ async fn enrol_and_start_relay(w: &World) {
         tamper: None,
         card_wait: Duration::from_secs(15),
         applet: None,
+        answer_wait: keybridge_relay::SOCKET_ANSWER_WAIT,
         ca_cert_pem: None,
         quiet: false,
     };

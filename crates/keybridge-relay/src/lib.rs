@@ -35,4 +35,6 @@ pub mod session;
 pub use driver::{DriverError, SignOutcome};
 pub use enroll::{enroll, enroll_ocra, enroll_with, DeviceCredential, PivEnrollment};
 pub use link::{CardLink, CardLinkSpec};
-pub use session::{run, run_with_link, Decision, RelayError, RelayOptions, Tamper};
+pub use session::{
+    run, run_with_link, Decision, RelayError, RelayOptions, Tamper, SOCKET_ANSWER_WAIT,
+};

@@ -102,6 +102,9 @@ pub struct RelayOptions {
     pub ca_cert_pem: Option<Vec<u8>>,
     /// Which applet to drive; `None`: the one the credential was enrolled with.
     pub applet: Option<SignatureMethod>,
+    /// How long an answer sent on the WebSocket waits for the server's result
+    /// before it is posted over HTTP instead ([`SOCKET_ANSWER_WAIT`]).
+    pub answer_wait: Duration,
 }
 
 impl RelayOptions {
@@ -117,9 +120,11 @@ const TIME_LEFT_EVERY_S: u64 = 5;
 /// Bounded retries when the card goes away mid-conversation.
 const CARD_ATTEMPTS_MAX: u32 = 3;
 
-/// How long an answer sent on the WebSocket waits for the server's result
-/// before the relay posts it over HTTP instead.
-const SOCKET_ANSWER_WAIT_S: u64 = 30;
+/// How long an answer sent on the WebSocket waits, by default, for the
+/// server's result before the relay posts it over HTTP instead: a socket that
+/// stays open but carries nothing back (a stuck proxy) must not keep the
+/// payment from being judged while the confirmation window is still open.
+pub const SOCKET_ANSWER_WAIT: Duration = Duration::from_secs(30);
 
 struct Context {
     options: RelayOptions,
@@ -346,7 +351,7 @@ async fn submit(
         })
         .map_err(|e| RelayError::Protocol(e.to_string()))?;
         if outbox.send(frame).is_ok() {
-            let wait = Duration::from_secs(SOCKET_ANSWER_WAIT_S);
+            let wait = ctx.options.answer_wait;
             if let Ok(Ok(RelayMessage::ConfirmationResult {
                 status,
                 view,

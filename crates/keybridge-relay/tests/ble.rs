@@ -146,6 +146,7 @@ fn start_relay(
         tamper: None,
         card_wait: Duration::from_secs(10),
         applet: None,
+        answer_wait: keybridge_relay::SOCKET_ANSWER_WAIT,
         ca_cert_pem: None,
         quiet: false,
     };

@@ -101,6 +101,16 @@ fn start_relay(w: &World, pin: &str) {
 
 /// [`start_relay`] with another credential (another server URL, say).
 fn start_relay_as(w: &World, credential: keybridge_relay::DeviceCredential, pin: &str) {
+    start_relay_waiting(w, credential, pin, keybridge_relay::SOCKET_ANSWER_WAIT);
+}
+
+/// [`start_relay_as`] with another wait for an answer's result on the socket.
+fn start_relay_waiting(
+    w: &World,
+    credential: keybridge_relay::DeviceCredential,
+    pin: &str,
+    answer_wait: Duration,
+) {
     let options = RelayOptions {
         credential,
         card: w.card_link.clone(),
@@ -111,6 +121,7 @@ fn start_relay_as(w: &World, credential: keybridge_relay::DeviceCredential, pin:
         quiet: false,
         ca_cert_pem: None,
         applet: None,
+        answer_wait,
     };
     tokio::spawn(keybridge_relay::run(options));
 }
@@ -226,7 +237,20 @@ async fn concurrent_payments_on_one_card_all_settle() {
 /// is, except the relay's WebSocket: that one it cuts when the relay first
 /// sends on it (its answer), without passing the answer on. Returns the
 /// proxy's URL and how many sockets it cut.
-async fn cutting_proxy(server: std::net::SocketAddr) -> (String, Arc<AtomicUsize>) {
+/// What [`cutting_proxy`] does to a relay socket once the relay sends on it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnAnswer {
+    /// Drops the frame and closes the socket.
+    Cut,
+    /// Drops the frame and everything after it, but keeps the socket open
+    /// and the server's frames (pings) flowing: a socket gone silent.
+    Swallow,
+}
+
+async fn cutting_proxy(
+    server: std::net::SocketAddr,
+    on_answer: OnAnswer,
+) -> (String, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let cuts = Arc::new(AtomicUsize::new(0));
@@ -263,6 +287,9 @@ async fn cutting_proxy(server: std::net::SocketAddr) -> (String, Arc<AtomicUsize
                     if from_client.read(&mut buf).await.unwrap_or(0) > 0 {
                         cuts.fetch_add(1, Ordering::SeqCst);
                     }
+                    if on_answer == OnAnswer::Swallow {
+                        while from_client.read(&mut buf).await.unwrap_or(0) > 0 {}
+                    }
                     down.abort();
                 } else {
                     let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
@@ -280,7 +307,7 @@ async fn cutting_proxy(server: std::net::SocketAddr) -> (String, Arc<AtomicUsize
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_whose_socket_dies_is_posted_instead() {
     let w = world().await;
-    let (proxy, cuts) = cutting_proxy(w._server.addr).await;
+    let (proxy, cuts) = cutting_proxy(w._server.addr, OnAnswer::Cut).await;
     let mut credential = w.credential.clone();
     credential.server = proxy;
     start_relay_as(&w, credential, PIN);
@@ -290,6 +317,30 @@ async fn an_answer_whose_socket_dies_is_posted_instead() {
     assert_eq!(out.last.status, TransactionStatus::Settled);
     assert!(
         cuts.load(Ordering::SeqCst) >= 1,
+        "the answer never went on the socket"
+    );
+    let devices = w.admin.devices().await.unwrap();
+    assert_eq!(devices[0].last_counter, 1, "one signature");
+    assert_eq!(balance(&w, "alice").await, 100_000 - 250);
+    assert_eq!(balance(&w, "shop").await, 250);
+}
+
+/// A socket that stays open but carries the answer nowhere (a stuck proxy):
+/// after the relay's wait for the result runs out, it posts the answer over
+/// HTTP, and the payment settles once with the card's one signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_on_a_silent_socket_is_posted_after_the_wait() {
+    let w = world().await;
+    let (proxy, swallowed) = cutting_proxy(w._server.addr, OnAnswer::Swallow).await;
+    let mut credential = w.credential.clone();
+    credential.server = proxy;
+    start_relay_waiting(&w, credential, PIN, Duration::from_secs(1));
+    let out = pay(&w.terminal, &request("S-1", "s-1"), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(out.last.status, TransactionStatus::Settled);
+    assert!(
+        swallowed.load(Ordering::SeqCst) >= 1,
         "the answer never went on the socket"
     );
     let devices = w.admin.devices().await.unwrap();

@@ -236,6 +236,7 @@ impl Harness {
             quiet: true,
             ca_cert_pem: None,
             applet: None,
+            answer_wait: keybridge_relay::SOCKET_ANSWER_WAIT,
         };
         match transport {
             BenchTransport::Direct | BenchTransport::DirectMemory => {
