@@ -124,11 +124,15 @@ fn pays_over_vpcd_and_keeps_counting_after_a_restart() {
 #[test]
 fn no_reader_without_reconnect_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port bound but not listening: connecting is refused, and no other
+    // test can be given it while this socket lives. (A listener bound and
+    // dropped freed its port for the next test's reader, which this card
+    // then reached: seen once in CI, breaking both tests.)
+    let closed = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    closed
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = closed.local_addr().unwrap().as_socket().unwrap().port();
     let options = CardOptions {
         init_pin: Some(PIN.into()),
         reconnect: false,
