@@ -16,7 +16,6 @@
 //! PIV applet (slot 9C) instead of the transaction applet.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
@@ -195,7 +194,7 @@ fn forward(log: &Log, role: &str, stream: Option<impl std::io::Read + Send + 'st
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(keybridge_transport::port::listen_port()?)
 }
 
 fn wait_for_file(path: &Path, wait: Duration) -> anyhow::Result<String> {

@@ -10,7 +10,6 @@
 //! With `CI=true` their absence fails the test; elsewhere it is reported and
 //! the test returns.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -36,11 +35,7 @@ fn tool(var: &str, default: &str) -> Option<PathBuf> {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    keybridge_transport::port::listen_port().unwrap()
 }
 
 fn screenshot_dir() -> PathBuf {

@@ -34,11 +34,7 @@ struct World {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    keybridge_transport::port::listen_port().unwrap()
 }
 
 /// A server (confirmation TTL `ttl_s`) with alice (CNY 100.00) and shop, a

@@ -27,11 +27,7 @@ struct World {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    keybridge_transport::port::listen_port().unwrap()
 }
 
 /// A server with alice (CNY 100.00) and shop, a terminal, and a card enrolled

@@ -32,6 +32,7 @@ pub mod channel;
 pub mod contactless;
 pub mod pcsc;
 pub mod pcscd;
+pub mod port;
 pub mod secure;
 pub mod vpcd;
 

@@ -171,13 +171,9 @@ impl Harness {
             Cards::Serving(transport) => transport,
             Cards::Silent => BenchTransport::Direct,
         };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = keybridge_transport::port::listen_port()?;
         let spec = CardLinkSpec::VpcdListen(format!("127.0.0.1:{port}"));
-        let ble_port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let ble_port = keybridge_transport::port::listen_port()?;
         let state_path = self.temp.path().join(format!("card-{i}.json"));
         let enrol = Arc::new(Mutex::new(match transport {
             BenchTransport::Direct => CardLink::InProcess(InProcessCard(Box::new(
