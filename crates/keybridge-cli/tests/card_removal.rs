@@ -120,14 +120,13 @@ async fn world(ttl_s: u64) -> World {
     let t = admin.create_terminal("till").await.unwrap();
     let terminal = Client::new(&url, &t.api_key).unwrap();
     let state = dir.path().join("card.json");
-    // The enrolment reader listens from the start, on a port the kernel
-    // picked for it: choosing a "free" port first and binding it later left
-    // a window in which this test's own HTTP connections could take it.
-    let enrol = CardLink::open(&CardLinkSpec::VpcdListen("127.0.0.1:0".into())).unwrap();
-    let port = match &enrol {
-        CardLink::Vpcd(reader) => reader.local_addr().unwrap().port(),
-        _ => unreachable!("a vpcd spec opens a vpcd reader"),
-    };
+    // The relay listens again on this port after the enrolment reader is
+    // dropped. A port the kernel picked (bind to port 0) lies in the
+    // ephemeral range, where in that window any outgoing connection of this
+    // test could take it as its source port (seen in CI: the relay's reader
+    // never came up). `listen_port` picks below that range.
+    let port = keybridge_transport::port::listen_port().unwrap();
+    let enrol = CardLink::open(&CardLinkSpec::VpcdListen(format!("127.0.0.1:{port}"))).unwrap();
     World {
         enrol: std::sync::Mutex::new(Some(enrol)),
         _dir: dir,
