@@ -16,7 +16,7 @@ use keybridge_proto::api::{b64, Confirmation, Reason, SignatureMethod, Transacti
 use keybridge_proto::ocra::{self, Inputs, Suite};
 use keybridge_proto::signed_message;
 
-use crate::pki::{self, PathCache, RevocationSet, TrustStore};
+use crate::pki::{self, LeafKey, PathCache, RevocationSet, TrustStore};
 use crate::secretbox::{ocra_aad, MasterKey};
 use crate::store::{DeviceRecord, DeviceStatus, TransactionRecord};
 
@@ -200,15 +200,13 @@ fn verify_signature(v: &Verifier, s: Submission<'_>, counter: u32, signature_b64
     }
     // 5. The signature covers exactly the stored payload (and the counter,
     //    for the transaction applet).
-    let signature = match (signature_b64.len() <= SIGNATURE_B64_LEN_MAX)
-        .then(|| b64::decode(signature_b64))
-        .flatten()
-    {
-        Some(sig) => sig,
-        None => return Verdict::reject(Reason::BadSignature),
-    };
-    let message = signed_message_for(device.method, &transaction.payload, counter);
-    if !path.key.verify(&message, &signature) {
+    if !signs(
+        &path.key,
+        device.method,
+        &transaction.payload,
+        counter,
+        signature_b64,
+    ) {
         return Verdict::reject(Reason::BadSignature);
     }
     // 6. The counter moves forward (checked again, atomically, by the payment
@@ -266,16 +264,29 @@ pub fn is_applied_answer(
     else {
         return false;
     };
-    let signature = (signature.len() <= SIGNATURE_B64_LEN_MAX)
-        .then(|| b64::decode(signature))
+    path.key.bytes() == device.public_key.as_slice()
+        && signs(
+            &path.key,
+            device.method,
+            &transaction.payload,
+            *counter,
+            signature,
+        )
+}
+
+/// Whether `signature_b64` is `key`'s signature over what a device of
+/// `method` signs for `payload` and `counter`.
+fn signs(
+    key: &LeafKey,
+    method: SignatureMethod,
+    payload: &[u8],
+    counter: u32,
+    signature_b64: &str,
+) -> bool {
+    let signature = (signature_b64.len() <= SIGNATURE_B64_LEN_MAX)
+        .then(|| b64::decode(signature_b64))
         .flatten();
-    match signature {
-        Some(sig) if path.key.bytes() == device.public_key.as_slice() => path.key.verify(
-            &signed_message_for(device.method, &transaction.payload, *counter),
-            &sig,
-        ),
-        _ => false,
-    }
+    signature.is_some_and(|sig| key.verify(&signed_message_for(method, payload, counter), &sig))
 }
 
 /// OCRA: recompute over the stored payload's question for the candidate
