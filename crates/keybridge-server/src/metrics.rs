@@ -14,12 +14,10 @@
 //!   the store at each scrape.
 //! - `webhook_deliveries_total{result}`: webhook attempts by result.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use keybridge_proto::api::{Reason, TransactionStatus};
-use keybridge_proto::TransactionId;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const PAYMENTS: &str = "keybridge_payments_total";
@@ -33,10 +31,6 @@ pub const WEBHOOK_DELIVERIES: &str = "keybridge_webhook_deliveries_total";
 const LATENCY_BUCKETS_S: &[f64] = &[
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
-/// Bound on remembered start instants; past it latency is taken from the
-/// stored creation time (whole seconds) instead.
-const STARTED_LEN_MAX: usize = 100_000;
-
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 fn handle() -> &'static PrometheusHandle {
@@ -56,11 +50,10 @@ fn handle() -> &'static PrometheusHandle {
     })
 }
 
-/// Per-server metric state: when each pending transaction was submitted.
+/// The server's metrics. Per-transaction state (when each was submitted)
+/// lives in `pending_cache`, which holds each pending transaction anyway.
 #[derive(Debug, Default)]
-pub struct Metrics {
-    started: Mutex<HashMap<TransactionId, Instant>>,
-}
+pub struct Metrics(());
 
 impl Metrics {
     pub fn new() -> Metrics {
@@ -69,28 +62,19 @@ impl Metrics {
         Metrics::default()
     }
 
-    pub fn submitted(&self, id: TransactionId) {
-        if let Ok(mut started) = self.started.lock() {
-            if started.len() < STARTED_LEN_MAX {
-                started.insert(id, Instant::now());
-            }
-        }
-    }
-
-    /// A transaction ended; `fallback_s` is its age by the injected clock,
-    /// used when it was submitted before this process started.
+    /// A transaction ended. `submitted` is when this process stored it, if it
+    /// remembered; else `fallback_s`, its age by the injected clock, is used.
     pub fn ended(
         &self,
-        id: &TransactionId,
         status: TransactionStatus,
         reason: Option<Reason>,
+        submitted: Option<Instant>,
         fallback_s: u64,
     ) {
         let reason = reason.map(|r| r.as_str()).unwrap_or("none");
         metrics::counter!(PAYMENTS, "status" => status.as_str(), "reason" => reason).increment(1);
-        let started = self.started.lock().ok().and_then(|mut s| s.remove(id));
         if status == TransactionStatus::Settled {
-            let seconds = match started {
+            let seconds = match submitted {
                 Some(at) => at.elapsed().as_secs_f64(),
                 // u64 → f64 is exact below 2^53 s, far beyond any age.
                 None => fallback_s as f64,

@@ -10,11 +10,15 @@
 //! store, never to a second payment. A miss (not created here, or the cache
 //! was full) reads the store as before.
 //!
+//! It also remembers when each was submitted, for the settle-latency
+//! histogram ([`crate::metrics::Metrics::ended`]).
+//!
 //! Memory: at most [`ENTRIES_MAX`] records; the payload is shared with the
 //! record, not copied.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use keybridge_proto::TransactionId;
 
@@ -26,17 +30,24 @@ pub const ENTRIES_MAX: usize = 100_000;
 
 #[derive(Debug, Default)]
 pub struct PendingCache {
-    by_id: Mutex<HashMap<TransactionId, Arc<TransactionRecord>>>,
+    by_id: Mutex<HashMap<TransactionId, Pending>>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    record: Arc<TransactionRecord>,
+    submitted: Instant,
 }
 
 impl PendingCache {
-    /// Remembers a transaction just stored `pending`.
+    /// Remembers a transaction just stored `pending`, submitted now.
     pub fn created(&self, record: Arc<TransactionRecord>) {
         debug_assert!(!record.status.is_final());
+        let submitted = Instant::now();
         // Plain values only: a panic elsewhere cannot leave the map torn.
         let mut map = self.by_id.lock().unwrap_or_else(PoisonError::into_inner);
         if map.len() < ENTRIES_MAX {
-            map.insert(record.id, record);
+            map.insert(record.id, Pending { record, submitted });
         }
     }
 
@@ -45,15 +56,17 @@ impl PendingCache {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(id)
-            .cloned()
+            .map(|p| Arc::clone(&p.record))
     }
 
-    /// Forgets a transaction that ended (settled, rejected, expired, failed).
-    pub fn ended(&self, id: &TransactionId) {
+    /// Forgets a transaction that ended (settled, rejected, expired, failed);
+    /// says when it was submitted, if it was remembered.
+    pub fn ended(&self, id: &TransactionId) -> Option<Instant> {
         self.by_id
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(id);
+            .remove(id)
+            .map(|p| p.submitted)
     }
 
     #[cfg(test)]
@@ -102,8 +115,9 @@ mod tests {
         assert!(cache.get(&r.id).is_none());
         cache.created(Arc::clone(&r));
         assert_eq!(cache.get(&r.id).as_deref(), Some(&*r));
-        cache.ended(&r.id);
+        assert!(cache.ended(&r.id).is_some());
         assert!(cache.get(&r.id).is_none());
+        assert!(cache.ended(&r.id).is_none());
         assert_eq!(cache.len(), 0);
     }
 

@@ -222,7 +222,6 @@ pub async fn create_transaction(
         CreateOutcome::Created(stored) => {
             tracing::info!(transaction = %stored.id, status = "pending", terminal = %terminal.id, "transaction created");
             let view = stored.view();
-            state.metrics.submitted(stored.id);
             let payload = Arc::from(stored.payload.as_slice());
             state.pending.created(Arc::new(stored));
             state.hub.publish(HubEvent::Created {
@@ -355,7 +354,7 @@ pub async fn sweep(state: &AppState) -> Result<usize, StoreError> {
 /// Logs a final status, forgets the pending record, and tells relays and
 /// waiting terminals.
 fn announce_end(state: &AppState, record: &TransactionRecord) {
-    state.pending.ended(&record.id);
+    let submitted = state.pending.ended(&record.id);
     tracing::info!(
         transaction = %record.id,
         status = record.status.as_str(),
@@ -363,9 +362,9 @@ fn announce_end(state: &AppState, record: &TransactionRecord) {
         "transaction ended"
     );
     state.metrics.ended(
-        &record.id,
         record.status,
         record.reason,
+        submitted,
         record
             .updated_at_unix_s
             .saturating_sub(record.created_at_unix_s),

@@ -35,7 +35,8 @@ pub struct Shared {
     pub crl_sources: Vec<String>,
     pub crl_refresh_s: u64,
     pub hub: Hub,
-    /// Submission instants for the settle-latency histogram.
+    /// Prometheus metrics (when each transaction was submitted is kept in
+    /// `pending`).
     pub metrics: Metrics,
     /// Server identity written into every payload.
     pub origin: String,
