@@ -41,11 +41,7 @@ fn a_restarted_card_keeps_key_counter_and_wrong_pin_count() {
     init_state(&path, PIN).unwrap();
 
     let payload = sample_payload().encode().unwrap();
-    let sign = format!(
-        "002A9E9A {:02X} {} 00",
-        payload.len(),
-        hex::encode(&payload)
-    );
+    let sign = sign_apdu(&payload);
     let mut card = card_on(&path);
     let answers = card.transcript(&[
         (SELECT, "01 9000"),
@@ -99,11 +95,7 @@ fn a_right_pin_is_written_back_by_the_next_save_or_on_leaving() {
     assert_eq!(retries_saved(), 3);
 
     let payload = sample_payload().encode().unwrap();
-    let sign = format!(
-        "002A9E9A {:02X} {} 00",
-        payload.len(),
-        hex::encode(&payload)
-    );
+    let sign = sign_apdu(&payload);
     card.transcript(&[
         (SELECT, "01 9000"),
         (VERIFY_OK, "9000"),
@@ -332,11 +324,7 @@ fn a_payment_writes_the_counters_in_place_and_not_the_state_file() {
     let path = dir.path().join("card.json");
     init_state(&path, PIN).unwrap();
     let payload = sample_payload().encode().unwrap();
-    let sign = format!(
-        "002A9E9A {:02X} {} 00",
-        payload.len(),
-        hex::encode(&payload)
-    );
+    let sign = sign_apdu(&payload);
     let mut card = card_on(&path);
     let public_key = card.transcript(&[
         (SELECT, "01 9000"),

@@ -174,6 +174,11 @@ pub fn sample_payload() -> ConfirmationPayload {
 }
 
 /// A payload long enough (> 255 bytes) to need extended length or chaining.
+/// SIGN TRANSACTION for `payload` as a short APDU, in transcript hex.
+pub fn sign_apdu(payload: &[u8]) -> String {
+    format!("002A9E9A {:02X} {} 00", payload.len(), hex::encode(payload))
+}
+
 pub fn long_payload() -> Vec<u8> {
     let mut p = sample_payload();
     p.description = "A long order description that fills the card display: ".repeat(3)
