@@ -148,18 +148,27 @@ impl Draft {
         let encoded = payload.encode().map_err(|e| {
             ApiError::invalid(format!("cannot build the confirmation payload: {e}"))
         })?;
+        // The record carries what the payload says, moved, not copied again.
+        let ConfirmationPayload {
+            payer,
+            payee,
+            payee_name,
+            order_id,
+            description,
+            ..
+        } = payload;
         Ok(TransactionRecord {
             id: self.id,
             terminal_id: self.terminal_id.clone(),
             idempotency_key: self.idempotency_key.clone(),
             request_hash: self.request_hash,
-            payer: payer.id.clone(),
-            payee: payee.id.clone(),
-            payee_name: payee.display_name.clone(),
+            payer,
+            payee,
+            payee_name,
             amount_minor: body.amount_minor,
             currency: body.currency,
-            order_id: body.order_id.clone(),
-            description: body.description.clone(),
+            order_id,
+            description,
             payload: encoded,
             status: TransactionStatus::Pending,
             reason: None,
