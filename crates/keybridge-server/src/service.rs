@@ -63,16 +63,6 @@ pub struct Creation {
     pub ends: Option<Subscription>,
 }
 
-/// The wall clock in milliseconds, for the locality prefix of transaction ids
-/// only (see [`random::transaction_id`]); every time the rules read comes
-/// from the injected clock.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 /// A transaction about to be created: the request and everything chosen for
 /// it before the store is asked (id, challenge, times).
 struct Draft {
@@ -209,7 +199,7 @@ pub async fn create_transaction(
         idempotency_key: idempotency_key.to_owned(),
         request_hash: hash,
         origin: state.origin.clone(),
-        id: TransactionId(random::transaction_id(unix_ms()).map_err(rng)?),
+        id: TransactionId(random::transaction_id(state.clock.now_unix_ms()).map_err(rng)?),
         challenge: Challenge(random::bytes::<32>().map_err(rng)?),
         now,
         expires: now
