@@ -177,11 +177,6 @@ pub trait Store: WebStore + Send + Sync + std::fmt::Debug {
         keys: CreationKeys,
         build: BuildTransaction,
     ) -> Result<CreateOutcome, StoreError>;
-    async fn transaction_by_idempotency_key(
-        &self,
-        terminal_id: &str,
-        idempotency_key: &str,
-    ) -> Result<Option<TransactionRecord>, StoreError>;
     /// Inserts a new `pending` transaction and its audit row.
     async fn insert_transaction(
         &self,

@@ -487,14 +487,8 @@ fn insert_tx(tx: &Transaction<'_>, t: TransactionRecord) -> Result<InsertOutcome
             // The unique index on (terminal_id, idempotency_key) decides
             // the race. The failed statement changed nothing, so this
             // write's savepoint is released empty.
-            let existing = query_txs(
-                tx,
-                "WHERE terminal_id = ?1 AND idempotency_key = ?2",
-                params![t.terminal_id, t.idempotency_key],
-            )?
-            .into_iter()
-            .next()
-            .ok_or(StoreError::AlreadyExists)?;
+            let existing = by_idempotency_key(tx, &t.terminal_id, &t.idempotency_key)?
+                .ok_or(StoreError::AlreadyExists)?;
             return Ok(InsertOutcome::Existing(existing));
         }
         Err(e) => return Err(backend(e)),
@@ -1054,16 +1048,6 @@ impl Store for SqliteStore {
             }
         })
         .await
-    }
-
-    async fn transaction_by_idempotency_key(
-        &self,
-        terminal_id: &str,
-        idempotency_key: &str,
-    ) -> Result<Option<TransactionRecord>, StoreError> {
-        let (terminal_id, key) = (terminal_id.to_owned(), idempotency_key.to_owned());
-        self.run(move |conn| by_idempotency_key(conn, &terminal_id, &key))
-            .await
     }
 
     async fn insert_transaction(&self, t: TransactionRecord) -> Result<InsertOutcome, StoreError> {
