@@ -3,6 +3,13 @@
 //! `ps` would show them) and calls the role crates.
 #![forbid(unsafe_code)]
 
+/// The payment path allocates small, short-lived buffers on many threads
+/// (JSON, frames, futures); glibc's malloc spent 7 % of a bench run in
+/// `malloc`/`free`. mimalloc: 301 -> 273 us of CPU per payment (bench
+/// direct-memory, 3 alternated pairs), and less RSS per pending confirmation.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod admin;
 mod bench;
 mod config;
