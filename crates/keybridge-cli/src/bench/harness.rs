@@ -50,6 +50,21 @@ pub struct Ledger {
     pub merchant_credited_minor: i64,
 }
 
+impl Ledger {
+    /// What moved between `before` and this reading.
+    pub fn since(self, before: Ledger) -> anyhow::Result<Ledger> {
+        let moved =
+            |now: i64, then: i64| now.checked_sub(then).context("ledger figures out of range");
+        Ok(Ledger {
+            payers_debited_minor: moved(self.payers_debited_minor, before.payers_debited_minor)?,
+            merchant_credited_minor: moved(
+                self.merchant_credited_minor,
+                before.merchant_credited_minor,
+            )?,
+        })
+    }
+}
+
 /// A running server with its merchant and terminal.
 #[derive(Debug)]
 pub struct Harness {

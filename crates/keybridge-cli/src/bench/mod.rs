@@ -200,9 +200,11 @@ async fn payments(
         Some(s) => (Length::Duration(Duration::from_secs(s)), s),
         None => (Length::Payments(args.payments), args.payments),
     };
+    let warmed_up = load::warm_up(traffic).await?;
+    let before = harness.ledger(&traffic.payers).await?;
     let bar = harness.progress(bar, "{msg:>10} {bar:40} {pos}/{len} [{elapsed_precise}]")?;
     let run = load::drive(traffic, pace, length, bar).await?;
-    let ledger = harness.ledger(&traffic.payers).await?;
+    let ledger = harness.ledger(&traffic.payers).await?.since(before)?;
     let crypto = crypto_limit(Duration::from_millis(1500));
     let mut report = payments_report(args, &run, crypto);
     report["ledger"] = serde_json::json!({
@@ -210,6 +212,7 @@ async fn payments(
         "merchant_credited_minor": ledger.merchant_credited_minor,
     });
     report["accounts"] = accounts_report(args.accounts, seeded);
+    report["warmup_payments"] = warmed_up.into();
     if args.json {
         println!("{report}");
     } else {
@@ -392,8 +395,10 @@ fn print_payments(report: &serde_json::Value) {
         f(&report["cpu_s_per_payment"])
     );
     println!(
-        "ledger               payers debited {}, merchant credited {} (minor units)",
-        report["ledger"]["payers_debited_minor"], report["ledger"]["merchant_credited_minor"]
+        "ledger               payers debited {}, merchant credited {} (minor units; after {} warm-up payments, one per card, not counted)",
+        report["ledger"]["payers_debited_minor"],
+        report["ledger"]["merchant_credited_minor"],
+        report["warmup_payments"]
     );
     println!("peak RSS             {} KiB", report["peak_rss_kib"]);
     println!(
