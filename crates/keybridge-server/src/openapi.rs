@@ -209,7 +209,7 @@ mod paths {
         params(("id" = String, Path, description = "Transaction id.")),
         request_body = Confirmation,
         responses(
-            (status = 200, description = "The outcome, whatever it is. Posting again the very signed answer that ended the transaction (a relay whose result was lost) answers the stored outcome again; nothing is applied twice.", body = TransactionView),
+            (status = 200, description = "The outcome, whatever it is. Posting again, from the same device, the very answer that ended the transaction (a signature, an OCRA response or a decline, byte for byte: a relay whose result was lost) answers the stored outcome again; nothing is applied twice.", body = TransactionView),
             (status = "4XX", description = "`invalid_request`, `unauthorized`, `not_found`, `not_pending` (any other answer to an ended transaction), `expired_token`", body = ErrorBody)))]
     fn confirm() {}
 

@@ -270,13 +270,9 @@ pub async fn confirm(
         return Err(ApiError::NotFound);
     }
     if transaction.status.is_final() {
-        // A repeat of the answer that ended it hears the outcome again.
-        let now = state.now_unix_s();
-        if verify::is_applied_answer(&state.verifier, device, &transaction, confirmation, now) {
-            return Ok(transaction.view());
-        }
-        return Err(ended(transaction.status));
+        return answer_again(state, device, &transaction, confirmation).await;
     }
+    let answer = verify::answer_digest(&device.id, confirmation);
     let now = state.now_unix_s();
     let verdict = verify::verify(
         &state.verifier,
@@ -292,7 +288,10 @@ pub async fn confirm(
             if !is_holder_answer(confirmation) {
                 crate::metrics::Metrics::verification_failed(reason);
             }
-            state.store.finalize(id, status, reason, now).await?
+            state
+                .store
+                .finalize(id, status, reason, answer, now)
+                .await?
         }
         Verdict::Accept {
             counter,
@@ -304,6 +303,7 @@ pub async fn confirm(
                 .apply_signed_confirmation(SignedConfirmation {
                     transaction_id: *id,
                     device_id: device.id.clone(),
+                    answer,
                     counter,
                     now_unix_s: now,
                     replay_reason,
@@ -317,11 +317,31 @@ pub async fn confirm(
             Ok(record.view())
         }
         Finalized::NotPending(record) => {
-            // Ended elsewhere (another instance): nothing to remember.
+            // Ended elsewhere (another instance, or this same answer on the
+            // other path: the relay's socket and its HTTP fallback): nothing
+            // to remember.
             state.pending.ended(&record.id);
-            Err(ended(record.status))
+            answer_again(state, device, &record, confirmation).await
         }
         Finalized::NotFound => Err(ApiError::NotFound),
+    }
+}
+
+/// A confirmation of a transaction that has ended: the stored outcome if this
+/// is the very answer that ended it (see [`verify::answer_digest`]), else
+/// `not_pending` (`expired_token` once its window passed). Nothing is written.
+async fn answer_again(
+    state: &AppState,
+    device: &DeviceRecord,
+    transaction: &TransactionRecord,
+    confirmation: &Confirmation,
+) -> Result<TransactionView, ApiError> {
+    let ended_by = state.store.ending_answer(&transaction.id).await?;
+    match ended_by {
+        Some(stored) if Some(stored) == verify::answer_digest(&device.id, confirmation) => {
+            Ok(transaction.view())
+        }
+        _ => Err(ended(transaction.status)),
     }
 }
 

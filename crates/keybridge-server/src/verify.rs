@@ -18,7 +18,8 @@ use keybridge_proto::signed_message;
 
 use crate::pki::{self, LeafKey, PathCache, RevocationSet, TrustStore};
 use crate::secretbox::{ocra_aad, MasterKey};
-use crate::store::{DeviceRecord, DeviceStatus, TransactionRecord};
+use crate::store::{AnswerDigest, DeviceRecord, DeviceStatus, TransactionRecord};
+use sha2::{Digest, Sha256};
 
 /// An RSA-8192 signature is 1024 bytes (1368 in base64); anything longer is
 /// refused before decoding.
@@ -224,54 +225,27 @@ fn verify_signature(v: &Verifier, s: Submission<'_>, counter: u32, signature_b64
     }
 }
 
-/// Whether `confirmation` is the signed answer the payment unit already
-/// applied to the ended `transaction`: a transaction-applet signature from
-/// `device` over this payload with the counter the device consumed last.
+/// Names an answer, for [`AnswerDigest`]: SHA-256 over the answering
+/// device's id and the confirmation as received, in its one JSON form (serde
+/// writes a value's fields in declaration order, so the same value always
+/// gives the same bytes). Stored with the end the answer brought.
 ///
 /// A relay whose result was lost (its socket died after the server judged
-/// the answer) posts the same answer again; it should hear the outcome, not
-/// `not_pending`. The card raises its counter before every signature, so a
-/// valid signature over this payload with the consumed counter can only be
-/// the one that was applied. Nothing is written: the caller only answers
-/// with the stored outcome.
-pub fn is_applied_answer(
-    v: &Verifier,
-    device: &DeviceRecord,
-    transaction: &TransactionRecord,
-    confirmation: &Confirmation,
-    now_unix_s: u64,
-) -> bool {
-    let Confirmation::Signed { counter, signature } = confirmation else {
-        return false;
-    };
-    let consumed = matches!(
-        transaction.status,
-        TransactionStatus::Settled | TransactionStatus::Failed
-    );
-    if !consumed
-        || device.method != SignatureMethod::TransactionApplet
-        || device.account != transaction.payer
-        || *counter != device.last_counter
-    {
-        return false;
-    }
-    let Ok(now) = i64::try_from(now_unix_s) else {
-        return false;
-    };
-    let Ok(path) = v
-        .cache
-        .get_or_validate(&v.trust, &device.id, &device.certificate, now)
-    else {
-        return false;
-    };
-    path.key.bytes() == device.public_key.as_slice()
-        && signs(
-            &path.key,
-            device.method,
-            &transaction.payload,
-            *counter,
-            signature,
-        )
+/// the answer, or its HTTP response never arrived) posts the same answer
+/// again; matching this digest it hears the stored outcome, not
+/// `not_pending`, whatever the method or the answer: a transaction-applet or
+/// PIV signature, an OCRA response, a decline. A different answer (a new
+/// signature, even a valid one), or the same bytes from another device, has
+/// another digest. `None` only if the confirmation cannot be serialised,
+/// which matches nothing.
+pub fn answer_digest(device_id: &str, confirmation: &Confirmation) -> Option<AnswerDigest> {
+    let json = serde_json::to_vec(confirmation).ok()?;
+    let mut h = Sha256::new();
+    h.update(b"keybridge-answer-v1\0");
+    h.update((device_id.len() as u64).to_be_bytes());
+    h.update(device_id.as_bytes());
+    h.update(&json);
+    Some(AnswerDigest(h.finalize().into()))
 }
 
 /// Whether `signature_b64` is `key`'s signature over what a device of

@@ -110,17 +110,16 @@ async fn an_ocra_response_over_the_stored_payload_settles() {
     let tx = h.pay(&terminal, 1234).await;
     let payload = h.payload(&tx.id).await;
     let before = h.balances().await;
-    let view = submit(
-        &h,
-        &token,
-        &tx.id,
-        ocra_confirmation(token.answer(&payload, 1, step(&h)), Some(1), Some(step(&h))),
-    )
-    .await;
+    let answer = ocra_confirmation(token.answer(&payload, 1, step(&h)), Some(1), Some(step(&h)));
+    let view = submit(&h, &token, &tx.id, answer.clone()).await;
     assert_eq!(
         (view.status, view.reason),
         (TransactionStatus::Settled, None)
     );
+    assert_eq!(h.balances().await["alice"], before["alice"] - 1234);
+    // A relay that lost the result posts the same response again: it hears
+    // the outcome, and nothing is paid twice.
+    assert_eq!(submit(&h, &token, &tx.id, answer).await, view);
     assert_eq!(h.balances().await["alice"], before["alice"] - 1234);
 
     // A token that only shows digits: no counter, no time step given. The
@@ -234,12 +233,23 @@ async fn changed_amount_or_payee_old_step_and_reuse_are_refused_with_their_reaso
     }
     assert_eq!(h.balances().await, before);
 
-    // The same response for the same transaction a second time: it ended.
+    // The answer that settled the first of them (counter 7, said), posted
+    // again: its outcome, and nothing moves. The same response without the
+    // counter and time step is another answer: `not_pending`.
+    let repeated = submit(
+        &h,
+        &token,
+        &tx.id,
+        ocra_confirmation(token.answer(&payload, 7, now_step), Some(7), Some(now_step)),
+    )
+    .await;
+    assert_eq!(repeated.status, TransactionStatus::Settled);
+    assert_eq!(h.balances().await, before);
     let again = h
         .confirm(
             &token.enrolled.credential,
             &tx.id,
-            &ocra_confirmation(token.answer(&payload, 7, now_step), Some(7), Some(now_step)),
+            &ocra_confirmation(token.answer(&payload, 7, now_step), None, None),
         )
         .await;
     assert_eq!(error_body(again).await.1.error, "not_pending");

@@ -276,12 +276,26 @@ async fn declines_and_pin_failures_pass_their_reason_through() {
         (DeclineReason::DeviceError, Reason::DeviceError),
     ] {
         let tx = h.pay(&terminal, 100).await;
-        let view = h
-            .confirm_ok(&card, &tx.id, &Confirmation::Declined { reason: decline })
-            .await;
+        let declined = Confirmation::Declined { reason: decline };
+        let view = h.confirm_ok(&card, &tx.id, &declined).await;
         assert_eq!(
             (view.status, view.reason),
             (TransactionStatus::Rejected, Some(reason))
+        );
+        // The same decline posted again (its result was lost) hears the
+        // outcome; a different answer to the ended transaction does not.
+        assert_eq!(h.confirm_ok(&card, &tx.id, &declined).await, view);
+        let other = h
+            .confirm(
+                &card.enrolled.credential,
+                &tx.id,
+                &card.sign(&h.payload(&tx.id).await),
+            )
+            .await;
+        let (status, body) = error_body(other).await;
+        assert_eq!(
+            (status, body.error.as_str()),
+            (StatusCode::CONFLICT, "not_pending")
         );
     }
     h.assert_ledger_balanced().await;
@@ -500,6 +514,7 @@ async fn a_transaction_ended_elsewhere_is_not_paid_from_memory() {
             &tx.id,
             TransactionStatus::Rejected,
             Reason::Declined,
+            None,
             keybridge_server::Clock::now_unix_s(&*h.clock),
         )
         .await
@@ -625,9 +640,10 @@ async fn prefer_wait_on_create_answers_with_the_outcome() {
 
 /// The relay's answer on its WebSocket is judged as the HTTP endpoint judges
 /// it: a result frame with status 200 and the settled view (and no
-/// `Cancelled` after it: the result said how it ended); a second answer
-/// gets the endpoint's 409 `not_pending` and moves nothing; a frame that is
-/// not an answer is ignored and the socket stays open.
+/// `Cancelled` after it: the result said how it ended); the same answer
+/// again hears the same outcome, another answer gets the endpoint's 409
+/// `not_pending`, and neither moves anything; a frame that is not an answer
+/// is ignored and the socket stays open.
 #[tokio::test]
 async fn an_answer_on_the_relay_socket_settles_once() {
     let (h, terminal, card) = Harness::standard().await;
@@ -656,6 +672,21 @@ async fn an_answer_on_the_relay_socket_settles_once() {
     // (the next frame is the answer to the second submission below).
     relay
         .send_text(serde_json::to_string(&answer).unwrap())
+        .await;
+    match relay.next().await {
+        RelayMessage::ConfirmationResult {
+            status: 200,
+            view: Some(again),
+            ..
+        } => assert_eq!(again, view),
+        other => panic!("expected the same 200 result, got {other:?}"),
+    }
+    let another = RelayAnswer::Confirmation {
+        transaction_id: tx.id,
+        confirmation: card.sign(&payload),
+    };
+    relay
+        .send_text(serde_json::to_string(&another).unwrap())
         .await;
     match relay.next().await {
         RelayMessage::ConfirmationResult {

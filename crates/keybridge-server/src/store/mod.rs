@@ -101,11 +101,18 @@ pub enum Finalized {
     NotFound,
 }
 
+/// Names the answer that ended a transaction: see `verify::answer_digest`.
+/// Stored with the end, so that the same answer posted again is recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnswerDigest(pub [u8; 32]);
+
 /// A signed confirmation that passed the verification unit, for the payment unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedConfirmation {
     pub transaction_id: TransactionId,
     pub device_id: String,
+    /// The answer as received, stored with whatever end it brings.
+    pub answer: Option<AnswerDigest>,
     /// The card's counter to consume; `None` for methods without one (PIV).
     pub counter: Option<u32>,
     pub now_unix_s: u64,
@@ -194,12 +201,15 @@ pub trait Store: WebStore + Send + Sync + std::fmt::Debug {
         payer: &AccountId,
         now_unix_s: u64,
     ) -> Result<Vec<TransactionRecord>, StoreError>;
-    /// Ends a pending transaction without moving money (reject, expire), with an audit row.
+    /// Ends a pending transaction without moving money (a rejected or
+    /// declined answer), with an audit row; `answer` names the answer that
+    /// ended it, if one did.
     async fn finalize(
         &self,
         id: &TransactionId,
         status: TransactionStatus,
         reason: Reason,
+        answer: Option<AnswerDigest>,
         now_unix_s: u64,
     ) -> Result<Finalized, StoreError>;
     /// The payment unit: in one database transaction, re-checks `pending`, the
@@ -211,6 +221,8 @@ pub trait Store: WebStore + Send + Sync + std::fmt::Debug {
     ) -> Result<Finalized, StoreError>;
     /// Expires every pending transaction with `expires_at <= now`; returns them.
     async fn expire_due(&self, now_unix_s: u64) -> Result<Vec<TransactionRecord>, StoreError>;
+    /// The answer that ended this transaction, if an answer did.
+    async fn ending_answer(&self, id: &TransactionId) -> Result<Option<AnswerDigest>, StoreError>;
 
     // Ledger and audit.
     async fn transfers_for_transaction(

@@ -16,10 +16,10 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 
 use super::audit;
 use super::{
-    AccountRecord, AuditRecord, BuildTransaction, CreateOutcome, CreationFacts, CreationKeys,
-    DeviceRecord, DeviceStatus, Finalized, InsertOutcome, NewAccount, NewDevice, NewTerminal,
-    OcraRecord, SignedConfirmation, Store, StoreError, TerminalRecord, TransactionRecord,
-    TransferKind, TransferRecord,
+    AccountRecord, AnswerDigest, AuditRecord, BuildTransaction, CreateOutcome, CreationFacts,
+    CreationKeys, DeviceRecord, DeviceStatus, Finalized, InsertOutcome, NewAccount, NewDevice,
+    NewTerminal, OcraRecord, SignedConfirmation, Store, StoreError, TerminalRecord,
+    TransactionRecord, TransferKind, TransferRecord,
 };
 use crate::payment::{self, PaymentDecision, PaymentFacts};
 
@@ -51,6 +51,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "0006_pending_indexes",
         include_str!("../../migrations/0006_pending_indexes.sql"),
+    ),
+    (
+        7,
+        "0007_answer_digest",
+        include_str!("../../migrations/0007_answer_digest.sql"),
     ),
 ];
 
@@ -661,24 +666,27 @@ fn transfer(tx: &Transaction<'_>, t: Transfer<'_>, now_unix_s: u64) -> Result<()
     Ok(())
 }
 
-/// Compare-and-set from `pending` to a final status, with its audit row.
+/// Compare-and-set from `pending` to a final status, with its audit row and
+/// the answer that ended it, if one did.
 fn end_pending(
     tx: &Transaction<'_>,
     id: &TransactionId,
     status: TransactionStatus,
     reason: Option<Reason>,
+    answer: Option<AnswerDigest>,
     now_unix_s: u64,
     detail: serde_json::Value,
 ) -> Result<bool, StoreError> {
     debug_assert!(status.is_final());
     let changed = exec(
         tx,
-        "UPDATE transactions SET status = ?1, reason = ?2, updated_at = ?3
-             WHERE id = ?4 AND status = 'pending'",
+        "UPDATE transactions SET status = ?1, reason = ?2, updated_at = ?3, answer_sha256 = ?4
+             WHERE id = ?5 AND status = 'pending'",
         params![
             status.as_str(),
             reason.map(|r| r.as_str()),
             to_i64(now_unix_s)?,
+            answer.as_ref().map(|a| a.0.as_slice()),
             id.to_hex()
         ],
     )
@@ -1088,6 +1096,7 @@ impl Store for SqliteStore {
         id: &TransactionId,
         status: TransactionStatus,
         reason: Reason,
+        answer: Option<AnswerDigest>,
         now_unix_s: u64,
     ) -> Result<Finalized, StoreError> {
         let id = *id;
@@ -1096,7 +1105,7 @@ impl Store for SqliteStore {
                 return Ok(Finalized::NotFound);
             };
             let detail = serde_json::json!({"reason": reason.as_str()});
-            if !end_pending(tx, &id, status, Some(reason), now_unix_s, detail)? {
+            if !end_pending(tx, &id, status, Some(reason), answer, now_unix_s, detail)? {
                 return Ok(Finalized::NotPending(current));
             }
             let updated = get_tx(tx, &id)?.ok_or_else(|| corrupt("transaction vanished"))?;
@@ -1176,7 +1185,15 @@ impl Store for SqliteStore {
                 "counter": c.counter,
                 "reason": reason.map(|r| r.as_str()),
             });
-            if !end_pending(tx, &current.id, status, reason, c.now_unix_s, detail)? {
+            if !end_pending(
+                tx,
+                &current.id,
+                status,
+                reason,
+                c.answer,
+                c.now_unix_s,
+                detail,
+            )? {
                 return Err(corrupt(
                     "pending transaction changed inside the transaction",
                 ));
@@ -1205,6 +1222,7 @@ impl Store for SqliteStore {
                     &t.id,
                     TransactionStatus::Expired,
                     Some(Reason::Expired),
+                    None,
                     now_unix_s,
                     detail,
                 )? {
@@ -1212,6 +1230,25 @@ impl Store for SqliteStore {
                 }
             }
             Ok(expired)
+        })
+        .await
+    }
+
+    async fn ending_answer(&self, id: &TransactionId) -> Result<Option<AnswerDigest>, StoreError> {
+        let id = id.to_hex();
+        self.run(move |conn| {
+            let stored: Option<Option<Vec<u8>>> = one_row(
+                conn,
+                "SELECT answer_sha256 FROM transactions WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+            stored
+                .flatten()
+                .map(|digest| hash32(digest).map(AnswerDigest))
+                .transpose()
         })
         .await
     }

@@ -81,6 +81,7 @@ fn signed(id: u8, counter: u32) -> SignedConfirmation {
     SignedConfirmation {
         transaction_id: TransactionId([id; 16]),
         device_id: "dev_1".into(),
+        answer: Some(AnswerDigest([u8::try_from(counter).unwrap(); 32])),
         counter: Some(counter),
         now_unix_s: NOW + 1,
         replay_reason: Reason::CounterReplay,
@@ -314,11 +315,65 @@ async fn expiry_ends_only_overdue_pending_transactions() {
             &TransactionId([1; 16]),
             TransactionStatus::Rejected,
             Reason::Declined,
+            Some(AnswerDigest([9; 32])),
             NOW + 121,
         )
         .await
         .unwrap();
     assert!(matches!(f, Finalized::NotPending(t) if t.status == TransactionStatus::Expired));
+    // Expiry is no answer, and the refused finalisation stored none.
+    assert_eq!(store.ending_answer(&TransactionId([1; 16])).await, Ok(None));
+}
+
+/// Whatever ends a transaction through an answer stores which answer it was,
+/// and only the end that happened does.
+#[tokio::test]
+async fn the_answer_that_ended_a_transaction_is_stored_with_its_end() {
+    let store = seeded().await;
+    for (n, key) in [(1, "k1"), (2, "k2"), (3, "k3")] {
+        store
+            .insert_transaction(pending(n, key, 100))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.ending_answer(&TransactionId([1; 16])).await, Ok(None));
+
+    // Settled by a signature.
+    let Finalized::Applied(t) = store.apply_signed_confirmation(signed(1, 1)).await.unwrap() else {
+        panic!("not applied")
+    };
+    assert_eq!(t.status, TransactionStatus::Settled);
+    assert_eq!(
+        store.ending_answer(&TransactionId([1; 16])).await,
+        Ok(Some(AnswerDigest([1; 32])))
+    );
+    // Rejected by a decline.
+    let declined = Some(AnswerDigest([7; 32]));
+    let f = store
+        .finalize(
+            &TransactionId([2; 16]),
+            TransactionStatus::Rejected,
+            Reason::Declined,
+            declined,
+            NOW + 2,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(f, Finalized::Applied(_)));
+    assert_eq!(
+        store.ending_answer(&TransactionId([2; 16])).await,
+        Ok(declined)
+    );
+    // A second answer to an ended transaction changes nothing, its digest
+    // included.
+    let again = store.apply_signed_confirmation(signed(2, 2)).await.unwrap();
+    assert!(matches!(again, Finalized::NotPending(_)));
+    assert_eq!(
+        store.ending_answer(&TransactionId([2; 16])).await,
+        Ok(declined)
+    );
+    // An unknown transaction has no answer.
+    assert_eq!(store.ending_answer(&TransactionId([9; 16])).await, Ok(None));
 }
 
 #[tokio::test]
