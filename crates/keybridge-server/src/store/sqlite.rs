@@ -424,6 +424,30 @@ fn query_devices(
     select(conn, &sql, params, read_device_row, decode_device)
 }
 
+fn get_device(conn: &Connection, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+    Ok(query_devices(conn, "WHERE id = ?1", [id])?
+        .into_iter()
+        .next())
+}
+
+/// One administrative change to a device: `update` (whose last parameter is
+/// the device id) and, if it changed the row, the audit row `event` with
+/// `detail`. Returns the device as it now is, `None` if there is none.
+fn change_device(
+    tx: &Transaction<'_>,
+    device_id: &str,
+    update: &str,
+    params: &[&dyn rusqlite::ToSql],
+    now_unix_s: u64,
+    event: &str,
+    detail: &serde_json::Value,
+) -> Result<Option<DeviceRecord>, StoreError> {
+    if exec(tx, update, params).map_err(backend)? == 1 {
+        append_audit(tx, now_unix_s, None, event, detail)?;
+    }
+    get_device(tx, device_id)
+}
+
 type AccountRow = (String, String, String, i64, i64, i64);
 
 fn decode_account(row: AccountRow) -> Result<AccountRecord, StoreError> {
@@ -893,10 +917,7 @@ impl Store for SqliteStore {
                     "method": device.method.as_str(),
                 }),
             )?;
-            query_devices(tx, "WHERE id = ?1", [&device.id])?
-                .into_iter()
-                .next()
-                .ok_or_else(|| corrupt("device vanished"))
+            get_device(tx, &device.id)?.ok_or_else(|| corrupt("device vanished"))
         })
         .await
     }
@@ -929,25 +950,16 @@ impl Store for SqliteStore {
     ) -> Result<Option<DeviceRecord>, StoreError> {
         let device_id = device_id.to_owned();
         self.write(move |tx| {
-            let changed = exec(
+            change_device(
                 tx,
+                &device_id,
                 "UPDATE devices SET status = 'disabled', updated_at = ?1
                      WHERE id = ?2 AND status <> 'disabled'",
                 params![to_i64(now_unix_s)?, device_id],
+                now_unix_s,
+                "device_disabled",
+                &serde_json::json!({"device": device_id}),
             )
-            .map_err(backend)?;
-            if changed == 1 {
-                append_audit(
-                    tx,
-                    now_unix_s,
-                    None,
-                    "device_disabled",
-                    &serde_json::json!({"device": device_id}),
-                )?;
-            }
-            Ok(query_devices(tx, "WHERE id = ?1", [&device_id])?
-                .into_iter()
-                .next())
         })
         .await
     }
@@ -960,12 +972,7 @@ impl Store for SqliteStore {
 
     async fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>, StoreError> {
         let device_id = device_id.to_owned();
-        self.run(move |conn| {
-            Ok(query_devices(conn, "WHERE id = ?1", [&device_id])?
-                .into_iter()
-                .next())
-        })
-        .await
+        self.run(move |conn| get_device(conn, &device_id)).await
     }
 
     async fn rename_device(
@@ -976,24 +983,15 @@ impl Store for SqliteStore {
     ) -> Result<Option<DeviceRecord>, StoreError> {
         let (device_id, label) = (device_id.to_owned(), label.to_owned());
         self.write(move |tx| {
-            let changed = exec(
+            change_device(
                 tx,
+                &device_id,
                 "UPDATE devices SET label = ?1, updated_at = ?2 WHERE id = ?3",
                 params![label, to_i64(now_unix_s)?, device_id],
+                now_unix_s,
+                "device_renamed",
+                &serde_json::json!({"device": device_id, "label": label}),
             )
-            .map_err(backend)?;
-            if changed == 1 {
-                append_audit(
-                    tx,
-                    now_unix_s,
-                    None,
-                    "device_renamed",
-                    &serde_json::json!({"device": device_id, "label": label}),
-                )?;
-            }
-            Ok(query_devices(tx, "WHERE id = ?1", [&device_id])?
-                .into_iter()
-                .next())
         })
         .await
     }
@@ -1005,25 +1003,16 @@ impl Store for SqliteStore {
     ) -> Result<Option<DeviceRecord>, StoreError> {
         let device_id = device_id.to_owned();
         self.write(move |tx| {
-            let changed = exec(
+            change_device(
                 tx,
+                &device_id,
                 "UPDATE devices SET revoked_at = ?1, updated_at = ?1
                      WHERE id = ?2 AND revoked_at IS NULL",
                 params![to_i64(now_unix_s)?, device_id],
+                now_unix_s,
+                "device_revoked",
+                &serde_json::json!({"device": device_id}),
             )
-            .map_err(backend)?;
-            if changed == 1 {
-                append_audit(
-                    tx,
-                    now_unix_s,
-                    None,
-                    "device_revoked",
-                    &serde_json::json!({"device": device_id}),
-                )?;
-            }
-            Ok(query_devices(tx, "WHERE id = ?1", [&device_id])?
-                .into_iter()
-                .next())
         })
         .await
     }
@@ -1122,9 +1111,7 @@ impl Store for SqliteStore {
             let Some(current) = get_tx(tx, &c.transaction_id)? else {
                 return Ok(Finalized::NotFound);
             };
-            let device = query_devices(tx, "WHERE id = ?1", [&c.device_id])?
-                .into_iter()
-                .next();
+            let device = get_device(tx, &c.device_id)?;
             let payer = get_account(tx, &current.payer)?.ok_or_else(|| corrupt("payer missing"))?;
             let (device_usable, device_revoked, device_last_counter) = match &device {
                 Some(d) => (
