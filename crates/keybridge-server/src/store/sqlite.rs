@@ -450,6 +450,16 @@ fn change_device(
 
 type AccountRow = (String, String, String, i64, i64, i64);
 
+type TransferRow = (
+    (i64, Option<String>, String, String),
+    (String, i64, String, i64),
+);
+
+type AuditRow = (
+    (i64, i64, Option<String>),
+    (String, String, Vec<u8>, Vec<u8>),
+);
+
 fn decode_account(row: AccountRow) -> Result<AccountRecord, StoreError> {
     let (id, display_name, cur, balance_minor, system, created) = row;
     Ok(AccountRecord {
@@ -1246,41 +1256,20 @@ impl Store for SqliteStore {
     ) -> Result<Vec<TransferRecord>, StoreError> {
         let id = *id;
         self.run(move |conn| {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT id, transaction_id, kind, debit_account, credit_account, amount_minor,
-                            currency, created_at
-                     FROM transfers WHERE transaction_id = ?1 ORDER BY id",
-                )
-                .map_err(backend)?;
-            type Row = (
-                i64,
-                Option<String>,
-                String,
-                String,
-                String,
-                i64,
-                String,
-                i64,
-            );
-            let rows = stmt
-                .query_map([id.to_hex()], |r| {
+            select(
+                conn,
+                "SELECT id, transaction_id, kind, debit_account, credit_account, amount_minor,
+                        currency, created_at
+                 FROM transfers WHERE transaction_id = ?1 ORDER BY id",
+                [id.to_hex()],
+                |r| {
                     Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
+                        (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?),
+                        (r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?),
                     ))
-                })
-                .map_err(backend)?
-                .collect::<Result<Vec<Row>, _>>()
-                .map_err(backend)?;
-            rows.into_iter()
-                .map(|(tid, t, kind, debit, credit, amount, cur, created)| {
+                },
+                |row: TransferRow| {
+                    let ((tid, t, kind, debit), (credit, amount, cur, created)) = row;
                     Ok(TransferRecord {
                         id: tid,
                         transaction_id: t.as_deref().map(transaction_id).transpose()?,
@@ -1291,38 +1280,27 @@ impl Store for SqliteStore {
                         currency: currency(&cur)?,
                         created_at_unix_s: to_u64(created)?,
                     })
-                })
-                .collect()
+                },
+            )
         })
         .await
     }
 
     async fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError> {
         self.run(|conn| {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT seq, at, transaction_id, event, detail, prev_hash, hash
-                     FROM audit_log ORDER BY seq",
-                )
-                .map_err(backend)?;
-            type Row = (i64, i64, Option<String>, String, String, Vec<u8>, Vec<u8>);
-            let rows = stmt
-                .query_map([], |r| {
+            select(
+                conn,
+                "SELECT seq, at, transaction_id, event, detail, prev_hash, hash
+                 FROM audit_log ORDER BY seq",
+                [],
+                |r| {
                     Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
+                        (r.get(0)?, r.get(1)?, r.get(2)?),
+                        (r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?),
                     ))
-                })
-                .map_err(backend)?
-                .collect::<Result<Vec<Row>, _>>()
-                .map_err(backend)?;
-            rows.into_iter()
-                .map(|(seq, at, t, event, detail, prev, hash)| {
+                },
+                |row: AuditRow| {
+                    let ((seq, at, t), (event, detail, prev, hash)) = row;
                     Ok(AuditRecord {
                         seq: to_u64(seq)?,
                         at_unix_s: to_u64(at)?,
@@ -1332,8 +1310,8 @@ impl Store for SqliteStore {
                         prev_hash: hash32(prev)?,
                         hash: hash32(hash)?,
                     })
-                })
-                .collect()
+                },
+            )
         })
         .await
     }
