@@ -22,7 +22,7 @@ use crate::random;
 use crate::secret::sha256;
 use crate::secretbox::ocra_aad;
 use crate::state::AppState;
-use crate::store::{NewAccount, NewDevice, NewTerminal, OcraRecord, StoreError};
+use crate::store::{DeviceRecord, NewAccount, NewDevice, NewTerminal, OcraRecord, StoreError};
 
 const NAME_LEN_MAX: usize = 64;
 pub const LIST_LIMIT_DEFAULT: u32 = 50;
@@ -411,12 +411,17 @@ pub async fn revoke_device(
         .await?
         .ok_or(ApiError::NotFound)?;
     tracing::info!(device = %device.id, "device revoked");
-    // Closes its relay socket, as for a disabled device.
+    Ok(Json(close_sessions(&state, &device)))
+}
+
+/// A device that was disabled or revoked is sent no more requests: its relay
+/// sockets close. Returns its view for the response.
+fn close_sessions(state: &AppState, device: &DeviceRecord) -> DeviceView {
     state.hub.publish(HubEvent::DeviceDisabled {
         device_id: device.id.clone(),
         account: device.account.clone(),
     });
-    Ok(Json(device.view()))
+    device.view()
 }
 
 /// How long a CRL from `GET /v1/crl` is valid (its nextUpdate).
@@ -463,11 +468,7 @@ pub async fn disable_device(
         .await?
         .ok_or(ApiError::NotFound)?;
     tracing::info!(device = %device.id, "device disabled");
-    state.hub.publish(HubEvent::DeviceDisabled {
-        device_id: device.id.clone(),
-        account: device.account.clone(),
-    });
-    Ok(Json(device.view()))
+    Ok(Json(close_sessions(&state, &device)))
 }
 
 #[derive(Debug, Deserialize)]
