@@ -7,6 +7,8 @@
 //! says so loudly on stderr and passes without running.
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod removal;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
