@@ -9,7 +9,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keybridge_proto::api::{CreateAccount, TransactionStatus};
+mod common;
+
+use common::free_port;
+use keybridge_proto::api::TransactionStatus;
 use keybridge_proto::{AccountId, Currency, Money};
 use keybridge_relay::link::BleSimSettings;
 use keybridge_relay::{CardLink, CardLinkSpec, Decision, RelayOptions};
@@ -33,41 +36,16 @@ struct World {
     credential: keybridge_relay::DeviceCredential,
 }
 
-fn free_port() -> u16 {
-    keybridge_transport::port::listen_port().unwrap()
-}
-
 /// A server (confirmation TTL `ttl_s`) with alice (CNY 100.00) and shop, a
 /// terminal, and a card enrolled for alice over vpcd (enrolment is a wired
 /// step), which then advertises on the simulated BLE link.
 async fn world(ttl_s: u64) -> World {
     let dir = tempfile::tempdir().unwrap();
-    let token = "admin-token-for-ble-tests".to_owned();
-    let mut config = keybridge_server::ServerConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        dir.path().join("server"),
-        token.clone(),
-    );
-    config.confirmation_ttl_s = ttl_s;
-    config.sweep_interval_ms = 200;
-    std::fs::create_dir_all(&config.data_dir).unwrap();
-    let server = keybridge_server::start(config).await.unwrap();
-    let url = format!("http://{}", server.addr);
-    let admin = Client::new(&url, &token).unwrap();
-    let cny = Currency::from_code("CNY").unwrap();
-    for (id, name, balance) in [("alice", "Alice", 10_000), ("shop", "Corner Shop", 0)] {
-        admin
-            .create_account(&CreateAccount {
-                id: AccountId::new(id).unwrap(),
-                display_name: name.into(),
-                currency: cny,
-                opening_balance_minor: balance,
-            })
-            .await
-            .unwrap();
-    }
-    let t = admin.create_terminal("till").await.unwrap();
-    let terminal = Client::new(&url, &t.api_key).unwrap();
+    let common::Bank {
+        server,
+        admin,
+        terminal,
+    } = common::bank(&dir.path().join("server"), Some(ttl_s), 10_000).await;
 
     // Enrolment over vpcd; the card process returns when the reader closes.
     let vpcd_port = free_port();

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use keybridge_proto::api::{CreateAccount, Reason, TransactionStatus};
+mod common;
+
+use common::free_port;
+use keybridge_proto::api::{Reason, TransactionStatus};
 use keybridge_proto::{AccountId, Currency, Money};
 use keybridge_relay::{CardLink, CardLinkSpec, Decision, RelayOptions};
 use keybridge_terminal::{pay, Client, PayRequest};
@@ -19,45 +22,22 @@ const PIN: &str = "123456";
 
 struct World {
     _dir: tempfile::TempDir,
-    _server: keybridge_server::RunningServer,
+    server: keybridge_server::RunningServer,
     admin: Client,
     terminal: Client,
     card_link: CardLinkSpec,
     credential: keybridge_relay::DeviceCredential,
 }
 
-fn free_port() -> u16 {
-    keybridge_transport::port::listen_port().unwrap()
-}
-
 /// A server with alice (CNY 100.00) and shop, a terminal, and a card enrolled
 /// for alice. The card keeps running in its thread for the rest of the test.
 async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
-    let token = "admin-token-for-relay-tests".to_owned();
-    let config = keybridge_server::ServerConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        dir.path().join("server"),
-        token.clone(),
-    );
-    std::fs::create_dir_all(&config.data_dir).unwrap();
-    let server = keybridge_server::start(config).await.unwrap();
-    let url = format!("http://{}", server.addr);
-    let admin = Client::new(&url, &token).unwrap();
-    let cny = Currency::from_code("CNY").unwrap();
-    for (id, balance) in [("alice", 100_000), ("shop", 0)] {
-        admin
-            .create_account(&CreateAccount {
-                id: AccountId::new(id).unwrap(),
-                display_name: id.to_uppercase(),
-                currency: cny,
-                opening_balance_minor: balance,
-            })
-            .await
-            .unwrap();
-    }
-    let t = admin.create_terminal("till").await.unwrap();
-    let terminal = Client::new(&url, &t.api_key).unwrap();
+    let common::Bank {
+        server,
+        admin,
+        terminal,
+    } = common::bank(&dir.path().join("server"), None, 100_000).await;
 
     let port = free_port();
     let card_link = CardLinkSpec::VpcdListen(format!("127.0.0.1:{port}"));
@@ -83,7 +63,7 @@ async fn world() -> World {
     .unwrap();
     World {
         _dir: dir,
-        _server: server,
+        server,
         admin,
         terminal,
         card_link,
@@ -302,7 +282,7 @@ async fn cutting_proxy(
 /// payment settled once, with the card's one signature.
 async fn pay_through_a_broken_socket(on_answer: OnAnswer, answer_wait: Duration) {
     let w = world().await;
-    let (proxy, answers) = cutting_proxy(w._server.addr, on_answer).await;
+    let (proxy, answers) = cutting_proxy(w.server.addr, on_answer).await;
     let mut credential = w.credential.clone();
     credential.server = proxy;
     start_relay_waiting(&w, credential, PIN, answer_wait);
