@@ -8,9 +8,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::removal::{card, request, wait_for_line, Bank, ALICE_OPENING, AMOUNT};
+use common::removal::{
+    bank, card, enrol_and_start_relay, request, wait_for_line, ALICE_OPENING, AMOUNT,
+};
 use keybridge_proto::api::TransactionStatus;
 use keybridge_relay::{CardLink, CardLinkSpec};
+use keybridge_testkit::Bank;
 
 /// A server, and a vpcd reader for the card on a port of its own.
 struct World {
@@ -22,7 +25,7 @@ struct World {
 
 async fn world(ttl_s: u64) -> World {
     let dir = tempfile::tempdir().unwrap();
-    let bank = Bank::open(&dir.path().join("server"), ttl_s).await;
+    let bank = bank(&dir.path().join("server"), ttl_s).await;
     let state = dir.path().join("card.json");
     // The relay listens again on this port after the enrolment reader is
     // dropped. A port the kernel picked (bind to port 0) lies in the
@@ -34,8 +37,7 @@ async fn world(ttl_s: u64) -> World {
     let enrol = CardLink::open(&spec).unwrap();
     let link = format!("vpcd=127.0.0.1:{port}");
     let enrolling = card(&state, &link, "approve", true);
-    bank.enrol_and_start_relay(enrol, enrolling, spec, Duration::from_secs(4))
-        .await;
+    enrol_and_start_relay(&bank, enrol, enrolling, spec, Duration::from_secs(4)).await;
     World {
         _dir: dir,
         bank,

@@ -12,7 +12,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::removal::{self, request, wait_for_line, Bank, Killed, ALICE_OPENING, AMOUNT};
+use common::removal::{
+    self, bank, enrol_and_start_relay, request, wait_for_line, Killed, ALICE_OPENING, AMOUNT,
+};
 use keybridge_proto::api::TransactionStatus;
 use keybridge_relay::{CardLink, CardLinkSpec};
 use keybridge_transport::pcsc::PcscReader;
@@ -67,14 +69,20 @@ async fn card_removed_mid_sign_over_pcsc_then_tapped_again_settles_once() {
     let _lock = VpcdLock::acquire(Duration::from_secs(600)).expect("vpcd lock");
     let dir = tempfile::tempdir().unwrap();
     let _pcscd = Pcscd::ensure(Some(&dir.path().join("pcscd.log"))).expect("pcscd");
-    let bank = Bank::open(&dir.path().join("server"), 90).await;
+    let bank = bank(&dir.path().join("server"), 90).await;
     let state = dir.path().join("card.json");
     // Enrolled over PC/SC (approve policy, stopped afterwards); the relay
     // then reaches the card through PC/SC too.
     let enrol = CardLink::open(&pcsc_spec()).unwrap();
     let enrolling = card(&state, "approve", true);
-    bank.enrol_and_start_relay(enrol, enrolling, pcsc_spec(), Duration::from_secs(15))
-        .await;
+    enrol_and_start_relay(
+        &bank,
+        enrol,
+        enrolling,
+        pcsc_spec(),
+        Duration::from_secs(15),
+    )
+    .await;
 
     // The holder is asked and never answers: the card sits inside SIGN.
     let (asking, lines) = card(&state, "prompt", false);

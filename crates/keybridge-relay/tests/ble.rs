@@ -9,14 +9,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-mod common;
-
-use common::free_port;
 use keybridge_proto::api::TransactionStatus;
-use keybridge_proto::{AccountId, Currency, Money};
+use keybridge_proto::AccountId;
 use keybridge_relay::link::BleSimSettings;
 use keybridge_relay::{CardLink, CardLinkSpec, Decision, RelayOptions};
 use keybridge_terminal::{pay, Client, PayOutcome, PayRequest};
+use keybridge_testkit::{alice_pays_shop, free_port, Bank, BankOptions};
 use keybridge_transport::ble::frame::{Cmd, FragmentLen};
 use keybridge_transport::ble::sim::{Direction, GattOp, LinkShape, Proxy, ProxyHook};
 use keybridge_transport::ble::Reassembler;
@@ -41,11 +39,15 @@ struct World {
 /// step), which then advertises on the simulated BLE link.
 async fn world(ttl_s: u64) -> World {
     let dir = tempfile::tempdir().unwrap();
-    let common::Bank {
+    let options = BankOptions {
+        alice_minor: 10_000,
+        confirmation_ttl_s: Some(ttl_s),
+    };
+    let Bank {
         server,
         admin,
         terminal,
-    } = common::bank(&dir.path().join("server"), Some(ttl_s), 10_000).await;
+    } = Bank::open(&dir.path().join("server"), options).await;
 
     // Enrolment over vpcd; the card process returns when the reader closes.
     let vpcd_port = free_port();
@@ -129,13 +131,9 @@ fn start_relay(
 
 fn request(amount_minor: u64, key: &str, wait_s: u64) -> PayRequest {
     PayRequest {
-        payer: AccountId::new("alice").unwrap(),
-        payee: AccountId::new("shop").unwrap(),
-        amount: Money::new(amount_minor, Currency::from_code("CNY").unwrap()),
-        order_id: ORDER.to_owned(),
         description: DESCRIPTION.to_owned(),
-        idempotency_key: key.to_owned(),
         wait_max: Duration::from_secs(wait_s),
+        ..alice_pays_shop(amount_minor, ORDER, key)
     }
 }
 

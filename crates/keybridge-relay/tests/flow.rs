@@ -9,13 +9,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-mod common;
-
-use common::free_port;
 use keybridge_proto::api::{Reason, TransactionStatus};
-use keybridge_proto::{AccountId, Currency, Money};
+use keybridge_proto::AccountId;
 use keybridge_relay::{CardLink, CardLinkSpec, Decision, RelayOptions};
 use keybridge_terminal::{pay, Client, PayRequest};
+use keybridge_testkit::{alice_pays_shop, free_port, Bank, BankOptions};
 use zeroize::Zeroizing;
 
 const PIN: &str = "123456";
@@ -33,11 +31,15 @@ struct World {
 /// for alice. The card keeps running in its thread for the rest of the test.
 async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
-    let common::Bank {
+    let options = BankOptions {
+        alice_minor: 100_000,
+        confirmation_ttl_s: None,
+    };
+    let Bank {
         server,
         admin,
         terminal,
-    } = common::bank(&dir.path().join("server"), None, 100_000).await;
+    } = Bank::open(&dir.path().join("server"), options).await;
 
     let port = free_port();
     let card_link = CardLinkSpec::VpcdListen(format!("127.0.0.1:{port}"));
@@ -104,13 +106,8 @@ fn start_relay_waiting(
 
 fn request(order: &str, key: &str) -> PayRequest {
     PayRequest {
-        payer: AccountId::new("alice").unwrap(),
-        payee: AccountId::new("shop").unwrap(),
-        amount: Money::new(250, Currency::from_code("CNY").unwrap()),
-        order_id: order.to_owned(),
-        description: String::new(),
-        idempotency_key: key.to_owned(),
         wait_max: Duration::from_secs(30),
+        ..alice_pays_shop(250, order, key)
     }
 }
 
