@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{error_body, payment, request_payload, sign_with, Harness, Options, GUARD};
+use common::{error_body, payment, request_payload, sign_piv, sign_with, Harness, Options, GUARD};
 use keybridge_proto::api::{
     Confirmation, DeclineReason, Reason, RelayAnswer, RelayMessage, TransactionStatus,
     TransactionView,
@@ -103,6 +103,36 @@ async fn the_answer_that_settled_hears_the_outcome_again() {
         );
     }
     assert_eq!(h.transfer_count(&tx.id).await, 1);
+    h.assert_ledger_balanced().await;
+}
+
+/// The same for a PIV device, which signs without a counter: the repeat of
+/// its signature hears the outcome; another answer (a decline) does not.
+#[tokio::test]
+async fn a_piv_answer_that_settled_hears_the_outcome_again() {
+    let h = Harness::start().await;
+    h.account("alice", "CNY", 1_000_000).await;
+    h.account("shop", "CNY", 0).await;
+    let terminal = h.terminal().await;
+    let card = h.enroll_as("alice", "piv").await;
+    let tx = h.pay(&terminal, 700).await;
+    let answer = sign_piv(&card.key, &h.payload(&tx.id).await);
+    let settled = h.confirm_ok(&card, &tx.id, &answer).await;
+    assert_eq!(settled.status, TransactionStatus::Settled);
+    assert_eq!(h.confirm_ok(&card, &tx.id, &answer).await, settled);
+    let declined = Confirmation::Declined {
+        reason: DeclineReason::Declined,
+    };
+    let r = h
+        .confirm(&card.enrolled.credential, &tx.id, &declined)
+        .await;
+    let (status, body) = error_body(r).await;
+    assert_eq!(
+        (status, body.error.as_str()),
+        (StatusCode::CONFLICT, "not_pending")
+    );
+    assert_eq!(h.transfer_count(&tx.id).await, 1);
+    assert_eq!(h.balances().await["alice"], 1_000_000 - 700);
     h.assert_ledger_balanced().await;
 }
 

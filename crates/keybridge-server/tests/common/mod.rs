@@ -74,6 +74,16 @@ impl Card {
     }
 }
 
+/// What a PIV card's slot 9C answers: ECDSA over SHA-256(payload), no
+/// counter (the relay sends 0).
+pub fn sign_piv(key: &SigningKey, payload: &[u8]) -> Confirmation {
+    let sig: DerSignature = key.sign(payload);
+    Confirmation::Signed {
+        counter: 0,
+        signature: b64::encode(sig.as_bytes()),
+    }
+}
+
 pub fn sign_with(key: &SigningKey, payload: &[u8], counter: u32) -> Confirmation {
     let sig: DerSignature = key.sign(&signed_message(payload, counter));
     Confirmation::Signed {
@@ -173,12 +183,17 @@ impl Harness {
     }
 
     pub async fn enroll(&self, account: &str) -> Card {
+        self.enroll_as(account, "transaction_applet").await
+    }
+
+    /// [`Harness::enroll`] a device that signs by `method` (`piv`, say).
+    pub async fn enroll_as(&self, account: &str, method: &str) -> Card {
         let key = software_key();
         let point = key.verifying_key().to_encoded_point(false);
         let r = self
             .admin_post(
                 "/v1/admin/devices",
-                json!({"account": account, "public_key": b64::encode(point.as_bytes()), "label": "test card"}),
+                json!({"account": account, "public_key": b64::encode(point.as_bytes()), "label": "test card", "method": method}),
             )
             .await;
         assert_eq!(
