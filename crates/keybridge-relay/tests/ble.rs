@@ -13,7 +13,7 @@ use keybridge_proto::api::TransactionStatus;
 use keybridge_proto::AccountId;
 use keybridge_relay::link::BleSimSettings;
 use keybridge_relay::{CardLink, CardLinkSpec, Decision, RelayOptions};
-use keybridge_terminal::{pay, Client, PayOutcome, PayRequest};
+use keybridge_terminal::{pay, PayOutcome, PayRequest};
 use keybridge_testkit::{alice_pays_shop, free_port, Bank, BankOptions};
 use keybridge_transport::ble::frame::{Cmd, FragmentLen};
 use keybridge_transport::ble::sim::{Direction, GattOp, LinkShape, Proxy, ProxyHook};
@@ -26,9 +26,7 @@ const DESCRIPTION: &str = "Confidential order description";
 
 struct World {
     _dir: tempfile::TempDir,
-    _server: keybridge_server::RunningServer,
-    admin: Client,
-    terminal: Client,
+    bank: Bank,
     /// Where the card advertises.
     card_addr: std::net::SocketAddr,
     credential: keybridge_relay::DeviceCredential,
@@ -43,11 +41,7 @@ async fn world(ttl_s: u64) -> World {
         alice_minor: 10_000,
         confirmation_ttl_s: Some(ttl_s),
     };
-    let Bank {
-        server,
-        admin,
-        terminal,
-    } = Bank::open(&dir.path().join("server"), options).await;
+    let bank = Bank::open(&dir.path().join("server"), options).await;
 
     // Enrolment over vpcd; the card process returns when the reader closes.
     let vpcd_port = free_port();
@@ -64,7 +58,7 @@ async fn world(ttl_s: u64) -> World {
     };
     let enrol_card = std::thread::spawn(move || keybridge_card::run(options));
     let (_, credential) = keybridge_relay::enroll(
-        &admin,
+        &bank.admin,
         enrol.clone(),
         &AccountId::new("alice").unwrap(),
         "ble card",
@@ -98,9 +92,7 @@ async fn world(ttl_s: u64) -> World {
     std::thread::spawn(move || keybridge_card::run_with_link(options, link));
     World {
         _dir: dir,
-        _server: server,
-        admin,
-        terminal,
+        bank,
         card_addr,
         credential,
     }
@@ -137,22 +129,14 @@ fn request(amount_minor: u64, key: &str, wait_s: u64) -> PayRequest {
     }
 }
 
-async fn balance(w: &World, id: &str) -> i64 {
-    w.admin
-        .account(&AccountId::new(id).unwrap())
-        .await
-        .unwrap()
-        .balance_minor
-}
-
 async fn device_counter(w: &World) -> u32 {
-    w.admin.devices().await.unwrap()[0].last_counter
+    w.bank.admin.devices().await.unwrap()[0].last_counter
 }
 
 async fn pays_at(att_mtu: u16, shape: LinkShape) -> PayOutcome {
     let w = world(120).await;
     let _relay = start_relay(&w, w.card_addr, att_mtu, shape);
-    let out = pay(&w.terminal, &request(250, "k-1", 60), |_| {})
+    let out = pay(&w.bank.terminal, &request(250, "k-1", 60), |_| {})
         .await
         .unwrap();
     assert_eq!(
@@ -161,8 +145,8 @@ async fn pays_at(att_mtu: u16, shape: LinkShape) -> PayOutcome {
         "MTU {att_mtu}, {shape:?}: {:?}",
         out.last.reason
     );
-    assert_eq!(balance(&w, "alice").await, 10_000 - 250);
-    assert_eq!(balance(&w, "shop").await, 250);
+    assert_eq!(w.bank.balance("alice").await, 10_000 - 250);
+    assert_eq!(w.bank.balance("shop").await, 250);
     assert_eq!(device_counter(&w).await, 1, "exactly one signature");
     out
 }
@@ -243,7 +227,7 @@ async fn a_passive_listener_never_sees_the_pin_or_the_payload() {
     let w = world(120).await;
     let (proxy, log) = mitm(&w, |_, op| vec![op]);
     let _relay = start_relay(&w, proxy.local_addr(), 23, LinkShape::default());
-    let out = pay(&w.terminal, &request(250, "k-1", 60), |_| {})
+    let out = pay(&w.bank.terminal, &request(250, "k-1", 60), |_| {})
         .await
         .unwrap();
     assert_eq!(out.last.status, TransactionStatus::Settled);
@@ -306,12 +290,12 @@ async fn altering_the_sign_frame_is_an_error_never_a_changed_amount() {
         (_, op) => vec![op],
     });
     let _relay = start_relay(&w, proxy.local_addr(), 512, LinkShape::default());
-    let out = pay(&w.terminal, &request(250, "k-1", 30), |_| {})
+    let out = pay(&w.bank.terminal, &request(250, "k-1", 30), |_| {})
         .await
         .unwrap();
     assert_eq!(out.last.status, TransactionStatus::Expired);
-    assert_eq!(balance(&w, "alice").await, 10_000);
-    assert_eq!(balance(&w, "shop").await, 0);
+    assert_eq!(w.bank.balance("alice").await, 10_000);
+    assert_eq!(w.bank.balance("shop").await, 0);
     assert_eq!(device_counter(&w).await, 0, "nothing was ever signed");
 }
 
@@ -337,13 +321,13 @@ async fn a_lost_signature_means_a_second_signature_never_a_second_payment() {
         (_, op) => vec![op],
     });
     let _relay = start_relay(&w, proxy.local_addr(), 512, LinkShape::default());
-    let out = pay(&w.terminal, &request(250, "k-1", 60), |_| {})
+    let out = pay(&w.bank.terminal, &request(250, "k-1", 60), |_| {})
         .await
         .unwrap();
     assert_eq!(out.last.status, TransactionStatus::Settled);
     assert_eq!(device_counter(&w).await, 2, "the card signed twice");
-    assert_eq!(balance(&w, "alice").await, 10_000 - 250, "paid once");
-    assert_eq!(balance(&w, "shop").await, 250);
+    assert_eq!(w.bank.balance("alice").await, 10_000 - 250, "paid once");
+    assert_eq!(w.bank.balance("shop").await, 250);
 }
 
 /// A man in the middle swaps both ephemeral keys for his own, to read and
@@ -378,11 +362,11 @@ async fn a_substituted_ephemeral_key_fails_authentication() {
         (_, op) => vec![op],
     });
     let _relay = start_relay(&w, proxy.local_addr(), 512, LinkShape::default());
-    let out = pay(&w.terminal, &request(250, "k-1", 30), |_| {})
+    let out = pay(&w.bank.terminal, &request(250, "k-1", 30), |_| {})
         .await
         .unwrap();
     assert_ne!(out.last.status, TransactionStatus::Settled);
-    assert_eq!(balance(&w, "alice").await, 10_000);
+    assert_eq!(w.bank.balance("alice").await, 10_000);
     assert_eq!(device_counter(&w).await, 0);
     let to_card = messages(&log, Direction::PhoneToDevice);
     assert!(

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use keybridge_proto::api::{Reason, TransactionStatus};
 use keybridge_proto::AccountId;
 use keybridge_relay::{CardLink, CardLinkSpec, Decision, RelayOptions};
-use keybridge_terminal::{pay, Client, PayRequest};
+use keybridge_terminal::{pay, PayRequest};
 use keybridge_testkit::{alice_pays_shop, free_port, Bank, BankOptions};
 use zeroize::Zeroizing;
 
@@ -20,9 +20,7 @@ const PIN: &str = "123456";
 
 struct World {
     _dir: tempfile::TempDir,
-    server: keybridge_server::RunningServer,
-    admin: Client,
-    terminal: Client,
+    bank: Bank,
     card_link: CardLinkSpec,
     credential: keybridge_relay::DeviceCredential,
 }
@@ -35,11 +33,7 @@ async fn world() -> World {
         alice_minor: 100_000,
         confirmation_ttl_s: None,
     };
-    let Bank {
-        server,
-        admin,
-        terminal,
-    } = Bank::open(&dir.path().join("server"), options).await;
+    let bank = Bank::open(&dir.path().join("server"), options).await;
 
     let port = free_port();
     let card_link = CardLinkSpec::VpcdListen(format!("127.0.0.1:{port}"));
@@ -54,7 +48,7 @@ async fn world() -> World {
     };
     std::thread::spawn(move || keybridge_card::run(options));
     let (_, credential) = keybridge_relay::enroll(
-        &admin,
+        &bank.admin,
         enrol,
         &AccountId::new("alice").unwrap(),
         "test card",
@@ -65,9 +59,7 @@ async fn world() -> World {
     .unwrap();
     World {
         _dir: dir,
-        server,
-        admin,
-        terminal,
+        bank,
         card_link,
         credential,
     }
@@ -111,14 +103,6 @@ fn request(order: &str, key: &str) -> PayRequest {
     }
 }
 
-async fn balance(w: &World, id: &str) -> i64 {
-    w.admin
-        .account(&AccountId::new(id).unwrap())
-        .await
-        .unwrap()
-        .balance_minor
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_pins_block_the_card_and_nothing_is_paid() {
     let w = world().await;
@@ -132,7 +116,7 @@ async fn wrong_pins_block_the_card_and_nothing_is_paid() {
     ];
     for (i, want) in expected.into_iter().enumerate() {
         let out = pay(
-            &w.terminal,
+            &w.bank.terminal,
             &request(&format!("O-{i}"), &format!("k-{i}")),
             |_| {},
         )
@@ -141,34 +125,34 @@ async fn wrong_pins_block_the_card_and_nothing_is_paid() {
         assert_eq!(out.last.status, TransactionStatus::Rejected, "payment {i}");
         assert_eq!(out.last.reason, Some(want), "payment {i}");
     }
-    assert_eq!(balance(&w, "alice").await, 100_000);
-    assert_eq!(balance(&w, "shop").await, 0);
+    assert_eq!(w.bank.balance("alice").await, 100_000);
+    assert_eq!(w.bank.balance("shop").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_payment_needs_the_card_and_the_counter_moves_forward() {
     let w = world().await;
     start_relay(&w, PIN);
-    let first = pay(&w.terminal, &request("O-1", "k-1"), |_| {})
+    let first = pay(&w.bank.terminal, &request("O-1", "k-1"), |_| {})
         .await
         .unwrap();
     assert_eq!(first.last.status, TransactionStatus::Settled);
-    let second = pay(&w.terminal, &request("O-2", "k-2"), |_| {})
+    let second = pay(&w.bank.terminal, &request("O-2", "k-2"), |_| {})
         .await
         .unwrap();
     assert_eq!(second.last.status, TransactionStatus::Settled);
-    let devices = w.admin.devices().await.unwrap();
+    let devices = w.bank.admin.devices().await.unwrap();
     assert_eq!(devices.len(), 1);
     assert_eq!(devices[0].last_counter, 2, "one signature per payment");
 
     // A retry with the first key is the first payment, not a third one.
-    let retry = pay(&w.terminal, &request("O-1", "k-1"), |_| {})
+    let retry = pay(&w.bank.terminal, &request("O-1", "k-1"), |_| {})
         .await
         .unwrap();
     assert_eq!(retry.created.id, first.created.id);
     assert_eq!(retry.last.status, TransactionStatus::Settled);
-    assert_eq!(balance(&w, "alice").await, 100_000 - 2 * 250);
-    assert_eq!(balance(&w, "shop").await, 500);
+    assert_eq!(w.bank.balance("alice").await, 100_000 - 2 * 250);
+    assert_eq!(w.bank.balance("shop").await, 500);
 }
 
 /// Regression: with several payments in flight for one card, signatures made
@@ -182,7 +166,7 @@ async fn concurrent_payments_on_one_card_all_settle() {
     start_relay(&w, PIN);
     let mut tasks = Vec::new();
     for i in 0..40 {
-        let terminal = w.terminal.clone();
+        let terminal = w.bank.terminal.clone();
         tasks.push(tokio::spawn(async move {
             pay(
                 &terminal,
@@ -202,8 +186,8 @@ async fn concurrent_payments_on_one_card_all_settle() {
             out.last.reason
         );
     }
-    assert_eq!(w.admin.devices().await.unwrap()[0].last_counter, 40);
-    assert_eq!(balance(&w, "shop").await, 40 * 250);
+    assert_eq!(w.bank.admin.devices().await.unwrap()[0].last_counter, 40);
+    assert_eq!(w.bank.balance("shop").await, 40 * 250);
 }
 
 /// A loopback proxy in front of the server that forwards every connection as
@@ -279,11 +263,11 @@ async fn cutting_proxy(
 /// payment settled once, with the card's one signature.
 async fn pay_through_a_broken_socket(on_answer: OnAnswer, answer_wait: Duration) {
     let w = world().await;
-    let (proxy, answers) = cutting_proxy(w.server.addr, on_answer).await;
+    let (proxy, answers) = cutting_proxy(w.bank.server.addr, on_answer).await;
     let mut credential = w.credential.clone();
     credential.server = proxy;
     start_relay_waiting(&w, credential, PIN, answer_wait);
-    let out = pay(&w.terminal, &request("W-1", "w-1"), |_| {})
+    let out = pay(&w.bank.terminal, &request("W-1", "w-1"), |_| {})
         .await
         .unwrap();
     assert_eq!(out.last.status, TransactionStatus::Settled);
@@ -291,10 +275,10 @@ async fn pay_through_a_broken_socket(on_answer: OnAnswer, answer_wait: Duration)
         answers.load(Ordering::SeqCst) >= 1,
         "the answer never went on the socket"
     );
-    let devices = w.admin.devices().await.unwrap();
+    let devices = w.bank.admin.devices().await.unwrap();
     assert_eq!(devices[0].last_counter, 1, "one signature");
-    assert_eq!(balance(&w, "alice").await, 100_000 - 250);
-    assert_eq!(balance(&w, "shop").await, 250);
+    assert_eq!(w.bank.balance("alice").await, 100_000 - 250);
+    assert_eq!(w.bank.balance("shop").await, 250);
 }
 
 /// The relay's answer goes on its WebSocket; when that socket dies before the

@@ -16,7 +16,7 @@ use keybridge_proto::api::{b64, Confirmation, Reason, SignatureMethod, Transacti
 use keybridge_proto::ocra::{self, Inputs, Suite};
 use keybridge_proto::signed_message;
 
-use crate::pki::{self, LeafKey, PathCache, RevocationSet, TrustStore};
+use crate::pki::{self, PathCache, RevocationSet, TrustStore};
 use crate::secretbox::{ocra_aad, MasterKey};
 use crate::store::{AnswerDigest, DeviceRecord, DeviceStatus, TransactionRecord};
 use sha2::{Digest, Sha256};
@@ -201,13 +201,15 @@ fn verify_signature(v: &Verifier, s: Submission<'_>, counter: u32, signature_b64
     }
     // 5. The signature covers exactly the stored payload (and the counter,
     //    for the transaction applet).
-    if !signs(
-        &path.key,
-        device.method,
-        &transaction.payload,
-        counter,
-        signature_b64,
-    ) {
+    let signature = match (signature_b64.len() <= SIGNATURE_B64_LEN_MAX)
+        .then(|| b64::decode(signature_b64))
+        .flatten()
+    {
+        Some(sig) => sig,
+        None => return Verdict::reject(Reason::BadSignature),
+    };
+    let message = signed_message_for(device.method, &transaction.payload, counter);
+    if !path.key.verify(&message, &signature) {
         return Verdict::reject(Reason::BadSignature);
     }
     // 6. The counter moves forward (checked again, atomically, by the payment
@@ -246,21 +248,6 @@ pub fn answer_digest(device_id: &str, confirmation: &Confirmation) -> Option<Ans
     h.update(device_id.as_bytes());
     h.update(&json);
     Some(AnswerDigest(h.finalize().into()))
-}
-
-/// Whether `signature_b64` is `key`'s signature over what a device of
-/// `method` signs for `payload` and `counter`.
-fn signs(
-    key: &LeafKey,
-    method: SignatureMethod,
-    payload: &[u8],
-    counter: u32,
-    signature_b64: &str,
-) -> bool {
-    let signature = (signature_b64.len() <= SIGNATURE_B64_LEN_MAX)
-        .then(|| b64::decode(signature_b64))
-        .flatten();
-    signature.is_some_and(|sig| key.verify(&signed_message_for(method, payload, counter), &sig))
 }
 
 /// OCRA: recompute over the stored payload's question for the candidate

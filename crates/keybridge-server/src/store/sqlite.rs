@@ -430,9 +430,9 @@ fn get_device(conn: &Connection, id: &str) -> Result<Option<DeviceRecord>, Store
         .next())
 }
 
-/// One administrative change to a device: `update` (whose last parameter is
-/// the device id) and, if it changed the row, the audit row `event` with
-/// `detail`. Returns the device as it now is, `None` if there is none.
+/// One administrative change to device `device_id`: `update` and, if it
+/// changed the row, the audit row `event` with `detail`. Returns the device
+/// as it now is, `None` if there is none.
 fn change_device(
     tx: &Transaction<'_>,
     device_id: &str,
@@ -451,14 +451,17 @@ fn change_device(
 type AccountRow = (String, String, String, i64, i64, i64);
 
 type TransferRow = (
-    (i64, Option<String>, String, String),
-    (String, i64, String, i64),
+    i64,
+    Option<String>,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    i64,
 );
 
-type AuditRow = (
-    (i64, i64, Option<String>),
-    (String, String, Vec<u8>, Vec<u8>),
-);
+type AuditRow = (i64, i64, Option<String>, String, String, Vec<u8>, Vec<u8>);
 
 fn decode_account(row: AccountRow) -> Result<AccountRecord, StoreError> {
     let (id, display_name, cur, balance_minor, system, created) = row;
@@ -1264,12 +1267,18 @@ impl Store for SqliteStore {
                 [id.to_hex()],
                 |r| {
                     Ok((
-                        (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?),
-                        (r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?),
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
                     ))
                 },
                 |row: TransferRow| {
-                    let ((tid, t, kind, debit), (credit, amount, cur, created)) = row;
+                    let (tid, t, kind, debit, credit, amount, cur, created) = row;
                     Ok(TransferRecord {
                         id: tid,
                         transaction_id: t.as_deref().map(transaction_id).transpose()?,
@@ -1295,12 +1304,17 @@ impl Store for SqliteStore {
                 [],
                 |r| {
                     Ok((
-                        (r.get(0)?, r.get(1)?, r.get(2)?),
-                        (r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?),
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
                     ))
                 },
                 |row: AuditRow| {
-                    let ((seq, at, t), (event, detail, prev, hash)) = row;
+                    let (seq, at, t, event, detail, prev, hash) = row;
                     Ok(AuditRecord {
                         seq: to_u64(seq)?,
                         at_unix_s: to_u64(at)?,
