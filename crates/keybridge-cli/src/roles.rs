@@ -58,6 +58,13 @@ pub struct ServerArgs {
     pub crl_sources: Vec<String>,
     #[arg(long, default_value_t = 300)]
     pub crl_refresh_s: u64,
+    /// PostgreSQL instead of SQLite in the data directory
+    /// (`postgres://user@host/db`, or `host=… user=… dbname=…`). Several
+    /// instances may share it; give them the same data directory contents
+    /// (CA, master key, admin token). May hold a password, so it is no
+    /// config-file setting and is never logged.
+    #[arg(long, env = "KEYBRIDGE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
 }
 
 /// The admin token comes from `KEYBRIDGE_ADMIN_TOKEN`, or is generated once and
@@ -111,6 +118,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let token = admin_token(&settings.data_dir)?;
     let mut config =
         keybridge_server::ServerConfig::new(settings.listen, settings.data_dir.clone(), token);
+    config.database_url = args.database_url;
     config.origin = settings.origin;
     config.confirmation_ttl_s = settings.ttl_s;
     config.body_limit_bytes = settings.body_limit_bytes;

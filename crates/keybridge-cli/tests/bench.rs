@@ -199,3 +199,24 @@ fn bench_measures_memory_per_pending_confirmation() {
         "{report}"
     );
 }
+
+/// The same smoke with the server on PostgreSQL: every payment settles and
+/// the ledger read back from the database matches.
+#[test]
+fn bench_runs_on_postgres() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(database) =
+        runtime.block_on(keybridge_server::store::postgres::scratch::database_or_skip())
+    else {
+        return;
+    };
+    let store = format!("postgres:{database}");
+    let report = bench_json(&["--payments", "100", "--cards", "2", "--store", &store]);
+    assert_eq!(report["payments_settled"], 100, "{report}");
+    assert_eq!(report["payments_failed"], 0, "{report}");
+    assert_eq!(report["ledger"]["payers_debited_minor"], 10_000, "{report}");
+    assert_eq!(
+        report["ledger"]["merchant_credited_minor"], 10_000,
+        "{report}"
+    );
+}

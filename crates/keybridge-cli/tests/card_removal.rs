@@ -37,7 +37,7 @@ async fn world(ttl_s: u64) -> World {
     let enrol = CardLink::open(&spec).unwrap();
     let link = format!("vpcd=127.0.0.1:{port}");
     let enrolling = card(&state, &link, "approve", true);
-    enrol_and_start_relay(&bank, enrol, enrolling, spec, Duration::from_secs(4)).await;
+    enrol_and_start_relay(&bank.admin, enrol, enrolling, spec, Duration::from_secs(4)).await;
     World {
         _dir: dir,
         bank,

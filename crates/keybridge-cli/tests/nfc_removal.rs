@@ -76,7 +76,7 @@ async fn card_removed_mid_sign_over_pcsc_then_tapped_again_settles_once() {
     let enrol = CardLink::open(&pcsc_spec()).unwrap();
     let enrolling = card(&state, "approve", true);
     enrol_and_start_relay(
-        &bank,
+        &bank.admin,
         enrol,
         enrolling,
         pcsc_spec(),

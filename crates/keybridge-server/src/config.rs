@@ -10,6 +10,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Holds `keybridge.sqlite`, `ca-key.pem` (mode 0600) and `ca-cert.pem`.
     pub data_dir: PathBuf,
+    /// A PostgreSQL database (`postgres://user@host/db`) instead of SQLite in
+    /// `data_dir`: several instances may share it. May hold a password:
+    /// never logged.
+    pub database_url: Option<String>,
     /// Server identity written into every payload (stops cross-server replay).
     pub origin: String,
     /// Bearer token of the admin API. Never logged.
@@ -47,6 +51,7 @@ impl ServerConfig {
         ServerConfig {
             listen,
             data_dir,
+            database_url: None,
             origin: Self::ORIGIN_DEFAULT.to_owned(),
             admin_token,
             confirmation_ttl_s: Self::CONFIRMATION_TTL_S_DEFAULT,
@@ -72,6 +77,10 @@ impl std::fmt::Debug for ServerConfig {
         f.debug_struct("ServerConfig")
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
+            .field(
+                "database_url",
+                &self.database_url.as_ref().map(|_| "<redacted>"),
+            )
             .field("origin", &self.origin)
             .field("admin_token", &"<redacted>")
             .field("confirmation_ttl_s", &self.confirmation_ttl_s)
@@ -103,9 +112,11 @@ mod tests {
         );
         let mut c = c;
         c.master_key_hex = Some("ab".repeat(32));
+        c.database_url = Some("postgres://kb:pg-s3cret@db/kb".into());
         let text = format!("{c:?}");
         assert!(!text.contains("s3cret-admin"), "{text}");
         assert!(!text.contains("abab"), "{text}");
+        assert!(!text.contains("pg-s3cret"), "{text}");
         assert_eq!(c.confirmation_ttl_s, 120);
         assert_eq!(c.body_limit_bytes, 65536);
     }

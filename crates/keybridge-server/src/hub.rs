@@ -11,8 +11,13 @@
 //!
 //! A subscriber that falls more than its topic's capacity behind is told so
 //! (`Lagged`) and re-reads the store, so the bound never loses a final
-//! status. The store stays the truth; the hub only says "look again". Several
-//! server instances would replace this with the database's own notifications.
+//! status. The store stays the truth; the hub only says "look again".
+//!
+//! Several server instances on one PostgreSQL database share their events
+//! through it: [`Hub::connect_peers`] hands every event published here to a
+//! sender (`store::postgres::notify` sends it with NOTIFY), and events heard
+//! from other instances come in through [`Hub::publish_from_peer`], which
+//! delivers locally only, so nothing echoes back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -73,6 +78,9 @@ struct Inner {
     /// the store once for all the ends since its last look.
     ended: Notify,
     shutdown: watch::Sender<bool>,
+    /// Other instances, once connected: every event published here goes
+    /// there too.
+    peers: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<HubEvent>>,
 }
 
 impl Inner {
@@ -104,13 +112,31 @@ impl Hub {
                 topics: Mutex::new(HashMap::new()),
                 ended: Notify::new(),
                 shutdown,
+                peers: std::sync::OnceLock::new(),
             }),
         }
     }
 
-    /// Sends to the subscribers of the topics the event concerns; having none
-    /// is fine.
+    /// Sends to the subscribers of the topics the event concerns (having none
+    /// is fine), and to the other instances if connected.
     pub fn publish(&self, event: HubEvent) {
+        if let Some(peers) = self.inner.peers.get() {
+            // Unbounded: publishing never waits on the database. A closed
+            // channel means the bridge stopped; it has logged why.
+            let _ = peers.send(event.clone());
+        }
+        self.publish_from_peer(event);
+    }
+
+    /// From now on, every event published here is also sent to `peers`.
+    /// Returns false (and changes nothing) if peers were connected before.
+    pub fn connect_peers(&self, peers: tokio::sync::mpsc::UnboundedSender<HubEvent>) -> bool {
+        self.inner.peers.set(peers).is_ok()
+    }
+
+    /// Delivers an event another instance published, to this instance's
+    /// subscribers only.
+    pub fn publish_from_peer(&self, event: HubEvent) {
         match &event {
             HubEvent::Created { view, .. } => {
                 let topic = Topic::Payer(view.payer.clone());

@@ -40,6 +40,7 @@ pub mod hub;
 pub mod metrics;
 pub mod openapi;
 pub mod payment;
+mod peers;
 mod pending_cache;
 pub mod pki;
 mod random;
@@ -80,9 +81,9 @@ pub struct RunningServer {
     state: AppState,
     stop: tokio::sync::watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
-    sweeper: JoinHandle<()>,
-    webhooks: JoinHandle<()>,
-    crl_import: Option<JoinHandle<()>>,
+    /// The sweeper, the webhook worker, and where configured the CRL
+    /// importer and the link to other instances: aborted at shutdown.
+    background: Vec<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -117,11 +118,7 @@ impl RunningServer {
                 self.finish().await
             }
             result = &mut self.server => {
-                self.sweeper.abort();
-                self.webhooks.abort();
-                if let Some(task) = &self.crl_import {
-                    task.abort();
-                }
+                self.background.iter().for_each(JoinHandle::abort);
                 flatten(result)
             }
         }
@@ -130,12 +127,9 @@ impl RunningServer {
     async fn finish(self) -> Result<(), ServerError> {
         self.state.hub.begin_shutdown();
         self.stop.send_replace(true);
-        self.sweeper.abort();
-        // Undelivered events stay queued in the store and go out after restart.
-        self.webhooks.abort();
-        if let Some(task) = &self.crl_import {
-            task.abort();
-        }
+        // Undelivered webhook events stay queued in the store and go out
+        // after restart.
+        self.background.iter().for_each(JoinHandle::abort);
         let result = flatten(self.server.await);
         tracing::info!("server stopped");
         result
@@ -166,14 +160,27 @@ pub async fn start_with_clock(
     config: ServerConfig,
     clock: Arc<dyn Clock>,
 ) -> Result<RunningServer, ServerError> {
-    // Opening SQLite and reading the CA files block: keep them off the runtime.
+    let Some(url) = config.database_url.clone() else {
+        // Opening SQLite and reading the CA files block: keep them off the runtime.
+        let state = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || AppState::open(&config, clock))
+                .await
+                .map_err(|e| ServerError::Config(format!("startup task failed: {e}")))??
+        };
+        return start_with_state(&config, state).await;
+    };
+    let store = store::PgStore::connect(&url, clock.now_unix_s()).await?;
     let state = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || AppState::open(&config, clock))
+        tokio::task::spawn_blocking(move || AppState::open_with(&config, Arc::new(store), clock))
             .await
             .map_err(|e| ServerError::Config(format!("startup task failed: {e}")))??
     };
-    start_with_state(&config, state).await
+    let peers = peers::start(&url, state.clone()).await?;
+    let mut server = start_with_state(&config, state).await?;
+    server.background.push(peers);
+    Ok(server)
 }
 
 /// Starts the server on already-assembled state (another store backend, a fixed CA).
@@ -236,10 +243,13 @@ pub async fn start_with_state(
             ("https", server)
         }
     };
-    let sweeper = tokio::spawn(sweeper::run(state.clone()));
-    let webhooks = tokio::spawn(webhook::run(state.clone()));
-    let crl_import =
-        (!state.crl_sources.is_empty()).then(|| tokio::spawn(crl_import::run(state.clone())));
+    let mut background = vec![
+        tokio::spawn(sweeper::run(state.clone())),
+        tokio::spawn(webhook::run(state.clone())),
+    ];
+    if !state.crl_sources.is_empty() {
+        background.push(tokio::spawn(crl_import::run(state.clone())));
+    }
     tracing::info!(%addr, scheme, origin = %config.origin, "KeyBridge server listening");
     Ok(RunningServer {
         addr,
@@ -247,8 +257,6 @@ pub async fn start_with_state(
         state,
         stop,
         server,
-        sweeper,
-        webhooks,
-        crl_import,
+        background,
     })
 }

@@ -4,6 +4,10 @@
 
 use keybridge_proto::api::{Reason, TransactionStatus};
 
+use crate::store::{
+    AccountRecord, DeviceRecord, DeviceStatus, SignedConfirmation, StoreError, TransactionRecord,
+};
+
 /// The facts the payment unit needs, read inside the database transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PaymentFacts {
@@ -21,6 +25,62 @@ pub struct PaymentFacts {
     /// System (issuance) accounts may run negative; customer accounts may not.
     pub payer_is_system: bool,
     pub amount_minor: u64,
+}
+
+impl PaymentFacts {
+    /// The facts in the rows a backend read: the transaction, the answering
+    /// device (`None` if there is no such device) and the payer.
+    pub fn of(
+        transaction: &TransactionRecord,
+        device: Option<&DeviceRecord>,
+        payer: &AccountRecord,
+        confirmation: &SignedConfirmation,
+    ) -> PaymentFacts {
+        let (device_usable, device_revoked, device_last_counter) = match device {
+            Some(d) => (
+                d.status == DeviceStatus::Active && d.account == transaction.payer,
+                d.is_revoked(),
+                d.last_counter,
+            ),
+            None => (false, false, 0),
+        };
+        PaymentFacts {
+            status: transaction.status,
+            device_usable,
+            device_revoked,
+            replay_reason: confirmation.replay_reason,
+            device_last_counter,
+            counter: confirmation.counter,
+            payer_balance_minor: payer.balance_minor,
+            payer_is_system: payer.system,
+            amount_minor: transaction.amount_minor,
+        }
+    }
+}
+
+/// What the audit row of an answered transaction says.
+pub fn answered_detail(c: &SignedConfirmation, reason: Option<Reason>) -> serde_json::Value {
+    serde_json::json!({
+        "device": c.device_id,
+        "counter": c.counter,
+        "reason": reason.map(|r| r.as_str()),
+    })
+}
+
+/// The paired assertion after a settlement's write: exactly the amount left
+/// the payer (`before` its balance), and a customer account is not negative.
+/// A backend that sees this fail rolls the whole write back.
+pub fn check_settled(
+    before: i64,
+    after: &AccountRecord,
+    amount_minor: u64,
+) -> Result<(), StoreError> {
+    let amount = i64::try_from(amount_minor)
+        .map_err(|_| StoreError::Corrupt("amount out of range".into()))?;
+    if after.balance_minor != before - amount || (!after.system && after.balance_minor < 0) {
+        return Err(StoreError::Corrupt("payer balance after settlement".into()));
+    }
+    Ok(())
 }
 
 /// What the backend must write.

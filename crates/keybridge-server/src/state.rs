@@ -50,6 +50,14 @@ pub struct Shared {
     pub(crate) pending: PendingCache,
 }
 
+fn create_data_dir(config: &ServerConfig) -> Result<(), ServerError> {
+    validate(config)?;
+    std::fs::create_dir_all(&config.data_dir).map_err(ServerError::io(format!(
+        "creating data directory {}",
+        config.data_dir.display()
+    )))
+}
+
 impl std::ops::Deref for AppState {
     type Target = Shared;
     fn deref(&self) -> &Shared {
@@ -60,13 +68,22 @@ impl std::ops::Deref for AppState {
 impl AppState {
     /// Opens the SQLite store and the CA in `config.data_dir`, creating both if new.
     pub fn open(config: &ServerConfig, clock: Arc<dyn Clock>) -> Result<AppState, ServerError> {
-        validate(config)?;
-        std::fs::create_dir_all(&config.data_dir).map_err(ServerError::io(format!(
-            "creating data directory {}",
-            config.data_dir.display()
-        )))?;
+        create_data_dir(config)?;
+        let store = SqliteStore::open(&config.database_path(), clock.now_unix_s())?;
+        AppState::open_with(config, Arc::new(store), clock)
+    }
+
+    /// Opens the CA and the master key in `config.data_dir` (creating them if
+    /// new) around an open store. Several instances on one database share
+    /// the data directory's CA and master key (or an external CA and
+    /// `KEYBRIDGE_MASTER_KEY`).
+    pub fn open_with(
+        config: &ServerConfig,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<AppState, ServerError> {
+        create_data_dir(config)?;
         let now = clock.now_unix_s();
-        let store = SqliteStore::open(&config.database_path(), now)?;
         let ca = Ca::load_or_create(&config.data_dir, &config.origin, now)?;
         let env_key = std::env::var(MASTER_KEY_ENV).ok();
         let master_key = MasterKey::load_or_create(
@@ -74,7 +91,7 @@ impl AppState {
             config.master_key_hex.as_deref().or(env_key.as_deref()),
         )
         .map_err(|e| ServerError::Config(format!("master key: {e}")))?;
-        AppState::new(config, Arc::new(store), clock, Arc::new(ca), master_key)
+        AppState::new(config, store, clock, Arc::new(ca), master_key)
     }
 
     /// Assembles state from parts (tests, other backends).

@@ -23,7 +23,7 @@ pub const PAYER_OPENING_MINOR: u64 = 1_000_000_000_000;
 /// What the harness starts.
 #[derive(Debug, Clone)]
 pub struct HarnessConfig {
-    /// `sqlite:DIR`, or `None` for a temporary directory.
+    /// `sqlite:DIR`, `postgres:URL`, or `None` for SQLite in a temporary directory.
     pub store: Option<String>,
     /// How long a transaction may stay pending before the sweeper expires it.
     pub confirmation_ttl_s: u64,
@@ -84,12 +84,13 @@ impl Harness {
             .prefix("keybridge-bench-")
             .tempdir()
             .context("creating a temporary directory")?;
-        let data_dir = match config.store.as_deref() {
-            Some(spec) => std::path::PathBuf::from(
-                spec.strip_prefix("sqlite:")
-                    .context("--store must be sqlite:DIR")?,
-            ),
-            None => temp.path().join("server"),
+        let (data_dir, database_url) = match config.store.as_deref() {
+            None => (temp.path().join("server"), None),
+            Some(spec) => match (spec.strip_prefix("sqlite:"), spec.strip_prefix("postgres:")) {
+                (Some(dir), _) => (std::path::PathBuf::from(dir), None),
+                (_, Some(url)) => (temp.path().join("server"), Some(url.to_owned())),
+                _ => anyhow::bail!("--store must be sqlite:DIR or postgres:URL"),
+            },
         };
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -97,6 +98,7 @@ impl Harness {
         let mut server_config =
             keybridge_server::ServerConfig::new("127.0.0.1:0".parse()?, data_dir, token.clone());
         server_config.confirmation_ttl_s = config.confirmation_ttl_s;
+        server_config.database_url = database_url;
         let server = keybridge_server::start(server_config).await?;
         let url = format!("http://{}", server.addr);
         let admin = Client::new(&url, &token)?;

@@ -95,7 +95,8 @@ pub struct BenchArgs {
     pub cards: usize,
     #[arg(long, value_enum, default_value_t = BenchTransport::Vpcd)]
     pub transport: BenchTransport,
-    /// `sqlite:DIR`: where the server keeps its database (default: a temp dir).
+    /// `sqlite:DIR` or `postgres:URL` (an empty database): where the server
+    /// keeps its data (default: SQLite in a temp dir).
     #[arg(long)]
     pub store: Option<String>,
     /// Print the figures as one JSON object.

@@ -88,11 +88,11 @@ pub async fn bank(data_dir: &Path, ttl_s: u64) -> Bank {
     Bank::open(data_dir, options).await
 }
 
-/// Enrols the card on `enrol` for alice (`card` is the card process serving
+/// Enrols the card on `enrol` for alice, with the server of `admin` (`card` is the card process serving
 /// that reader, stopped afterwards), then starts a relay that reaches it
 /// through `spec` and waits up to `card_wait` for each tap.
 pub async fn enrol_and_start_relay(
-    bank: &Bank,
+    admin: &keybridge_terminal::Client,
     enrol: CardLink,
     card: (Killed, Receiver<String>),
     spec: CardLinkSpec,
@@ -100,7 +100,7 @@ pub async fn enrol_and_start_relay(
 ) {
     let link = Arc::new(Mutex::new(enrol));
     let (_, credential) = keybridge_relay::enroll(
-        &bank.admin,
+        admin,
         link.clone(),
         &AccountId::new("alice").unwrap(),
         "nfc card",

@@ -7,7 +7,11 @@
 //! hash in [`audit`], so a second backend (PostgreSQL) shares them.
 
 pub mod audit;
+#[cfg(test)]
+mod contract;
+pub mod postgres;
 mod records;
+mod rows;
 mod sqlite;
 mod web;
 
@@ -15,6 +19,7 @@ use async_trait::async_trait;
 use keybridge_proto::api::{Reason, TransactionStatus};
 use keybridge_proto::{AccountId, TransactionId};
 
+pub use postgres::PgStore;
 pub use records::{
     AccountRecord, AuditRecord, DeviceRecord, DeviceStatus, NewAccount, NewDevice, NewTerminal,
     OcraRecord, TerminalRecord, TransactionRecord, TransferKind, TransferRecord,

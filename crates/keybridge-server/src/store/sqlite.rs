@@ -15,11 +15,16 @@ use keybridge_proto::{AccountId, Currency, TransactionId};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::audit;
+use super::rows::{
+    self, corrupt, decode_account, decode_audit, decode_device, decode_transfer, decode_tx, hash32,
+    issuance_account_id, to_i64, to_u64, AccountRow, DeviceRow, TxRow, ACCOUNT_COLUMNS,
+    AUDIT_COLUMNS, DEVICE_COLUMNS, TRANSFER_COLUMNS, TX_COLUMNS,
+};
 use super::{
     AccountRecord, AnswerDigest, AuditRecord, BuildTransaction, CreateOutcome, CreationFacts,
-    CreationKeys, DeviceRecord, DeviceStatus, Finalized, InsertOutcome, NewAccount, NewDevice,
-    NewTerminal, OcraRecord, SignedConfirmation, Store, StoreError, TerminalRecord,
-    TransactionRecord, TransferKind, TransferRecord,
+    CreationKeys, DeviceRecord, Finalized, InsertOutcome, NewAccount, NewDevice, NewTerminal,
+    SignedConfirmation, Store, StoreError, TerminalRecord, TransactionRecord, TransferKind,
+    TransferRecord,
 };
 use crate::payment::{self, PaymentDecision, PaymentFacts};
 
@@ -60,13 +65,6 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 ];
 
 const BUSY_TIMEOUT_MS: u64 = 5_000;
-
-const TX_COLUMNS: &str = "id, terminal_id, idempotency_key, request_hash, payer, payee, \
-     payee_name, amount_minor, currency, order_id, description, payload, status, reason, \
-     created_at, expires_at, updated_at";
-const DEVICE_COLUMNS: &str = "id, account_id, label, public_key, certificate, status, \
-     last_counter, created_at, method, revoked_at, ocra_suite, ocra_secret";
-const ACCOUNT_COLUMNS: &str = "id, display_name, currency, balance_minor, system, created_at";
 
 mod readers;
 mod writer;
@@ -242,50 +240,6 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     )
 }
 
-fn to_i64(v: u64) -> Result<i64, StoreError> {
-    i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{v} exceeds the i64 range")))
-}
-
-fn to_u64(v: i64) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{v} is negative")))
-}
-
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt(what.to_owned())
-}
-
-fn account_id(s: &str) -> Result<AccountId, StoreError> {
-    AccountId::new(s).map_err(|_| corrupt("account id"))
-}
-
-fn currency(s: &str) -> Result<Currency, StoreError> {
-    Currency::from_code(s).map_err(|_| corrupt("currency"))
-}
-
-fn transaction_id(s: &str) -> Result<TransactionId, StoreError> {
-    s.parse().map_err(|_| corrupt("transaction id"))
-}
-
-fn hash32(v: Vec<u8>) -> Result<[u8; 32], StoreError> {
-    v.try_into().map_err(|_| corrupt("hash length"))
-}
-
-/// The column values of one `transactions` row, before domain decoding.
-type TxRow = (
-    (String, String, String, Vec<u8>, String, String, String, i64),
-    (
-        String,
-        String,
-        String,
-        Vec<u8>,
-        String,
-        Option<String>,
-        i64,
-        i64,
-        i64,
-    ),
-);
-
 fn read_tx_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TxRow> {
     Ok((
         (
@@ -310,35 +264,6 @@ fn read_tx_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TxRow> {
             r.get(16)?,
         ),
     ))
-}
-
-fn decode_tx(row: TxRow) -> Result<TransactionRecord, StoreError> {
-    let (
-        (id, terminal_id, idempotency_key, request_hash, payer, payee, payee_name, amount),
-        (cur, order_id, description, payload, status, reason, created, expires, updated),
-    ) = row;
-    Ok(TransactionRecord {
-        id: transaction_id(&id)?,
-        terminal_id,
-        idempotency_key,
-        request_hash: hash32(request_hash)?,
-        payer: account_id(&payer)?,
-        payee: account_id(&payee)?,
-        payee_name,
-        amount_minor: to_u64(amount)?,
-        currency: currency(&cur)?,
-        order_id,
-        description,
-        payload,
-        status: TransactionStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
-        reason: match reason {
-            Some(r) => Some(Reason::parse(&r).ok_or_else(|| corrupt("reason"))?),
-            None => None,
-        },
-        created_at_unix_s: to_u64(created)?,
-        expires_at_unix_s: to_u64(expires)?,
-        updated_at_unix_s: to_u64(updated)?,
-    })
 }
 
 /// A payer's pending transactions not yet expired (`?1` payer, `?2` now).
@@ -367,11 +292,6 @@ fn get_tx(conn: &Connection, id: &TransactionId) -> Result<Option<TransactionRec
         .next())
 }
 
-type DeviceRow = (
-    (String, String, String, Vec<u8>, Vec<u8>, String, i64, i64),
-    (String, Option<i64>, Option<String>, Option<Vec<u8>>),
-);
-
 fn read_device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
     Ok((
         (
@@ -386,33 +306,6 @@ fn read_device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
         ),
         (r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?),
     ))
-}
-
-fn decode_device(row: DeviceRow) -> Result<DeviceRecord, StoreError> {
-    let ((id, account, label, public_key, certificate, status, last_counter, created), more) = row;
-    let (method, revoked_at, ocra_suite, ocra_secret) = more;
-    let ocra = match (ocra_suite, ocra_secret) {
-        (Some(suite), Some(sealed_secret)) => Some(OcraRecord {
-            suite,
-            sealed_secret,
-        }),
-        (None, None) => None,
-        _ => return Err(corrupt("OCRA suite without secret")),
-    };
-    Ok(DeviceRecord {
-        method: keybridge_proto::api::SignatureMethod::parse(&method)
-            .ok_or_else(|| corrupt("device method"))?,
-        revoked_at_unix_s: revoked_at.map(to_u64).transpose()?,
-        ocra,
-        id,
-        account: account_id(&account)?,
-        label,
-        public_key,
-        certificate,
-        status: DeviceStatus::parse(&status).ok_or_else(|| corrupt("device status"))?,
-        last_counter: u32::try_from(last_counter).map_err(|_| corrupt("device counter"))?,
-        created_at_unix_s: to_u64(created)?,
-    })
 }
 
 fn query_devices(
@@ -446,33 +339,6 @@ fn change_device(
         append_audit(tx, now_unix_s, None, event, detail)?;
     }
     get_device(tx, device_id)
-}
-
-type AccountRow = (String, String, String, i64, i64, i64);
-
-type TransferRow = (
-    i64,
-    Option<String>,
-    String,
-    String,
-    String,
-    i64,
-    String,
-    i64,
-);
-
-type AuditRow = (i64, i64, Option<String>, String, String, Vec<u8>, Vec<u8>);
-
-fn decode_account(row: AccountRow) -> Result<AccountRecord, StoreError> {
-    let (id, display_name, cur, balance_minor, system, created) = row;
-    Ok(AccountRecord {
-        id: account_id(&id)?,
-        display_name,
-        currency: currency(&cur)?,
-        balance_minor,
-        system: system != 0,
-        created_at_unix_s: to_u64(created)?,
-    })
 }
 
 fn query_accounts(
@@ -540,15 +406,7 @@ fn insert_tx(tx: &Transaction<'_>, t: TransactionRecord) -> Result<InsertOutcome
         t.created_at_unix_s,
         Some(&t.id),
         "transaction_created",
-        &serde_json::json!({
-            "terminal": t.terminal_id,
-            "payer": t.payer.as_str(),
-            "payee": t.payee.as_str(),
-            "amount_minor": t.amount_minor,
-            "currency": t.currency.code(),
-            "order_id": t.order_id,
-            "payload_sha256": hex::encode(keybridge_proto::ConfirmationPayload::digest(&t.payload)),
-        }),
+        &rows::transaction_created_detail(&t),
     )?;
     // The row is exactly `t` (the store adds only `seq`, which records
     // do not carry); reading it back would cost the writer a query.
@@ -733,11 +591,6 @@ fn end_pending(
         append_audit(tx, now_unix_s, Some(id), &event, &detail)?;
     }
     Ok(changed == 1)
-}
-
-fn issuance_account_id(currency: Currency) -> Result<AccountId, StoreError> {
-    AccountId::new(&format!("{}{}", crate::ISSUANCE_PREFIX, currency.code()))
-        .map_err(|_| corrupt("issuance account id"))
 }
 
 #[async_trait]
@@ -1126,25 +979,7 @@ impl Store for SqliteStore {
             };
             let device = get_device(tx, &c.device_id)?;
             let payer = get_account(tx, &current.payer)?.ok_or_else(|| corrupt("payer missing"))?;
-            let (device_usable, device_revoked, device_last_counter) = match &device {
-                Some(d) => (
-                    d.status == DeviceStatus::Active && d.account == current.payer,
-                    d.is_revoked(),
-                    d.last_counter,
-                ),
-                None => (false, false, 0),
-            };
-            let decision = payment::decide(PaymentFacts {
-                status: current.status,
-                device_usable,
-                device_revoked,
-                replay_reason: c.replay_reason,
-                device_last_counter,
-                counter: c.counter,
-                payer_balance_minor: payer.balance_minor,
-                payer_is_system: payer.system,
-                amount_minor: current.amount_minor,
-            });
+            let decision = payment::decide(PaymentFacts::of(&current, device.as_ref(), &payer, &c));
             let Some((status, reason)) = decision.outcome() else {
                 return Ok(Finalized::NotPending(current));
             };
@@ -1171,20 +1006,10 @@ impl Store for SqliteStore {
                     currency: current.currency,
                 };
                 transfer(tx, payment, c.now_unix_s)?;
-                // Paired assertion around the write: exactly the amount left the payer.
                 let after = get_account(tx, &current.payer)?.ok_or_else(|| corrupt("payer"))?;
-                let amount = i64::try_from(current.amount_minor).map_err(|_| corrupt("amount"))?;
-                if after.balance_minor != balance_before - amount
-                    || (!after.system && after.balance_minor < 0)
-                {
-                    return Err(corrupt("payer balance after settlement"));
-                }
+                payment::check_settled(balance_before, &after, current.amount_minor)?;
             }
-            let detail = serde_json::json!({
-                "device": c.device_id,
-                "counter": c.counter,
-                "reason": reason.map(|r| r.as_str()),
-            });
+            let detail = payment::answered_detail(&c, reason);
             if !end_pending(
                 tx,
                 &current.id,
@@ -1261,9 +1086,9 @@ impl Store for SqliteStore {
         self.run(move |conn| {
             select(
                 conn,
-                "SELECT id, transaction_id, kind, debit_account, credit_account, amount_minor,
-                        currency, created_at
-                 FROM transfers WHERE transaction_id = ?1 ORDER BY id",
+                &format!(
+                    "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE transaction_id = ?1 ORDER BY id"
+                ),
                 [id.to_hex()],
                 |r| {
                     Ok((
@@ -1277,19 +1102,7 @@ impl Store for SqliteStore {
                         r.get(7)?,
                     ))
                 },
-                |row: TransferRow| {
-                    let (tid, t, kind, debit, credit, amount, cur, created) = row;
-                    Ok(TransferRecord {
-                        id: tid,
-                        transaction_id: t.as_deref().map(transaction_id).transpose()?,
-                        kind: TransferKind::parse(&kind).ok_or_else(|| corrupt("transfer kind"))?,
-                        debit_account: account_id(&debit)?,
-                        credit_account: account_id(&credit)?,
-                        amount_minor: to_u64(amount)?,
-                        currency: currency(&cur)?,
-                        created_at_unix_s: to_u64(created)?,
-                    })
-                },
+                decode_transfer,
             )
         })
         .await
@@ -1299,8 +1112,7 @@ impl Store for SqliteStore {
         self.run(|conn| {
             select(
                 conn,
-                "SELECT seq, at, transaction_id, event, detail, prev_hash, hash
-                 FROM audit_log ORDER BY seq",
+                &format!("SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq"),
                 [],
                 |r| {
                     Ok((
@@ -1313,18 +1125,7 @@ impl Store for SqliteStore {
                         r.get(6)?,
                     ))
                 },
-                |row: AuditRow| {
-                    let (seq, at, t, event, detail, prev, hash) = row;
-                    Ok(AuditRecord {
-                        seq: to_u64(seq)?,
-                        at_unix_s: to_u64(at)?,
-                        transaction_id: t.as_deref().map(transaction_id).transpose()?,
-                        event,
-                        detail,
-                        prev_hash: hash32(prev)?,
-                        hash: hash32(hash)?,
-                    })
-                },
+                decode_audit,
             )
         })
         .await

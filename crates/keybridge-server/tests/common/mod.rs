@@ -33,6 +33,8 @@ pub struct Harness {
     pub base: String,
     pub http: reqwest::Client,
     pub dir: tempfile::TempDir,
+    /// PostgreSQL instead of SQLite (see [`Harness::another_instance`]).
+    pub database_url: Option<String>,
 }
 
 pub struct Options {
@@ -43,6 +45,8 @@ pub struct Options {
     pub intermediates: Vec<std::path::PathBuf>,
     pub crl_sources: Vec<String>,
     pub crl_refresh_s: u64,
+    /// PostgreSQL instead of SQLite in the data directory.
+    pub database_url: Option<String>,
 }
 
 impl Default for Options {
@@ -54,6 +58,7 @@ impl Default for Options {
             intermediates: Vec::new(),
             crl_sources: Vec::new(),
             crl_refresh_s: 300,
+            database_url: None,
         }
     }
 }
@@ -119,7 +124,23 @@ impl Harness {
             base,
             http: reqwest::Client::new(),
             dir,
+            database_url: options.database_url,
         }
+    }
+
+    /// A second server instance on this one's database (PostgreSQL) and data
+    /// directory (CA, master key), with the same clock: what a load balancer
+    /// would put beside it.
+    pub async fn another_instance(&self) -> RunningServer {
+        assert!(
+            self.database_url.is_some(),
+            "instances share PostgreSQL only"
+        );
+        let options = Options {
+            database_url: self.database_url.clone(),
+            ..Options::default()
+        };
+        launch(self.dir.path(), &self.clock, &options).await
     }
 
     /// Stops the server and starts a new one on the same data directory.
@@ -127,7 +148,11 @@ impl Harness {
         if let Some(server) = self.server.take() {
             server.shutdown().await;
         }
-        let server = launch(self.dir.path(), &self.clock, &Options::default()).await;
+        let options = Options {
+            database_url: self.database_url.clone(),
+            ..Options::default()
+        };
+        let server = launch(self.dir.path(), &self.clock, &options).await;
         self.base = format!("http://{}", server.addr);
         self.server = Some(server);
     }
@@ -357,6 +382,7 @@ async fn launch(
     config.intermediates = options.intermediates.clone();
     config.crl_sources = options.crl_sources.clone();
     config.crl_refresh_s = options.crl_refresh_s;
+    config.database_url = options.database_url.clone();
     keybridge_server::start_with_clock(config, clock.clone())
         .await
         .unwrap()
@@ -392,10 +418,12 @@ impl Relay {
         self.socket.send(Message::Text(text)).await.unwrap();
     }
 
-    /// The next JSON message, skipping pings.
+    /// The next JSON message, skipping pings. The guard covers the whole
+    /// wait: the server's pings must not keep a missing message waited for.
     pub async fn next(&mut self) -> RelayMessage {
+        let deadline = tokio::time::Instant::now() + GUARD;
         loop {
-            let message = tokio::time::timeout(GUARD, self.socket.next())
+            let message = tokio::time::timeout_at(deadline, self.socket.next())
                 .await
                 .expect("relay waited too long")
                 .expect("relay socket closed")
@@ -410,8 +438,9 @@ impl Relay {
 
     /// Waits for the server to close the socket.
     pub async fn closed(&mut self) -> bool {
+        let deadline = tokio::time::Instant::now() + GUARD;
         loop {
-            match tokio::time::timeout(GUARD, self.socket.next()).await {
+            match tokio::time::timeout_at(deadline, self.socket.next()).await {
                 Err(_) => return false,
                 Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return true,
                 Ok(Some(Ok(_))) => continue,

@@ -4,28 +4,10 @@ use async_trait::async_trait;
 use keybridge_proto::AccountId;
 use rusqlite::{params, OptionalExtension};
 
-use super::{
-    backend, exec, one_row, query_txs, select, to_i64, to_u64, transaction_id, SqliteStore,
-};
+use super::{backend, exec, one_row, query_txs, select, SqliteStore};
+use crate::store::rows::{decode_delivery, to_i64, to_u64, DeliveryRow, DELIVERY_COLUMNS};
 use crate::store::web::{AttemptResult, DeliveryRecord, DeliveryState, WebStore, WebhookRecord};
 use crate::store::{StoreError, TransactionRecord};
-
-const DELIVERY_COLUMNS: &str = "event_id, terminal_id, transaction_id, url, state, attempts, \
-     next_attempt_at, last_status, last_error, created_at, delivered_at";
-
-type DeliveryRow = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    i64,
-    Option<i64>,
-    Option<String>,
-    i64,
-    Option<i64>,
-);
 
 /// Deliveries due (`?1` now, `?2` limit), longest overdue first; served by
 /// the partial index `webhook_deliveries_pending` (the literal `'pending'`
@@ -47,26 +29,6 @@ fn read_delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
         r.get(9)?,
         r.get(10)?,
     ))
-}
-
-fn decode_delivery(row: DeliveryRow) -> Result<DeliveryRecord, StoreError> {
-    let (event_id, terminal_id, tx, url, state, attempts, next, status, error, created, done) = row;
-    let corrupt = |what: &str| StoreError::Corrupt(format!("webhook delivery {event_id}: {what}"));
-    Ok(DeliveryRecord {
-        transaction_id: transaction_id(&tx)?,
-        state: DeliveryState::parse(&state).ok_or_else(|| corrupt("state"))?,
-        attempts: u32::try_from(attempts).map_err(|_| corrupt("attempts"))?,
-        next_attempt_at_unix_s: to_u64(next)?,
-        last_status: status
-            .map(|s| u16::try_from(s).map_err(|_| corrupt("last_status")))
-            .transpose()?,
-        last_error: error,
-        created_at_unix_s: to_u64(created)?,
-        delivered_at_unix_s: done.map(to_u64).transpose()?,
-        event_id,
-        terminal_id,
-        url,
-    })
 }
 
 fn query_deliveries(

@@ -1,0 +1,131 @@
+//! Two `keybridge server` processes on one PostgreSQL database, as behind a
+//! load balancer: the phone's relay holds its socket to one, the terminal
+//! pays through the other, and a real `keybridge card` process signs. The
+//! payment settles once and both servers report it.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::removal::{card, enrol_and_start_relay, request, Killed, ALICE_OPENING, AMOUNT};
+use keybridge_proto::api::{CreateAccount, TransactionStatus};
+use keybridge_proto::AccountId;
+use keybridge_relay::{CardLink, CardLinkSpec};
+use keybridge_server::store::postgres::scratch;
+use keybridge_terminal::Client;
+use keybridge_testkit::cny;
+
+/// A `keybridge server --database-url` process and its base URL.
+struct Server {
+    _process: Killed,
+    url: String,
+}
+
+impl Server {
+    /// Starts one on `database` with its CA, master key and admin token in
+    /// `data_dir`, and waits until it listens.
+    fn start(data_dir: &Path, database: &str, name: &str) -> Server {
+        let ready = data_dir.with_file_name(format!("{name}.ready"));
+        let log = std::fs::File::create(data_dir.with_file_name(format!("{name}.log"))).unwrap();
+        let process = Killed(
+            Command::new(env!("CARGO_BIN_EXE_keybridge"))
+                .args(["server", "--listen", "127.0.0.1:0"])
+                .arg("--data-dir")
+                .arg(data_dir)
+                .arg("--ready-file")
+                .arg(&ready)
+                .env("KEYBRIDGE_DATABASE_URL", database)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start keybridge server"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready.exists() {
+            assert!(Instant::now() < deadline, "{name} did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server {
+            _process: process,
+            url: std::fs::read_to_string(&ready).unwrap(),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_server_processes_on_one_database_confirm_a_payment_together() {
+    let Some(database) = scratch::database_or_skip().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("server");
+    // A first: it creates the CA, master key and admin token B then reads.
+    let a = Server::start(&data_dir, &database, "a");
+    let b = Server::start(&data_dir, &database, "b");
+    let token = std::fs::read_to_string(data_dir.join("admin-token")).unwrap();
+    let token = token.trim();
+    let admin_a = Client::new(&a.url, token).unwrap();
+    let admin_b = Client::new(&b.url, token).unwrap();
+    for (id, balance) in [("alice", ALICE_OPENING), ("shop", 0)] {
+        admin_a
+            .create_account(&CreateAccount {
+                id: AccountId::new(id).unwrap(),
+                display_name: id.into(),
+                currency: cny(),
+                opening_balance_minor: u64::try_from(balance).unwrap(),
+            })
+            .await
+            .unwrap();
+    }
+    let terminal_key = admin_a.create_terminal("till").await.unwrap().api_key;
+    let terminal_b = Client::new(&b.url, &terminal_key).unwrap();
+
+    // Alice's card, enrolled through A; her phone's relay holds A's socket.
+    let port = keybridge_transport::port::listen_port().unwrap();
+    let spec = CardLinkSpec::VpcdListen(format!("127.0.0.1:{port}"));
+    let enrol = CardLink::open(&spec).unwrap();
+    let state = dir.path().join("card.json");
+    let link = format!("vpcd=127.0.0.1:{port}");
+    let enrolling = card(&state, &link, "approve", true);
+    enrol_and_start_relay(&admin_a, enrol, enrolling, spec, Duration::from_secs(10)).await;
+    let (mut signing_card, card_lines) = card(&state, &link, "approve", false);
+
+    // The terminal pays through B and waits on B to hear the end.
+    let paying = keybridge_terminal::PayRequest {
+        wait_max: Duration::from_secs(30),
+        ..request("O-TWO")
+    };
+    let outcome = keybridge_terminal::pay(&terminal_b, &paying, |_| {})
+        .await
+        .unwrap();
+    let logs = || {
+        ["a.log", "b.log"]
+            .map(|name| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default())
+            .join("\n----\n")
+    };
+    assert_eq!(
+        outcome.last.status,
+        TransactionStatus::Settled,
+        "{outcome:?}\n{}\ncard {:?}:\n{}",
+        logs(),
+        signing_card.0.try_wait(),
+        card_lines.try_iter().collect::<Vec<_>>().join("\n")
+    );
+    for admin in [&admin_a, &admin_b] {
+        let alice = admin
+            .account(&AccountId::new("alice").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(alice.balance_minor, ALICE_OPENING - AMOUNT);
+        let shop = admin
+            .account(&AccountId::new("shop").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(shop.balance_minor, AMOUNT);
+    }
+    let devices = admin_b.devices().await.unwrap();
+    assert_eq!(devices[0].last_counter, 1);
+}

@@ -1,0 +1,303 @@
+//! Hub events between server instances on one PostgreSQL database, over
+//! LISTEN/NOTIFY on one channel.
+//!
+//! A relay keeps its WebSocket open to one instance, a terminal waits on
+//! whichever instance its load balancer picked, and the answer may arrive at
+//! a third. Each instance sends every event it publishes with `pg_notify`
+//! and delivers what it hears from the others to its own subscribers. The
+//! notification goes out after the write it announces has committed (events
+//! are published once the store call returns), so whoever hears it and reads
+//! the store sees the change.
+//!
+//! Notifications are not stored: while an instance's listening connection is
+//! down (it reconnects every [`RECONNECT_WAIT`]), it misses the others'
+//! events. Nothing is lost for good, because the store stays the truth: a
+//! relay re-reads its pending requests when it reconnects, and a waiting
+//! terminal's long-poll ends at its timeout and reads the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use keybridge_proto::api::TransactionView;
+use keybridge_proto::AccountId;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use crate::error::ServerError;
+use crate::hub::HubEvent;
+use crate::state::AppState;
+
+/// The one channel every instance listens on.
+pub const CHANNEL: &str = "keybridge_hub";
+/// How long a lost connection waits before the next attempt.
+pub const RECONNECT_WAIT: Duration = Duration::from_secs(1);
+/// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
+const PAYLOAD_MAX: usize = 7_999;
+
+/// One event as it travels, with the instance that published it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Note {
+    from: String,
+    event: WireEvent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum WireEvent {
+    Created {
+        view: TransactionView,
+        payload_hex: String,
+    },
+    Ended {
+        view: TransactionView,
+    },
+    DeviceDisabled {
+        device_id: String,
+        account: AccountId,
+    },
+}
+
+impl WireEvent {
+    fn from_event(event: HubEvent) -> WireEvent {
+        match event {
+            HubEvent::Created { view, payload } => WireEvent::Created {
+                view,
+                payload_hex: hex::encode(payload),
+            },
+            HubEvent::Ended { view } => WireEvent::Ended { view },
+            HubEvent::DeviceDisabled { device_id, account } => {
+                WireEvent::DeviceDisabled { device_id, account }
+            }
+        }
+    }
+
+    fn into_event(self) -> Option<HubEvent> {
+        Some(match self {
+            WireEvent::Created { view, payload_hex } => HubEvent::Created {
+                view,
+                payload: Arc::from(hex::decode(payload_hex).ok()?),
+            },
+            WireEvent::Ended { view } => HubEvent::Ended { view },
+            WireEvent::DeviceDisabled { device_id, account } => {
+                HubEvent::DeviceDisabled { device_id, account }
+            }
+        })
+    }
+}
+
+/// Connects `state`'s hub to the other instances on the database at `url`.
+/// Fails if the first connection fails (a wrong URL should stop the start);
+/// after that, the returned task reconnects by itself until aborted.
+pub async fn start(url: &str, state: AppState) -> Result<JoinHandle<()>, ServerError> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|_| ServerError::Config("the database URL does not parse".into()))?;
+    let instance = hex::encode(
+        crate::random::bytes::<8>()
+            .map_err(|e| ServerError::Config(format!("instance id: {e}")))?,
+    );
+    let link = Link::open(&config).await?;
+    let (outbound, events) = mpsc::unbounded_channel();
+    if !state.hub.connect_peers(outbound) {
+        return Err(ServerError::Config("the hub is already connected".into()));
+    }
+    tracing::info!(%instance, channel = CHANNEL, "sharing events with other instances");
+    Ok(tokio::spawn(run(config, instance, state, events, link)))
+}
+
+async fn run(
+    config: tokio_postgres::Config,
+    instance: String,
+    state: AppState,
+    mut events: mpsc::UnboundedReceiver<HubEvent>,
+    mut link: Link,
+) {
+    loop {
+        let error = link.serve(&instance, &state, &mut events).await;
+        let Some(error) = error else {
+            return; // The hub is gone: the server is shutting down.
+        };
+        tracing::warn!(%error, "lost the connection to other instances; reconnecting");
+        link = loop {
+            tokio::time::sleep(RECONNECT_WAIT).await;
+            // What was published meanwhile could not be sent; drop it rather
+            // than announce stale news late.
+            while events.try_recv().is_ok() {}
+            match Link::open(&config).await {
+                Ok(link) => break link,
+                Err(error) => tracing::warn!(%error, "cannot reach the database for events"),
+            }
+        };
+        tracing::info!("connected to other instances again");
+    }
+}
+
+/// One listening connection and the notifications it has received.
+struct Link {
+    client: tokio_postgres::Client,
+    heard: mpsc::UnboundedReceiver<String>,
+    driver: JoinHandle<()>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl Link {
+    async fn open(config: &tokio_postgres::Config) -> Result<Link, ServerError> {
+        let (client, mut connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| ServerError::Store(crate::store::StoreError::Backend(e.to_string())))?;
+        let (heard_tx, heard) = mpsc::unbounded_channel();
+        // The connection delivers notifications only while polled, so one
+        // task polls it and forwards them.
+        let driver = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(n)) => {
+                        if heard_tx.send(n.payload().to_owned()).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "event connection failed");
+                        return;
+                    }
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .map_err(|e| ServerError::Store(crate::store::StoreError::Backend(e.to_string())))?;
+        Ok(Link {
+            client,
+            heard,
+            driver,
+        })
+    }
+
+    /// Sends what is published here and delivers what is heard, until the
+    /// connection fails (its error) or the hub is gone (`None`).
+    async fn serve(
+        &mut self,
+        instance: &str,
+        state: &AppState,
+        events: &mut mpsc::UnboundedReceiver<HubEvent>,
+    ) -> Option<String> {
+        loop {
+            tokio::select! {
+                event = events.recv() => {
+                    let event = event?;
+                    let Some(text) = encode(instance, event) else { continue };
+                    if let Err(e) = self
+                        .client
+                        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &text])
+                        .await
+                    {
+                        return Some(e.to_string());
+                    }
+                }
+                heard = self.heard.recv() => {
+                    let Some(text) = heard else {
+                        return Some("the connection closed".into());
+                    };
+                    deliver(instance, state, &text);
+                }
+            }
+        }
+    }
+}
+
+fn encode(instance: &str, event: HubEvent) -> Option<String> {
+    let note = Note {
+        from: instance.to_owned(),
+        event: WireEvent::from_event(event),
+    };
+    let text = serde_json::to_string(&note).ok()?;
+    if text.len() > PAYLOAD_MAX {
+        // Those who miss it read the store (see the module doc).
+        tracing::warn!(bytes = text.len(), "event too large to share; not sent");
+        return None;
+    }
+    Some(text)
+}
+
+/// Delivers one heard notification, unless this instance sent it.
+fn deliver(instance: &str, state: &AppState, text: &str) {
+    let Some(note) = serde_json::from_str::<Note>(text).ok() else {
+        tracing::warn!(bytes = text.len(), "unreadable event from another instance");
+        return;
+    };
+    if note.from == instance {
+        return;
+    }
+    let Some(event) = note.event.into_event() else {
+        tracing::warn!("unreadable event payload from another instance");
+        return;
+    };
+    if let HubEvent::Ended { view } = &event {
+        // Created here, ended there: forget it here too.
+        state.pending.ended(&view.id);
+    }
+    state.hub.publish_from_peer(event);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> TransactionView {
+        TransactionView {
+            id: keybridge_proto::TransactionId([7; 16]),
+            status: keybridge_proto::api::TransactionStatus::Pending,
+            reason: None,
+            payer: AccountId::new("alice").unwrap(),
+            payee: AccountId::new("shop").unwrap(),
+            payee_name: "Shop".into(),
+            amount_minor: 1234,
+            currency: keybridge_proto::Currency::from_code("CNY").unwrap(),
+            amount_display: "CNY 12.34".into(),
+            order_id: "o-1".into(),
+            description: String::new(),
+            created_at_unix_s: 1,
+            expires_at_unix_s: 121,
+            reason_text: None,
+        }
+    }
+
+    #[test]
+    fn events_survive_the_wire_and_unreadable_ones_are_refused() {
+        let event = HubEvent::Created {
+            view: view(),
+            payload: Arc::from(&[0x71, 0x02, 0xAA, 0xBB][..]),
+        };
+        let text = encode("me", event).expect("encoded");
+        let note: Note = serde_json::from_str(&text).expect("decoded");
+        assert_eq!(note.from, "me");
+        match note.event.into_event() {
+            Some(HubEvent::Created { payload, view: v }) => {
+                assert_eq!(&payload[..], &[0x71, 0x02, 0xAA, 0xBB]);
+                assert_eq!(v, view());
+            }
+            other => panic!("{other:?}"),
+        }
+        let broken = WireEvent::Created {
+            view: view(),
+            payload_hex: "zz".into(),
+        };
+        assert!(broken.into_event().is_none());
+        // Too large for NOTIFY: not sent (others read the store).
+        let mut huge = view();
+        huge.description = "x".repeat(PAYLOAD_MAX);
+        assert!(encode("me", HubEvent::Ended { view: huge }).is_none());
+    }
+}

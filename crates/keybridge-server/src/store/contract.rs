@@ -1,0 +1,651 @@
+//! The `Store` contract: one test suite that every backend runs, through
+//! [`contract_tests!`] in its own test module. Money moves once, idempotency
+//! holds under the unique index, every change is audited in one chain, and
+//! concurrent answers to one transaction pay at most once.
+
+use keybridge_proto::api::{Reason, TransactionStatus};
+use keybridge_proto::{AccountId, Currency, TransactionId};
+
+use super::*;
+
+pub(crate) const NOW: u64 = 1_750_000_000;
+
+fn cny() -> Currency {
+    Currency::from_code("CNY").unwrap()
+}
+
+fn acct(s: &str) -> AccountId {
+    AccountId::new(s).unwrap()
+}
+
+/// Alice (10,000 minor units), the shop (nothing), terminal `term_1` and
+/// Alice's device `dev_1`.
+pub(crate) async fn seed(store: &dyn Store) {
+    for (id, opening) in [("alice", 10_000u64), ("shop", 0)] {
+        store
+            .create_account(
+                NewAccount {
+                    id: acct(id),
+                    display_name: id.to_uppercase(),
+                    currency: cny(),
+                    opening_balance_minor: opening,
+                },
+                NOW,
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .create_terminal(NewTerminal {
+            id: "term_1".into(),
+            name: "till".into(),
+            api_key_hash: [1; 32],
+            created_at_unix_s: NOW,
+        })
+        .await
+        .unwrap();
+    store
+        .create_device(NewDevice {
+            id: "dev_1".into(),
+            account: acct("alice"),
+            label: "card".into(),
+            method: keybridge_proto::api::SignatureMethod::TransactionApplet,
+            ocra: None,
+            public_key: vec![4; 65],
+            certificate: vec![0x30],
+            credential_hash: [2; 32],
+            created_at_unix_s: NOW,
+        })
+        .await
+        .unwrap();
+}
+
+pub(crate) fn pending(id: u8, key: &str, amount: u64) -> TransactionRecord {
+    TransactionRecord {
+        id: TransactionId([id; 16]),
+        terminal_id: "term_1".into(),
+        idempotency_key: key.into(),
+        request_hash: [id; 32],
+        payer: acct("alice"),
+        payee: acct("shop"),
+        payee_name: "SHOP".into(),
+        amount_minor: amount,
+        currency: cny(),
+        order_id: "o".into(),
+        description: String::new(),
+        payload: vec![0x71, 0x00],
+        status: TransactionStatus::Pending,
+        reason: None,
+        created_at_unix_s: NOW,
+        expires_at_unix_s: NOW + 120,
+        updated_at_unix_s: NOW,
+    }
+}
+
+pub(crate) fn signed(id: u8, counter: u32) -> SignedConfirmation {
+    SignedConfirmation {
+        transaction_id: TransactionId([id; 16]),
+        device_id: "dev_1".into(),
+        answer: Some(AnswerDigest([u8::try_from(counter).unwrap(); 32])),
+        counter: Some(counter),
+        now_unix_s: NOW + 1,
+        replay_reason: Reason::CounterReplay,
+    }
+}
+
+async fn balances_sum_to_zero(store: &dyn Store) {
+    let total: i64 = store
+        .list_accounts()
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.balance_minor)
+        .sum();
+    assert_eq!(total, 0);
+}
+
+async fn balance(store: &dyn Store, id: &str) -> i64 {
+    store
+        .get_account(&acct(id))
+        .await
+        .unwrap()
+        .unwrap()
+        .balance_minor
+}
+
+pub(crate) async fn opening_balances_come_from_the_issuance_account(store: &dyn Store) {
+    seed(store).await;
+    let issuance = store
+        .get_account(&acct("issuance:CNY"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(issuance.system);
+    assert_eq!(issuance.balance_minor, -10_000);
+    assert_eq!(balance(store, "alice").await, 10_000);
+    balances_sum_to_zero(store).await;
+    let again = store
+        .create_account(
+            NewAccount {
+                id: acct("alice"),
+                display_name: "A".into(),
+                currency: cny(),
+                opening_balance_minor: 5,
+            },
+            NOW,
+        )
+        .await;
+    assert_eq!(again, Err(StoreError::AlreadyExists));
+    assert_eq!(balance(store, "alice").await, 10_000);
+}
+
+pub(crate) async fn the_unique_index_decides_idempotent_inserts(store: &dyn Store) {
+    seed(store).await;
+    let first = store
+        .insert_transaction(pending(1, "k1", 100))
+        .await
+        .unwrap();
+    assert!(matches!(first, InsertOutcome::Created(_)));
+    // Same terminal and key, different id: the first row wins.
+    let second = store
+        .insert_transaction(pending(2, "k1", 100))
+        .await
+        .unwrap();
+    match second {
+        InsertOutcome::Existing(t) => assert_eq!(t.id, TransactionId([1; 16])),
+        other => panic!("expected Existing, got {other:?}"),
+    }
+    assert_eq!(store.list_transactions(10).await.unwrap().len(), 1);
+}
+
+pub(crate) async fn a_settlement_moves_money_exactly_once(store: &dyn Store) {
+    seed(store).await;
+    store
+        .insert_transaction(pending(1, "k1", 2_500))
+        .await
+        .unwrap();
+    let Finalized::Applied(t) = store.apply_signed_confirmation(signed(1, 1)).await.unwrap() else {
+        panic!("not applied");
+    };
+    assert_eq!(t.status, TransactionStatus::Settled);
+    assert_eq!(t.reason, None);
+    assert_eq!(balance(store, "alice").await, 7_500);
+    assert_eq!(balance(store, "shop").await, 2_500);
+    balances_sum_to_zero(store).await;
+
+    // A second valid-looking confirmation finds it settled and writes nothing.
+    let again = store.apply_signed_confirmation(signed(1, 2)).await.unwrap();
+    assert!(matches!(again, Finalized::NotPending(_)));
+    let transfers = store.transfers_for_transaction(&t.id).await.unwrap();
+    assert_eq!(transfers.len(), 1);
+    assert_eq!(transfers[0].amount_minor, 2_500);
+    assert_eq!(transfers[0].debit_account, acct("alice"));
+    assert_eq!(balance(store, "alice").await, 7_500);
+    let device = store
+        .device_by_credential_hash([2; 32])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(device.last_counter, 1);
+}
+
+pub(crate) async fn a_replayed_counter_is_rejected_and_not_consumed(store: &dyn Store) {
+    seed(store).await;
+    store
+        .insert_transaction(pending(1, "k1", 100))
+        .await
+        .unwrap();
+    store
+        .insert_transaction(pending(2, "k2", 100))
+        .await
+        .unwrap();
+    store.apply_signed_confirmation(signed(1, 7)).await.unwrap();
+    let Finalized::Applied(t) = store.apply_signed_confirmation(signed(2, 7)).await.unwrap() else {
+        panic!("not applied");
+    };
+    assert_eq!(
+        (t.status, t.reason),
+        (TransactionStatus::Rejected, Some(Reason::CounterReplay))
+    );
+    assert!(store
+        .transfers_for_transaction(&t.id)
+        .await
+        .unwrap()
+        .is_empty());
+    let device = store
+        .device_by_credential_hash([2; 32])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(device.last_counter, 7);
+}
+
+pub(crate) async fn insufficient_funds_fail_but_consume_the_counter(store: &dyn Store) {
+    seed(store).await;
+    store
+        .insert_transaction(pending(1, "k1", 10_001))
+        .await
+        .unwrap();
+    let Finalized::Applied(t) = store.apply_signed_confirmation(signed(1, 3)).await.unwrap() else {
+        panic!("not applied");
+    };
+    assert_eq!(
+        (t.status, t.reason),
+        (TransactionStatus::Failed, Some(Reason::InsufficientFunds))
+    );
+    assert_eq!(balance(store, "alice").await, 10_000);
+    let device = store
+        .device_by_credential_hash([2; 32])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(device.last_counter, 3);
+}
+
+pub(crate) async fn a_disabled_device_cannot_settle(store: &dyn Store) {
+    seed(store).await;
+    store
+        .insert_transaction(pending(1, "k1", 100))
+        .await
+        .unwrap();
+    store.disable_device("dev_1", NOW).await.unwrap();
+    let Finalized::Applied(t) = store.apply_signed_confirmation(signed(1, 1)).await.unwrap() else {
+        panic!("not applied");
+    };
+    assert_eq!(t.reason, Some(Reason::UnknownDevice));
+    assert_eq!(store.count_active_devices(&acct("alice")).await.unwrap(), 0);
+}
+
+pub(crate) async fn expiry_ends_only_overdue_pending_transactions(store: &dyn Store) {
+    seed(store).await;
+    store
+        .insert_transaction(pending(1, "k1", 100))
+        .await
+        .unwrap();
+    let mut later = pending(2, "k2", 100);
+    later.expires_at_unix_s = NOW + 500;
+    store.insert_transaction(later).await.unwrap();
+    assert!(store.expire_due(NOW + 119).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .pending_for_payer(&acct("alice"), NOW + 119)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let expired = store.expire_due(NOW + 120).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].reason, Some(Reason::Expired));
+    assert_eq!(
+        store
+            .pending_for_payer(&acct("alice"), NOW + 120)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Finalising an ended transaction is a no-op that reports how it ended.
+    let f = store
+        .finalize(
+            &TransactionId([1; 16]),
+            TransactionStatus::Rejected,
+            Reason::Declined,
+            Some(AnswerDigest([9; 32])),
+            NOW + 121,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(f, Finalized::NotPending(t) if t.status == TransactionStatus::Expired));
+    // Expiry is no answer, and the refused finalisation stored none.
+    assert_eq!(store.ending_answer(&TransactionId([1; 16])).await, Ok(None));
+}
+
+pub(crate) async fn the_answer_that_ended_a_transaction_is_stored_with_its_end(store: &dyn Store) {
+    seed(store).await;
+    for (n, key) in [(1, "k1"), (2, "k2"), (3, "k3")] {
+        store
+            .insert_transaction(pending(n, key, 100))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.ending_answer(&TransactionId([1; 16])).await, Ok(None));
+
+    // Settled by a signature.
+    let Finalized::Applied(t) = store.apply_signed_confirmation(signed(1, 1)).await.unwrap() else {
+        panic!("not applied")
+    };
+    assert_eq!(t.status, TransactionStatus::Settled);
+    assert_eq!(
+        store.ending_answer(&TransactionId([1; 16])).await,
+        Ok(Some(AnswerDigest([1; 32])))
+    );
+    // Rejected by a decline.
+    let declined = Some(AnswerDigest([7; 32]));
+    let f = store
+        .finalize(
+            &TransactionId([2; 16]),
+            TransactionStatus::Rejected,
+            Reason::Declined,
+            declined,
+            NOW + 2,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(f, Finalized::Applied(_)));
+    assert_eq!(
+        store.ending_answer(&TransactionId([2; 16])).await,
+        Ok(declined)
+    );
+    // A second answer to an ended transaction changes nothing, its digest
+    // included.
+    let again = store.apply_signed_confirmation(signed(2, 2)).await.unwrap();
+    assert!(matches!(again, Finalized::NotPending(_)));
+    assert_eq!(
+        store.ending_answer(&TransactionId([2; 16])).await,
+        Ok(declined)
+    );
+    // An unknown transaction has no answer.
+    assert_eq!(store.ending_answer(&TransactionId([9; 16])).await, Ok(None));
+}
+
+pub(crate) async fn devices_need_a_customer_account(store: &dyn Store) {
+    seed(store).await;
+    let mut d = NewDevice {
+        id: "dev_2".into(),
+        account: acct("nobody"),
+        label: String::new(),
+        method: keybridge_proto::api::SignatureMethod::TransactionApplet,
+        ocra: None,
+        public_key: vec![4; 65],
+        certificate: vec![0x30],
+        credential_hash: [3; 32],
+        created_at_unix_s: NOW,
+    };
+    assert_eq!(
+        store.create_device(d.clone()).await,
+        Err(StoreError::UnknownAccount)
+    );
+    d.account = acct("issuance:CNY");
+    assert_eq!(
+        store.create_device(d).await,
+        Err(StoreError::UnknownAccount)
+    );
+}
+
+pub(crate) async fn a_revoked_device_cannot_settle_and_renames_are_kept(store: &dyn Store) {
+    seed(store).await;
+    store
+        .insert_transaction(pending(1, "k1", 100))
+        .await
+        .unwrap();
+    let renamed = store
+        .rename_device("dev_1", "blue card", NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(renamed.label, "blue card");
+    let revoked = store
+        .revoke_device("dev_1", NOW + 5)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revoked.revoked_at_unix_s, Some(NOW + 5));
+    assert_eq!(revoked.view().status, "revoked");
+    // A second revocation keeps the first time.
+    let again = store
+        .revoke_device("dev_1", NOW + 9)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.revoked_at_unix_s, Some(NOW + 5));
+    assert_eq!(store.count_active_devices(&acct("alice")).await.unwrap(), 0);
+    let Finalized::Applied(t) = store.apply_signed_confirmation(signed(1, 1)).await.unwrap() else {
+        panic!("not applied")
+    };
+    assert_eq!(t.reason, Some(Reason::CertificateRevoked));
+    assert!(store
+        .transfers_for_transaction(&t.id)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.revoke_device("nope", NOW).await.unwrap().is_none());
+    let events: Vec<String> = store
+        .audit_log()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.event)
+        .collect();
+    assert_eq!(events.iter().filter(|e| *e == "device_revoked").count(), 1);
+    assert!(events.contains(&"device_renamed".to_owned()));
+}
+
+pub(crate) async fn create_transaction_decides_on_facts_read_inside_the_write(store: &dyn Store) {
+    seed(store).await;
+    let audit_rows = store.audit_log().await.unwrap().len();
+    let refused = store
+        .create_transaction(keys("k1", "nobody"), Box::new(|_| None))
+        .await
+        .unwrap();
+    let CreateOutcome::Refused(facts) = refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(facts.payer.as_ref().map(|a| a.balance_minor), Some(10_000));
+    assert_eq!(facts.payee, None);
+    assert_eq!(facts.payer_active_devices, 1);
+    assert!(store.list_transactions(10).await.unwrap().is_empty());
+
+    let built = store
+        .create_transaction(
+            keys("k1", "shop"),
+            Box::new(|facts| {
+                assert_eq!(facts.payee.as_ref().unwrap().display_name, "SHOP");
+                Some(pending(1, "k1", 100))
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(built, CreateOutcome::Created(pending(1, "k1", 100)));
+    assert_eq!(
+        store
+            .get_transaction(&TransactionId([1; 16]))
+            .await
+            .unwrap(),
+        Some(pending(1, "k1", 100))
+    );
+
+    let replayed = store
+        .create_transaction(
+            keys("k1", "shop"),
+            Box::new(|_| panic!("a replay must not build")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(replayed, CreateOutcome::Existing(pending(1, "k1", 100)));
+    assert_eq!(store.list_transactions(10).await.unwrap().len(), 1);
+    // Only the one created transaction was audited.
+    assert_eq!(store.audit_log().await.unwrap().len(), audit_rows + 1);
+}
+
+fn keys(key: &str, payee: &str) -> CreationKeys {
+    CreationKeys {
+        terminal_id: "term_1".into(),
+        idempotency_key: key.into(),
+        payer: acct("alice"),
+        payee: acct(payee),
+    }
+}
+
+pub(crate) async fn every_state_change_is_audited_in_one_chain(store: &dyn Store) {
+    seed(store).await;
+    store
+        .insert_transaction(pending(1, "k1", 100))
+        .await
+        .unwrap();
+    store.apply_signed_confirmation(signed(1, 1)).await.unwrap();
+    let log = store.audit_log().await.unwrap();
+    let events: Vec<&str> = log.iter().map(|r| r.event.as_str()).collect();
+    assert_eq!(
+        events,
+        [
+            "account_created", // issuance:CNY
+            "account_created", // alice
+            "account_created", // shop
+            "terminal_created",
+            "device_enrolled",
+            "transaction_created",
+            "transaction_settled",
+        ]
+    );
+    assert_eq!(store.verify_audit_chain().await.unwrap(), 7);
+}
+
+/// Answers to one transaction arriving together (two instances, or the
+/// socket and the HTTP fallback) pay once; and many transactions answered at
+/// once keep the books balanced, whatever order the backend runs them in.
+pub(crate) async fn concurrent_answers_pay_at_most_once(store: &dyn Store) {
+    seed(store).await;
+    store
+        .insert_transaction(pending(1, "k1", 100))
+        .await
+        .unwrap();
+    let answers = (1..=8).map(|counter| store.apply_signed_confirmation(signed(1, counter)));
+    let outcomes = futures_util::future::join_all(answers).await;
+    let applied = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(Finalized::Applied(_))))
+        .count();
+    assert_eq!(applied, 1, "{outcomes:?}");
+    assert!(outcomes
+        .iter()
+        .all(|o| matches!(o, Ok(Finalized::Applied(_) | Finalized::NotPending(_)))));
+    assert_eq!(balance(store, "alice").await, 9_900);
+
+    for n in 2..=21u8 {
+        store
+            .insert_transaction(pending(n, &format!("k{n}"), 100))
+            .await
+            .unwrap();
+    }
+    // Counters 9..=28 in a shuffled order: whichever lands after a higher
+    // one is a replay and must move nothing.
+    let order = (2..=21u8).map(|n| (n, 9 + u32::from((n * 7) % 20)));
+    let outcomes = futures_util::future::join_all(
+        order.map(|(n, c)| store.apply_signed_confirmation(signed(n, c))),
+    )
+    .await;
+    let mut settled = 0i64;
+    for outcome in outcomes {
+        let Ok(Finalized::Applied(t)) = outcome else {
+            panic!("{outcome:?}")
+        };
+        match (t.status, t.reason) {
+            (TransactionStatus::Settled, None) => settled += 1,
+            (TransactionStatus::Rejected, Some(Reason::CounterReplay)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(settled >= 1);
+    assert_eq!(balance(store, "alice").await, 9_900 - 100 * settled);
+    balances_sum_to_zero(store).await;
+    assert_eq!(
+        store.verify_audit_chain().await.unwrap(),
+        u64::try_from(store.audit_log().await.unwrap().len()).unwrap()
+    );
+}
+
+/// The end of a transaction queues its webhook event in the same write; an
+/// attempt's result is recorded once.
+pub(crate) async fn an_ended_transaction_queues_its_webhook_event(store: &dyn Store) {
+    seed(store).await;
+    store
+        .put_webhook(WebhookRecord {
+            terminal_id: "term_1".into(),
+            url: "https://shop.example/hook".into(),
+            secret: "whsec".into(),
+            created_at_unix_s: NOW,
+        })
+        .await
+        .unwrap();
+    store
+        .insert_transaction(pending(1, "k1", 100))
+        .await
+        .unwrap();
+    assert!(store.due_deliveries(NOW + 5, 10).await.unwrap().is_empty());
+    store.apply_signed_confirmation(signed(1, 1)).await.unwrap();
+    let due = store.due_deliveries(NOW + 5, 10).await.unwrap();
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert_eq!(due[0].transaction_id, TransactionId([1; 16]));
+    assert_eq!(due[0].state, DeliveryState::Pending);
+    assert!(due[0].event_id.starts_with("evt_") && due[0].event_id.len() == 36);
+    let delivered = AttemptResult {
+        event_id: due[0].event_id.clone(),
+        state: DeliveryState::Delivered,
+        attempts: 1,
+        next_attempt_at_unix_s: NOW + 5,
+        last_status: Some(204),
+        last_error: None,
+        now_unix_s: NOW + 5,
+    };
+    store.record_attempt(delivered.clone()).await.unwrap();
+    // A late duplicate of the result changes nothing.
+    store
+        .record_attempt(AttemptResult {
+            state: DeliveryState::Failed,
+            ..delivered
+        })
+        .await
+        .unwrap();
+    let all = store.list_deliveries(10).await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].state, DeliveryState::Delivered);
+    assert_eq!(all[0].delivered_at_unix_s, Some(NOW + 5));
+    assert!(store
+        .due_deliveries(NOW + 500, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.count_pending().await.unwrap(), 0);
+    assert!(store.delete_webhook("term_1").await.unwrap());
+    assert!(!store.delete_webhook("term_1").await.unwrap());
+}
+
+/// One `#[tokio::test]` per contract test, each on a fresh store from
+/// `$open` (an expression giving a future of `Option<Arc<dyn Store>>`;
+/// `None` skips, when the backend's server is not available outside CI).
+macro_rules! contract_tests {
+    ($open:expr) => {
+        $crate::store::contract::contract_tests!(@each $open;
+            opening_balances_come_from_the_issuance_account,
+            the_unique_index_decides_idempotent_inserts,
+            a_settlement_moves_money_exactly_once,
+            a_replayed_counter_is_rejected_and_not_consumed,
+            insufficient_funds_fail_but_consume_the_counter,
+            a_disabled_device_cannot_settle,
+            expiry_ends_only_overdue_pending_transactions,
+            the_answer_that_ended_a_transaction_is_stored_with_its_end,
+            devices_need_a_customer_account,
+            a_revoked_device_cannot_settle_and_renames_are_kept,
+            create_transaction_decides_on_facts_read_inside_the_write,
+            every_state_change_is_audited_in_one_chain,
+            concurrent_answers_pay_at_most_once,
+            an_ended_transaction_queues_its_webhook_event
+        );
+    };
+    (@each $open:expr; $($name:ident),*) => {
+        mod contract {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let opened: Option<std::sync::Arc<dyn $crate::store::Store>> = $open.await;
+                    let Some(store) = opened else { return };
+                    $crate::store::contract::$name(&*store).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use contract_tests;

@@ -1,0 +1,1144 @@
+//! The PostgreSQL backend, for several server instances on one database.
+//!
+//! Every write is one database transaction that first takes one advisory
+//! lock ([`WRITE_LOCK`]), so writes from all instances run one after another:
+//! the audit log is one hash chain, and each row's hash needs the row before
+//! it, so its appends need a total order anyway. Holding the lock from the
+//! start (not only around the audit append) also means that every read
+//! inside a write sees all earlier writes (READ COMMITTED takes a fresh
+//! snapshot per statement), that writes never deadlock on row locks, and that
+//! compare-and-set updates and unique indexes are a second line of defence,
+//! as in the SQLite backend. What several instances share out is everything
+//! else: TLS, HTTP, verification, relay sockets. PostgreSQL flushes its WAL at
+//! every commit (`synchronous_commit` on, its default), so a settled payment
+//! is durable before the terminal hears of it.
+//!
+//! Reads run on any pooled connection, outside the lock.
+
+use async_trait::async_trait;
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use keybridge_proto::api::{Reason, TransactionStatus};
+use keybridge_proto::{AccountId, TransactionId};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use super::audit;
+use super::rows::{
+    self, corrupt, decode_account, decode_audit, decode_device, decode_transfer, decode_tx, hash32,
+    issuance_account_id, to_i64, to_u64, ACCOUNT_COLUMNS, AUDIT_COLUMNS, DEVICE_COLUMNS,
+    TRANSFER_COLUMNS, TX_COLUMNS,
+};
+use super::{
+    AccountRecord, AnswerDigest, AuditRecord, BuildTransaction, CreateOutcome, CreationFacts,
+    CreationKeys, DeviceRecord, Finalized, InsertOutcome, NewAccount, NewDevice, NewTerminal,
+    SignedConfirmation, Store, StoreError, TerminalRecord, TransactionRecord, TransferKind,
+    TransferRecord,
+};
+use crate::payment::{self, PaymentDecision, PaymentFacts};
+
+pub mod scratch;
+pub(crate) mod web;
+
+/// Numbered migrations, applied in order and recorded in `schema_migrations`.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "0001_init",
+    include_str!("../../migrations/postgres/0001_init.sql"),
+)];
+
+/// The advisory lock every write holds until it commits (see the module doc).
+/// An arbitrary constant: "KB" in ASCII, then 1.
+const WRITE_LOCK: i64 = 0x4b42_0001;
+
+/// Connections per instance: enough for the reads of a busy server while one
+/// write holds the lock; PostgreSQL's default `max_connections` (100) leaves
+/// room for several instances.
+const POOL_SIZE: usize = 16;
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// A PostgreSQL database, shared by every server instance that opens it.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+// Hand-written: the pool's configuration holds the connection's password.
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("pool_size", &self.pool.status().max_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects to the database named by `url` (a `postgres://` URL or a
+    /// `key=value` connection string) and applies pending migrations.
+    pub async fn connect(url: &str, now_unix_s: u64) -> Result<PgStore, StoreError> {
+        let config = parse_url(url)?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Backend(format!("connection pool: {e}")))?;
+        let store = PgStore { pool };
+        store.migrate(now_unix_s).await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Backend(format!("database connection: {e}")))
+    }
+
+    async fn migrate(&self, now_unix_s: u64) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        for (version, name, sql) in MIGRATIONS {
+            // The lock first: instances starting together would otherwise
+            // race even on `CREATE TABLE IF NOT EXISTS`.
+            let tx = client.transaction().await.map_err(backend)?;
+            tx.batch_execute(&format!(
+                "SELECT pg_advisory_xact_lock({WRITE_LOCK});
+                 CREATE TABLE IF NOT EXISTS schema_migrations (
+                     version    INTEGER PRIMARY KEY,
+                     name       TEXT NOT NULL,
+                     applied_at BIGINT NOT NULL
+                 )"
+            ))
+            .await
+            .map_err(backend)?;
+            let applied = tx
+                .query_opt(
+                    "SELECT version FROM schema_migrations WHERE version = $1",
+                    &[version],
+                )
+                .await
+                .map_err(backend)?;
+            if applied.is_none() {
+                tx.batch_execute(sql).await.map_err(backend)?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                    &[version, name, &to_i64(now_unix_s)?],
+                )
+                .await
+                .map_err(backend)?;
+                tracing::info!(version, name, "applied migration");
+            }
+            tx.commit().await.map_err(backend)?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses a connection URL without ever echoing it: it may hold a password.
+fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    url.parse::<tokio_postgres::Config>()
+        .map_err(|_| StoreError::Backend("the database URL does not parse".to_owned()))
+}
+
+/// Begins a write: a transaction holding [`WRITE_LOCK`].
+async fn begin_write(
+    client: &mut deadpool_postgres::Client,
+) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    let tx = client.transaction().await.map_err(backend)?;
+    tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({WRITE_LOCK})"))
+        .await
+        .map_err(backend)?;
+    Ok(tx)
+}
+
+fn backend(e: tokio_postgres::Error) -> StoreError {
+    // The server's message, without the client's connection details.
+    match e.as_db_error() {
+        Some(db) => StoreError::Backend(format!("{}: {}", db.code().code(), db.message())),
+        None => StoreError::Backend(e.to_string()),
+    }
+}
+
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+/// A unique index said no: the record exists.
+fn unique_to_exists(e: tokio_postgres::Error) -> StoreError {
+    if is_unique_violation(&e) {
+        StoreError::AlreadyExists
+    } else {
+        backend(e)
+    }
+}
+
+/// Runs `sql` through the connection's statement cache.
+async fn query(
+    c: &impl GenericClient,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Vec<Row>, StoreError> {
+    let statement = c.prepare_cached(sql).await.map_err(backend)?;
+    c.query(&statement, params).await.map_err(backend)
+}
+
+async fn exec(c: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
+    let statement = c.prepare_cached(sql).await.map_err(backend)?;
+    c.execute(&statement, params).await.map_err(backend)
+}
+
+fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T, StoreError> {
+    row.try_get(i)
+        .map_err(|e| StoreError::Corrupt(format!("column {i}: {e}")))
+}
+
+fn read_tx_row(r: &Row) -> Result<rows::TxRow, StoreError> {
+    Ok((
+        (
+            get(r, 0)?,
+            get(r, 1)?,
+            get(r, 2)?,
+            get(r, 3)?,
+            get(r, 4)?,
+            get(r, 5)?,
+            get(r, 6)?,
+            get(r, 7)?,
+        ),
+        (
+            get(r, 8)?,
+            get(r, 9)?,
+            get(r, 10)?,
+            get(r, 11)?,
+            get(r, 12)?,
+            get(r, 13)?,
+            get(r, 14)?,
+            get(r, 15)?,
+            get(r, 16)?,
+        ),
+    ))
+}
+
+fn read_device_row(r: &Row) -> Result<rows::DeviceRow, StoreError> {
+    Ok((
+        (
+            get(r, 0)?,
+            get(r, 1)?,
+            get(r, 2)?,
+            get(r, 3)?,
+            get(r, 4)?,
+            get(r, 5)?,
+            get(r, 6)?,
+            get(r, 7)?,
+        ),
+        (get(r, 8)?, get(r, 9)?, get(r, 10)?, get(r, 11)?),
+    ))
+}
+
+fn read_account_row(r: &Row) -> Result<rows::AccountRow, StoreError> {
+    Ok((
+        get(r, 0)?,
+        get(r, 1)?,
+        get(r, 2)?,
+        get(r, 3)?,
+        get(r, 4)?,
+        get(r, 5)?,
+    ))
+}
+
+/// A payer's pending transactions not yet expired (`$1` payer, `$2` now).
+const PENDING_OF_PAYER: &str =
+    "WHERE payer = $1 AND status = 'pending' AND expires_at > $2 ORDER BY seq";
+/// Pending transactions whose window has passed (`$1` now), oldest deadline first.
+const PENDING_DUE: &str = "WHERE status = 'pending' AND expires_at <= $1 ORDER BY expires_at, seq";
+
+async fn query_txs(
+    c: &impl GenericClient,
+    where_clause: &str,
+    params: Params<'_>,
+) -> Result<Vec<TransactionRecord>, StoreError> {
+    let sql = format!("SELECT {TX_COLUMNS} FROM transactions {where_clause}");
+    query(c, &sql, params)
+        .await?
+        .iter()
+        .map(|r| decode_tx(read_tx_row(r)?))
+        .collect()
+}
+
+async fn get_tx(
+    c: &impl GenericClient,
+    id: &TransactionId,
+) -> Result<Option<TransactionRecord>, StoreError> {
+    Ok(query_txs(c, "WHERE id = $1", &[&id.to_hex()])
+        .await?
+        .into_iter()
+        .next())
+}
+
+async fn query_devices(
+    c: &impl GenericClient,
+    where_clause: &str,
+    params: Params<'_>,
+) -> Result<Vec<DeviceRecord>, StoreError> {
+    let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices {where_clause}");
+    query(c, &sql, params)
+        .await?
+        .iter()
+        .map(|r| decode_device(read_device_row(r)?))
+        .collect()
+}
+
+async fn get_device(c: &impl GenericClient, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+    Ok(query_devices(c, "WHERE id = $1", &[&id])
+        .await?
+        .into_iter()
+        .next())
+}
+
+async fn query_accounts(
+    c: &impl GenericClient,
+    where_clause: &str,
+    params: Params<'_>,
+) -> Result<Vec<AccountRecord>, StoreError> {
+    let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts {where_clause}");
+    query(c, &sql, params)
+        .await?
+        .iter()
+        .map(|r| decode_account(read_account_row(r)?))
+        .collect()
+}
+
+async fn get_account(
+    c: &impl GenericClient,
+    id: &AccountId,
+) -> Result<Option<AccountRecord>, StoreError> {
+    Ok(query_accounts(c, "WHERE id = $1", &[&id.as_str()])
+        .await?
+        .into_iter()
+        .next())
+}
+
+async fn by_idempotency_key(
+    c: &impl GenericClient,
+    terminal_id: &str,
+    key: &str,
+) -> Result<Option<TransactionRecord>, StoreError> {
+    Ok(query_txs(
+        c,
+        "WHERE terminal_id = $1 AND idempotency_key = $2",
+        &[&terminal_id, &key],
+    )
+    .await?
+    .into_iter()
+    .next())
+}
+
+async fn count_active_devices(
+    c: &impl GenericClient,
+    account: &AccountId,
+) -> Result<u64, StoreError> {
+    let rows = query(
+        c,
+        "SELECT count(*) FROM devices
+             WHERE account_id = $1 AND status = 'active' AND revoked_at IS NULL",
+        &[&account.as_str()],
+    )
+    .await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| corrupt("count returned no row"))?;
+    to_u64(get(row, 0)?)
+}
+
+/// Appends one audit row, chained to the last one, inside the caller's write.
+async fn append_audit(
+    tx: &deadpool_postgres::Transaction<'_>,
+    at_unix_s: u64,
+    transaction_id: Option<&TransactionId>,
+    event: &str,
+    detail: &serde_json::Value,
+) -> Result<(), StoreError> {
+    let last = query(
+        tx,
+        "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+        &[],
+    )
+    .await?;
+    let (seq, prev_hash) = match last.first() {
+        Some(row) => (to_u64(get(row, 0)?)? + 1, hash32(get(row, 1)?)?),
+        None => (1, audit::GENESIS_HASH),
+    };
+    let tx_hex = transaction_id.map(TransactionId::to_hex);
+    let detail = detail.to_string();
+    let hash = audit::row_hash(
+        &prev_hash,
+        seq,
+        at_unix_s,
+        tx_hex.as_deref(),
+        event,
+        &detail,
+    );
+    exec(
+        tx,
+        "INSERT INTO audit_log (seq, at, transaction_id, event, detail, prev_hash, hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &to_i64(seq)?,
+            &to_i64(at_unix_s)?,
+            &tx_hex,
+            &event,
+            &detail,
+            &prev_hash.as_slice(),
+            &hash.as_slice(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Adds `delta` to an account's balance with checked arithmetic.
+async fn add_to_balance(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: &AccountId,
+    delta: i64,
+) -> Result<(), StoreError> {
+    let rows = query(
+        tx,
+        "SELECT balance_minor FROM accounts WHERE id = $1",
+        &[&id.as_str()],
+    )
+    .await?;
+    let balance: i64 = get(rows.first().ok_or(StoreError::UnknownAccount)?, 0)?;
+    let new = balance
+        .checked_add(delta)
+        .ok_or(StoreError::BalanceOverflow)?;
+    exec(
+        tx,
+        "UPDATE accounts SET balance_minor = $1 WHERE id = $2",
+        &[&new, &id.as_str()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// One transfer to write.
+struct Transfer<'a> {
+    kind: TransferKind,
+    transaction_id: Option<&'a TransactionId>,
+    debit: &'a AccountId,
+    credit: &'a AccountId,
+    amount_minor: u64,
+    currency: keybridge_proto::Currency,
+}
+
+/// Writes one double-entry transfer and moves both balances by the same amount.
+async fn transfer(
+    tx: &deadpool_postgres::Transaction<'_>,
+    t: Transfer<'_>,
+    now_unix_s: u64,
+) -> Result<(), StoreError> {
+    let amount = i64::try_from(t.amount_minor).map_err(|_| StoreError::BalanceOverflow)?;
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO transfers
+                 (transaction_id, kind, debit_account, credit_account, amount_minor, currency,
+                  created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .await
+        .map_err(backend)?;
+    tx.execute(
+        &statement,
+        &[
+            &t.transaction_id.map(TransactionId::to_hex),
+            &t.kind.as_str(),
+            &t.debit.as_str(),
+            &t.credit.as_str(),
+            &amount,
+            &t.currency.code(),
+            &to_i64(now_unix_s)?,
+        ],
+    )
+    .await
+    .map_err(unique_to_exists)?;
+    add_to_balance(tx, t.debit, -amount).await?;
+    add_to_balance(tx, t.credit, amount).await?;
+    Ok(())
+}
+
+/// Inserts a new `pending` transaction and its audit row; the unique index on
+/// `(terminal_id, idempotency_key)` decides a race between two requests.
+async fn insert_tx(
+    tx: &deadpool_postgres::Transaction<'_>,
+    t: TransactionRecord,
+) -> Result<InsertOutcome, StoreError> {
+    // ON CONFLICT instead of catching the violation: in PostgreSQL a failed
+    // statement aborts the whole transaction, so the existing row could not
+    // be read after it. A clash on the id itself still fails.
+    let statement = tx
+        .prepare_cached(&format!(
+            "INSERT INTO transactions ({TX_COLUMNS})
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+             ON CONFLICT (terminal_id, idempotency_key) DO NOTHING"
+        ))
+        .await
+        .map_err(backend)?;
+    let inserted = tx
+        .execute(
+            &statement,
+            &[
+                &t.id.to_hex(),
+                &t.terminal_id,
+                &t.idempotency_key,
+                &t.request_hash.as_slice(),
+                &t.payer.as_str(),
+                &t.payee.as_str(),
+                &t.payee_name,
+                &to_i64(t.amount_minor)?,
+                &t.currency.code(),
+                &t.order_id,
+                &t.description,
+                &t.payload,
+                &t.status.as_str(),
+                &t.reason.map(|r| r.as_str()),
+                &to_i64(t.created_at_unix_s)?,
+                &to_i64(t.expires_at_unix_s)?,
+                &to_i64(t.updated_at_unix_s)?,
+            ],
+        )
+        .await
+        .map_err(unique_to_exists)?;
+    if inserted == 0 {
+        let existing = by_idempotency_key(tx, &t.terminal_id, &t.idempotency_key)
+            .await?
+            .ok_or(StoreError::AlreadyExists)?;
+        return Ok(InsertOutcome::Existing(existing));
+    }
+    append_audit(
+        tx,
+        t.created_at_unix_s,
+        Some(&t.id),
+        "transaction_created",
+        &rows::transaction_created_detail(&t),
+    )
+    .await?;
+    Ok(InsertOutcome::Created(t))
+}
+
+/// Compare-and-set from `pending` to a final status, with its audit row and
+/// the answer that ended it, if one did.
+async fn end_pending(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: &TransactionId,
+    status: TransactionStatus,
+    reason: Option<Reason>,
+    answer: Option<AnswerDigest>,
+    now_unix_s: u64,
+    detail: serde_json::Value,
+) -> Result<bool, StoreError> {
+    debug_assert!(status.is_final());
+    let changed = exec(
+        tx,
+        "UPDATE transactions SET status = $1, reason = $2, updated_at = $3, answer_sha256 = $4
+             WHERE id = $5 AND status = 'pending'",
+        &[
+            &status.as_str(),
+            &reason.map(|r| r.as_str()),
+            &to_i64(now_unix_s)?,
+            &answer.as_ref().map(|a| a.0.as_slice()),
+            &id.to_hex(),
+        ],
+    )
+    .await?;
+    if changed == 1 {
+        let event = format!("transaction_{}", status.as_str());
+        append_audit(tx, now_unix_s, Some(id), &event, &detail).await?;
+    }
+    Ok(changed == 1)
+}
+
+/// One administrative change to a device: `update` and, if it changed the
+/// row, the audit row `event` with `detail`. Returns the device as it now
+/// is, `None` if there is none.
+#[allow(clippy::too_many_arguments)]
+async fn change_device(
+    tx: &deadpool_postgres::Transaction<'_>,
+    device_id: &str,
+    update: &str,
+    params: Params<'_>,
+    now_unix_s: u64,
+    event: &str,
+    detail: &serde_json::Value,
+) -> Result<Option<DeviceRecord>, StoreError> {
+    if exec(tx, update, params).await? == 1 {
+        append_audit(tx, now_unix_s, None, event, detail).await?;
+    }
+    get_device(tx, device_id).await
+}
+
+impl PgStore {
+    /// Runs one device change as a write and commits it.
+    async fn device_write(
+        &self,
+        device_id: &str,
+        update: &str,
+        params: Params<'_>,
+        now_unix_s: u64,
+        event: &str,
+        detail: serde_json::Value,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = begin_write(&mut client).await?;
+        let device =
+            change_device(&tx, device_id, update, params, now_unix_s, event, &detail).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(device)
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn create_account(
+        &self,
+        account: NewAccount,
+        now_unix_s: u64,
+    ) -> Result<AccountRecord, StoreError> {
+        let mut client = self.client().await?;
+        let tx = begin_write(&mut client).await?;
+        if get_account(&tx, &account.id).await?.is_some() {
+            return Err(StoreError::AlreadyExists);
+        }
+        let now = to_i64(now_unix_s)?;
+        let issuance = issuance_account_id(account.currency)?;
+        if get_account(&tx, &issuance).await?.is_none() {
+            exec(
+                &tx,
+                "INSERT INTO accounts (id, display_name, currency, balance_minor, system, created_at)
+                 VALUES ($1, $2, $3, 0, TRUE, $4)",
+                &[
+                    &issuance.as_str(),
+                    &format!("{} issuance", account.currency.code()),
+                    &account.currency.code(),
+                    &now,
+                ],
+            )
+            .await?;
+            append_audit(
+                &tx,
+                now_unix_s,
+                None,
+                "account_created",
+                &serde_json::json!({"account": issuance.as_str(), "system": true}),
+            )
+            .await?;
+        }
+        let statement = tx
+            .prepare_cached(
+                "INSERT INTO accounts (id, display_name, currency, balance_minor, system, created_at)
+                 VALUES ($1, $2, $3, 0, FALSE, $4)",
+            )
+            .await
+            .map_err(backend)?;
+        tx.execute(
+            &statement,
+            &[
+                &account.id.as_str(),
+                &account.display_name,
+                &account.currency.code(),
+                &now,
+            ],
+        )
+        .await
+        .map_err(unique_to_exists)?;
+        if account.opening_balance_minor > 0 {
+            let opening = Transfer {
+                kind: TransferKind::Opening,
+                transaction_id: None,
+                debit: &issuance,
+                credit: &account.id,
+                amount_minor: account.opening_balance_minor,
+                currency: account.currency,
+            };
+            transfer(&tx, opening, now_unix_s).await?;
+        }
+        append_audit(
+            &tx,
+            now_unix_s,
+            None,
+            "account_created",
+            &serde_json::json!({
+                "account": account.id.as_str(),
+                "currency": account.currency.code(),
+                "opening_balance_minor": account.opening_balance_minor,
+            }),
+        )
+        .await?;
+        let created = get_account(&tx, &account.id)
+            .await?
+            .ok_or_else(|| corrupt("account vanished"))?;
+        tx.commit().await.map_err(backend)?;
+        Ok(created)
+    }
+
+    async fn get_account(&self, id: &AccountId) -> Result<Option<AccountRecord>, StoreError> {
+        get_account(&self.client().await?, id).await
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
+        query_accounts(&self.client().await?, "ORDER BY id", &[]).await
+    }
+
+    async fn create_terminal(&self, terminal: NewTerminal) -> Result<TerminalRecord, StoreError> {
+        let mut client = self.client().await?;
+        let tx = begin_write(&mut client).await?;
+        let statement = tx
+            .prepare_cached(
+                "INSERT INTO terminals (id, name, api_key_hash, created_at) VALUES ($1, $2, $3, $4)",
+            )
+            .await
+            .map_err(backend)?;
+        tx.execute(
+            &statement,
+            &[
+                &terminal.id,
+                &terminal.name,
+                &terminal.api_key_hash.as_slice(),
+                &to_i64(terminal.created_at_unix_s)?,
+            ],
+        )
+        .await
+        .map_err(unique_to_exists)?;
+        append_audit(
+            &tx,
+            terminal.created_at_unix_s,
+            None,
+            "terminal_created",
+            &serde_json::json!({"terminal": terminal.id, "name": terminal.name}),
+        )
+        .await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(TerminalRecord {
+            id: terminal.id,
+            name: terminal.name,
+        })
+    }
+
+    async fn terminal_by_key_hash(
+        &self,
+        api_key_hash: [u8; 32],
+    ) -> Result<Option<TerminalRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = query(
+            &client,
+            "SELECT id, name FROM terminals WHERE api_key_hash = $1",
+            &[&api_key_hash.as_slice()],
+        )
+        .await?;
+        rows.first()
+            .map(|r| {
+                Ok(TerminalRecord {
+                    id: get(r, 0)?,
+                    name: get(r, 1)?,
+                })
+            })
+            .transpose()
+    }
+
+    async fn create_device(&self, device: NewDevice) -> Result<DeviceRecord, StoreError> {
+        let mut client = self.client().await?;
+        let tx = begin_write(&mut client).await?;
+        match get_account(&tx, &device.account).await? {
+            Some(a) if !a.system => {}
+            _ => return Err(StoreError::UnknownAccount),
+        }
+        let now = to_i64(device.created_at_unix_s)?;
+        let (ocra_suite, ocra_secret) = match &device.ocra {
+            Some(o) => (Some(o.suite.as_str()), Some(o.sealed_secret.as_slice())),
+            None => (None, None),
+        };
+        let statement = tx
+            .prepare_cached(
+                "INSERT INTO devices (id, account_id, label, public_key, certificate,
+                     credential_hash, status, last_counter, created_at, updated_at,
+                     method, ocra_suite, ocra_secret)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'active', 0, $7, $7, $8, $9, $10)",
+            )
+            .await
+            .map_err(backend)?;
+        tx.execute(
+            &statement,
+            &[
+                &device.id,
+                &device.account.as_str(),
+                &device.label,
+                &device.public_key,
+                &device.certificate,
+                &device.credential_hash.as_slice(),
+                &now,
+                &device.method.as_str(),
+                &ocra_suite,
+                &ocra_secret,
+            ],
+        )
+        .await
+        .map_err(unique_to_exists)?;
+        append_audit(
+            &tx,
+            device.created_at_unix_s,
+            None,
+            "device_enrolled",
+            &serde_json::json!({
+                "device": device.id,
+                "account": device.account.as_str(),
+                "method": device.method.as_str(),
+            }),
+        )
+        .await?;
+        let created = get_device(&tx, &device.id)
+            .await?
+            .ok_or_else(|| corrupt("device vanished"))?;
+        tx.commit().await.map_err(backend)?;
+        Ok(created)
+    }
+
+    async fn device_by_credential_hash(
+        &self,
+        credential_hash: [u8; 32],
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        Ok(query_devices(
+            &self.client().await?,
+            "WHERE credential_hash = $1",
+            &[&credential_hash.as_slice()],
+        )
+        .await?
+        .into_iter()
+        .next())
+    }
+
+    async fn list_devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        query_devices(&self.client().await?, "ORDER BY created_at, id", &[]).await
+    }
+
+    async fn disable_device(
+        &self,
+        device_id: &str,
+        now_unix_s: u64,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        self.device_write(
+            device_id,
+            "UPDATE devices SET status = 'disabled', updated_at = $1
+                 WHERE id = $2 AND status <> 'disabled'",
+            &[&to_i64(now_unix_s)?, &device_id],
+            now_unix_s,
+            "device_disabled",
+            serde_json::json!({"device": device_id}),
+        )
+        .await
+    }
+
+    async fn count_active_devices(&self, account: &AccountId) -> Result<u64, StoreError> {
+        count_active_devices(&self.client().await?, account).await
+    }
+
+    async fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        get_device(&self.client().await?, device_id).await
+    }
+
+    async fn rename_device(
+        &self,
+        device_id: &str,
+        label: &str,
+        now_unix_s: u64,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        self.device_write(
+            device_id,
+            "UPDATE devices SET label = $1, updated_at = $2 WHERE id = $3",
+            &[&label, &to_i64(now_unix_s)?, &device_id],
+            now_unix_s,
+            "device_renamed",
+            serde_json::json!({"device": device_id, "label": label}),
+        )
+        .await
+    }
+
+    async fn revoke_device(
+        &self,
+        device_id: &str,
+        now_unix_s: u64,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        self.device_write(
+            device_id,
+            "UPDATE devices SET revoked_at = $1, updated_at = $1
+                 WHERE id = $2 AND revoked_at IS NULL",
+            &[&to_i64(now_unix_s)?, &device_id],
+            now_unix_s,
+            "device_revoked",
+            serde_json::json!({"device": device_id}),
+        )
+        .await
+    }
+
+    async fn create_transaction(
+        &self,
+        keys: CreationKeys,
+        build: BuildTransaction,
+    ) -> Result<CreateOutcome, StoreError> {
+        let mut client = self.client().await?;
+        let tx = begin_write(&mut client).await?;
+        if let Some(existing) =
+            by_idempotency_key(&tx, &keys.terminal_id, &keys.idempotency_key).await?
+        {
+            return Ok(CreateOutcome::Existing(existing));
+        }
+        let facts = CreationFacts {
+            payer: get_account(&tx, &keys.payer).await?,
+            payee: get_account(&tx, &keys.payee).await?,
+            payer_active_devices: count_active_devices(&tx, &keys.payer).await?,
+        };
+        let outcome = match build(&facts) {
+            Some(record) => match insert_tx(&tx, record).await? {
+                InsertOutcome::Created(record) => CreateOutcome::Created(record),
+                InsertOutcome::Existing(record) => CreateOutcome::Existing(record),
+            },
+            None => return Ok(CreateOutcome::Refused(facts)),
+        };
+        tx.commit().await.map_err(backend)?;
+        Ok(outcome)
+    }
+
+    async fn insert_transaction(&self, t: TransactionRecord) -> Result<InsertOutcome, StoreError> {
+        let mut client = self.client().await?;
+        let tx = begin_write(&mut client).await?;
+        let outcome = insert_tx(&tx, t).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(outcome)
+    }
+
+    async fn get_transaction(
+        &self,
+        id: &TransactionId,
+    ) -> Result<Option<TransactionRecord>, StoreError> {
+        get_tx(&self.client().await?, id).await
+    }
+
+    async fn list_transactions(&self, limit: u32) -> Result<Vec<TransactionRecord>, StoreError> {
+        query_txs(
+            &self.client().await?,
+            "ORDER BY seq DESC LIMIT $1",
+            &[&i64::from(limit)],
+        )
+        .await
+    }
+
+    async fn pending_for_payer(
+        &self,
+        payer: &AccountId,
+        now_unix_s: u64,
+    ) -> Result<Vec<TransactionRecord>, StoreError> {
+        query_txs(
+            &self.client().await?,
+            PENDING_OF_PAYER,
+            &[&payer.as_str(), &to_i64(now_unix_s)?],
+        )
+        .await
+    }
+
+    async fn finalize(
+        &self,
+        id: &TransactionId,
+        status: TransactionStatus,
+        reason: Reason,
+        answer: Option<AnswerDigest>,
+        now_unix_s: u64,
+    ) -> Result<Finalized, StoreError> {
+        let mut client = self.client().await?;
+        let tx = begin_write(&mut client).await?;
+        let Some(current) = get_tx(&tx, id).await? else {
+            return Ok(Finalized::NotFound);
+        };
+        let detail = serde_json::json!({"reason": reason.as_str()});
+        if !end_pending(&tx, id, status, Some(reason), answer, now_unix_s, detail).await? {
+            return Ok(Finalized::NotPending(current));
+        }
+        let updated = get_tx(&tx, id)
+            .await?
+            .ok_or_else(|| corrupt("transaction vanished"))?;
+        tx.commit().await.map_err(backend)?;
+        Ok(Finalized::Applied(updated))
+    }
+
+    async fn apply_signed_confirmation(
+        &self,
+        c: SignedConfirmation,
+    ) -> Result<Finalized, StoreError> {
+        let mut client = self.client().await?;
+        let tx = begin_write(&mut client).await?;
+        let Some(current) = get_tx(&tx, &c.transaction_id).await? else {
+            return Ok(Finalized::NotFound);
+        };
+        let device = get_device(&tx, &c.device_id).await?;
+        let payer = get_account(&tx, &current.payer)
+            .await?
+            .ok_or_else(|| corrupt("payer missing"))?;
+        let decision = payment::decide(PaymentFacts::of(&current, device.as_ref(), &payer, &c));
+        let Some((status, reason)) = decision.outcome() else {
+            return Ok(Finalized::NotPending(current));
+        };
+        if let (true, Some(counter)) = (decision.consumes_counter(), c.counter) {
+            let changed = exec(
+                &tx,
+                "UPDATE devices SET last_counter = $1, updated_at = $2
+                     WHERE id = $3 AND last_counter < $1",
+                &[&i64::from(counter), &to_i64(c.now_unix_s)?, &c.device_id],
+            )
+            .await?;
+            if changed != 1 {
+                return Err(corrupt("device counter moved inside the transaction"));
+            }
+        }
+        if decision == PaymentDecision::Settle {
+            let payment = Transfer {
+                kind: TransferKind::Payment,
+                transaction_id: Some(&current.id),
+                debit: &current.payer,
+                credit: &current.payee,
+                amount_minor: current.amount_minor,
+                currency: current.currency,
+            };
+            transfer(&tx, payment, c.now_unix_s).await?;
+            let after = get_account(&tx, &current.payer)
+                .await?
+                .ok_or_else(|| corrupt("payer"))?;
+            payment::check_settled(payer.balance_minor, &after, current.amount_minor)?;
+        }
+        let detail = payment::answered_detail(&c, reason);
+        if !end_pending(
+            &tx,
+            &current.id,
+            status,
+            reason,
+            c.answer,
+            c.now_unix_s,
+            detail,
+        )
+        .await?
+        {
+            return Err(corrupt(
+                "pending transaction changed inside the transaction",
+            ));
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(Finalized::Applied(TransactionRecord {
+            status,
+            reason,
+            updated_at_unix_s: c.now_unix_s,
+            ..current
+        }))
+    }
+
+    async fn expire_due(&self, now_unix_s: u64) -> Result<Vec<TransactionRecord>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = begin_write(&mut client).await?;
+        let due = query_txs(&tx, PENDING_DUE, &[&to_i64(now_unix_s)?]).await?;
+        let mut expired = Vec::with_capacity(due.len());
+        for t in due {
+            let detail = serde_json::json!({"reason": Reason::Expired.as_str(), "by": "sweeper"});
+            if end_pending(
+                &tx,
+                &t.id,
+                TransactionStatus::Expired,
+                Some(Reason::Expired),
+                None,
+                now_unix_s,
+                detail,
+            )
+            .await?
+            {
+                expired.push(
+                    get_tx(&tx, &t.id)
+                        .await?
+                        .ok_or_else(|| corrupt("vanished"))?,
+                );
+            }
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(expired)
+    }
+
+    async fn ending_answer(&self, id: &TransactionId) -> Result<Option<AnswerDigest>, StoreError> {
+        let client = self.client().await?;
+        let rows = query(
+            &client,
+            "SELECT answer_sha256 FROM transactions WHERE id = $1",
+            &[&id.to_hex()],
+        )
+        .await?;
+        let stored: Option<Vec<u8>> = match rows.first() {
+            Some(row) => get(row, 0)?,
+            None => None,
+        };
+        stored
+            .map(|digest| hash32(digest).map(AnswerDigest))
+            .transpose()
+    }
+
+    async fn transfers_for_transaction(
+        &self,
+        id: &TransactionId,
+    ) -> Result<Vec<TransferRecord>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE transaction_id = $1 ORDER BY id"
+        );
+        query(&client, &sql, &[&id.to_hex()])
+            .await?
+            .iter()
+            .map(|r| {
+                decode_transfer((
+                    get(r, 0)?,
+                    get(r, 1)?,
+                    get(r, 2)?,
+                    get(r, 3)?,
+                    get(r, 4)?,
+                    get(r, 5)?,
+                    get(r, 6)?,
+                    get(r, 7)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq");
+        query(&client, &sql, &[])
+            .await?
+            .iter()
+            .map(|r| {
+                decode_audit((
+                    get(r, 0)?,
+                    get(r, 1)?,
+                    get(r, 2)?,
+                    get(r, 3)?,
+                    get(r, 4)?,
+                    get(r, 5)?,
+                    get(r, 6)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn verify_audit_chain(&self) -> Result<u64, StoreError> {
+        let rows = self.audit_log().await?;
+        audit::verify_chain(&rows)
+    }
+}
+
+#[cfg(test)]
+mod tests;

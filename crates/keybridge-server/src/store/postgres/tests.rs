@@ -1,0 +1,146 @@
+//! The PostgreSQL backend: the shared `Store` contract, and what only it has
+//! (its migrations, its triggers, two instances on one database, the
+//! webhook claim).
+
+use super::*;
+use crate::store::contract::{contract_tests, pending, seed, signed, NOW};
+use crate::store::web::WebStore;
+
+async fn open() -> Option<PgStore> {
+    let url = scratch::database_or_skip().await?;
+    Some(PgStore::connect(&url, NOW).await.expect("connect"))
+}
+
+contract_tests!(async {
+    open()
+        .await
+        .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn Store>)
+});
+
+/// A second instance on the same database finds the schema in place, and
+/// sees (and is bound by) the first one's writes.
+#[tokio::test]
+async fn two_instances_share_one_database_and_migrate_once() {
+    let Some(url) = scratch::database_or_skip().await else {
+        return;
+    };
+    let (a, b) = tokio::join!(PgStore::connect(&url, NOW), PgStore::connect(&url, NOW + 5));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let client = a.client().await.unwrap();
+    let versions: Vec<(i32, i64)> = client
+        .query(
+            "SELECT version, applied_at FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(versions.len(), MIGRATIONS.len());
+    assert!(versions
+        .iter()
+        .all(|(_, at)| *at == NOW as i64 || *at == NOW as i64 + 5));
+
+    seed(&a).await;
+    b.insert_transaction(pending(1, "k1", 100)).await.unwrap();
+    // Instance A answers what B created; B's copy of the answer finds it paid.
+    let first = a.apply_signed_confirmation(signed(1, 1)).await.unwrap();
+    assert!(matches!(first, Finalized::Applied(_)));
+    let second = b.apply_signed_confirmation(signed(1, 2)).await.unwrap();
+    assert!(matches!(second, Finalized::NotPending(_)));
+    assert_eq!(
+        b.get_account(&AccountId::new("shop").unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .balance_minor,
+        100
+    );
+    assert_eq!(b.verify_audit_chain().await.unwrap(), 7);
+}
+
+#[tokio::test]
+async fn the_database_refuses_edits_and_the_chain_detects_them() {
+    let Some(store) = open().await else { return };
+    seed(&store).await;
+    store
+        .insert_transaction(pending(1, "k1", 100))
+        .await
+        .unwrap();
+    store.apply_signed_confirmation(signed(1, 1)).await.unwrap();
+    assert_eq!(store.verify_audit_chain().await.unwrap(), 7);
+    let client = store.client().await.unwrap();
+    for edit in [
+        "UPDATE audit_log SET detail = '{}' WHERE seq = 2",
+        "DELETE FROM audit_log",
+        "TRUNCATE audit_log",
+        "UPDATE transfers SET amount_minor = 1",
+        "DELETE FROM transfers",
+        "TRUNCATE transfers CASCADE",
+    ] {
+        let refused = client.batch_execute(edit).await.unwrap_err();
+        let message = refused.as_db_error().map(|e| e.message().to_owned());
+        assert!(
+            message
+                .as_deref()
+                .is_some_and(|m| m.contains("append-only")),
+            "{edit}: {message:?}"
+        );
+    }
+    // If someone gets past that, the chain shows it.
+    client
+        .batch_execute(
+            "ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only;
+             UPDATE audit_log SET detail = '{}' WHERE seq = 2;",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.verify_audit_chain().await,
+        Err(StoreError::AuditChainBroken { seq: 2 })
+    );
+}
+
+/// Two instances' webhook workers do not take the same event while one of
+/// them is attempting it; a claim that ran out is taken again.
+#[tokio::test]
+async fn a_due_webhook_event_is_claimed_by_one_instance() {
+    let Some(store) = open().await else { return };
+    seed(&store).await;
+    store
+        .put_webhook(crate::store::WebhookRecord {
+            terminal_id: "term_1".into(),
+            url: "https://shop.example/hook".into(),
+            secret: "whsec".into(),
+            created_at_unix_s: NOW,
+        })
+        .await
+        .unwrap();
+    store
+        .insert_transaction(pending(1, "k1", 100))
+        .await
+        .unwrap();
+    store.apply_signed_confirmation(signed(1, 1)).await.unwrap();
+    let other = store.clone();
+    let (mine, theirs) = tokio::join!(
+        store.due_deliveries(NOW + 2, 10),
+        other.due_deliveries(NOW + 2, 10)
+    );
+    let (mine, theirs) = (mine.unwrap(), theirs.unwrap());
+    assert_eq!(mine.len() + theirs.len(), 1, "{mine:?} {theirs:?}");
+    assert!(store.due_deliveries(NOW + 3, 10).await.unwrap().is_empty());
+    let again = store
+        .due_deliveries(NOW + 2 + web::CLAIM_S as u64, 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+}
+
+#[tokio::test]
+async fn a_url_that_does_not_parse_is_refused_without_echoing_it() {
+    let err = PgStore::connect("postgres://kb:s3cret@host:notaport/db", NOW)
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+}

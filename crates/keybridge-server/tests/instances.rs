@@ -1,0 +1,142 @@
+//! Several server instances on one PostgreSQL database, as behind a load
+//! balancer: the terminal, the relay and the answer may each reach a
+//! different instance, and the payment still happens once, with everyone
+//! told. Events cross between instances by LISTEN/NOTIFY only: an instance's
+//! relay socket and long-polls hear nothing else from the others.
+
+mod common;
+
+use common::{payment, request_payload, Harness, Options, GUARD};
+use keybridge_proto::api::{RelayAnswer, RelayMessage, TransactionStatus, TransactionView};
+use keybridge_server::store::postgres::scratch;
+use reqwest::StatusCode;
+use serde_json::json;
+
+/// Instance A with alice, the shop, a terminal and alice's card; `None` when
+/// no PostgreSQL is configured outside CI.
+async fn on_postgres() -> Option<(Harness, keybridge_proto::api::TerminalCreated, common::Card)> {
+    let database_url = scratch::database_or_skip().await?;
+    let h = Harness::start_with(Options {
+        database_url: Some(database_url),
+        ..Options::default()
+    })
+    .await;
+    Some(h.standard_setup().await)
+}
+
+/// The relay holds its socket to A; the terminal pays and waits on B; the
+/// card's answer goes back over A's socket. B's waiting terminal hears
+/// `settled`, and both instances show one transfer.
+#[tokio::test]
+async fn a_payment_made_on_one_instance_is_confirmed_through_another() {
+    let Some((a, terminal, card)) = on_postgres().await else {
+        return;
+    };
+    let b = a.another_instance().await;
+    let b_url = |path: &str| format!("http://{}{path}", b.addr);
+    // Connected before the payment exists, so the request can only come
+    // from B's notification, not from the resync at connect.
+    let mut relay = a.relay(&card.enrolled.credential).await;
+
+    let created = a
+        .http
+        .post(b_url("/v1/transactions"))
+        .bearer_auth(&terminal.api_key)
+        .header("Idempotency-Key", "order-on-b")
+        .json(&payment(1234))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::ACCEPTED);
+    let tx: TransactionView = created.json().await.unwrap();
+    let wait = tokio::spawn(
+        a.http
+            .get(b_url(&format!("/v1/transactions/{}?wait=30", tx.id)))
+            .bearer_auth(&terminal.api_key)
+            .send(),
+    );
+
+    let payload = request_payload(&relay.next().await, &tx.id);
+    let confirmation = card.sign(&payload);
+    let answer = RelayAnswer::Confirmation {
+        transaction_id: tx.id,
+        confirmation: confirmation.clone(),
+    };
+    relay
+        .send_text(serde_json::to_string(&answer).unwrap())
+        .await;
+    match relay.next().await {
+        RelayMessage::ConfirmationResult {
+            status,
+            view: Some(view),
+            ..
+        } => assert_eq!((status, view.status), (200, TransactionStatus::Settled)),
+        other => panic!("{other:?}"),
+    }
+
+    // The long-poll on B ends on A's news (its own timeout is 30 s, past
+    // the guard), not by reading the store at its timeout.
+    let heard: TransactionView = tokio::time::timeout(GUARD, wait)
+        .await
+        .expect("B's waiting terminal was not told")
+        .unwrap()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(heard.status, TransactionStatus::Settled);
+    assert_eq!(a.transfer_count(&tx.id).await, 1);
+    let on_b = b.store().transfers_for_transaction(&tx.id).await.unwrap();
+    assert_eq!(on_b.len(), 1);
+    assert_eq!(on_b[0].amount_minor, 1234);
+    a.assert_ledger_balanced().await;
+    assert!(b.store().verify_audit_chain().await.unwrap() > 0);
+
+    // The same answer posted to B (a relay whose socket result was lost)
+    // hears the outcome; a fresh one gets `not_pending`. Neither pays again.
+    let post_to_b = |confirmation: keybridge_proto::api::Confirmation| {
+        a.http
+            .post(b_url(&format!("/v1/confirmations/{}", tx.id)))
+            .bearer_auth(&card.enrolled.credential)
+            .json(&confirmation)
+            .send()
+    };
+    let again = post_to_b(confirmation).await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    let view: TransactionView = again.json().await.unwrap();
+    assert_eq!(view.status, TransactionStatus::Settled);
+    let fresh = post_to_b(card.sign(&payload)).await.unwrap();
+    assert_eq!(fresh.status(), StatusCode::CONFLICT);
+    assert_eq!(a.transfer_count(&tx.id).await, 1);
+    b.shutdown().await;
+}
+
+/// An administrator disables the device on B: the relay's socket on A
+/// closes at once.
+#[tokio::test]
+async fn disabling_a_device_on_one_instance_closes_its_socket_on_another() {
+    let Some((a, _terminal, card)) = on_postgres().await else {
+        return;
+    };
+    let b = a.another_instance().await;
+    let mut relay = a.relay(&card.enrolled.credential).await;
+    let disabled = a
+        .http
+        .post(format!(
+            "http://{}/v1/admin/devices/{}/disable",
+            b.addr, card.enrolled.device_id
+        ))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        disabled.status(),
+        StatusCode::OK,
+        "{}",
+        disabled.text().await.unwrap()
+    );
+    assert!(relay.closed().await, "the socket on A stayed open");
+    b.shutdown().await;
+}
