@@ -7,7 +7,8 @@
 //! - [`config`] — [`ServerConfig`].
 //! - [`clock`] — injected time ([`SystemClock`], [`ManualClock`]); the core never reads the system clock.
 //! - [`error`] — [`ApiError`] (wire codes and statuses) and [`ServerError`].
-//! - [`store`] — the [`Store`] trait, its records, the audit hash chain, and the SQLite backend.
+//! - [`store`] — the [`Store`] trait, its records, the audit hash chain, and
+//!   two backends: SQLite (the default) and PostgreSQL (several instances).
 //! - [`ca`] — the built-in CA: issues device certificates from PKCS#10
 //!   requests, signs the CRL of what it issued.
 //! - [`pki`] — path validation to the configured trust anchors, revocation
@@ -18,6 +19,7 @@
 //! - [`payment`] — the payment unit's rules, applied by the store inside one transaction.
 //! - [`service`] — the processing unit: create, confirm, expire.
 //! - [`hub`] — in-process fan-out of events to relay sockets and waiting terminals.
+//! - `peers` — hub events between instances on one PostgreSQL database (LISTEN/NOTIFY).
 //! - `routes` — the HTTP API ([`app`]), its extractors and handlers, the web checkout.
 //! - [`openapi`] — the OpenAPI 3.1 document of the API.
 //! - [`webhook`] — signed outcome events to terminals' callback URLs, with retries.
@@ -28,7 +30,8 @@
 //!   scheduled import of an external CA's CRLs, and terminals remembered by
 //!   API-key hash.
 //!
-//! Not here: PostgreSQL (the trait is ready for it), OCSP, rate limits.
+//! Not here: OCSP, rate limits, TLS to PostgreSQL (the connection is plain:
+//! run the database on the same host or a private network).
 #![forbid(unsafe_code)]
 
 pub mod ca;
@@ -40,7 +43,7 @@ pub mod hub;
 pub mod metrics;
 pub mod openapi;
 pub mod payment;
-mod peers;
+pub mod peers;
 mod pending_cache;
 pub mod pki;
 mod random;

@@ -34,6 +34,9 @@ use crate::state::AppState;
 pub const CHANNEL: &str = "keybridge_hub";
 /// How long a lost connection waits before the next attempt.
 pub const RECONNECT_WAIT: Duration = Duration::from_secs(1);
+/// The listening connections' `application_name`, so an operator (or a
+/// test) can find them in `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "keybridge-peers";
 /// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 const PAYLOAD_MAX: usize = 7_999;
 
@@ -92,9 +95,10 @@ impl WireEvent {
 /// Fails if the first connection fails (a wrong URL should stop the start);
 /// after that, the returned task reconnects by itself until aborted.
 pub async fn start(url: &str, state: AppState) -> Result<JoinHandle<()>, ServerError> {
-    let config: tokio_postgres::Config = url
+    let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|_| ServerError::Config("the database URL does not parse".into()))?;
+    config.application_name(APPLICATION_NAME);
     let instance = hex::encode(
         crate::random::bytes::<8>()
             .map_err(|e| ServerError::Config(format!("instance id: {e}")))?,

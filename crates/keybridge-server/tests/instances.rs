@@ -140,3 +140,59 @@ async fn disabling_a_device_on_one_instance_closes_its_socket_on_another() {
     assert!(relay.closed().await, "the socket on A stayed open");
     b.shutdown().await;
 }
+
+/// The connections that carry events between instances are cut (a database
+/// restart, a network blip): each instance connects again by itself, and
+/// events cross again.
+#[tokio::test]
+async fn instances_reconnect_after_their_event_connections_are_cut() {
+    let Some((a, terminal, card)) = on_postgres().await else {
+        return;
+    };
+    let b = a.another_instance().await;
+    let url = a.database_url.clone().unwrap();
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let listeners = "SELECT count(*) FROM pg_stat_activity
+                     WHERE application_name = $1 AND datname = current_database()";
+    let cut: i64 = db
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE application_name = $1 AND datname = current_database()",
+            &[&keybridge_server::peers::APPLICATION_NAME],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(cut, 2, "one listening connection per instance");
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let n: i64 = db
+            .query_one(listeners, &[&keybridge_server::peers::APPLICATION_NAME])
+            .await
+            .unwrap()
+            .get(0);
+        if n == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no reconnection");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let mut relay = a.relay(&card.enrolled.credential).await;
+    let created = a
+        .http
+        .post(format!("http://{}/v1/transactions", b.addr))
+        .bearer_auth(&terminal.api_key)
+        .header("Idempotency-Key", "after-the-cut")
+        .json(&payment(500))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::ACCEPTED);
+    let tx: TransactionView = created.json().await.unwrap();
+    request_payload(&relay.next().await, &tx.id);
+    b.shutdown().await;
+}

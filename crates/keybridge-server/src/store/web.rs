@@ -92,7 +92,9 @@ pub trait WebStore: Send + Sync {
     async fn get_webhook(&self, terminal_id: &str) -> Result<Option<WebhookRecord>, StoreError>;
     /// Whether there was one. Events already queued keep their URL.
     async fn delete_webhook(&self, terminal_id: &str) -> Result<bool, StoreError>;
-    /// Pending deliveries due at `now`, oldest first, at most `limit`.
+    /// Pending deliveries due at `now`, oldest first, at most `limit`. A
+    /// backend that several instances share claims them for a while, so that
+    /// no other instance takes the same event meanwhile (PostgreSQL: 60 s).
     async fn due_deliveries(
         &self,
         now_unix_s: u64,
