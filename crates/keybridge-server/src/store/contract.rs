@@ -44,20 +44,22 @@ pub(crate) async fn seed(store: &dyn Store) {
         })
         .await
         .unwrap();
-    store
-        .create_device(NewDevice {
-            id: "dev_1".into(),
-            account: acct("alice"),
-            label: "card".into(),
-            method: keybridge_proto::api::SignatureMethod::TransactionApplet,
-            ocra: None,
-            public_key: vec![4; 65],
-            certificate: vec![0x30],
-            credential_hash: [2; 32],
-            created_at_unix_s: NOW,
-        })
-        .await
-        .unwrap();
+    store.create_device(device("dev_1", "alice")).await.unwrap();
+}
+
+/// A transaction-applet device for `account`, with credential hash [2; 32].
+fn device(id: &str, account: &str) -> NewDevice {
+    NewDevice {
+        id: id.into(),
+        account: acct(account),
+        label: "card".into(),
+        method: keybridge_proto::api::SignatureMethod::TransactionApplet,
+        ocra: None,
+        public_key: vec![4; 65],
+        certificate: vec![0x30],
+        credential_hash: [2; 32],
+        created_at_unix_s: NOW,
+    }
 }
 
 pub(crate) fn pending(id: u8, key: &str, amount: u64) -> TransactionRecord {
@@ -352,15 +354,8 @@ pub(crate) async fn the_answer_that_ended_a_transaction_is_stored_with_its_end(s
 pub(crate) async fn devices_need_a_customer_account(store: &dyn Store) {
     seed(store).await;
     let mut d = NewDevice {
-        id: "dev_2".into(),
-        account: acct("nobody"),
-        label: String::new(),
-        method: keybridge_proto::api::SignatureMethod::TransactionApplet,
-        ocra: None,
-        public_key: vec![4; 65],
-        certificate: vec![0x30],
         credential_hash: [3; 32],
-        created_at_unix_s: NOW,
+        ..device("dev_2", "nobody")
     };
     assert_eq!(
         store.create_device(d.clone()).await,
@@ -611,6 +606,68 @@ pub(crate) async fn an_ended_transaction_queues_its_webhook_event(store: &dyn St
     assert!(!store.delete_webhook("term_1").await.unwrap());
 }
 
+/// Payments in both directions between two accounts, all at once: each
+/// locks both accounts, and none may deadlock another or lose an update.
+pub(crate) async fn payments_both_ways_at_once_all_settle(store: &dyn Store) {
+    seed(store).await;
+    store
+        .create_account(
+            NewAccount {
+                id: acct("bob"),
+                display_name: "BOB".into(),
+                currency: cny(),
+                opening_balance_minor: 10_000,
+            },
+            NOW,
+        )
+        .await
+        .unwrap();
+    let mut bobs_device = device("dev_2", "bob");
+    bobs_device.credential_hash = [5; 32];
+    store.create_device(bobs_device).await.unwrap();
+    let mut answers = Vec::new();
+    for n in 1..=20u8 {
+        let (payer, payee, device_id) = if n % 2 == 0 {
+            ("alice", "bob", "dev_1")
+        } else {
+            ("bob", "alice", "dev_2")
+        };
+        let t = TransactionRecord {
+            payer: acct(payer),
+            payee: acct(payee),
+            ..pending(n, &format!("k{n}"), 100 + u64::from(n))
+        };
+        store.insert_transaction(t).await.unwrap();
+        // No counter (as PIV): the order the answers land in does not matter.
+        answers.push(SignedConfirmation {
+            device_id: device_id.into(),
+            counter: None,
+            ..signed(n, 0)
+        });
+    }
+    let outcomes = futures_util::future::join_all(
+        answers
+            .into_iter()
+            .map(|a| store.apply_signed_confirmation(a)),
+    )
+    .await;
+    for outcome in &outcomes {
+        assert!(
+            matches!(outcome, Ok(Finalized::Applied(t)) if t.status == TransactionStatus::Settled),
+            "{outcome:?}"
+        );
+    }
+    let alice_paid: i64 = (1..=20).filter(|n| n % 2 == 0).map(|n| 100 + n).sum();
+    let bob_paid: i64 = (1..=20).filter(|n| n % 2 == 1).map(|n| 100 + n).sum();
+    assert_eq!(
+        balance(store, "alice").await,
+        10_000 - alice_paid + bob_paid
+    );
+    assert_eq!(balance(store, "bob").await, 10_000 - bob_paid + alice_paid);
+    balances_sum_to_zero(store).await;
+    assert!(store.verify_audit_chain().await.is_ok());
+}
+
 /// One `#[tokio::test]` per contract test, each on a fresh store from
 /// `$open` (an expression giving a future of `Option<Arc<dyn Store>>`;
 /// `None` skips, when the backend's server is not available outside CI).
@@ -630,7 +687,8 @@ macro_rules! contract_tests {
             create_transaction_decides_on_facts_read_inside_the_write,
             every_state_change_is_audited_in_one_chain,
             concurrent_answers_pay_at_most_once,
-            an_ended_transaction_queues_its_webhook_event
+            an_ended_transaction_queues_its_webhook_event,
+            payments_both_ways_at_once_all_settle
         );
     };
     (@each $open:expr; $($name:ident),*) => {
