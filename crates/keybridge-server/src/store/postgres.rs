@@ -388,13 +388,20 @@ async fn append_audit(
     detail: &serde_json::Value,
 ) -> Result<(), StoreError> {
     // Taken again by a write's later rows: a no-op, it already holds it.
-    exec(tx, "SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK]).await?;
-    let last = query(
-        tx,
-        "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-        &[],
-    )
-    .await?;
+    // Both statements go out in one round trip: prepared first, their
+    // requests are sent in the order `try_join!` first polls them, and
+    // PostgreSQL runs a connection's statements in the order sent, so the
+    // read of the last row still takes its snapshot after the lock is held.
+    let lock = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock($1)")
+        .await
+        .map_err(backend)?;
+    let read_last = tx
+        .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .await
+        .map_err(backend)?;
+    let (_, last) = tokio::try_join!(tx.execute(&lock, &[&AUDIT_LOCK]), tx.query(&read_last, &[]))
+        .map_err(backend)?;
     let (seq, prev_hash) = match last.first() {
         Some(row) => (to_u64(get(row, 0)?)? + 1, hash32(get(row, 1)?)?),
         None => (1, audit::GENESIS_HASH),
@@ -433,13 +440,16 @@ async fn add_to_balance(
     tx: &deadpool_postgres::Transaction<'_>,
     id: &AccountId,
     delta: i64,
-) -> Result<(), StoreError> {
+) -> Result<i64, StoreError> {
     let statement = tx
-        .prepare_cached("UPDATE accounts SET balance_minor = balance_minor + $1 WHERE id = $2")
+        .prepare_cached(
+            "UPDATE accounts SET balance_minor = balance_minor + $1 WHERE id = $2
+             RETURNING balance_minor",
+        )
         .await
         .map_err(backend)?;
-    let changed = tx
-        .execute(&statement, &[&delta, &id.as_str()])
+    let updated = tx
+        .query_opt(&statement, &[&delta, &id.as_str()])
         .await
         .map_err(|e| {
             if e.code() == Some(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE) {
@@ -448,10 +458,7 @@ async fn add_to_balance(
                 backend(e)
             }
         })?;
-    if changed != 1 {
-        return Err(StoreError::UnknownAccount);
-    }
-    Ok(())
+    get(&updated.ok_or(StoreError::UnknownAccount)?, 0)
 }
 
 /// Locks the rows of `ids` (in id order, as every write does) and returns
@@ -478,12 +485,13 @@ struct Transfer<'a> {
     currency: keybridge_proto::Currency,
 }
 
-/// Writes one double-entry transfer and moves both balances by the same amount.
+/// Writes one double-entry transfer and moves both balances by the same
+/// amount; returns the debited account's new balance.
 async fn transfer(
     tx: &deadpool_postgres::Transaction<'_>,
     t: Transfer<'_>,
     now_unix_s: u64,
-) -> Result<(), StoreError> {
+) -> Result<i64, StoreError> {
     let amount = i64::try_from(t.amount_minor).map_err(|_| StoreError::BalanceOverflow)?;
     let statement = tx
         .prepare_cached(
@@ -508,9 +516,9 @@ async fn transfer(
     )
     .await
     .map_err(unique_to_exists)?;
-    add_to_balance(tx, t.debit, -amount).await?;
+    let debit_after = add_to_balance(tx, t.debit, -amount).await?;
     add_to_balance(tx, t.credit, amount).await?;
-    Ok(())
+    Ok(debit_after)
 }
 
 /// Inserts a new `pending` transaction and its audit row; the unique index on
@@ -934,15 +942,20 @@ impl Store for PgStore {
     ) -> Result<CreateOutcome, StoreError> {
         let mut client = self.client().await?;
         let tx = begin_write(&mut client).await?;
-        if let Some(existing) =
-            by_idempotency_key(&tx, &keys.terminal_id, &keys.idempotency_key).await?
-        {
+        // Independent reads: pipelined, one round trip.
+        let (existing, payer, payee, payer_active_devices) = tokio::try_join!(
+            by_idempotency_key(&tx, &keys.terminal_id, &keys.idempotency_key),
+            get_account(&tx, &keys.payer),
+            get_account(&tx, &keys.payee),
+            count_active_devices(&tx, &keys.payer)
+        )?;
+        if let Some(existing) = existing {
             return Ok(CreateOutcome::Existing(existing));
         }
         let facts = CreationFacts {
-            payer: get_account(&tx, &keys.payer).await?,
-            payee: get_account(&tx, &keys.payee).await?,
-            payer_active_devices: count_active_devices(&tx, &keys.payer).await?,
+            payer,
+            payee,
+            payer_active_devices,
         };
         let outcome = match build(&facts) {
             Some(record) => match insert_tx(&tx, record).await? {
@@ -1061,10 +1074,11 @@ impl Store for PgStore {
                 amount_minor: current.amount_minor,
                 currency: current.currency,
             };
-            transfer(&tx, payment, c.now_unix_s).await?;
-            let after = get_account(&tx, &current.payer)
-                .await?
-                .ok_or_else(|| corrupt("payer"))?;
+            let balance_minor = transfer(&tx, payment, c.now_unix_s).await?;
+            let after = AccountRecord {
+                balance_minor,
+                ..payer.clone()
+            };
             payment::check_settled(payer.balance_minor, &after, current.amount_minor)?;
         }
         let detail = payment::answered_detail(&c, reason);
