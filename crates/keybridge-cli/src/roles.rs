@@ -65,6 +65,11 @@ pub struct ServerArgs {
     /// config-file setting and is never logged.
     #[arg(long, env = "KEYBRIDGE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// The CA certificate(s) (PEM) PostgreSQL's TLS certificate must chain
+    /// to. Given, the connection must be TLS (rustls) and the certificate
+    /// must name the URL's host; not given, the connection is plain TCP.
+    #[arg(long, env = "KEYBRIDGE_DATABASE_CA_CERT", requires = "database_url")]
+    pub database_ca_cert: Option<PathBuf>,
 }
 
 /// The admin token comes from `KEYBRIDGE_ADMIN_TOKEN`, or is generated once and
@@ -119,6 +124,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let mut config =
         keybridge_server::ServerConfig::new(settings.listen, settings.data_dir.clone(), token);
     config.database_url = args.database_url;
+    config.database_ca_pem = args.database_ca_cert;
     config.origin = settings.origin;
     config.confirmation_ttl_s = settings.ttl_s;
     config.body_limit_bytes = settings.body_limit_bytes;

@@ -1,7 +1,9 @@
 //! Two `keybridge server` processes on one PostgreSQL database, as behind a
 //! load balancer: the phone's relay holds its socket to one, the terminal
 //! pays through the other, and a real `keybridge card` process signs. The
-//! payment settles once and both servers report it.
+//! payment settles once and both servers report it. When the test cluster
+//! serves TLS (`KEYBRIDGE_TEST_POSTGRES_CA`), both servers reach it over
+//! verified TLS.
 
 mod common;
 
@@ -37,6 +39,9 @@ impl Server {
                 .arg("--ready-file")
                 .arg(&ready)
                 .env("KEYBRIDGE_DATABASE_URL", database)
+                // Over TLS to the database when the test cluster serves it
+                // (scripts/postgres does): the flag's whole path.
+                .envs(std::env::var(scratch::CA_ENV).map(|ca| ("KEYBRIDGE_DATABASE_CA_CERT", ca)))
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
@@ -128,4 +133,28 @@ async fn two_server_processes_on_one_database_confirm_a_payment_together() {
     }
     let devices = admin_b.devices().await.unwrap();
     assert_eq!(devices[0].last_counter, 1);
+
+    // How both servers are connected, as PostgreSQL sees it (this test's
+    // own connection is plain and left out).
+    let (db, connection) = tokio_postgres::connect(&database, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let row = db
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE s.ssl)
+             FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (servers, over_tls): (i64, i64) = (row.get(0), row.get(1));
+    assert!(servers >= 4, "each server's pool and event link: {servers}");
+    let expected = if std::env::var(scratch::CA_ENV).is_ok() {
+        servers
+    } else {
+        0
+    };
+    assert_eq!(over_tls, expected, "{servers} connections");
 }

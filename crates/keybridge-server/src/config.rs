@@ -14,6 +14,9 @@ pub struct ServerConfig {
     /// `data_dir`: several instances may share it. May hold a password:
     /// never logged.
     pub database_url: Option<String>,
+    /// The CA certificates (PEM) the database's TLS certificate must chain
+    /// to; when set, the connection to PostgreSQL must be TLS. `None`: plain.
+    pub database_ca_pem: Option<PathBuf>,
     /// Server identity written into every payload (stops cross-server replay).
     pub origin: String,
     /// Bearer token of the admin API. Never logged.
@@ -52,6 +55,7 @@ impl ServerConfig {
             listen,
             data_dir,
             database_url: None,
+            database_ca_pem: None,
             origin: Self::ORIGIN_DEFAULT.to_owned(),
             admin_token,
             confirmation_ttl_s: Self::CONFIRMATION_TTL_S_DEFAULT,
@@ -81,6 +85,7 @@ impl std::fmt::Debug for ServerConfig {
                 "database_url",
                 &self.database_url.as_ref().map(|_| "<redacted>"),
             )
+            .field("database_ca_pem", &self.database_ca_pem)
             .field("origin", &self.origin)
             .field("admin_token", &"<redacted>")
             .field("confirmation_ttl_s", &self.confirmation_ttl_s)

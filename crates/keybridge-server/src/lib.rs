@@ -30,8 +30,7 @@
 //!   scheduled import of an external CA's CRLs, and terminals remembered by
 //!   API-key hash.
 //!
-//! Not here: OCSP, rate limits, TLS to PostgreSQL (the connection is plain:
-//! run the database on the same host or a private network).
+//! Not here: OCSP, rate limits.
 #![forbid(unsafe_code)]
 
 pub mod ca;
@@ -173,14 +172,15 @@ pub async fn start_with_clock(
         };
         return start_with_state(&config, state).await;
     };
-    let store = store::PgStore::connect(&url, clock.now_unix_s()).await?;
+    let endpoint = store::postgres::Endpoint::new(&url, config.database_ca_pem.as_deref())?;
+    let store = store::PgStore::connect(endpoint.clone(), clock.now_unix_s()).await?;
     let state = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || AppState::open_with(&config, Arc::new(store), clock))
             .await
             .map_err(|e| ServerError::Config(format!("startup task failed: {e}")))??
     };
-    let peers = peers::start(&url, state.clone()).await?;
+    let peers = peers::start(endpoint, state.clone()).await?;
     let mut server = start_with_state(&config, state).await?;
     server.background.push(peers);
     Ok(server)

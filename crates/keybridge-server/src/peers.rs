@@ -29,6 +29,8 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use crate::error::ServerError;
 use crate::hub::HubEvent;
 use crate::state::AppState;
+use crate::store::postgres::Endpoint;
+use crate::store::StoreError;
 
 /// The one channel every instance listens on.
 pub const CHANNEL: &str = "keybridge_hub";
@@ -94,26 +96,24 @@ impl WireEvent {
 /// Connects `state`'s hub to the other instances on the database at `url`.
 /// Fails if the first connection fails (a wrong URL should stop the start);
 /// after that, the returned task reconnects by itself until aborted.
-pub async fn start(url: &str, state: AppState) -> Result<JoinHandle<()>, ServerError> {
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|_| ServerError::Config("the database URL does not parse".into()))?;
-    config.application_name(APPLICATION_NAME);
+pub async fn start(endpoint: Endpoint, state: AppState) -> Result<JoinHandle<()>, ServerError> {
+    let mut endpoint = endpoint;
+    endpoint.config.application_name(APPLICATION_NAME);
     let instance = hex::encode(
         crate::random::bytes::<8>()
             .map_err(|e| ServerError::Config(format!("instance id: {e}")))?,
     );
-    let link = Link::open(&config).await?;
+    let link = Link::open(&endpoint).await?;
     let (outbound, events) = mpsc::unbounded_channel();
     if !state.hub.connect_peers(outbound) {
         return Err(ServerError::Config("the hub is already connected".into()));
     }
     tracing::info!(%instance, channel = CHANNEL, "sharing events with other instances");
-    Ok(tokio::spawn(run(config, instance, state, events, link)))
+    Ok(tokio::spawn(run(endpoint, instance, state, events, link)))
 }
 
 async fn run(
-    config: tokio_postgres::Config,
+    endpoint: Endpoint,
     instance: String,
     state: AppState,
     mut events: mpsc::UnboundedReceiver<HubEvent>,
@@ -130,7 +130,7 @@ async fn run(
             // What was published meanwhile could not be sent; drop it rather
             // than announce stale news late.
             while events.try_recv().is_ok() {}
-            match Link::open(&config).await {
+            match Link::open(&endpoint).await {
                 Ok(link) => break link,
                 Err(error) => tracing::warn!(%error, "cannot reach the database for events"),
             }
@@ -153,35 +153,25 @@ impl Drop for Link {
 }
 
 impl Link {
-    async fn open(config: &tokio_postgres::Config) -> Result<Link, ServerError> {
-        let (client, mut connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|e| ServerError::Store(crate::store::StoreError::Backend(e.to_string())))?;
+    async fn open(endpoint: &Endpoint) -> Result<Link, ServerError> {
+        let failed =
+            |e: tokio_postgres::Error| ServerError::Store(StoreError::Backend(e.to_string()));
         let (heard_tx, heard) = mpsc::unbounded_channel();
-        // The connection delivers notifications only while polled, so one
-        // task polls it and forwards them.
-        let driver = tokio::spawn(async move {
-            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(AsyncMessage::Notification(n)) => {
-                        if heard_tx.send(n.payload().to_owned()).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(error) => {
-                        tracing::warn!(%error, "event connection failed");
-                        return;
-                    }
-                }
+        let (client, driver) = match &endpoint.tls {
+            Some(tls) => {
+                let (client, connection) =
+                    endpoint.config.connect(tls.clone()).await.map_err(failed)?;
+                (client, tokio::spawn(forward(connection, heard_tx)))
             }
-        });
+            None => {
+                let (client, connection) = endpoint.config.connect(NoTls).await.map_err(failed)?;
+                (client, tokio::spawn(forward(connection, heard_tx)))
+            }
+        };
         client
             .batch_execute(&format!("LISTEN {CHANNEL}"))
             .await
-            .map_err(|e| ServerError::Store(crate::store::StoreError::Backend(e.to_string())))?;
+            .map_err(failed)?;
         Ok(Link {
             client,
             heard,
@@ -216,6 +206,32 @@ impl Link {
                     };
                     deliver(instance, state, &text);
                 }
+            }
+        }
+    }
+}
+
+/// Polls `connection` (it delivers notifications only while polled) and
+/// forwards each notification's payload, until it fails or nobody listens.
+async fn forward<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    heard: mpsc::UnboundedSender<String>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    while let Some(message) = messages.next().await {
+        match message {
+            Ok(AsyncMessage::Notification(n)) => {
+                if heard.send(n.payload().to_owned()).is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "event connection failed");
+                return;
             }
         }
     }

@@ -85,18 +85,68 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-impl PgStore {
-    /// Connects to the database named by `url` (a `postgres://` URL or a
-    /// `key=value` connection string) and applies pending migrations.
-    pub async fn connect(url: &str, now_unix_s: u64) -> Result<PgStore, StoreError> {
-        let config = parse_url(url)?;
-        let manager = Manager::from_config(
+/// How to reach the database: the parsed URL, and TLS when a CA is given.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub config: tokio_postgres::Config,
+    /// `None`: plain TCP (the database on this host or a private network).
+    pub tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+}
+
+// Hand-written: the configuration holds the connection's password.
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// `url` is a `postgres://` URL or a `key=value` string. With `ca_pem`
+    /// (PEM certificates), the connection must be TLS (rustls) and the
+    /// database's certificate must chain to one of them and name the host:
+    /// a given CA means TLS is required, whatever `sslmode` the URL says.
+    pub fn new(url: &str, ca_pem: Option<&std::path::Path>) -> Result<Endpoint, StoreError> {
+        let mut config = parse_url(url)?;
+        let Some(ca_pem) = ca_pem else {
+            return Ok(Endpoint { config, tls: None });
+        };
+        use rustls::pki_types::pem::PemObject;
+        let bad = |e: &dyn std::fmt::Display| {
+            StoreError::Backend(format!("database CA {}: {e}", ca_pem.display()))
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca_pem).map_err(|e| bad(&e))? {
+            roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+        }
+        if roots.is_empty() {
+            return Err(bad(&"no certificate in the file"));
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(&e))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        Ok(Endpoint {
             config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+            tls: Some(tokio_postgres_rustls::MakeRustlsConnect::new(client)),
+        })
+    }
+}
+
+impl PgStore {
+    /// Connects to the database at `endpoint` and applies pending migrations.
+    pub async fn connect(endpoint: Endpoint, now_unix_s: u64) -> Result<PgStore, StoreError> {
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match endpoint.tls {
+            Some(tls) => Manager::from_config(endpoint.config, tls, manager_config),
+            None => Manager::from_config(endpoint.config, NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)

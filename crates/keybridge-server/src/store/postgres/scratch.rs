@@ -12,6 +12,9 @@ use tokio_postgres::NoTls;
 use super::super::StoreError;
 
 pub const SERVER_ENV: &str = "KEYBRIDGE_TEST_POSTGRES";
+/// The CA of the test server's TLS certificate (`scripts/postgres` makes
+/// one), for the tests of TLS to the database.
+pub const CA_ENV: &str = "KEYBRIDGE_TEST_POSTGRES_CA";
 
 /// A new empty database on the server [`SERVER_ENV`] names, as a connection
 /// string; `Ok(None)` when the variable is not set.

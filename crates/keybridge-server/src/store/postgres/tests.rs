@@ -8,7 +8,11 @@ use crate::store::web::WebStore;
 
 async fn open() -> Option<PgStore> {
     let url = scratch::database_or_skip().await?;
-    Some(PgStore::connect(&url, NOW).await.expect("connect"))
+    Some(PgStore::connect(plain(&url), NOW).await.expect("connect"))
+}
+
+fn plain(url: &str) -> Endpoint {
+    Endpoint::new(url, None).unwrap()
 }
 
 contract_tests!(async {
@@ -24,7 +28,10 @@ async fn two_instances_share_one_database_and_migrate_once() {
     let Some(url) = scratch::database_or_skip().await else {
         return;
     };
-    let (a, b) = tokio::join!(PgStore::connect(&url, NOW), PgStore::connect(&url, NOW + 5));
+    let (a, b) = tokio::join!(
+        PgStore::connect(plain(&url), NOW),
+        PgStore::connect(plain(&url), NOW + 5)
+    );
     let (a, b) = (a.unwrap(), b.unwrap());
     let client = a.client().await.unwrap();
     let versions: Vec<(i32, i64)> = client
@@ -139,8 +146,57 @@ async fn a_due_webhook_event_is_claimed_by_one_instance() {
 
 #[tokio::test]
 async fn a_url_that_does_not_parse_is_refused_without_echoing_it() {
-    let err = PgStore::connect("postgres://kb:s3cret@host:notaport/db", NOW)
-        .await
-        .unwrap_err();
+    let err = Endpoint::new("postgres://kb:s3cret@host:notaport/db", None).unwrap_err();
     assert!(!err.to_string().contains("s3cret"), "{err}");
+}
+
+/// With the database's CA given, the connection is TLS, verified: it works
+/// against the test cluster's CA and fails against another CA.
+#[tokio::test]
+async fn a_given_database_ca_means_verified_tls() {
+    let Some(url) = scratch::database_or_skip().await else {
+        return;
+    };
+    let ca = match std::env::var(scratch::CA_ENV) {
+        Ok(ca) => std::path::PathBuf::from(ca),
+        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!(
+                "{} is not set: CI's cluster serves TLS (scripts/postgres)",
+                scratch::CA_ENV
+            )
+        }
+        Err(_) => {
+            eprintln!("SKIPPED: {} is not set", scratch::CA_ENV);
+            return;
+        }
+    };
+    let store = PgStore::connect(Endpoint::new(&url, Some(&ca)).unwrap(), NOW)
+        .await
+        .expect("TLS to the test cluster");
+    let client = store.client().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0));
+    assert!(row.get::<_, String>(1).starts_with("TLS"));
+
+    // Another CA: the server's certificate does not chain to it.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other-ca.pem");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(&other, params.self_signed(&key).unwrap().pem()).unwrap();
+    let refused = PgStore::connect(Endpoint::new(&url, Some(&other)).unwrap(), NOW).await;
+    assert!(
+        refused.is_err(),
+        "a database certificate from another CA was accepted"
+    );
+    // A file with no certificate is a configuration error.
+    std::fs::write(&other, "not a certificate").unwrap();
+    assert!(Endpoint::new(&url, Some(&other)).is_err());
 }
