@@ -113,7 +113,18 @@ impl Harness {
         Harness::start_with(Options::default()).await
     }
 
-    pub async fn start_with(options: Options) -> Harness {
+    /// On SQLite in the test's directory, or, with
+    /// `KEYBRIDGE_TEST_BACKEND=postgres`, on a fresh PostgreSQL database:
+    /// `scripts/test` runs this crate's tests once for each backend.
+    pub async fn start_with(mut options: Options) -> Harness {
+        if options.database_url.is_none() && on_postgres() {
+            options.database_url = Some(
+                keybridge_server::store::postgres::scratch::database()
+                    .await
+                    .unwrap()
+                    .expect("KEYBRIDGE_TEST_BACKEND=postgres needs KEYBRIDGE_TEST_POSTGRES"),
+            );
+        }
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::starting_now());
         let server = launch(dir.path(), &clock, &options).await;
@@ -386,6 +397,11 @@ async fn launch(
     keybridge_server::start_with_clock(config, clock.clone())
         .await
         .unwrap()
+}
+
+/// Whether this run puts every harness on PostgreSQL.
+pub fn on_postgres() -> bool {
+    std::env::var("KEYBRIDGE_TEST_BACKEND").is_ok_and(|b| b == "postgres")
 }
 
 pub fn payment(amount: u64) -> Value {
