@@ -247,6 +247,21 @@ async fn query(
     c.query(&statement, params).await.map_err(backend)
 }
 
+/// Runs the query `sql` and decodes each row with `decode`.
+async fn select<T>(
+    c: &impl GenericClient,
+    sql: &str,
+    params: Params<'_>,
+    decode: impl Fn(&Row) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    query(c, sql, params).await?.iter().map(decode).collect()
+}
+
+/// The first of `rows`, for queries by a unique key.
+fn first<T>(rows: Vec<T>) -> Option<T> {
+    rows.into_iter().next()
+}
+
 async fn exec(c: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
     let statement = c.prepare_cached(sql).await.map_err(backend)?;
     c.execute(&statement, params).await.map_err(backend)
@@ -322,21 +337,14 @@ async fn query_txs(
     params: Params<'_>,
 ) -> Result<Vec<TransactionRecord>, StoreError> {
     let sql = format!("SELECT {TX_COLUMNS} FROM transactions {where_clause}");
-    query(c, &sql, params)
-        .await?
-        .iter()
-        .map(|r| decode_tx(read_tx_row(r)?))
-        .collect()
+    select(c, &sql, params, |r| decode_tx(read_tx_row(r)?)).await
 }
 
 async fn get_tx(
     c: &impl GenericClient,
     id: &TransactionId,
 ) -> Result<Option<TransactionRecord>, StoreError> {
-    Ok(query_txs(c, "WHERE id = $1", &[&id.to_hex()])
-        .await?
-        .into_iter()
-        .next())
+    Ok(first(query_txs(c, "WHERE id = $1", &[&id.to_hex()]).await?))
 }
 
 /// Reads the transaction and locks its row until the write ends: answers to
@@ -345,12 +353,9 @@ async fn lock_tx(
     tx: &deadpool_postgres::Transaction<'_>,
     id: &TransactionId,
 ) -> Result<Option<TransactionRecord>, StoreError> {
-    Ok(
-        query_txs(tx, "WHERE id = $1 FOR NO KEY UPDATE", &[&id.to_hex()])
-            .await?
-            .into_iter()
-            .next(),
-    )
+    Ok(first(
+        query_txs(tx, "WHERE id = $1 FOR NO KEY UPDATE", &[&id.to_hex()]).await?,
+    ))
 }
 
 async fn query_devices(
@@ -359,18 +364,11 @@ async fn query_devices(
     params: Params<'_>,
 ) -> Result<Vec<DeviceRecord>, StoreError> {
     let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices {where_clause}");
-    query(c, &sql, params)
-        .await?
-        .iter()
-        .map(|r| decode_device(read_device_row(r)?))
-        .collect()
+    select(c, &sql, params, |r| decode_device(read_device_row(r)?)).await
 }
 
 async fn get_device(c: &impl GenericClient, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
-    Ok(query_devices(c, "WHERE id = $1", &[&id])
-        .await?
-        .into_iter()
-        .next())
+    Ok(first(query_devices(c, "WHERE id = $1", &[&id]).await?))
 }
 
 async fn query_accounts(
@@ -379,21 +377,16 @@ async fn query_accounts(
     params: Params<'_>,
 ) -> Result<Vec<AccountRecord>, StoreError> {
     let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts {where_clause}");
-    query(c, &sql, params)
-        .await?
-        .iter()
-        .map(|r| decode_account(read_account_row(r)?))
-        .collect()
+    select(c, &sql, params, |r| decode_account(read_account_row(r)?)).await
 }
 
 async fn get_account(
     c: &impl GenericClient,
     id: &AccountId,
 ) -> Result<Option<AccountRecord>, StoreError> {
-    Ok(query_accounts(c, "WHERE id = $1", &[&id.as_str()])
-        .await?
-        .into_iter()
-        .next())
+    Ok(first(
+        query_accounts(c, "WHERE id = $1", &[&id.as_str()]).await?,
+    ))
 }
 
 async fn by_idempotency_key(
@@ -401,14 +394,14 @@ async fn by_idempotency_key(
     terminal_id: &str,
     key: &str,
 ) -> Result<Option<TransactionRecord>, StoreError> {
-    Ok(query_txs(
-        c,
-        "WHERE terminal_id = $1 AND idempotency_key = $2",
-        &[&terminal_id, &key],
-    )
-    .await?
-    .into_iter()
-    .next())
+    Ok(first(
+        query_txs(
+            c,
+            "WHERE terminal_id = $1 AND idempotency_key = $2",
+            &[&terminal_id, &key],
+        )
+        .await?,
+    ))
 }
 
 async fn count_active_devices(
@@ -912,14 +905,14 @@ impl Store for PgStore {
         &self,
         credential_hash: [u8; 32],
     ) -> Result<Option<DeviceRecord>, StoreError> {
-        Ok(query_devices(
-            &self.client().await?,
-            "WHERE credential_hash = $1",
-            &[&credential_hash.as_slice()],
-        )
-        .await?
-        .into_iter()
-        .next())
+        Ok(first(
+            query_devices(
+                &self.client().await?,
+                "WHERE credential_hash = $1",
+                &[&credential_hash.as_slice()],
+            )
+            .await?,
+        ))
     }
 
     async fn list_devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
@@ -1089,10 +1082,8 @@ impl Store for PgStore {
         let Some(current) = lock_tx(&tx, &c.transaction_id).await? else {
             return Ok(Finalized::NotFound);
         };
-        let device = query_devices(&tx, "WHERE id = $1 FOR NO KEY UPDATE", &[&c.device_id])
-            .await?
-            .into_iter()
-            .next();
+        let device =
+            first(query_devices(&tx, "WHERE id = $1 FOR NO KEY UPDATE", &[&c.device_id]).await?);
         let accounts =
             lock_accounts(&tx, &[current.payer.as_str(), current.payee.as_str()]).await?;
         let payer = accounts
@@ -1210,42 +1201,36 @@ impl Store for PgStore {
         let sql = format!(
             "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE transaction_id = $1 ORDER BY id"
         );
-        query(&client, &sql, &[&id.to_hex()])
-            .await?
-            .iter()
-            .map(|r| {
-                decode_transfer((
-                    get(r, 0)?,
-                    get(r, 1)?,
-                    get(r, 2)?,
-                    get(r, 3)?,
-                    get(r, 4)?,
-                    get(r, 5)?,
-                    get(r, 6)?,
-                    get(r, 7)?,
-                ))
-            })
-            .collect()
+        select(&client, &sql, &[&id.to_hex()], |r| {
+            decode_transfer((
+                get(r, 0)?,
+                get(r, 1)?,
+                get(r, 2)?,
+                get(r, 3)?,
+                get(r, 4)?,
+                get(r, 5)?,
+                get(r, 6)?,
+                get(r, 7)?,
+            ))
+        })
+        .await
     }
 
     async fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError> {
         let client = self.client().await?;
         let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq");
-        query(&client, &sql, &[])
-            .await?
-            .iter()
-            .map(|r| {
-                decode_audit((
-                    get(r, 0)?,
-                    get(r, 1)?,
-                    get(r, 2)?,
-                    get(r, 3)?,
-                    get(r, 4)?,
-                    get(r, 5)?,
-                    get(r, 6)?,
-                ))
-            })
-            .collect()
+        select(&client, &sql, &[], |r| {
+            decode_audit((
+                get(r, 0)?,
+                get(r, 1)?,
+                get(r, 2)?,
+                get(r, 3)?,
+                get(r, 4)?,
+                get(r, 5)?,
+                get(r, 6)?,
+            ))
+        })
+        .await
     }
 
     async fn verify_audit_chain(&self) -> Result<u64, StoreError> {

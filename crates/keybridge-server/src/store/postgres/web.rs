@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use keybridge_proto::AccountId;
 
-use super::{exec, get, query, query_txs, PgStore};
+use super::{exec, get, query, query_txs, select, PgStore};
 use crate::store::rows::{decode_delivery, to_i64, to_u64, DELIVERY_COLUMNS};
 use crate::store::web::{AttemptResult, DeliveryRecord, DeliveryState, WebStore, WebhookRecord};
 use crate::store::{StoreError, TransactionRecord};
@@ -98,11 +98,13 @@ impl WebStore for PgStore {
              RETURNING {}",
             prefixed(DELIVERY_COLUMNS, "d.")
         );
-        let mut claimed = query(&self.client().await?, &sql, &[&now, &i64::from(limit)])
-            .await?
-            .iter()
-            .map(read_delivery)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut claimed = select(
+            &self.client().await?,
+            &sql,
+            &[&now, &i64::from(limit)],
+            read_delivery,
+        )
+        .await?;
         claimed.sort_by_key(|d| (d.created_at_unix_s, d.event_id.clone()));
         Ok(claimed)
     }
@@ -135,11 +137,13 @@ impl WebStore for PgStore {
     async fn list_deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, StoreError> {
         let sql =
             format!("SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries ORDER BY seq DESC LIMIT $1");
-        query(&self.client().await?, &sql, &[&i64::from(limit)])
-            .await?
-            .iter()
-            .map(read_delivery)
-            .collect()
+        select(
+            &self.client().await?,
+            &sql,
+            &[&i64::from(limit)],
+            read_delivery,
+        )
+        .await
     }
 
     async fn terminal_transactions_of_payer(
