@@ -9,6 +9,13 @@
 //! are published once the store call returns), so whoever hears it and reads
 //! the store sees the change.
 //!
+//! A notification names what changed, never how: any role that can connect
+//! to the database may NOTIFY (PostgreSQL checks no privilege for it), so an
+//! instance reads what it hears about from the store and announces only
+//! what the store shows: an end only if the transaction has ended, a request
+//! only if it is pending, a closed device only if it is disabled or revoked.
+//! A forged notification costs a read; it cannot tell a terminal "settled".
+//!
 //! Notifications are not stored: while an instance's listening connection is
 //! down (it reconnects every [`RECONNECT_WAIT`]), it misses the others'
 //! events. Nothing is lost for good, because the store stays the truth: a
@@ -19,8 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use keybridge_proto::api::TransactionView;
-use keybridge_proto::AccountId;
+use keybridge_proto::api::TransactionStatus;
+use keybridge_proto::TransactionId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -30,7 +37,7 @@ use crate::error::ServerError;
 use crate::hub::HubEvent;
 use crate::state::AppState;
 use crate::store::postgres::Endpoint;
-use crate::store::StoreError;
+use crate::store::{DeviceStatus, Store, StoreError};
 
 /// The one channel every instance listens on.
 pub const CHANNEL: &str = "keybridge_hub";
@@ -42,7 +49,7 @@ pub const APPLICATION_NAME: &str = "keybridge-peers";
 /// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 const PAYLOAD_MAX: usize = 7_999;
 
-/// One event as it travels, with the instance that published it.
+/// One event as it travels: what changed, and the instance that published it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Note {
     from: String,
@@ -50,45 +57,48 @@ struct Note {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 enum WireEvent {
-    Created {
-        view: TransactionView,
-        payload_hex: String,
-    },
-    Ended {
-        view: TransactionView,
-    },
-    DeviceDisabled {
-        device_id: String,
-        account: AccountId,
-    },
+    Created { id: TransactionId },
+    Ended { id: TransactionId },
+    DeviceDisabled { device_id: String },
 }
 
 impl WireEvent {
-    fn from_event(event: HubEvent) -> WireEvent {
+    fn of(event: &HubEvent) -> WireEvent {
         match event {
-            HubEvent::Created { view, payload } => WireEvent::Created {
-                view,
-                payload_hex: hex::encode(payload),
+            HubEvent::Created { view, .. } => WireEvent::Created { id: view.id },
+            HubEvent::Ended { view } => WireEvent::Ended { id: view.id },
+            HubEvent::DeviceDisabled { device_id, .. } => WireEvent::DeviceDisabled {
+                device_id: device_id.clone(),
             },
-            HubEvent::Ended { view } => WireEvent::Ended { view },
-            HubEvent::DeviceDisabled { device_id, account } => {
-                WireEvent::DeviceDisabled { device_id, account }
-            }
         }
     }
 
-    fn into_event(self) -> Option<HubEvent> {
-        Some(match self {
-            WireEvent::Created { view, payload_hex } => HubEvent::Created {
-                view,
-                payload: Arc::from(hex::decode(payload_hex).ok()?),
-            },
-            WireEvent::Ended { view } => HubEvent::Ended { view },
-            WireEvent::DeviceDisabled { device_id, account } => {
-                HubEvent::DeviceDisabled { device_id, account }
-            }
+    /// The event the store confirms, if it does (see the module doc).
+    async fn confirmed(self, store: &dyn Store) -> Result<Option<HubEvent>, StoreError> {
+        Ok(match self {
+            WireEvent::Created { id } => store
+                .get_transaction(&id)
+                .await?
+                .filter(|t| t.status == TransactionStatus::Pending)
+                .map(|t| HubEvent::Created {
+                    view: t.view(),
+                    payload: Arc::from(t.payload),
+                }),
+            WireEvent::Ended { id } => store
+                .get_transaction(&id)
+                .await?
+                .filter(|t| t.status.is_final())
+                .map(|t| HubEvent::Ended { view: t.view() }),
+            WireEvent::DeviceDisabled { device_id } => store
+                .get_device(&device_id)
+                .await?
+                .filter(|d| d.status != DeviceStatus::Active || d.is_revoked())
+                .map(|d| HubEvent::DeviceDisabled {
+                    device_id: d.id,
+                    account: d.account,
+                }),
         })
     }
 }
@@ -204,7 +214,7 @@ impl Link {
                     let Some(text) = heard else {
                         return Some("the connection closed".into());
                     };
-                    deliver(instance, state, &text);
+                    deliver(instance, state, &text).await;
                 }
             }
         }
@@ -240,29 +250,40 @@ async fn forward<S, T>(
 fn encode(instance: &str, event: HubEvent) -> Option<String> {
     let note = Note {
         from: instance.to_owned(),
-        event: WireEvent::from_event(event),
+        event: WireEvent::of(&event),
     };
     let text = serde_json::to_string(&note).ok()?;
     if text.len() > PAYLOAD_MAX {
-        // Those who miss it read the store (see the module doc).
+        // Only a device id this long could do it; those who miss the event
+        // read the store (see the module doc).
         tracing::warn!(bytes = text.len(), "event too large to share; not sent");
         return None;
     }
     Some(text)
 }
 
-/// Delivers one heard notification, unless this instance sent it.
-fn deliver(instance: &str, state: &AppState, text: &str) {
-    let Some(note) = serde_json::from_str::<Note>(text).ok() else {
-        tracing::warn!(bytes = text.len(), "unreadable event from another instance");
+/// What a heard notification says, unless this instance sent it.
+fn decode(instance: &str, text: &str) -> Option<WireEvent> {
+    let note = serde_json::from_str::<Note>(text).ok()?;
+    (note.from != instance).then_some(note.event)
+}
+
+/// Delivers what the store confirms of one heard notification.
+async fn deliver(instance: &str, state: &AppState, text: &str) {
+    let Some(event) = decode(instance, text) else {
+        if serde_json::from_str::<Note>(text).is_err() {
+            tracing::warn!(bytes = text.len(), "unreadable event from another instance");
+        }
         return;
     };
-    if note.from == instance {
-        return;
-    }
-    let Some(event) = note.event.into_event() else {
-        tracing::warn!("unreadable event payload from another instance");
-        return;
+    let event = match event.confirmed(state.store.as_ref()).await {
+        Ok(Some(event)) => event,
+        Ok(None) => return,
+        Err(error) => {
+            // A waiting terminal reads the store at its timeout anyway.
+            tracing::warn!(%error, "cannot read what another instance announced");
+            return;
+        }
     };
     if let HubEvent::Ended { view } = &event {
         // Created here, ended there: forget it here too.
@@ -275,49 +296,27 @@ fn deliver(instance: &str, state: &AppState, text: &str) {
 mod tests {
     use super::*;
 
-    fn view() -> TransactionView {
-        TransactionView {
-            id: keybridge_proto::TransactionId([7; 16]),
-            status: keybridge_proto::api::TransactionStatus::Pending,
-            reason: None,
-            payer: AccountId::new("alice").unwrap(),
-            payee: AccountId::new("shop").unwrap(),
-            payee_name: "Shop".into(),
-            amount_minor: 1234,
-            currency: keybridge_proto::Currency::from_code("CNY").unwrap(),
-            amount_display: "CNY 12.34".into(),
-            order_id: "o-1".into(),
-            description: String::new(),
-            created_at_unix_s: 1,
-            expires_at_unix_s: 121,
-            reason_text: None,
-        }
-    }
-
     #[test]
-    fn events_survive_the_wire_and_unreadable_ones_are_refused() {
-        let event = HubEvent::Created {
-            view: view(),
-            payload: Arc::from(&[0x71, 0x02, 0xAA, 0xBB][..]),
-        };
-        let text = encode("me", event).expect("encoded");
-        let note: Note = serde_json::from_str(&text).expect("decoded");
-        assert_eq!(note.from, "me");
-        match note.event.into_event() {
-            Some(HubEvent::Created { payload, view: v }) => {
-                assert_eq!(&payload[..], &[0x71, 0x02, 0xAA, 0xBB]);
-                assert_eq!(v, view());
-            }
-            other => panic!("{other:?}"),
+    fn notes_name_what_changed_and_own_or_unreadable_ones_are_dropped() {
+        let id = TransactionId([7; 16]);
+        let text = serde_json::to_string(&Note {
+            from: "them".into(),
+            event: WireEvent::Ended { id },
+        })
+        .unwrap();
+        assert_eq!(decode("me", &text), Some(WireEvent::Ended { id }));
+        assert_eq!(decode("them", &text), None, "its own note");
+        for bad in [
+            "",
+            "{}",
+            "not json",
+            r#"{"from":"x","event":{"kind":"ended"}}"#,
+            r#"{"from":"x","event":{"kind":"ended","id":"zz"}}"#,
+            r#"{"from":"x","event":{"kind":"settled","id":"07070707070707070707070707070707"}}"#,
+            // A view smuggled in is refused, not read.
+            r#"{"from":"x","event":{"kind":"ended","id":"07070707070707070707070707070707","view":{}}}"#,
+        ] {
+            assert_eq!(decode("me", bad), None, "{bad}");
         }
-        let broken = WireEvent::Created {
-            view: view(),
-            payload_hex: "zz".into(),
-        };
-        assert!(broken.into_event().is_none());
-        // Too large for NOTIFY: not sent (others read the store).
-        let mut huge = view();
-        huge.description = "x".repeat(PAYLOAD_MAX);
-        assert!(encode("me", HubEvent::Ended { view: huge }).is_none());
     }
 }

@@ -196,3 +196,46 @@ async fn instances_reconnect_after_their_event_connections_are_cut() {
     request_payload(&relay.next().await, &tx.id);
     b.shutdown().await;
 }
+
+/// Any role that can connect to the database may NOTIFY. A forged note
+/// saying a pending transaction ended reaches the instance, which reads the
+/// store, finds it pending, and tells the waiting terminal nothing.
+#[tokio::test]
+async fn a_forged_notification_cannot_end_a_payment() {
+    let Some((a, terminal, _card)) = on_postgres().await else {
+        return;
+    };
+    let tx = a.pay(&terminal, 700).await;
+    let wait = tokio::spawn(
+        a.http
+            .get(a.url(&format!("/v1/transactions/{}?wait=3", tx.id)))
+            .bearer_auth(&terminal.api_key)
+            .send(),
+    );
+    let (db, connection) =
+        tokio_postgres::connect(a.database_url.as_deref().unwrap(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let forged = serde_json::json!({
+        "from": "forger",
+        "event": {"kind": "ended", "id": tx.id.to_hex()},
+    })
+    .to_string();
+    db.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&keybridge_server::peers::CHANNEL, &forged],
+    )
+    .await
+    .unwrap();
+    let heard: TransactionView = tokio::time::timeout(GUARD, wait)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(heard.status, TransactionStatus::Pending);
+    assert_eq!(a.transfer_count(&tx.id).await, 0);
+}
