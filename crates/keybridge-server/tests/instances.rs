@@ -239,3 +239,38 @@ async fn a_forged_notification_cannot_end_a_payment() {
     assert_eq!(heard.status, TransactionStatus::Pending);
     assert_eq!(a.transfer_count(&tx.id).await, 0);
 }
+
+/// The database drops every connection (a restart, a failover): the next
+/// requests still work, on fresh connections, and the payment settles.
+#[tokio::test]
+async fn requests_work_again_after_the_database_drops_every_connection() {
+    let Some((a, terminal, card)) = on_postgres().await else {
+        return;
+    };
+    // Warm the pool: these connections are the ones that will be dropped.
+    let first = a.pay(&terminal, 100).await;
+    let (db, connection) =
+        tokio_postgres::connect(a.database_url.as_deref().unwrap(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let dropped: i64 = db
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(dropped >= 1);
+
+    let second = a.pay(&terminal, 200).await;
+    let mut relay = a.relay(&card.enrolled.credential).await;
+    for tx in [&first, &second] {
+        let payload = request_payload(&relay.next().await, &tx.id);
+        let settled = a.confirm_ok(&card, &tx.id, &card.sign(&payload)).await;
+        assert_eq!(settled.status, TransactionStatus::Settled);
+    }
+    a.assert_ledger_balanced().await;
+}
