@@ -47,6 +47,20 @@ pub(crate) async fn seed(store: &dyn Store) {
     store.create_device(device("dev_1", "alice")).await.unwrap();
 }
 
+/// [`seed`], and a webhook registered for `term_1`.
+pub(crate) async fn seed_with_webhook(store: &dyn Store) {
+    seed(store).await;
+    store
+        .put_webhook(WebhookRecord {
+            terminal_id: "term_1".into(),
+            url: "https://shop.example/hook".into(),
+            secret: "whsec".into(),
+            created_at_unix_s: NOW,
+        })
+        .await
+        .unwrap();
+}
+
 /// A transaction-applet device for `account`, with credential hash [2; 32].
 fn device(id: &str, account: &str) -> NewDevice {
     NewDevice {
@@ -553,16 +567,7 @@ pub(crate) async fn concurrent_answers_pay_at_most_once(store: &dyn Store) {
 /// The end of a transaction queues its webhook event in the same write; an
 /// attempt's result is recorded once.
 pub(crate) async fn an_ended_transaction_queues_its_webhook_event(store: &dyn Store) {
-    seed(store).await;
-    store
-        .put_webhook(WebhookRecord {
-            terminal_id: "term_1".into(),
-            url: "https://shop.example/hook".into(),
-            secret: "whsec".into(),
-            created_at_unix_s: NOW,
-        })
-        .await
-        .unwrap();
+    seed_with_webhook(store).await;
     store
         .insert_transaction(pending(1, "k1", 100))
         .await

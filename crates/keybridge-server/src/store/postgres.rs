@@ -267,9 +267,13 @@ fn first<T>(rows: Vec<T>) -> Option<T> {
     rows.into_iter().next()
 }
 
+/// Runs the statement `sql` through the statement cache; a unique index
+/// that refuses it means the record exists ([`StoreError::AlreadyExists`]).
 async fn exec(c: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
     let statement = c.prepare_cached(sql).await.map_err(backend)?;
-    c.execute(&statement, params).await.map_err(backend)
+    c.execute(&statement, params)
+        .await
+        .map_err(unique_to_exists)
 }
 
 fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T, StoreError> {
@@ -541,17 +545,12 @@ async fn transfer(
     now_unix_s: u64,
 ) -> Result<i64, StoreError> {
     let amount = i64::try_from(t.amount_minor).map_err(|_| StoreError::BalanceOverflow)?;
-    let statement = tx
-        .prepare_cached(
-            "INSERT INTO transfers
+    exec(
+        tx,
+        "INSERT INTO transfers
                  (transaction_id, kind, debit_account, credit_account, amount_minor, currency,
                   created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .await
-        .map_err(backend)?;
-    tx.execute(
-        &statement,
         &[
             &t.transaction_id.map(TransactionId::to_hex),
             &t.kind.as_str(),
@@ -562,8 +561,7 @@ async fn transfer(
             &to_i64(now_unix_s)?,
         ],
     )
-    .await
-    .map_err(unique_to_exists)?;
+    .await?;
     let debit_after = add_to_balance(tx, t.debit, -amount).await?;
     add_to_balance(tx, t.credit, amount).await?;
     Ok(debit_after)
@@ -578,39 +576,34 @@ async fn insert_tx(
     // ON CONFLICT instead of catching the violation: in PostgreSQL a failed
     // statement aborts the whole transaction, so the existing row could not
     // be read after it. A clash on the id itself still fails.
-    let statement = tx
-        .prepare_cached(&format!(
+    let inserted = exec(
+        tx,
+        &format!(
             "INSERT INTO transactions ({TX_COLUMNS})
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
              ON CONFLICT (terminal_id, idempotency_key) DO NOTHING"
-        ))
-        .await
-        .map_err(backend)?;
-    let inserted = tx
-        .execute(
-            &statement,
-            &[
-                &t.id.to_hex(),
-                &t.terminal_id,
-                &t.idempotency_key,
-                &t.request_hash.as_slice(),
-                &t.payer.as_str(),
-                &t.payee.as_str(),
-                &t.payee_name,
-                &to_i64(t.amount_minor)?,
-                &t.currency.code(),
-                &t.order_id,
-                &t.description,
-                &t.payload,
-                &t.status.as_str(),
-                &t.reason.map(|r| r.as_str()),
-                &to_i64(t.created_at_unix_s)?,
-                &to_i64(t.expires_at_unix_s)?,
-                &to_i64(t.updated_at_unix_s)?,
-            ],
-        )
-        .await
-        .map_err(unique_to_exists)?;
+        ),
+        &[
+            &t.id.to_hex(),
+            &t.terminal_id,
+            &t.idempotency_key,
+            &t.request_hash.as_slice(),
+            &t.payer.as_str(),
+            &t.payee.as_str(),
+            &t.payee_name,
+            &to_i64(t.amount_minor)?,
+            &t.currency.code(),
+            &t.order_id,
+            &t.description,
+            &t.payload,
+            &t.status.as_str(),
+            &t.reason.map(|r| r.as_str()),
+            &to_i64(t.created_at_unix_s)?,
+            &to_i64(t.expires_at_unix_s)?,
+            &to_i64(t.updated_at_unix_s)?,
+        ],
+    )
+    .await?;
     if inserted == 0 {
         let existing = by_idempotency_key(tx, &t.terminal_id, &t.idempotency_key)
             .await?
@@ -727,15 +720,10 @@ impl Store for PgStore {
         )
         .await?
             == 1;
-        let statement = tx
-            .prepare_cached(
-                "INSERT INTO accounts (id, display_name, currency, balance_minor, system, created_at)
+        exec(
+            &tx,
+            "INSERT INTO accounts (id, display_name, currency, balance_minor, system, created_at)
                  VALUES ($1, $2, $3, 0, FALSE, $4)",
-            )
-            .await
-            .map_err(backend)?;
-        tx.execute(
-            &statement,
             &[
                 &account.id.as_str(),
                 &account.display_name,
@@ -743,8 +731,7 @@ impl Store for PgStore {
                 &now,
             ],
         )
-        .await
-        .map_err(unique_to_exists)?;
+        .await?;
         if account.opening_balance_minor > 0 {
             let opening = Transfer {
                 kind: TransferKind::Opening,
@@ -796,14 +783,9 @@ impl Store for PgStore {
     async fn create_terminal(&self, terminal: NewTerminal) -> Result<TerminalRecord, StoreError> {
         let mut client = self.client().await?;
         let tx = begin_write(&mut client).await?;
-        let statement = tx
-            .prepare_cached(
-                "INSERT INTO terminals (id, name, api_key_hash, created_at) VALUES ($1, $2, $3, $4)",
-            )
-            .await
-            .map_err(backend)?;
-        tx.execute(
-            &statement,
+        exec(
+            &tx,
+            "INSERT INTO terminals (id, name, api_key_hash, created_at) VALUES ($1, $2, $3, $4)",
             &[
                 &terminal.id,
                 &terminal.name,
@@ -811,8 +793,7 @@ impl Store for PgStore {
                 &to_i64(terminal.created_at_unix_s)?,
             ],
         )
-        .await
-        .map_err(unique_to_exists)?;
+        .await?;
         append_audit(
             &tx,
             terminal.created_at_unix_s,
@@ -861,17 +842,12 @@ impl Store for PgStore {
             Some(o) => (Some(o.suite.as_str()), Some(o.sealed_secret.as_slice())),
             None => (None, None),
         };
-        let statement = tx
-            .prepare_cached(
-                "INSERT INTO devices (id, account_id, label, public_key, certificate,
+        exec(
+            &tx,
+            "INSERT INTO devices (id, account_id, label, public_key, certificate,
                      credential_hash, status, last_counter, created_at, updated_at,
                      method, ocra_suite, ocra_secret)
                  VALUES ($1, $2, $3, $4, $5, $6, 'active', 0, $7, $7, $8, $9, $10)",
-            )
-            .await
-            .map_err(backend)?;
-        tx.execute(
-            &statement,
             &[
                 &device.id,
                 &device.account.as_str(),
@@ -885,8 +861,7 @@ impl Store for PgStore {
                 &ocra_secret,
             ],
         )
-        .await
-        .map_err(unique_to_exists)?;
+        .await?;
         append_audit(
             &tx,
             device.created_at_unix_s,

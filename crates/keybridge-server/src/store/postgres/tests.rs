@@ -3,7 +3,7 @@
 //! webhook claim).
 
 use super::*;
-use crate::store::contract::{contract_tests, pending, seed, signed, NOW};
+use crate::store::contract::{contract_tests, pending, seed, seed_with_webhook, signed, NOW};
 use crate::store::web::WebStore;
 
 async fn open() -> Option<PgStore> {
@@ -114,16 +114,7 @@ async fn the_database_refuses_edits_and_the_chain_detects_them() {
 #[tokio::test]
 async fn a_due_webhook_event_is_claimed_by_one_instance() {
     let Some(store) = open().await else { return };
-    seed(&store).await;
-    store
-        .put_webhook(crate::store::WebhookRecord {
-            terminal_id: "term_1".into(),
-            url: "https://shop.example/hook".into(),
-            secret: "whsec".into(),
-            created_at_unix_s: NOW,
-        })
-        .await
-        .unwrap();
+    seed_with_webhook(&store).await;
     store
         .insert_transaction(pending(1, "k1", 100))
         .await
