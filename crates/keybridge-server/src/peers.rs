@@ -103,11 +103,10 @@ impl WireEvent {
     }
 }
 
-/// Connects `state`'s hub to the other instances on the database at `url`.
+/// Connects `state`'s hub to the other instances on the database at `endpoint`.
 /// Fails if the first connection fails (a wrong URL should stop the start);
 /// after that, the returned task reconnects by itself until aborted.
-pub async fn start(endpoint: Endpoint, state: AppState) -> Result<JoinHandle<()>, ServerError> {
-    let mut endpoint = endpoint;
+pub async fn start(mut endpoint: Endpoint, state: AppState) -> Result<JoinHandle<()>, ServerError> {
     endpoint.config.application_name(APPLICATION_NAME);
     let instance = hex::encode(
         crate::random::bytes::<8>()
