@@ -109,6 +109,93 @@ async fn the_database_refuses_edits_and_the_chain_detects_them() {
     );
 }
 
+/// The commit trigger spells the lock out as a number; it must be ours.
+#[test]
+fn the_commit_trigger_takes_our_audit_lock() {
+    let (_, name, sql) = MIGRATIONS[1];
+    assert_eq!(name, "0002_chain_at_commit");
+    assert!(sql.contains(&format!("pg_advisory_xact_lock({AUDIT_LOCK})")));
+}
+
+/// Audit rows are chained when their write commits, with the hash the Rust
+/// side verifies (non-ASCII text and a missing transaction id included);
+/// a write that rolls back leaves nothing, and staging ends empty.
+#[tokio::test]
+async fn audit_rows_are_chained_at_commit_with_the_verified_hash() {
+    let Some(store) = open().await else { return };
+    let mut client = store.client().await.unwrap();
+    let tx = begin_write(&mut client).await.unwrap();
+    append_audit(&tx, NOW, None, "rolled_back", &serde_json::json!({}))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let tx = begin_write(&mut client).await.unwrap();
+    let id = TransactionId([7; 16]);
+    let detail = serde_json::json!({"name": "Café 书店 \"quoted\" ✓"});
+    append_audit(&tx, NOW + 1, None, "first_of_two", &detail)
+        .await
+        .unwrap();
+    append_audit(&tx, NOW + 2, Some(&id), "second_of_two", &detail)
+        .await
+        .unwrap();
+    // Staged, not yet chained: another connection sees no half-made chain.
+    let other = store.client().await.unwrap();
+    let chained: i64 = other
+        .query_one("SELECT count(*) FROM audit_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(chained, 0);
+    tx.commit().await.unwrap();
+
+    let log = store.audit_log().await.unwrap();
+    let events: Vec<&str> = log.iter().map(|r| r.event.as_str()).collect();
+    assert_eq!(events, ["first_of_two", "second_of_two"]);
+    assert_eq!(log[1].transaction_id, Some(id));
+    assert!(log[1].detail.contains("Café 书店"));
+    assert_eq!(store.verify_audit_chain().await.unwrap(), 2);
+    let staged: i64 = other
+        .query_one("SELECT count(*) FROM audit_staging", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(staged, 0);
+}
+
+/// Many writes from two instances at once still make one unbroken chain.
+#[tokio::test]
+async fn concurrent_writes_from_two_instances_make_one_chain() {
+    let Some(url) = scratch::database_or_skip().await else {
+        return;
+    };
+    let a = std::sync::Arc::new(PgStore::connect(plain(&url), NOW).await.unwrap());
+    let b = std::sync::Arc::new(PgStore::connect(plain(&url), NOW).await.unwrap());
+    seed(a.as_ref()).await;
+    let writes = (1..=40u8).map(|n| {
+        let store = if n % 2 == 0 { a.clone() } else { b.clone() };
+        tokio::spawn(async move {
+            store
+                .insert_transaction(pending(n, &format!("k{n}"), 1))
+                .await
+                .unwrap()
+        })
+    });
+    for write in futures_util::future::join_all(writes).await {
+        write.unwrap();
+    }
+    let log = a.audit_log().await.unwrap();
+    assert_eq!(
+        log.iter()
+            .filter(|r| r.event == "transaction_created")
+            .count(),
+        40
+    );
+    assert_eq!(
+        b.verify_audit_chain().await.unwrap(),
+        u64::try_from(log.len()).unwrap()
+    );
+}
+
 /// Two instances' webhook workers do not take the same event while one of
 /// them is attempting it; a claim that ran out is taken again.
 #[tokio::test]
