@@ -1,9 +1,9 @@
 -- The audit chain is extended when a write commits, not while it runs.
 --
 -- Before this migration a write took the chain's advisory lock at its first
--- audit row and held it, across client round trips, until its commit: every
--- write of every instance queued behind that lock (about 1.4 ms each on the
--- project's VM, so at most some 350 payments/s whatever the hardware).
+-- audit row and held it, across three round trips to the server, until its
+-- commit: every write of every instance passed through that lock one at a
+-- time, each holding it for as long as its server took to answer.
 --
 -- Now a write inserts its audit rows into `audit_staging`. A deferred
 -- constraint trigger runs at the write's COMMIT, once per staged row in the

@@ -612,7 +612,7 @@ pub(crate) async fn an_ended_transaction_queues_its_webhook_event(store: &dyn St
 }
 
 /// Payments in both directions between two accounts, all at once: each
-/// locks both accounts, and none may deadlock another or lose an update.
+/// changes both accounts, and none may deadlock another or lose an update.
 pub(crate) async fn payments_both_ways_at_once_all_settle(store: &dyn Store) {
     seed(store).await;
     store
@@ -673,6 +673,52 @@ pub(crate) async fn payments_both_ways_at_once_all_settle(store: &dyn Store) {
     assert!(store.verify_audit_chain().await.is_ok());
 }
 
+/// Payments from one payer answered all at once, for more than the payer
+/// has: as many settle as the funds cover, the others fail for
+/// insufficient funds, and no balance goes below zero (a backend that reads
+/// the funds without a lock must check them again as it debits).
+pub(crate) async fn concurrent_payments_never_overdraw_the_payer(store: &dyn Store) {
+    seed(store).await;
+    // Several of the payer's devices, so the answers do not queue on one
+    // device's row.
+    let devices = ["dev_1", "dev_a", "dev_b", "dev_c", "dev_d", "dev_e"];
+    for (i, id) in (1u8..).zip(&devices[1..]) {
+        let mut d = device(id, "alice");
+        d.credential_hash = [10 + i; 32];
+        store.create_device(d).await.unwrap();
+    }
+    for n in 1..=30u8 {
+        store
+            .insert_transaction(pending(n, &format!("k{n}"), 500))
+            .await
+            .unwrap();
+    }
+    // No counter (as PIV): the order the answers land in does not matter.
+    let answers = (1..=30u8).map(|n| SignedConfirmation {
+        device_id: devices[usize::from(n) % devices.len()].into(),
+        counter: None,
+        ..signed(n, 0)
+    });
+    let outcomes =
+        futures_util::future::join_all(answers.map(|a| store.apply_signed_confirmation(a))).await;
+    let (mut settled, mut failed) = (0, 0);
+    for outcome in &outcomes {
+        match outcome {
+            Ok(Finalized::Applied(t)) => match (t.status, t.reason) {
+                (TransactionStatus::Settled, None) => settled += 1,
+                (TransactionStatus::Failed, Some(Reason::InsufficientFunds)) => failed += 1,
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((settled, failed), (20, 10));
+    assert_eq!(balance(store, "alice").await, 0);
+    assert_eq!(balance(store, "shop").await, 10_000);
+    balances_sum_to_zero(store).await;
+    assert!(store.verify_audit_chain().await.is_ok());
+}
+
 /// One `#[tokio::test]` per contract test, each on a fresh store from
 /// `$open` (an expression giving a future of `Option<Arc<dyn Store>>`;
 /// `None` skips, when the backend's server is not available outside CI).
@@ -693,7 +739,8 @@ macro_rules! contract_tests {
             every_state_change_is_audited_in_one_chain,
             concurrent_answers_pay_at_most_once,
             an_ended_transaction_queues_its_webhook_event,
-            payments_both_ways_at_once_all_settle
+            payments_both_ways_at_once_all_settle,
+            concurrent_payments_never_overdraw_the_payer
         );
     };
     (@each $open:expr; $($name:ident),*) => {

@@ -3,14 +3,20 @@
 //! Writes from all instances run concurrently and serialise only where they
 //! must:
 //! - on the rows a decision depends on, locked in one order everywhere (the
-//!   transaction, then the device, then the accounts by id), so concurrent
-//!   writes never deadlock: two answers to one transaction, two payments
-//!   from one card, two payments between the same accounts in opposite
-//!   directions wait for each other instead. The row locks are `FOR NO KEY
-//!   UPDATE`, what an UPDATE of non-key columns takes: the foreign-key
-//!   checks of concurrent inserts (a new transaction naming the same
-//!   merchant) take `KEY SHARE`, which that does not block. With `FOR
-//!   UPDATE` it did, and 38 of 3,000 bench payments died in deadlocks;
+//!   transaction, then the device), so concurrent writes never deadlock: two
+//!   answers to one transaction, two payments from one card wait for each
+//!   other instead. The row locks are `FOR NO KEY UPDATE`, what an UPDATE of
+//!   non-key columns takes: the foreign-key checks of concurrent inserts (a
+//!   new transaction naming the same merchant) take `KEY SHARE`, which that
+//!   does not block. With `FOR UPDATE` it did, and 38 of 3,000 bench
+//!   payments died in deadlocks;
+//! - on the accounts, which a write does not lock: it inserts its transfer,
+//!   and its commit moves both balances (migration `0003_post_at_commit`),
+//!   lower account id first, after every other lock. So a merchant's row,
+//!   which every payment to it changes, is held by each for its commit
+//!   alone, and two payments in opposite directions cannot deadlock. The
+//!   payer's funds, read without a lock, are checked again there; a settle
+//!   that finds them spent runs again (`apply_signed_confirmation`);
 //! - on the audit log, which is one hash chain: each row's hash needs the
 //!   row before it. A write stages its audit rows (`audit_staging`), and a
 //!   deferred trigger chains them into `audit_log` when the write commits,
@@ -19,7 +25,7 @@
 //!   fork). So the serialised part is the trigger and the commit's WAL flush,
 //!   with no round trip to this process inside it. Before, each write held
 //!   the lock from its first audit row, across three round trips, to its
-//!   commit, and that bounded all instances together at some 350 payments/s.
+//!   commit: every write of every instance passed through it one at a time.
 //!
 //! Compare-and-set updates (`WHERE status = 'pending'`, `last_counter <`)
 //! and unique indexes stay a second line of defence, as in the SQLite
@@ -67,12 +73,21 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0002_chain_at_commit",
         include_str!("../../migrations/postgres/0002_chain_at_commit.sql"),
     ),
+    (
+        3,
+        "0003_post_at_commit",
+        include_str!("../../migrations/postgres/0003_post_at_commit.sql"),
+    ),
 ];
 
 /// The advisory lock that orders appends to the audit chain: the commit
 /// trigger of migration 0002 takes it (spelled out there as 1262616577),
 /// and so do migrations. An arbitrary constant: "KB" in ASCII, then 1.
 const AUDIT_LOCK: i64 = 0x4b42_0001;
+
+/// How many times a settle runs when its commit keeps finding the payer's
+/// funds spent by another payment (see `apply_signed_confirmation`).
+const SETTLE_ATTEMPTS: usize = 4;
 
 /// Connections per instance: enough for the reads of a busy server while one
 /// write holds the lock; PostgreSQL's default `max_connections` (100) leaves
@@ -473,33 +488,6 @@ async fn append_audit(
     Ok(())
 }
 
-/// Adds `delta` to an account's balance in one statement (the row stays
-/// locked to the write); PostgreSQL refuses a result outside BIGINT.
-async fn add_to_balance(
-    tx: &deadpool_postgres::Transaction<'_>,
-    id: &AccountId,
-    delta: i64,
-) -> Result<i64, StoreError> {
-    let statement = tx
-        .prepare_cached(
-            "UPDATE accounts SET balance_minor = balance_minor + $1 WHERE id = $2
-             RETURNING balance_minor",
-        )
-        .await
-        .map_err(backend)?;
-    let updated = tx
-        .query_opt(&statement, &[&delta, &id.as_str()])
-        .await
-        .map_err(|e| {
-            if e.code() == Some(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE) {
-                StoreError::BalanceOverflow
-            } else {
-                backend(e)
-            }
-        })?;
-    get(&updated.ok_or(StoreError::UnknownAccount)?, 0)
-}
-
 /// One transfer to write.
 struct Transfer<'a> {
     kind: TransferKind,
@@ -510,40 +498,58 @@ struct Transfer<'a> {
     currency: keybridge_proto::Currency,
 }
 
-/// Writes one double-entry transfer and moves both balances by the same
-/// amount; returns the debited account's new balance. The three statements
-/// go out in one round trip: the caller has locked both accounts, so their
-/// order does not matter.
+/// Writes one double-entry transfer. Its commit moves both balances by the
+/// same amount (migration `0003_post_at_commit`): commit it with
+/// [`commit_posting`].
 async fn transfer(
     tx: &deadpool_postgres::Transaction<'_>,
     t: Transfer<'_>,
     now_unix_s: u64,
-) -> Result<i64, StoreError> {
+) -> Result<(), StoreError> {
     let amount = i64::try_from(t.amount_minor).map_err(|_| StoreError::BalanceOverflow)?;
-    let transaction_id = t.transaction_id.map(TransactionId::to_hex);
-    let created_at = to_i64(now_unix_s)?;
-    let insert: Params<'_> = &[
-        &transaction_id,
-        &t.kind.as_str(),
-        &t.debit.as_str(),
-        &t.credit.as_str(),
-        &amount,
-        &t.currency.code(),
-        &created_at,
-    ];
-    let (_, debit_after, _) = tokio::try_join!(
-        exec(
-            tx,
-            "INSERT INTO transfers
-                     (transaction_id, kind, debit_account, credit_account, amount_minor,
-                      currency, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            insert,
-        ),
-        add_to_balance(tx, t.debit, -amount),
-        add_to_balance(tx, t.credit, amount),
-    )?;
-    Ok(debit_after)
+    exec(
+        tx,
+        "INSERT INTO transfers
+                 (transaction_id, kind, debit_account, credit_account, amount_minor, currency,
+                  created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &t.transaction_id.map(TransactionId::to_hex),
+            &t.kind.as_str(),
+            &t.debit.as_str(),
+            &t.credit.as_str(),
+            &amount,
+            &t.currency.code(),
+            &to_i64(now_unix_s)?,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// How the commit of a write with transfers went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Posted {
+    Committed,
+    /// Posting a transfer would have left a customer account below zero:
+    /// the funds read by the write were spent by another one that committed
+    /// first. Nothing was written.
+    Overdrawn,
+}
+
+/// Commits a write whose transfers are posted by its commit (migration
+/// `0003_post_at_commit`); a balance past BIGINT is
+/// [`StoreError::BalanceOverflow`].
+async fn commit_posting(tx: deadpool_postgres::Transaction<'_>) -> Result<Posted, StoreError> {
+    let Err(e) = tx.commit().await else {
+        return Ok(Posted::Committed);
+    };
+    let on_accounts = e.as_db_error().and_then(|d| d.table()) == Some("accounts");
+    match e.code() {
+        Some(&SqlState::CHECK_VIOLATION) if on_accounts => Ok(Posted::Overdrawn),
+        Some(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE) => Err(StoreError::BalanceOverflow),
+        _ => Err(backend(e)),
+    }
 }
 
 /// Inserts a new `pending` transaction and its audit row; the unique index on
@@ -689,6 +695,115 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// One attempt at [`Store::apply_signed_confirmation`]; `None` if its
+    /// commit found the payer's funds spent by another write (nothing
+    /// written).
+    async fn settle_once(&self, c: &SignedConfirmation) -> Result<Option<Finalized>, StoreError> {
+        // Four round trips: begin, the reads and locks, the writes, the
+        // commit, which also moves the balances (migration 3). The accounts
+        // are locked only there, in id order, so a merchant's row is held
+        // by each payment to it for its commit alone.
+        static LOCK_TX: LazyLock<String> = LazyLock::new(|| {
+            format!("SELECT {TX_COLUMNS} FROM transactions WHERE id = $1 FOR NO KEY UPDATE")
+        });
+        static LOCK_DEVICE: LazyLock<String> = LazyLock::new(|| {
+            format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1 FOR NO KEY UPDATE")
+        });
+        static READ_PAYER: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT {ACCOUNT_COLUMNS} FROM accounts
+                 WHERE id = (SELECT payer FROM transactions WHERE id = $1)"
+            )
+        });
+        let mut client = self.client().await?;
+        let tx = begin_write(&mut client).await?;
+        // The lock order of every write: transaction, device, then (at
+        // commit) accounts by id. The three go out in one round trip and
+        // keep that order: prepared first, their requests are sent in the
+        // order `try_join!` first polls them, and PostgreSQL runs a
+        // connection's statements in the order sent.
+        let (lock_tx, lock_device, read_payer) = tokio::try_join!(
+            tx.prepare_cached(&LOCK_TX),
+            tx.prepare_cached(&LOCK_DEVICE),
+            tx.prepare_cached(&READ_PAYER),
+        )
+        .map_err(backend)?;
+        let tx_id = c.transaction_id.to_hex();
+        let (by_tx, by_device): (Params<'_>, Params<'_>) = (&[&tx_id], &[&c.device_id]);
+        let (tx_rows, device_rows, account_rows) = tokio::try_join!(
+            tx.query(&lock_tx, by_tx),
+            tx.query(&lock_device, by_device),
+            tx.query(&read_payer, by_tx),
+        )
+        .map_err(backend)?;
+        let Some(current) = decode_first(&tx_rows, |r| decode_tx(read_tx_row(r)?))? else {
+            return Ok(Some(Finalized::NotFound));
+        };
+        let device = decode_first(&device_rows, |r| decode_device(read_device_row(r)?))?;
+        let payer = decode_first(&account_rows, |r| decode_account(read_account_row(r)?))?
+            .ok_or_else(|| corrupt("payer missing"))?;
+        let decision = payment::decide(PaymentFacts::of(&current, device.as_ref(), &payer, c));
+        let Some((status, reason)) = decision.outcome() else {
+            return Ok(Some(Finalized::NotPending(current)));
+        };
+        let counter = c.counter.filter(|_| decision.consumes_counter());
+        let (event, detail) = (end_event(status), payment::answered_detail(c, reason));
+        let now = to_i64(c.now_unix_s)?;
+        // Every row changed here is locked above (the transfer is a new row),
+        // so the order in which these statements run does not matter; one
+        // failing aborts the rest.
+        let (counter_moved, (), ended, ()) = tokio::try_join!(
+            async {
+                let Some(counter) = counter else {
+                    return Ok(true);
+                };
+                let changed = exec(
+                    &tx,
+                    "UPDATE devices SET last_counter = $1, updated_at = $2
+                         WHERE id = $3 AND last_counter < $1",
+                    &[&i64::from(counter), &now, &c.device_id],
+                )
+                .await?;
+                Ok(changed == 1)
+            },
+            async {
+                if decision != PaymentDecision::Settle {
+                    return Ok(());
+                }
+                let payment = Transfer {
+                    kind: TransferKind::Payment,
+                    transaction_id: Some(&current.id),
+                    debit: &current.payer,
+                    credit: &current.payee,
+                    amount_minor: current.amount_minor,
+                    currency: current.currency,
+                };
+                transfer(&tx, payment, c.now_unix_s).await
+            },
+            set_final(&tx, &current.id, status, reason, c.answer, c.now_unix_s),
+            append_audit(&tx, c.now_unix_s, Some(&current.id), &event, &detail),
+        )?;
+        if !counter_moved {
+            return Err(corrupt("device counter moved inside the transaction"));
+        }
+        if !ended {
+            return Err(corrupt(
+                "pending transaction changed inside the transaction",
+            ));
+        }
+        if commit_posting(tx).await? == Posted::Overdrawn {
+            return Ok(None);
+        }
+        Ok(Some(Finalized::Applied(TransactionRecord {
+            status,
+            reason,
+            updated_at_unix_s: c.now_unix_s,
+            ..current
+        })))
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn create_account(
@@ -762,11 +877,13 @@ impl Store for PgStore {
             }),
         )
         .await?;
-        let created = get_account(&tx, &account.id)
+        if commit_posting(tx).await? == Posted::Overdrawn {
+            // An opening debits the issuance account, which may go negative.
+            return Err(corrupt("an opening balance overdrew a customer account"));
+        }
+        get_account(&client, &account.id)
             .await?
-            .ok_or_else(|| corrupt("account vanished"))?;
-        tx.commit().await.map_err(backend)?;
-        Ok(created)
+            .ok_or_else(|| corrupt("account vanished"))
     }
 
     async fn get_account(&self, id: &AccountId) -> Result<Option<AccountRecord>, StoreError> {
@@ -1053,119 +1170,20 @@ impl Store for PgStore {
         &self,
         c: SignedConfirmation,
     ) -> Result<Finalized, StoreError> {
-        // Four round trips: begin, the locks, the writes, the commit. A
-        // merchant's account row is locked by every payment to it, so how
-        // long a write holds it bounds that merchant's payments per second,
-        // whatever the number of instances: the writes after the locks go
-        // out together, not one round trip each.
-        static LOCK_TX: LazyLock<String> = LazyLock::new(|| {
-            format!("SELECT {TX_COLUMNS} FROM transactions WHERE id = $1 FOR NO KEY UPDATE")
-        });
-        static LOCK_DEVICE: LazyLock<String> = LazyLock::new(|| {
-            format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1 FOR NO KEY UPDATE")
-        });
-        static LOCK_PARTIES: LazyLock<String> = LazyLock::new(|| {
-            format!(
-                "SELECT {ACCOUNT_COLUMNS} FROM accounts
-                 WHERE id IN (SELECT payer FROM transactions WHERE id = $1
-                              UNION SELECT payee FROM transactions WHERE id = $1)
-                 ORDER BY id FOR NO KEY UPDATE"
-            )
-        });
-        let mut client = self.client().await?;
-        let tx = begin_write(&mut client).await?;
-        // The lock order of every write: transaction, device, accounts by id.
-        // The three go out in one round trip and keep that order: prepared
-        // first, their requests are sent in the order `try_join!` first
-        // polls them, and PostgreSQL runs a connection's statements in the
-        // order sent.
-        let (lock_tx, lock_device, lock_parties) = tokio::try_join!(
-            tx.prepare_cached(&LOCK_TX),
-            tx.prepare_cached(&LOCK_DEVICE),
-            tx.prepare_cached(&LOCK_PARTIES),
-        )
-        .map_err(backend)?;
-        let tx_id = c.transaction_id.to_hex();
-        let (by_tx, by_device): (Params<'_>, Params<'_>) = (&[&tx_id], &[&c.device_id]);
-        let (tx_rows, device_rows, account_rows) = tokio::try_join!(
-            tx.query(&lock_tx, by_tx),
-            tx.query(&lock_device, by_device),
-            tx.query(&lock_parties, by_tx),
-        )
-        .map_err(backend)?;
-        let Some(current) = decode_first(&tx_rows, |r| decode_tx(read_tx_row(r)?))? else {
-            return Ok(Finalized::NotFound);
-        };
-        let device = decode_first(&device_rows, |r| decode_device(read_device_row(r)?))?;
-        let payer = account_rows
-            .iter()
-            .map(|r| decode_account(read_account_row(r)?))
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .find(|a| a.id == current.payer)
-            .ok_or_else(|| corrupt("payer missing"))?;
-        let decision = payment::decide(PaymentFacts::of(&current, device.as_ref(), &payer, &c));
-        let Some((status, reason)) = decision.outcome() else {
-            return Ok(Finalized::NotPending(current));
-        };
-        let counter = c.counter.filter(|_| decision.consumes_counter());
-        let (event, detail) = (end_event(status), payment::answered_detail(&c, reason));
-        let now = to_i64(c.now_unix_s)?;
-        // Every row written here is locked above, so the order in which
-        // these statements run does not matter; one failing aborts the rest.
-        let (counter_moved, payer_balance, ended, ()) = tokio::try_join!(
-            async {
-                let Some(counter) = counter else {
-                    return Ok(true);
-                };
-                let changed = exec(
-                    &tx,
-                    "UPDATE devices SET last_counter = $1, updated_at = $2
-                         WHERE id = $3 AND last_counter < $1",
-                    &[&i64::from(counter), &now, &c.device_id],
-                )
-                .await?;
-                Ok(changed == 1)
-            },
-            async {
-                if decision != PaymentDecision::Settle {
-                    return Ok(None);
-                }
-                let payment = Transfer {
-                    kind: TransferKind::Payment,
-                    transaction_id: Some(&current.id),
-                    debit: &current.payer,
-                    credit: &current.payee,
-                    amount_minor: current.amount_minor,
-                    currency: current.currency,
-                };
-                transfer(&tx, payment, c.now_unix_s).await.map(Some)
-            },
-            set_final(&tx, &current.id, status, reason, c.answer, c.now_unix_s),
-            append_audit(&tx, c.now_unix_s, Some(&current.id), &event, &detail),
-        )?;
-        if !counter_moved {
-            return Err(corrupt("device counter moved inside the transaction"));
+        // The payer's funds are read without a lock and checked again when
+        // the commit posts the debit; if another payment from the same payer
+        // committed in between and left too little, the write runs again on
+        // what is there now (and ends `failed/insufficient_funds`). Each
+        // round needs another payment from that payer to commit first, so
+        // the bound only stops a pathological stream of them.
+        for _ in 1..SETTLE_ATTEMPTS {
+            if let Some(finalized) = self.settle_once(&c).await? {
+                return Ok(finalized);
+            }
         }
-        if !ended {
-            return Err(corrupt(
-                "pending transaction changed inside the transaction",
-            ));
-        }
-        if let Some(balance_minor) = payer_balance {
-            let after = AccountRecord {
-                balance_minor,
-                ..payer.clone()
-            };
-            payment::check_settled(payer.balance_minor, &after, current.amount_minor)?;
-        }
-        tx.commit().await.map_err(backend)?;
-        Ok(Finalized::Applied(TransactionRecord {
-            status,
-            reason,
-            updated_at_unix_s: c.now_unix_s,
-            ..current
-        }))
+        self.settle_once(&c)
+            .await?
+            .ok_or_else(|| StoreError::Backend("the payer's balance kept changing".into()))
     }
 
     async fn expire_due(&self, now_unix_s: u64) -> Result<Vec<TransactionRecord>, StoreError> {

@@ -109,12 +109,14 @@ async fn the_database_refuses_edits_and_the_chain_detects_them() {
     );
 }
 
-/// The commit trigger spells the lock out as a number; it must be ours.
+/// The commit triggers spell the lock out as a number; it must be ours.
 #[test]
-fn the_commit_trigger_takes_our_audit_lock() {
-    let (_, name, sql) = MIGRATIONS[1];
-    assert_eq!(name, "0002_chain_at_commit");
-    assert!(sql.contains(&format!("pg_advisory_xact_lock({AUDIT_LOCK})")));
+fn the_commit_triggers_take_our_audit_lock() {
+    for (i, expected) in [(1, "0002_chain_at_commit"), (2, "0003_post_at_commit")] {
+        let (_, name, sql) = MIGRATIONS[i];
+        assert_eq!(name, expected);
+        assert!(sql.contains(&format!("pg_advisory_xact_lock({AUDIT_LOCK})")));
+    }
 }
 
 /// Audit rows are chained when their write commits, with the hash the Rust
