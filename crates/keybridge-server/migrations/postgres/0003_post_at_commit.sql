@@ -23,14 +23,6 @@
 
 CREATE FUNCTION keybridge_post_transfer() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    -- The audit chain's lock first ('KB' then 1: AUDIT_LOCK in
-    -- store/postgres.rs). A write's commit takes it anyway for its audit rows
-    -- (migration 0002), but the two deferred triggers fire in the order the
-    -- write inserted their rows, which a pipelined write does not fix: one
-    -- commit could hold an account and wait for the lock while another held
-    -- the lock and waited for the account. Taken here first, the locks of
-    -- every commit come in one order: the chain's, then accounts by id.
-    PERFORM pg_advisory_xact_lock(1262616577);
     IF NEW.debit_account < NEW.credit_account THEN
         UPDATE accounts SET balance_minor = balance_minor - NEW.amount_minor
             WHERE id = NEW.debit_account;

@@ -18,14 +18,14 @@
 //!   payer's funds, read without a lock, are checked again there; a settle
 //!   that finds them spent runs again (`apply_signed_confirmation`);
 //! - on the audit log, which is one hash chain: each row's hash needs the
-//!   row before it. A write stages its audit rows (`audit_staging`), and a
-//!   deferred trigger chains them into `audit_log` when the write commits,
-//!   under one advisory lock ([`AUDIT_LOCK`]) held from there to the end of
-//!   the commit (migration `0002_chain_at_commit` says why the chain cannot
-//!   fork). So the serialised part is the trigger and the commit's WAL flush,
-//!   with no round trip to this process inside it. Before, each write held
-//!   the lock from its first audit row, across three round trips, to its
-//!   commit: every write of every instance passed through it one at a time.
+//!   row before it. A write stages its audit rows (`audit_staging`, in its
+//!   own transaction, so they commit or roll back with it), and the
+//!   [`sealer`] chains committed rows into `audit_log` in batches, one seal
+//!   at a time across instances ([`AUDIT_LOCK`]). So no write waits for
+//!   another's audit rows, and commits share WAL flushes. Reads of the audit
+//!   log seal first. Before, each write appended its own rows under that
+//!   lock and held it to the end of its commit: every write of every
+//!   instance passed through it one at a time.
 //!
 //! Compare-and-set updates (`WHERE status = 'pending'`, `last_counter <`)
 //! and unique indexes stay a second line of defence, as in the SQLite
@@ -59,6 +59,7 @@ use super::{
 use crate::payment::{self, PaymentDecision, PaymentFacts};
 
 pub mod scratch;
+pub(crate) mod sealer;
 pub(crate) mod web;
 
 /// Numbered migrations, applied in order and recorded in `schema_migrations`.
@@ -70,8 +71,8 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (
         2,
-        "0002_chain_at_commit",
-        include_str!("../../migrations/postgres/0002_chain_at_commit.sql"),
+        "0002_audit_staging",
+        include_str!("../../migrations/postgres/0002_audit_staging.sql"),
     ),
     (
         3,
@@ -80,9 +81,9 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
 ];
 
-/// The advisory lock that orders appends to the audit chain: the commit
-/// trigger of migration 0002 takes it (spelled out there as 1262616577),
-/// and so do migrations. An arbitrary constant: "KB" in ASCII, then 1.
+/// The advisory lock that orders appends to the audit chain: each seal
+/// takes it ([`sealer`]), and so do migrations. An arbitrary constant: "KB"
+/// in ASCII, then 1.
 const AUDIT_LOCK: i64 = 0x4b42_0001;
 
 /// How many times a settle runs when its commit keeps finding the payer's
@@ -100,6 +101,8 @@ type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// Stops when the last clone of this store is dropped.
+    _sealer: std::sync::Arc<sealer::Sealer>,
 }
 
 // Hand-written: the pool's configuration holds the connection's password.
@@ -183,55 +186,62 @@ impl PgStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Backend(format!("connection pool: {e}")))?;
-        let store = PgStore { pool };
-        store.migrate(now_unix_s).await?;
-        Ok(store)
+        migrate(&pool, now_unix_s).await?;
+        Ok(PgStore {
+            _sealer: std::sync::Arc::new(sealer::Sealer::start(pool.clone())),
+            pool,
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Backend(format!("database connection: {e}")))
+        pooled(&self.pool).await
     }
+}
 
-    async fn migrate(&self, now_unix_s: u64) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        for (version, name, sql) in MIGRATIONS {
-            // The lock first: instances starting together would otherwise
-            // race even on `CREATE TABLE IF NOT EXISTS`.
-            let tx = client.transaction().await.map_err(backend)?;
-            tx.batch_execute(&format!(
-                "SELECT pg_advisory_xact_lock({AUDIT_LOCK});
-                 CREATE TABLE IF NOT EXISTS schema_migrations (
-                     version    INTEGER PRIMARY KEY,
-                     name       TEXT NOT NULL,
-                     applied_at BIGINT NOT NULL
-                 )"
-            ))
+/// A connection from `pool`.
+async fn pooled(pool: &Pool) -> Result<deadpool_postgres::Client, StoreError> {
+    pool.get()
+        .await
+        .map_err(|e| StoreError::Backend(format!("database connection: {e}")))
+}
+
+/// Applies the migrations `pool`'s database has not had yet.
+async fn migrate(pool: &Pool, now_unix_s: u64) -> Result<(), StoreError> {
+    let mut client = pooled(pool).await?;
+    for (version, name, sql) in MIGRATIONS {
+        // The lock first: instances starting together would otherwise
+        // race even on `CREATE TABLE IF NOT EXISTS`.
+        let tx = client.transaction().await.map_err(backend)?;
+        tx.batch_execute(&format!(
+            "SELECT pg_advisory_xact_lock({AUDIT_LOCK});
+             CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version    INTEGER PRIMARY KEY,
+                 name       TEXT NOT NULL,
+                 applied_at BIGINT NOT NULL
+             )"
+        ))
+        .await
+        .map_err(backend)?;
+        let applied = tx
+            .query_opt(
+                "SELECT version FROM schema_migrations WHERE version = $1",
+                &[version],
+            )
             .await
             .map_err(backend)?;
-            let applied = tx
-                .query_opt(
-                    "SELECT version FROM schema_migrations WHERE version = $1",
-                    &[version],
-                )
-                .await
-                .map_err(backend)?;
-            if applied.is_none() {
-                tx.batch_execute(sql).await.map_err(backend)?;
-                tx.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
-                    &[version, name, &to_i64(now_unix_s)?],
-                )
-                .await
-                .map_err(backend)?;
-                tracing::info!(version, name, "applied migration");
-            }
-            tx.commit().await.map_err(backend)?;
+        if applied.is_none() {
+            tx.batch_execute(sql).await.map_err(backend)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                &[version, name, &to_i64(now_unix_s)?],
+            )
+            .await
+            .map_err(backend)?;
+            tracing::info!(version, name, "applied migration");
         }
-        Ok(())
+        tx.commit().await.map_err(backend)?;
     }
+    Ok(())
 }
 
 /// Parses a connection URL without ever echoing it: it may hold a password.
@@ -240,7 +250,7 @@ fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
         .map_err(|_| StoreError::Backend("the database URL does not parse".to_owned()))
 }
 
-/// Begins a write. Its commit takes [`AUDIT_LOCK`] if it staged audit rows.
+/// Begins a write.
 async fn begin_write(
     client: &mut deadpool_postgres::Client,
 ) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
@@ -464,9 +474,8 @@ async fn count_active_devices(
     to_u64(get(row, 0)?)
 }
 
-/// Stages one audit row in the caller's write; the write's commit chains it
-/// (migration `0002_chain_at_commit`), so nothing here waits for other
-/// writers.
+/// Stages one audit row in the caller's write; the [`sealer`] chains it
+/// once the write has committed, so nothing here waits for other writers.
 async fn append_audit(
     tx: &deadpool_postgres::Transaction<'_>,
     at_unix_s: u64,
@@ -1256,6 +1265,8 @@ impl Store for PgStore {
     }
 
     async fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError> {
+        // Every row committed before this call, chained.
+        sealer::seal_all(&self.pool).await?;
         let client = self.client().await?;
         let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq");
         select(&client, &sql, &[], |r| {

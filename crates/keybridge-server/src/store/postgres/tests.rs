@@ -109,21 +109,13 @@ async fn the_database_refuses_edits_and_the_chain_detects_them() {
     );
 }
 
-/// The commit triggers spell the lock out as a number; it must be ours.
-#[test]
-fn the_commit_triggers_take_our_audit_lock() {
-    for (i, expected) in [(1, "0002_chain_at_commit"), (2, "0003_post_at_commit")] {
-        let (_, name, sql) = MIGRATIONS[i];
-        assert_eq!(name, expected);
-        assert!(sql.contains(&format!("pg_advisory_xact_lock({AUDIT_LOCK})")));
-    }
-}
-
-/// Audit rows are chained when their write commits, with the hash the Rust
-/// side verifies (non-ASCII text and a missing transaction id included);
-/// a write that rolls back leaves nothing, and staging ends empty.
+/// Audit rows are staged with their write and chained once it has
+/// committed: by the sealer on its own, and before any read of the log. A
+/// write that rolls back leaves nothing; staging ends empty. The hashes are
+/// the ones the verifier checks (non-ASCII text, with and without a
+/// transaction id).
 #[tokio::test]
-async fn audit_rows_are_chained_at_commit_with_the_verified_hash() {
+async fn audit_rows_are_chained_after_their_write_commits() {
     let Some(store) = open().await else { return };
     let mut client = store.client().await.unwrap();
     let tx = begin_write(&mut client).await.unwrap();
@@ -140,15 +132,23 @@ async fn audit_rows_are_chained_at_commit_with_the_verified_hash() {
     append_audit(&tx, NOW + 2, Some(&id), "second_of_two", &detail)
         .await
         .unwrap();
-    // Staged, not yet chained: another connection sees no half-made chain.
-    let other = store.client().await.unwrap();
-    let chained: i64 = other
-        .query_one("SELECT count(*) FROM audit_log", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(chained, 0);
     tx.commit().await.unwrap();
+
+    // The background sealer chains them without anyone reading the log.
+    let count = |table: &'static str| {
+        let store = store.clone();
+        async move {
+            let c = store.client().await.unwrap();
+            let sql = format!("SELECT count(*) FROM {table}");
+            c.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0)
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while count("audit_log").await < 2 {
+        assert!(std::time::Instant::now() < deadline, "not sealed in 5 s");
+        tokio::time::sleep(sealer::PERIOD).await;
+    }
+    assert_eq!(count("audit_staging").await, 0);
 
     let log = store.audit_log().await.unwrap();
     let events: Vec<&str> = log.iter().map(|r| r.event.as_str()).collect();
@@ -156,12 +156,24 @@ async fn audit_rows_are_chained_at_commit_with_the_verified_hash() {
     assert_eq!(log[1].transaction_id, Some(id));
     assert!(log[1].detail.contains("Café 书店"));
     assert_eq!(store.verify_audit_chain().await.unwrap(), 2);
-    let staged: i64 = other
-        .query_one("SELECT count(*) FROM audit_staging", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(staged, 0);
+}
+
+/// A read of the audit log sees every audit row committed before it, even
+/// when no sealer has run since (this store's is stopped).
+#[tokio::test]
+async fn a_read_of_the_audit_log_seals_first() {
+    let Some(url) = scratch::database_or_skip().await else {
+        return;
+    };
+    let store = PgStore::connect(plain(&url), NOW).await.unwrap();
+    store._sealer.0.abort();
+    seed(&store).await;
+    let log = store.audit_log().await.unwrap();
+    assert!(log.len() >= 3, "{log:?}");
+    assert_eq!(
+        store.verify_audit_chain().await.unwrap(),
+        u64::try_from(log.len()).unwrap()
+    );
 }
 
 /// Many writes from two instances at once still make one unbroken chain.
