@@ -31,30 +31,78 @@ pub fn row_hash(
 
 /// Checks `rows` (in `seq` order, from the first) link up; returns how many.
 pub fn verify_chain(rows: &[AuditRecord]) -> Result<u64, StoreError> {
-    let mut prev = GENESIS_HASH;
-    let mut expected_seq: Option<u64> = None;
-    for row in rows {
-        if let Some(e) = expected_seq {
-            if row.seq != e {
-                return Err(StoreError::AuditChainBroken { seq: row.seq });
-            }
+    let mut check = ChainCheck::default();
+    check.feed(rows)?;
+    Ok(check.rows())
+}
+
+/// Checks a chain page by page from its first row, so a long log need not
+/// be held in memory at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainCheck {
+    prev: [u8; 32],
+    last_seq: Option<u64>,
+    rows: u64,
+}
+
+impl Default for ChainCheck {
+    fn default() -> ChainCheck {
+        ChainCheck {
+            prev: GENESIS_HASH,
+            last_seq: None,
+            rows: 0,
         }
-        let tx = row.transaction_id.map(|t| t.to_hex());
-        let hash = row_hash(
-            &prev,
-            row.seq,
-            row.at_unix_s,
-            tx.as_deref(),
-            &row.event,
-            &row.detail,
-        );
-        if row.prev_hash != prev || row.hash != hash {
-            return Err(StoreError::AuditChainBroken { seq: row.seq });
-        }
-        prev = hash;
-        expected_seq = Some(row.seq + 1);
     }
-    u64::try_from(rows.len()).map_err(|_| StoreError::Corrupt("audit length".into()))
+}
+
+impl ChainCheck {
+    /// Checks the rows that follow those fed so far, in `seq` order. The
+    /// first that does not link up (a hash that is not its own, a
+    /// `prev_hash` that is not the row before's, a gap in `seq`) is the
+    /// error, and the check stops there: rows after it are not counted.
+    pub fn feed(&mut self, rows: &[AuditRecord]) -> Result<(), StoreError> {
+        for row in rows {
+            let broken = StoreError::AuditChainBroken { seq: row.seq };
+            if self
+                .last_seq
+                .is_some_and(|last| last.checked_add(1) != Some(row.seq))
+            {
+                return Err(broken);
+            }
+            let tx = row.transaction_id.map(|t| t.to_hex());
+            let hash = row_hash(
+                &self.prev,
+                row.seq,
+                row.at_unix_s,
+                tx.as_deref(),
+                &row.event,
+                &row.detail,
+            );
+            if row.prev_hash != self.prev || row.hash != hash {
+                return Err(broken);
+            }
+            self.prev = hash;
+            self.last_seq = Some(row.seq);
+            self.rows += 1;
+        }
+        Ok(())
+    }
+
+    /// How many rows linked up.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// The `seq` of the last row that linked up.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.last_seq
+    }
+
+    /// The hash of the last row that linked up: what an operator can note
+    /// down (or publish) to tell later whether anything before it changed.
+    pub fn head(&self) -> Option<[u8; 32]> {
+        self.last_seq.map(|_| self.prev)
+    }
 }
 
 #[cfg(test)]
@@ -106,6 +154,30 @@ mod tests {
         let mut c = chain(5);
         c.swap(3, 4);
         assert!(verify_chain(&c).is_err());
+    }
+
+    #[test]
+    fn a_chain_checked_in_pages_is_checked_as_a_whole() {
+        let c = chain(7);
+        let mut check = ChainCheck::default();
+        for page in c.chunks(3) {
+            check.feed(page).unwrap();
+        }
+        assert_eq!(check.rows(), 7);
+        assert_eq!(check.last_seq(), Some(7));
+        assert_eq!(check.head(), Some(c[6].hash));
+        assert_eq!(ChainCheck::default().head(), None);
+
+        // A row removed at a page boundary still breaks it.
+        let mut c = chain(7);
+        c.remove(3);
+        let mut check = ChainCheck::default();
+        check.feed(&c[..3]).unwrap();
+        assert_eq!(
+            check.feed(&c[3..]),
+            Err(StoreError::AuditChainBroken { seq: 5 })
+        );
+        assert_eq!(check.rows(), 3);
     }
 
     #[test]

@@ -510,6 +510,31 @@ pub(crate) async fn every_state_change_is_audited_in_one_chain(store: &dyn Store
     assert_eq!(store.verify_audit_chain().await.unwrap(), 7);
 }
 
+/// The audit log reads in pages by `seq`, and the chain checks across
+/// page boundaries to the same head as in one piece.
+pub(crate) async fn the_audit_log_reads_in_pages(store: &dyn Store) {
+    seed(store).await;
+    for n in 1..=3u8 {
+        store
+            .insert_transaction(pending(n, &format!("k{n}"), 100))
+            .await
+            .unwrap();
+    }
+    let all = store.audit_log().await.unwrap();
+    assert_eq!(all.len(), 8);
+    let seqs = |rows: Vec<AuditRecord>| rows.iter().map(|r| r.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(store.audit_page(0, 3).await.unwrap()), [1, 2, 3]);
+    assert_eq!(seqs(store.audit_page(3, 3).await.unwrap()), [4, 5, 6]);
+    assert_eq!(seqs(store.audit_page(6, 3).await.unwrap()), [7, 8]);
+    assert!(store.audit_page(8, 3).await.unwrap().is_empty());
+    for page in [1, 2, 3, 8, 1_000] {
+        let (check, broken) = store.check_audit_chain_in_pages(page).await.unwrap();
+        assert_eq!(broken, None);
+        assert_eq!((check.rows(), check.last_seq()), (8, Some(8)));
+        assert_eq!(check.head(), Some(all[7].hash));
+    }
+}
+
 /// Answers to one transaction arriving together (two instances, or the
 /// socket and the HTTP fallback) pay once; and many transactions answered at
 /// once keep the books balanced, whatever order the backend runs them in.
@@ -740,7 +765,8 @@ macro_rules! contract_tests {
             concurrent_answers_pay_at_most_once,
             an_ended_transaction_queues_its_webhook_event,
             payments_both_ways_at_once_all_settle,
-            concurrent_payments_never_overdraw_the_payer
+            concurrent_payments_never_overdraw_the_payer,
+            the_audit_log_reads_in_pages
         );
     };
     (@each $open:expr; $($name:ident),*) => {

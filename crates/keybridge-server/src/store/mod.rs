@@ -234,7 +234,60 @@ pub trait Store: WebStore + Send + Sync + std::fmt::Debug {
         &self,
         id: &TransactionId,
     ) -> Result<Vec<TransferRecord>, StoreError>;
-    async fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError>;
+    /// At most `limit` audit rows with `seq > after_seq`, in `seq` order.
+    /// From the start (`after_seq` 0) it holds every row committed before
+    /// the call.
+    async fn audit_page(&self, after_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// The whole audit log, in `seq` order.
+    async fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut rows: Vec<AuditRecord> = Vec::new();
+        loop {
+            let after = rows.last().map_or(0, |r| r.seq);
+            let page = self.audit_page(after, AUDIT_PAGE).await?;
+            let done = page.len() < AUDIT_PAGE as usize;
+            rows.extend(page);
+            if done {
+                return Ok(rows);
+            }
+        }
+    }
+
+    /// Recomputes the hash chain from its first row, a page at a time; the
+    /// check as far as it got, and where it broke if it did.
+    async fn check_audit_chain(&self) -> Result<(audit::ChainCheck, Option<u64>), StoreError> {
+        self.check_audit_chain_in_pages(AUDIT_PAGE).await
+    }
+
+    /// [`Store::check_audit_chain`] reading `page` rows at a time.
+    async fn check_audit_chain_in_pages(
+        &self,
+        page: u32,
+    ) -> Result<(audit::ChainCheck, Option<u64>), StoreError> {
+        let mut check = audit::ChainCheck::default();
+        let mut after = 0;
+        loop {
+            let rows = self.audit_page(after, page).await?;
+            match check.feed(&rows) {
+                Ok(()) => {}
+                Err(StoreError::AuditChainBroken { seq }) => return Ok((check, Some(seq))),
+                Err(e) => return Err(e),
+            }
+            match rows.last() {
+                Some(last) if rows.len() == page as usize => after = last.seq,
+                _ => return Ok((check, None)),
+            }
+        }
+    }
+
     /// Recomputes the hash chain; returns the number of rows checked.
-    async fn verify_audit_chain(&self) -> Result<u64, StoreError>;
+    async fn verify_audit_chain(&self) -> Result<u64, StoreError> {
+        match self.check_audit_chain().await? {
+            (check, None) => Ok(check.rows()),
+            (_, Some(seq)) => Err(StoreError::AuditChainBroken { seq }),
+        }
+    }
 }
+
+/// Rows per page when the store reads the whole audit log.
+const AUDIT_PAGE: u32 = 1_000;

@@ -44,7 +44,6 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
-use super::audit;
 use super::rows::{
     self, corrupt, decode_account, decode_audit, decode_device, decode_transfer, decode_tx, hash32,
     issuance_account_id, to_i64, to_u64, ACCOUNT_COLUMNS, AUDIT_COLUMNS, DEVICE_COLUMNS,
@@ -1264,28 +1263,31 @@ impl Store for PgStore {
         .await
     }
 
-    async fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError> {
-        // Every row committed before this call, chained.
-        sealer::seal_all(&self.pool).await?;
+    async fn audit_page(&self, after_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        if after_seq == 0 {
+            // Every row committed before this call, chained.
+            sealer::seal_all(&self.pool).await?;
+        }
         let client = self.client().await?;
-        let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq");
-        select(&client, &sql, &[], |r| {
-            decode_audit((
-                get(r, 0)?,
-                get(r, 1)?,
-                get(r, 2)?,
-                get(r, 3)?,
-                get(r, 4)?,
-                get(r, 5)?,
-                get(r, 6)?,
-            ))
-        })
+        let sql =
+            format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2");
+        select(
+            &client,
+            &sql,
+            &[&to_i64(after_seq)?, &i64::from(limit)],
+            |r| {
+                decode_audit((
+                    get(r, 0)?,
+                    get(r, 1)?,
+                    get(r, 2)?,
+                    get(r, 3)?,
+                    get(r, 4)?,
+                    get(r, 5)?,
+                    get(r, 6)?,
+                ))
+            },
+        )
         .await
-    }
-
-    async fn verify_audit_chain(&self) -> Result<u64, StoreError> {
-        let rows = self.audit_log().await?;
-        audit::verify_chain(&rows)
     }
 }
 

@@ -1108,12 +1108,15 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError> {
-        self.run(|conn| {
+    async fn audit_page(&self, after_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        let after = to_i64(after_seq)?;
+        self.run(move |conn| {
             select(
                 conn,
-                &format!("SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq"),
-                [],
+                &format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+                ),
+                rusqlite::params![after, limit],
                 |r| {
                     Ok((
                         r.get(0)?,
@@ -1129,11 +1132,6 @@ impl Store for SqliteStore {
             )
         })
         .await
-    }
-
-    async fn verify_audit_chain(&self) -> Result<u64, StoreError> {
-        let rows = self.audit_log().await?;
-        audit::verify_chain(&rows)
     }
 }
 
