@@ -134,6 +134,20 @@ pub enum AdminCommand {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// Print the audit log in `seq` order: every state change, one hash chain.
+    Audit {
+        /// Start after this `seq` (0: from the first row).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many rows (1 to 500).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Have the server recompute the audit log's hash chain; exits with an
+    /// error if it is broken. Note the head hash it prints: a later check
+    /// that reaches the same row with the same hash shows nothing before it
+    /// changed.
+    VerifyAudit,
 }
 
 /// The PIV management key from `KEYBRIDGE_PIV_MANAGEMENT_KEY`, or the default.
@@ -336,6 +350,34 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let der = client.crl().await?;
             std::fs::write(&out, &der).with_context(|| format!("writing {}", out.display()))?;
             println!("CRL ({} bytes) written to {}", der.len(), out.display());
+        }
+        AdminCommand::Audit { after, limit } => {
+            for r in client.audit(after, limit).await? {
+                let tx = r.transaction_id.map(|t| t.to_hex()).unwrap_or_default();
+                println!(
+                    "{:>8} {} {:<26} {:<32} {} {}",
+                    r.seq,
+                    r.at_unix_s,
+                    r.event,
+                    tx,
+                    &r.hash_hex[..16],
+                    r.detail
+                );
+            }
+        }
+        AdminCommand::VerifyAudit => {
+            let v = client.verify_audit().await?;
+            let head = match (v.head_seq, v.head_hash_hex.as_deref()) {
+                (Some(seq), Some(hash)) => format!("head seq {seq}, hash {hash}"),
+                _ => "no rows yet".to_owned(),
+            };
+            match v.broken_at_seq {
+                None => println!("audit chain intact: {} rows, {head}", v.rows_checked),
+                Some(seq) => anyhow::bail!(
+                    "audit chain BROKEN at seq {seq}: {} rows link up before it ({head})",
+                    v.rows_checked
+                ),
+            }
         }
         AdminCommand::ListTransactions { limit } => {
             for t in client.transactions(limit).await? {

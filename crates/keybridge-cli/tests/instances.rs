@@ -134,6 +134,29 @@ async fn two_server_processes_on_one_database_confirm_a_payment_together() {
     let devices = admin_b.devices().await.unwrap();
     assert_eq!(devices[0].last_counter, 1);
 
+    // Both servers wrote audit rows; either one shows them in one intact
+    // chain, through the operator's commands.
+    let admin = |url: &str, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keybridge"))
+            .args(["admin", "--server", url])
+            .args(args)
+            .env("KEYBRIDGE_ADMIN_TOKEN", token)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let verified = admin(&a.url, &["verify-audit"]);
+    assert!(verified.starts_with("audit chain intact: "), "{verified}");
+    assert_eq!(admin(&b.url, &["verify-audit"]), verified);
+    let log = admin(&b.url, &["audit", "--limit", "500"]);
+    assert_eq!(log.matches(" transaction_settled ").count(), 1, "{log}");
+
     // How both servers are connected, as PostgreSQL sees it (this test's
     // own connection is plain and left out).
     let (db, connection) = tokio_postgres::connect(&database, tokio_postgres::NoTls)

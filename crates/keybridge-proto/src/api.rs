@@ -463,6 +463,45 @@ pub struct WebhookDeliveryView {
     pub delivered_at_unix_s: Option<u64>,
 }
 
+/// `GET /v1/admin/audit`: one row of the audit log, a link of its hash
+/// chain: `hash = SHA-256(prev_hash ‖ seq ‖ at ‖ len‖transaction_id ‖
+/// len‖event ‖ len‖detail)`, integers as 8 bytes big-endian, each text as
+/// its UTF-8 bytes after their length, a missing transaction id as the empty
+/// text; the first row's `prev_hash` is 32 zero bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditEntryView {
+    pub seq: u64,
+    pub at_unix_s: u64,
+    #[serde(default)]
+    pub transaction_id: Option<TransactionId>,
+    pub event: String,
+    /// The event's details (a JSON object) as the text that was hashed.
+    pub detail: String,
+    pub prev_hash_hex: String,
+    pub hash_hex: String,
+}
+
+/// `GET /v1/admin/audit/verify`: the audit log's hash chain recomputed
+/// from its first row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditVerification {
+    /// Every row links to the one before it, from the first to the last.
+    pub intact: bool,
+    /// How many rows link up, from the first (all of them when intact).
+    pub rows_checked: u64,
+    /// The last row that links up. Note its hash down: a later check that
+    /// still reaches this `seq` with this hash shows nothing up to it changed.
+    #[serde(default)]
+    pub head_seq: Option<u64>,
+    #[serde(default)]
+    pub head_hash_hex: Option<String>,
+    /// The first row that does not link up: edited, or after a gap.
+    #[serde(default)]
+    pub broken_at_seq: Option<u64>,
+}
+
 /// `GET /v1/accounts/{id}` (terminal): the account page of a payer this
 /// terminal has created transactions for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,11 +9,11 @@
 use std::sync::OnceLock;
 
 use keybridge_proto::api::{
-    AccountActivity, AccountView, Confirmation, CreateAccount, CreateTerminal, CreateTransaction,
-    DeclineReason, DeviceEnrolled, DeviceView, EnrollCsr, EnrollDevice, ErrorBody,
-    ImportCertificate, ProvisionOcra, Reason, RegisterWebhook, RelayAnswer, RelayMessage,
-    RenameDevice, SignatureMethod, TerminalCreated, TransactionStatus, TransactionView,
-    WebhookDeliveryView, WebhookEvent, WebhookRegistered, WebhookView,
+    AccountActivity, AccountView, AuditEntryView, AuditVerification, Confirmation, CreateAccount,
+    CreateTerminal, CreateTransaction, DeclineReason, DeviceEnrolled, DeviceView, EnrollCsr,
+    EnrollDevice, ErrorBody, ImportCertificate, ProvisionOcra, Reason, RegisterWebhook,
+    RelayAnswer, RelayMessage, RenameDevice, SignatureMethod, TerminalCreated, TransactionStatus,
+    TransactionView, WebhookDeliveryView, WebhookEvent, WebhookRegistered, WebhookView,
 };
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -34,7 +34,7 @@ use utoipa::{Modify, OpenApi};
         paths::enroll_device, paths::list_devices, paths::disable_device, paths::list_transactions, paths::ca_pem,
         paths::enroll_csr, paths::import_certificate, paths::provision_ocra, paths::get_device,
         paths::rename_device, paths::revoke_device, paths::crl,
-        paths::list_webhook_deliveries,
+        paths::list_webhook_deliveries, paths::audit, paths::verify_audit,
     ),
     components(schemas(
         ErrorBody, TransactionStatus, Reason, CreateTransaction, TransactionView,
@@ -42,6 +42,7 @@ use utoipa::{Modify, OpenApi};
         TerminalCreated, EnrollDevice, DeviceEnrolled, DeviceView, RegisterWebhook,
         WebhookRegistered, WebhookView, WebhookEvent, WebhookDeliveryView, AccountActivity,
         SignatureMethod, EnrollCsr, ImportCertificate, ProvisionOcra, RenameDevice,
+        AuditEntryView, AuditVerification,
     )),
     modifiers(&Bearers),
     tags(
@@ -291,6 +292,23 @@ mod paths {
             (status = 200, description = "Webhook events and their delivery state, newest first.", body = Vec<WebhookDeliveryView>),
             (status = "4XX", description = "`invalid_request`, `unauthorized`", body = ErrorBody)))]
     fn list_webhook_deliveries() {}
+
+    #[utoipa::path(get, path = "/v1/admin/audit", tag = "admin",
+        security(("admin_token" = [])),
+        params(
+            ("after" = Option<u64>, Query, description = "Rows with a greater `seq` (the last `seq` of the page before); default 0, from the first."),
+            ("limit" = Option<u32>, Query, description = "1 to 500, default 50.")),
+        responses(
+            (status = 200, description = "The audit log in `seq` order: every state change, each row a link of one hash chain. From the first row it holds every row committed before the request.", body = Vec<AuditEntryView>),
+            (status = "4XX", description = "`invalid_request`, `unauthorized`", body = ErrorBody)))]
+    fn audit() {}
+
+    #[utoipa::path(get, path = "/v1/admin/audit/verify", tag = "admin",
+        security(("admin_token" = [])),
+        responses(
+            (status = 200, description = "The hash chain recomputed from its first row; a broken chain is `intact: false` with the first row that does not link up.", body = AuditVerification),
+            (status = "4XX", description = "`unauthorized`", body = ErrorBody)))]
+    fn verify_audit() {}
 
     #[utoipa::path(post, path = "/v1/admin/devices/csr", tag = "admin",
         security(("admin_token" = [])),

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use keybridge_proto::api::{
-    AccountView, Confirmation, CreateAccount, CreateTerminal, CreateTransaction, DeviceEnrolled,
-    DeviceView, EnrollCsr, EnrollDevice, ErrorBody, ImportCertificate, ProvisionOcra, RenameDevice,
-    TerminalCreated, TransactionView,
+    AccountView, AuditEntryView, AuditVerification, Confirmation, CreateAccount, CreateTerminal,
+    CreateTransaction, DeviceEnrolled, DeviceView, EnrollCsr, EnrollDevice, ErrorBody,
+    ImportCertificate, ProvisionOcra, RenameDevice, TerminalCreated, TransactionView,
 };
 use keybridge_proto::{AccountId, TransactionId};
 use serde::de::DeserializeOwned;
@@ -245,5 +245,16 @@ impl Client {
     pub async fn transactions(&self, limit: u32) -> Result<Vec<TransactionView>, ClientError> {
         self.get(&format!("/v1/admin/transactions?limit={limit}"))
             .await
+    }
+
+    /// At most `limit` audit rows with `seq > after`, in `seq` order.
+    pub async fn audit(&self, after: u64, limit: u32) -> Result<Vec<AuditEntryView>, ClientError> {
+        self.get(&format!("/v1/admin/audit?after={after}&limit={limit}"))
+            .await
+    }
+
+    /// The server's check of the audit log's hash chain.
+    pub async fn verify_audit(&self) -> Result<AuditVerification, ClientError> {
+        self.get("/v1/admin/audit/verify").await
     }
 }

@@ -1,14 +1,15 @@
 //! Admin endpoints (bearer admin token): accounts, terminals, device
-//! enrolment and revocation, recent transactions, the CA certificate.
+//! enrolment and revocation, recent transactions, the audit log and its
+//! verification, the CA certificate.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use keybridge_proto::api::{
-    b64, AccountView, CreateAccount, CreateTerminal, DeviceEnrolled, DeviceView, EnrollCsr,
-    EnrollDevice, ImportCertificate, ProvisionOcra, RenameDevice, SignatureMethod, TerminalCreated,
-    TransactionView,
+    b64, AccountView, AuditEntryView, AuditVerification, CreateAccount, CreateTerminal,
+    DeviceEnrolled, DeviceView, EnrollCsr, EnrollDevice, ImportCertificate, ProvisionOcra,
+    RenameDevice, SignatureMethod, TerminalCreated, TransactionView,
 };
 use keybridge_proto::ocra::OtpauthUri;
 use keybridge_proto::{AccountId, Challenge, ConfirmationPayload, Money, TransactionId};
@@ -477,19 +478,81 @@ pub struct ListQuery {
     limit: Option<u32>,
 }
 
+/// A list's `limit`: [`LIST_LIMIT_DEFAULT`] if absent, at most [`LIST_LIMIT_MAX`].
+pub fn list_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit.unwrap_or(LIST_LIMIT_DEFAULT) {
+        n @ 1..=LIST_LIMIT_MAX => Ok(n),
+        _ => Err(ApiError::invalid(format!(
+            "limit must be 1 to {LIST_LIMIT_MAX}"
+        ))),
+    }
+}
+
 pub async fn list_transactions(
     State(state): State<AppState>,
     _: Admin,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<TransactionView>>, ApiError> {
-    let limit = query.limit.unwrap_or(LIST_LIMIT_DEFAULT);
-    if limit == 0 || limit > LIST_LIMIT_MAX {
-        return Err(ApiError::invalid(format!(
-            "limit must be 1 to {LIST_LIMIT_MAX}"
-        )));
-    }
+    let limit = list_limit(query.limit)?;
     let transactions = state.store.list_transactions(limit).await?;
     Ok(Json(transactions.iter().map(|t| t.view()).collect()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    after: Option<u64>,
+    limit: Option<u32>,
+}
+
+/// The audit log in `seq` order, a page at a time (`after` the last `seq`
+/// of the page before).
+pub async fn audit(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiQuery(query): ApiQuery<AuditQuery>,
+) -> Result<Json<Vec<AuditEntryView>>, ApiError> {
+    let limit = list_limit(query.limit)?;
+    let rows = state
+        .store
+        .audit_page(query.after.unwrap_or(0), limit)
+        .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| AuditEntryView {
+                seq: r.seq,
+                at_unix_s: r.at_unix_s,
+                transaction_id: r.transaction_id,
+                event: r.event,
+                detail: r.detail,
+                prev_hash_hex: hex::encode(r.prev_hash),
+                hash_hex: hex::encode(r.hash),
+            })
+            .collect(),
+    ))
+}
+
+/// Recomputes the whole chain. A broken chain is an answer (200, `intact:
+/// false`), not a failed request; it is also logged as an error.
+pub async fn verify_audit(
+    State(state): State<AppState>,
+    _: Admin,
+) -> Result<Json<AuditVerification>, ApiError> {
+    let (check, broken_at_seq) = state.store.check_audit_chain().await?;
+    if let Some(seq) = broken_at_seq {
+        tracing::error!(
+            seq,
+            rows_checked = check.rows(),
+            "the audit chain is broken"
+        );
+    }
+    Ok(Json(AuditVerification {
+        intact: broken_at_seq.is_none(),
+        rows_checked: check.rows(),
+        head_seq: check.last_seq(),
+        head_hash_hex: check.head().map(hex::encode),
+        broken_at_seq,
+    }))
 }
 
 pub async fn ca_pem(State(state): State<AppState>, _: Admin) -> impl IntoResponse {

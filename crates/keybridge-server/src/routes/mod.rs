@@ -73,6 +73,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/admin/devices/{id}/revoke", post(admin::revoke_device))
         .route("/v1/crl", get(admin::crl))
         .route("/v1/admin/transactions", get(admin::list_transactions))
+        .route("/v1/admin/audit", get(admin::audit))
+        .route("/v1/admin/audit/verify", get(admin::verify_audit))
         .route("/v1/admin/ca.pem", get(admin::ca_pem))
         .route(
             "/v1/admin/webhook-deliveries",

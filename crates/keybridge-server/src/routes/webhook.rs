@@ -6,7 +6,6 @@ use axum::Json;
 use keybridge_proto::api::{RegisterWebhook, WebhookDeliveryView, WebhookRegistered, WebhookView};
 use serde::Deserialize;
 
-use super::admin::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX};
 use super::extract::{Admin, ApiJson, ApiQuery, Terminal};
 use crate::error::ApiError;
 use crate::random;
@@ -83,12 +82,7 @@ pub async fn list_deliveries(
     _: Admin,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<WebhookDeliveryView>>, ApiError> {
-    let limit = query.limit.unwrap_or(LIST_LIMIT_DEFAULT);
-    if limit == 0 || limit > LIST_LIMIT_MAX {
-        return Err(ApiError::invalid(format!(
-            "limit must be 1 to {LIST_LIMIT_MAX}"
-        )));
-    }
+    let limit = super::admin::list_limit(query.limit)?;
     let deliveries = state.store.list_deliveries(limit).await?;
     Ok(Json(
         deliveries.iter().map(webhook::delivery_view).collect(),
