@@ -520,6 +520,17 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
 
     let after = balances(&admin).await?;
     print_balances(&log, "after", &after);
+    let audit = admin.verify_audit().await?;
+    log.line(
+        "audit",
+        &format!(
+            "hash chain {}: {} rows, head seq {} hash {}",
+            if audit.intact { "intact" } else { "BROKEN" },
+            audit.rows_checked,
+            audit.head_seq.unwrap_or(0),
+            audit.head_hash_hex.as_deref().map_or("-", |h| &h[..16]),
+        ),
+    );
     let last = admin
         .transactions(1)
         .await?
@@ -543,6 +554,8 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
             .unwrap_or(0);
         a - b
     };
+    // Every outcome, paid or not, is audited in one intact chain.
+    ok &= audit.intact;
     let paid = i64::try_from(last.amount_minor).unwrap_or(i64::MAX);
     let (payer_moved, payee_moved) = (moved(PAYER), moved(PAYEE));
     if status == TransactionStatus::Settled {

@@ -58,6 +58,19 @@ fn bench_runs_200_payments_and_reports_json() {
         report["ledger"]["merchant_credited_minor"], 20_000,
         "{report}"
     );
+    assert_audited(&report, 202);
+}
+
+/// The audit chain checks, and holds at least a creation and an end for
+/// each of `payments`.
+fn assert_audited(report: &serde_json::Value, payments: u64) {
+    assert_eq!(report["audit"]["intact"], true, "{report}");
+    assert!(
+        report["audit"]["rows_checked"]
+            .as_u64()
+            .is_some_and(|rows| rows >= 2 * payments),
+        "{report}"
+    );
 }
 
 /// The same smoke over the simulated BLE link with the secure channel, and
@@ -219,4 +232,5 @@ fn bench_runs_on_postgres() {
         report["ledger"]["merchant_credited_minor"], 10_000,
         "{report}"
     );
+    assert_audited(&report, 102);
 }

@@ -41,6 +41,7 @@ fn happy_path_settles_and_moves_exactly_the_amount() {
         "Confirm payment",
         "card signed (counter 1",
         "settled: CNY 12.34 paid to Corner Bookshop",
+        "hash chain intact: ",
     ] {
         assert!(out.contains(step), "missing {step:?} in:\n{out}");
     }
@@ -51,6 +52,7 @@ fn decline_on_the_card_moves_no_money() {
     let out = demo("decline");
     assert_outcome(&out, "rejected (declined)");
     assert!(out.contains("payer moved 0, payee moved 0"), "{out}");
+    assert!(out.contains("hash chain intact: "), "{out}");
 }
 
 #[test]

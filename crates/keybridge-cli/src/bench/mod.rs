@@ -206,11 +206,18 @@ async fn payments(
     let bar = harness.progress(bar, "{msg:>10} {bar:40} {pos}/{len} [{elapsed_precise}]")?;
     let run = load::drive(traffic, pace, length, bar).await?;
     let ledger = harness.ledger(&traffic.payers).await?.since(before)?;
+    // After the run, outside its figures: the audit chain the payments
+    // extended, recomputed by the server as an operator would ask for it.
+    let audit = harness.admin.verify_audit().await?;
     let crypto = crypto_limit(Duration::from_millis(1500));
     let mut report = payments_report(args, &run, crypto);
     report["ledger"] = serde_json::json!({
         "payers_debited_minor": ledger.payers_debited_minor,
         "merchant_credited_minor": ledger.merchant_credited_minor,
+    });
+    report["audit"] = serde_json::json!({
+        "intact": audit.intact,
+        "rows_checked": audit.rows_checked,
     });
     report["accounts"] = accounts_report(args.accounts, seeded);
     report["warmup_payments"] = warmed_up.into();
@@ -221,6 +228,9 @@ async fn payments(
     }
     if run.outcomes.latencies.is_empty() {
         bail!("no payment settled");
+    }
+    if let Some(seq) = audit.broken_at_seq {
+        bail!("the audit chain is broken at seq {seq}");
     }
     Ok(())
 }
@@ -400,6 +410,15 @@ fn print_payments(report: &serde_json::Value) {
         report["ledger"]["payers_debited_minor"],
         report["ledger"]["merchant_credited_minor"],
         report["warmup_payments"]
+    );
+    println!(
+        "audit chain          {} rows, {} (checked after the run)",
+        report["audit"]["rows_checked"],
+        if report["audit"]["intact"] == true {
+            "intact"
+        } else {
+            "BROKEN"
+        }
     );
     println!("peak RSS             {} KiB", report["peak_rss_kib"]);
     println!(
