@@ -234,3 +234,48 @@ fn bench_runs_on_postgres() {
     );
     assert_audited(&report, 102);
 }
+
+/// Two server instances on one PostgreSQL database: the relays on the
+/// first, the terminal on the second, so every payment crosses between them
+/// (requests and ends travel by NOTIFY). All settle once, and the books and
+/// the one audit chain agree. Without PostgreSQL, more than one instance is
+/// refused.
+#[test]
+fn bench_runs_across_two_instances_on_postgres() {
+    let refused = Command::new(env!("CARGO_BIN_EXE_keybridge"))
+        .args(["bench", "--payments", "10", "--instances", "2"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--store postgres:"),
+        "{refused:?}"
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(database) =
+        runtime.block_on(keybridge_server::store::postgres::scratch::database_or_skip())
+    else {
+        return;
+    };
+    let store = format!("postgres:{database}");
+    let report = bench_json(&[
+        "--payments",
+        "100",
+        "--cards",
+        "2",
+        "--instances",
+        "2",
+        "--store",
+        &store,
+    ]);
+    assert_eq!(report["instances"], 2, "{report}");
+    assert_eq!(report["payments_settled"], 100, "{report}");
+    assert_eq!(report["payments_failed"], 0, "{report}");
+    assert_eq!(report["ledger"]["payers_debited_minor"], 10_000, "{report}");
+    assert_eq!(
+        report["ledger"]["merchant_credited_minor"], 10_000,
+        "{report}"
+    );
+    assert_audited(&report, 102);
+}

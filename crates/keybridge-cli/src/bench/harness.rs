@@ -25,6 +25,8 @@ pub const PAYER_OPENING_MINOR: u64 = 1_000_000_000_000;
 pub struct HarnessConfig {
     /// `sqlite:DIR`, `postgres:URL`, or `None` for SQLite in a temporary directory.
     pub store: Option<String>,
+    /// Server instances on that store (more than one needs PostgreSQL).
+    pub instances: usize,
     /// How long a transaction may stay pending before the sweeper expires it.
     pub confirmation_ttl_s: u64,
     /// Hide progress bars (the output is one JSON object).
@@ -68,7 +70,10 @@ impl Ledger {
 /// A running server with its merchant and terminal.
 #[derive(Debug)]
 pub struct Harness {
+    /// The first instance: the admin client and the relays use it.
     pub server: RunningServer,
+    /// The other instances on the same database; the terminal uses the last.
+    others: Vec<RunningServer>,
     pub admin: Client,
     pub terminal: Client,
     pub merchant: AccountId,
@@ -99,7 +104,12 @@ impl Harness {
             keybridge_server::ServerConfig::new("127.0.0.1:0".parse()?, data_dir, token.clone());
         server_config.confirmation_ttl_s = config.confirmation_ttl_s;
         server_config.database_url = database_url;
-        let server = keybridge_server::start(server_config).await?;
+        let server = keybridge_server::start(server_config.clone()).await?;
+        // The others read the CA and master key the first one made.
+        let mut others = Vec::new();
+        for _ in 1..config.instances {
+            others.push(keybridge_server::start(server_config.clone()).await?);
+        }
         let url = format!("http://{}", server.addr);
         let admin = Client::new(&url, &token)?;
         let currency = Currency::from_code("CNY")?;
@@ -113,9 +123,13 @@ impl Harness {
             })
             .await?;
         let terminal_key = admin.create_terminal("bench").await?.api_key;
-        let terminal = Client::new(&url, &terminal_key)?;
+        let terminal_url = others
+            .last()
+            .map_or(url, |last| format!("http://{}", last.addr));
+        let terminal = Client::new(&terminal_url, &terminal_key)?;
         Ok(Harness {
             server,
+            others,
             admin,
             terminal,
             merchant,
@@ -127,6 +141,9 @@ impl Harness {
 
     /// Stops the server, then removes the temporary directory.
     pub async fn shutdown(self) {
+        for other in self.others {
+            other.shutdown().await;
+        }
         self.server.shutdown().await;
     }
 

@@ -99,6 +99,12 @@ pub struct BenchArgs {
     /// keeps its data (default: SQLite in a temp dir).
     #[arg(long)]
     pub store: Option<String>,
+    /// Server instances on the one database (more than 1 needs `--store
+    /// postgres:`): the relays hold their sockets to the first, the
+    /// terminals pay and wait on the last, so every payment crosses between
+    /// instances.
+    #[arg(long, default_value_t = 1)]
+    pub instances: usize,
     /// Print the figures as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -129,8 +135,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.pending == Some(0) {
         bail!("--pending must be at least 1");
     }
+    let on_postgres = args
+        .store
+        .as_deref()
+        .is_some_and(|s| s.starts_with("postgres:"));
+    if args.instances == 0 || (args.instances > 1 && !on_postgres) {
+        bail!("--instances must be 1, or more with --store postgres:URL");
+    }
     let harness = Harness::start(&HarnessConfig {
         store: args.store.clone(),
+        instances: args.instances,
         confirmation_ttl_s: match args.pending {
             Some(_) => PENDING_TTL_S,
             None => CONFIRMATION_TTL_S,
@@ -262,6 +276,7 @@ fn payments_report(args: &BenchArgs, run: &Run, crypto: f64) -> serde_json::Valu
     serde_json::json!({
         "mode": if args.rate.is_some() { "open-loop" } else { "closed-loop" },
         "transport": args.transport.name(),
+        "instances": args.instances,
         "cards": args.cards,
         "concurrency": if args.rate.is_some() { None } else { Some(args.concurrency) },
         "open_loop": open_loop,
@@ -375,6 +390,12 @@ fn print_payments(report: &serde_json::Value) {
         }
     }
     print_accounts(report);
+    if report["instances"].as_u64().is_some_and(|n| n > 1) {
+        println!(
+            "instances            {} on one database: relays on the first, terminals on the last",
+            report["instances"]
+        );
+    }
     let open = &report["open_loop"];
     if open.is_null() {
         println!("closed loop          {} in flight", report["concurrency"]);
