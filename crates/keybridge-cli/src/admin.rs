@@ -134,6 +134,14 @@ pub enum AdminCommand {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// List the terminals, disabled ones included.
+    ListTerminals,
+    /// Disable a terminal: its API key is refused from now on (say, after a
+    /// leak). Payments it already started go on to their end.
+    DisableTerminal {
+        #[arg(long)]
+        id: String,
+    },
     /// Print the audit log in `seq` order: every state change, one hash chain.
     Audit {
         /// Start after this `seq` (0: from the first row).
@@ -350,6 +358,15 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let der = client.crl().await?;
             std::fs::write(&out, &der).with_context(|| format!("writing {}", out.display()))?;
             println!("CRL ({} bytes) written to {}", der.len(), out.display());
+        }
+        AdminCommand::ListTerminals => {
+            for t in client.terminals().await? {
+                println!("{} {:<8} {}", t.id, t.status, t.name);
+            }
+        }
+        AdminCommand::DisableTerminal { id } => {
+            let t = client.disable_terminal(&id).await?;
+            println!("terminal {} {}", t.id, t.status);
         }
         AdminCommand::Audit { after, limit } => {
             for r in client.audit(after, limit).await? {

@@ -157,6 +157,27 @@ async fn two_server_processes_on_one_database_confirm_a_payment_together() {
     let log = admin(&b.url, &["audit", "--limit", "500"]);
     assert_eq!(log.matches(" transaction_settled ").count(), 1, "{log}");
 
+    // The till's key revoked through A: B lists it disabled, and refuses it.
+    let listed = admin(&b.url, &["list-terminals"]);
+    let till = listed.split_whitespace().next().unwrap().to_owned();
+    assert!(listed.contains(" active "), "{listed}");
+    let disabled = admin(&a.url, &["disable-terminal", "--id", &till]);
+    assert_eq!(disabled.trim(), format!("terminal {till} disabled"));
+    assert!(admin(&b.url, &["list-terminals"]).contains(" disabled "));
+    // B remembered the key from the payment; it forgets it when it hears
+    // from A, well within its cache's 30 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match terminal_b.get_transaction(&outcome.last.id, 0).await {
+            Err(keybridge_terminal::ClientError::Api { status: 401, .. }) => break,
+            other => assert!(
+                other.is_ok() && std::time::Instant::now() < deadline,
+                "{other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // How both servers are connected, as PostgreSQL sees it (this test's
     // own connection is plain and left out).
     let (db, connection) = tokio_postgres::connect(&database, tokio_postgres::NoTls)

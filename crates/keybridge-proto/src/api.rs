@@ -347,6 +347,18 @@ pub struct TerminalCreated {
     pub api_key: String,
 }
 
+/// `GET /v1/admin/terminals`, `POST /v1/admin/terminals/{id}/disable`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TerminalView {
+    pub id: String,
+    pub name: String,
+    /// `active`, or `disabled`: its API key authenticates nothing.
+    pub status: String,
+    #[serde(default)]
+    pub disabled_at_unix_s: Option<u64>,
+}
+
 /// `POST /v1/admin/devices`: issue a certificate for a card's public key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -47,6 +47,10 @@ pub enum HubEvent {
         device_id: String,
         account: AccountId,
     },
+    /// A terminal was disabled: every instance must stop accepting its API
+    /// key now. No subscriber needs it here; `peers` carries it to the
+    /// other instances, which forget the terminal.
+    TerminalDisabled { terminal_id: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -153,6 +157,7 @@ impl Hub {
                 let topic = Topic::Payer(account.clone());
                 self.inner.send(&topic, event);
             }
+            HubEvent::TerminalDisabled { .. } => {}
         }
     }
 

@@ -12,8 +12,9 @@ use keybridge_proto::api::{
     AccountActivity, AccountView, AuditEntryView, AuditVerification, Confirmation, CreateAccount,
     CreateTerminal, CreateTransaction, DeclineReason, DeviceEnrolled, DeviceView, EnrollCsr,
     EnrollDevice, ErrorBody, ImportCertificate, ProvisionOcra, Reason, RegisterWebhook,
-    RelayAnswer, RelayMessage, RenameDevice, SignatureMethod, TerminalCreated, TransactionStatus,
-    TransactionView, WebhookDeliveryView, WebhookEvent, WebhookRegistered, WebhookView,
+    RelayAnswer, RelayMessage, RenameDevice, SignatureMethod, TerminalCreated, TerminalView,
+    TransactionStatus, TransactionView, WebhookDeliveryView, WebhookEvent, WebhookRegistered,
+    WebhookView,
 };
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -35,6 +36,7 @@ use utoipa::{Modify, OpenApi};
         paths::enroll_csr, paths::import_certificate, paths::provision_ocra, paths::get_device,
         paths::rename_device, paths::revoke_device, paths::crl,
         paths::list_webhook_deliveries, paths::audit, paths::verify_audit,
+        paths::list_terminals, paths::disable_terminal,
     ),
     components(schemas(
         ErrorBody, TransactionStatus, Reason, CreateTransaction, TransactionView,
@@ -42,7 +44,7 @@ use utoipa::{Modify, OpenApi};
         TerminalCreated, EnrollDevice, DeviceEnrolled, DeviceView, RegisterWebhook,
         WebhookRegistered, WebhookView, WebhookEvent, WebhookDeliveryView, AccountActivity,
         SignatureMethod, EnrollCsr, ImportCertificate, ProvisionOcra, RenameDevice,
-        AuditEntryView, AuditVerification,
+        AuditEntryView, AuditVerification, TerminalView,
     )),
     modifiers(&Bearers),
     tags(
@@ -309,6 +311,21 @@ mod paths {
             (status = 200, description = "The hash chain recomputed from its first row; a broken chain is `intact: false` with the first row that does not link up.", body = AuditVerification),
             (status = "4XX", description = "`unauthorized`", body = ErrorBody)))]
     fn verify_audit() {}
+
+    #[utoipa::path(get, path = "/v1/admin/terminals", tag = "admin",
+        security(("admin_token" = [])),
+        responses(
+            (status = 200, description = "Every terminal, disabled ones included, by id.", body = Vec<TerminalView>),
+            (status = "4XX", description = "`unauthorized`", body = ErrorBody)))]
+    fn list_terminals() {}
+
+    #[utoipa::path(post, path = "/v1/admin/terminals/{id}/disable", tag = "admin",
+        security(("admin_token" = [])),
+        params(("id" = String, Path, description = "Terminal id.")),
+        responses(
+            (status = 200, description = "Disabled (again, it changes nothing): its API key is refused at once on this instance, on the others as soon as they hear of it, on every one within 30 s. Transactions it created go on to their end.", body = TerminalView),
+            (status = "4XX", description = "`unauthorized`, `not_found`", body = ErrorBody)))]
+    fn disable_terminal() {}
 
     #[utoipa::path(post, path = "/v1/admin/devices/csr", tag = "admin",
         security(("admin_token" = [])),

@@ -62,6 +62,7 @@ enum WireEvent {
     Created { id: TransactionId },
     Ended { id: TransactionId },
     DeviceDisabled { device_id: String },
+    TerminalDisabled { terminal_id: String },
 }
 
 impl WireEvent {
@@ -71,6 +72,9 @@ impl WireEvent {
             HubEvent::Ended { view } => WireEvent::Ended { id: view.id },
             HubEvent::DeviceDisabled { device_id, .. } => WireEvent::DeviceDisabled {
                 device_id: device_id.clone(),
+            },
+            HubEvent::TerminalDisabled { terminal_id } => WireEvent::TerminalDisabled {
+                terminal_id: terminal_id.clone(),
             },
         }
     }
@@ -99,6 +103,12 @@ impl WireEvent {
                     device_id: d.id,
                     account: d.account,
                 }),
+            WireEvent::TerminalDisabled { terminal_id } => store
+                .list_terminals()
+                .await?
+                .into_iter()
+                .find(|t| t.id == terminal_id && t.disabled_at_unix_s.is_some())
+                .map(|t| HubEvent::TerminalDisabled { terminal_id: t.id }),
         })
     }
 }
@@ -144,6 +154,8 @@ async fn run(
                 Err(error) => tracing::warn!(%error, "cannot reach the database for events"),
             }
         };
+        // A terminal disabled meanwhile elsewhere was not heard of here.
+        state.terminals.clear();
         tracing::info!("connected to other instances again");
     }
 }
@@ -284,9 +296,13 @@ async fn deliver(instance: &str, state: &AppState, text: &str) {
             return;
         }
     };
-    if let HubEvent::Ended { view } = &event {
+    match &event {
         // Created here, ended there: forget it here too.
-        state.pending.ended(&view.id);
+        HubEvent::Ended { view } => {
+            state.pending.ended(&view.id);
+        }
+        HubEvent::TerminalDisabled { terminal_id } => state.terminals.forget(terminal_id),
+        _ => {}
     }
     state.hub.publish_from_peer(event);
 }

@@ -274,3 +274,46 @@ async fn requests_work_again_after_the_database_drops_every_connection() {
     }
     a.assert_ledger_balanced().await;
 }
+
+/// A terminal disabled on B is refused by A at once, though A had just
+/// authenticated (and remembered) its key: A hears of it from B.
+#[tokio::test]
+async fn a_terminal_disabled_on_one_instance_is_refused_by_another_at_once() {
+    let Some((a, terminal, _card)) = on_postgres().await else {
+        return;
+    };
+    let b = a.another_instance().await;
+    assert_eq!(
+        a.pay(&terminal, 100).await.status,
+        TransactionStatus::Pending
+    );
+
+    let disabled = a
+        .http
+        .post(format!(
+            "http://{}/v1/admin/terminals/{}/disable",
+            b.addr, terminal.id
+        ))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(disabled.status(), StatusCode::OK);
+
+    // Well inside the cache's 30 s: only B's notification can explain a 401.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    for n in 0.. {
+        let r = a
+            .create(&terminal.api_key, &format!("after-{n}"), payment(100))
+            .await;
+        if r.status() == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A still accepts the key"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 use keybridge_proto::api::{
     AccountView, AuditEntryView, AuditVerification, Confirmation, CreateAccount, CreateTerminal,
     CreateTransaction, DeviceEnrolled, DeviceView, EnrollCsr, EnrollDevice, ErrorBody,
-    ImportCertificate, ProvisionOcra, RenameDevice, TerminalCreated, TransactionView,
+    ImportCertificate, ProvisionOcra, RenameDevice, TerminalCreated, TerminalView, TransactionView,
 };
 use keybridge_proto::{AccountId, TransactionId};
 use serde::de::DeserializeOwned;
@@ -245,6 +245,19 @@ impl Client {
     pub async fn transactions(&self, limit: u32) -> Result<Vec<TransactionView>, ClientError> {
         self.get(&format!("/v1/admin/transactions?limit={limit}"))
             .await
+    }
+
+    pub async fn terminals(&self) -> Result<Vec<TerminalView>, ClientError> {
+        self.get("/v1/admin/terminals").await
+    }
+
+    /// Revokes the terminal's API key.
+    pub async fn disable_terminal(&self, id: &str) -> Result<TerminalView, ClientError> {
+        self.post(
+            &format!("/v1/admin/terminals/{id}/disable"),
+            &serde_json::json!({}),
+        )
+        .await
     }
 
     /// At most `limit` audit rows with `seq > after`, in `seq` order.

@@ -1,4 +1,5 @@
-//! Admin endpoints (bearer admin token): accounts, terminals, device
+//! Admin endpoints (bearer admin token): accounts, terminals (and their
+//! revocation), device
 //! enrolment and revocation, recent transactions, the audit log and its
 //! verification, the CA certificate.
 
@@ -9,7 +10,7 @@ use axum::Json;
 use keybridge_proto::api::{
     b64, AccountView, AuditEntryView, AuditVerification, CreateAccount, CreateTerminal,
     DeviceEnrolled, DeviceView, EnrollCsr, EnrollDevice, ImportCertificate, ProvisionOcra,
-    RenameDevice, SignatureMethod, TerminalCreated, TransactionView,
+    RenameDevice, SignatureMethod, TerminalCreated, TerminalView, TransactionView,
 };
 use keybridge_proto::ocra::OtpauthUri;
 use keybridge_proto::{AccountId, Challenge, ConfirmationPayload, Money, TransactionId};
@@ -23,7 +24,9 @@ use crate::random;
 use crate::secret::sha256;
 use crate::secretbox::ocra_aad;
 use crate::state::AppState;
-use crate::store::{DeviceRecord, NewAccount, NewDevice, NewTerminal, OcraRecord, StoreError};
+use crate::store::{
+    DeviceRecord, NewAccount, NewDevice, NewTerminal, OcraRecord, StoreError, TerminalRecord,
+};
 
 const NAME_LEN_MAX: usize = 64;
 pub const LIST_LIMIT_DEFAULT: u32 = 50;
@@ -145,6 +148,49 @@ pub async fn create_terminal(
             api_key,
         }),
     ))
+}
+
+pub async fn list_terminals(
+    State(state): State<AppState>,
+    _: Admin,
+) -> Result<Json<Vec<TerminalView>>, ApiError> {
+    let terminals = state.store.list_terminals().await?;
+    Ok(Json(terminals.into_iter().map(terminal_view).collect()))
+}
+
+/// Revokes the terminal's API key with immediate effect here, on the other
+/// instances as soon as they hear of it, and on all within
+/// [`crate::terminal_cache::ENTRY_TTL`] whatever happens to the news.
+/// Transactions it created go on to their end.
+pub async fn disable_terminal(
+    State(state): State<AppState>,
+    _: Admin,
+    PathId(id): PathId,
+) -> Result<Json<TerminalView>, ApiError> {
+    let terminal = state
+        .store
+        .disable_terminal(&id, state.now_unix_s())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    state.terminals.forget(&terminal.id);
+    state.hub.publish(HubEvent::TerminalDisabled {
+        terminal_id: terminal.id.clone(),
+    });
+    tracing::info!(terminal = %terminal.id, "terminal disabled");
+    Ok(Json(terminal_view(terminal)))
+}
+
+fn terminal_view(t: TerminalRecord) -> TerminalView {
+    TerminalView {
+        status: match t.disabled_at_unix_s {
+            Some(_) => "disabled",
+            None => "active",
+        }
+        .to_owned(),
+        id: t.id,
+        name: t.name,
+        disabled_at_unix_s: t.disabled_at_unix_s,
+    }
 }
 
 /// `POST /v1/admin/devices` (kept for scripts): the built-in CA certifies a

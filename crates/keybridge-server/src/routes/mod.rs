@@ -53,7 +53,14 @@ pub fn app(state: AppState) -> Router {
             post(admin::create_account).get(admin::list_accounts),
         )
         .route("/v1/admin/accounts/{id}", get(admin::get_account))
-        .route("/v1/admin/terminals", post(admin::create_terminal))
+        .route(
+            "/v1/admin/terminals",
+            post(admin::create_terminal).get(admin::list_terminals),
+        )
+        .route(
+            "/v1/admin/terminals/{id}/disable",
+            post(admin::disable_terminal),
+        )
         .route(
             "/v1/admin/devices",
             post(admin::enroll_device).get(admin::list_devices),

@@ -142,6 +142,14 @@ pub trait Store: WebStore + Send + Sync + std::fmt::Debug {
 
     // Terminals.
     async fn create_terminal(&self, terminal: NewTerminal) -> Result<TerminalRecord, StoreError>;
+    /// Every terminal, disabled ones included, ordered by id.
+    async fn list_terminals(&self) -> Result<Vec<TerminalRecord>, StoreError>;
+    /// Disables the terminal (once, audited); `None` if there is none.
+    async fn disable_terminal(
+        &self,
+        terminal_id: &str,
+        now_unix_s: u64,
+    ) -> Result<Option<TerminalRecord>, StoreError>;
     async fn terminal_by_key_hash(
         &self,
         api_key_hash: [u8; 32],

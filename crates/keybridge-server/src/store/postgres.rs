@@ -78,6 +78,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0003_post_at_commit",
         include_str!("../../migrations/postgres/0003_post_at_commit.sql"),
     ),
+    (
+        4,
+        "0004_terminal_disabled",
+        include_str!("../../migrations/postgres/0004_terminal_disabled.sql"),
+    ),
 ];
 
 /// The advisory lock that orders appends to the audit chain: each seal
@@ -471,6 +476,23 @@ async fn count_active_devices(
         .first()
         .ok_or_else(|| corrupt("count returned no row"))?;
     to_u64(get(row, 0)?)
+}
+
+/// Every terminal, disabled ones included, ordered by id.
+async fn list_terminals(c: &impl GenericClient) -> Result<Vec<TerminalRecord>, StoreError> {
+    select(
+        c,
+        "SELECT id, name, disabled_at FROM terminals ORDER BY id",
+        &[],
+        |r| {
+            Ok(TerminalRecord {
+                id: get(r, 0)?,
+                name: get(r, 1)?,
+                disabled_at_unix_s: get::<Option<i64>>(r, 2)?.map(to_u64).transpose()?,
+            })
+        },
+    )
+    .await
 }
 
 /// Stages one audit row in the caller's write; the [`sealer`] chains it
@@ -928,7 +950,44 @@ impl Store for PgStore {
         Ok(TerminalRecord {
             id: terminal.id,
             name: terminal.name,
+            disabled_at_unix_s: None,
         })
+    }
+
+    async fn list_terminals(&self) -> Result<Vec<TerminalRecord>, StoreError> {
+        let client = self.client().await?;
+        list_terminals(&client).await
+    }
+
+    async fn disable_terminal(
+        &self,
+        terminal_id: &str,
+        now_unix_s: u64,
+    ) -> Result<Option<TerminalRecord>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = begin_write(&mut client).await?;
+        let changed = exec(
+            &tx,
+            "UPDATE terminals SET disabled_at = $1 WHERE id = $2 AND disabled_at IS NULL",
+            &[&to_i64(now_unix_s)?, &terminal_id],
+        )
+        .await?;
+        if changed == 1 {
+            append_audit(
+                &tx,
+                now_unix_s,
+                None,
+                "terminal_disabled",
+                &serde_json::json!({"terminal": terminal_id}),
+            )
+            .await?;
+        }
+        let terminal = list_terminals(&tx)
+            .await?
+            .into_iter()
+            .find(|t| t.id == terminal_id);
+        tx.commit().await.map_err(backend)?;
+        Ok(terminal)
     }
 
     async fn terminal_by_key_hash(
@@ -938,7 +997,7 @@ impl Store for PgStore {
         let client = self.client().await?;
         let rows = query(
             &client,
-            "SELECT id, name FROM terminals WHERE api_key_hash = $1",
+            "SELECT id, name FROM terminals WHERE api_key_hash = $1 AND disabled_at IS NULL",
             &[&api_key_hash.as_slice()],
         )
         .await?;
@@ -947,6 +1006,7 @@ impl Store for PgStore {
                 Ok(TerminalRecord {
                     id: get(r, 0)?,
                     name: get(r, 1)?,
+                    disabled_at_unix_s: None,
                 })
             })
             .transpose()

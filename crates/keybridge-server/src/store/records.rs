@@ -51,6 +51,8 @@ pub struct NewTerminal {
 pub struct TerminalRecord {
     pub id: String,
     pub name: String,
+    /// Set once the terminal is disabled: its API key authenticates nothing.
+    pub disabled_at_unix_s: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

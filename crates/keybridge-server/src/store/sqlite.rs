@@ -62,6 +62,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0007_answer_digest",
         include_str!("../../migrations/0007_answer_digest.sql"),
     ),
+    (
+        8,
+        "0008_terminal_disabled",
+        include_str!("../../migrations/0008_terminal_disabled.sql"),
+    ),
 ];
 
 const BUSY_TIMEOUT_MS: u64 = 5_000;
@@ -315,6 +320,22 @@ fn query_devices(
 ) -> Result<Vec<DeviceRecord>, StoreError> {
     let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices {where_clause}");
     select(conn, &sql, params, read_device_row, decode_device)
+}
+
+fn list_terminals(conn: &Connection) -> Result<Vec<TerminalRecord>, StoreError> {
+    select(
+        conn,
+        "SELECT id, name, disabled_at FROM terminals ORDER BY id",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, Option<i64>>(2)?)),
+        |(id, name, disabled_at)| {
+            Ok(TerminalRecord {
+                id,
+                name,
+                disabled_at_unix_s: disabled_at.map(to_u64).transpose()?,
+            })
+        },
+    )
 }
 
 fn get_device(conn: &Connection, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
@@ -708,6 +729,7 @@ impl Store for SqliteStore {
             Ok(TerminalRecord {
                 id: terminal.id,
                 name: terminal.name,
+                disabled_at_unix_s: None,
             })
         })
         .await
@@ -720,17 +742,51 @@ impl Store for SqliteStore {
         self.run(move |conn| {
             one_row(
                 conn,
-                "SELECT id, name FROM terminals WHERE api_key_hash = ?1",
+                "SELECT id, name FROM terminals WHERE api_key_hash = ?1 AND disabled_at IS NULL",
                 [api_key_hash.as_slice()],
                 |r| {
                     Ok(TerminalRecord {
                         id: r.get(0)?,
                         name: r.get(1)?,
+                        disabled_at_unix_s: None,
                     })
                 },
             )
             .optional()
             .map_err(backend)
+        })
+        .await
+    }
+
+    async fn list_terminals(&self) -> Result<Vec<TerminalRecord>, StoreError> {
+        self.run(list_terminals).await
+    }
+
+    async fn disable_terminal(
+        &self,
+        terminal_id: &str,
+        now_unix_s: u64,
+    ) -> Result<Option<TerminalRecord>, StoreError> {
+        let terminal_id = terminal_id.to_owned();
+        self.write(move |tx| {
+            let changed = exec(
+                tx,
+                "UPDATE terminals SET disabled_at = ?1 WHERE id = ?2 AND disabled_at IS NULL",
+                params![to_i64(now_unix_s)?, terminal_id],
+            )
+            .map_err(backend)?;
+            if changed == 1 {
+                append_audit(
+                    tx,
+                    now_unix_s,
+                    None,
+                    "terminal_disabled",
+                    &serde_json::json!({"terminal": terminal_id}),
+                )?;
+            }
+            Ok(list_terminals(tx)?
+                .into_iter()
+                .find(|t| t.id == terminal_id))
         })
         .await
     }
