@@ -104,10 +104,9 @@ impl WireEvent {
                     account: d.account,
                 }),
             WireEvent::TerminalDisabled { terminal_id } => store
-                .list_terminals()
+                .get_terminal(&terminal_id)
                 .await?
-                .into_iter()
-                .find(|t| t.id == terminal_id && t.disabled_at_unix_s.is_some())
+                .filter(|t| t.disabled_at_unix_s.is_some())
                 .map(|t| HubEvent::TerminalDisabled { terminal_id: t.id }),
         })
     }

@@ -144,6 +144,7 @@ pub trait Store: WebStore + Send + Sync + std::fmt::Debug {
     async fn create_terminal(&self, terminal: NewTerminal) -> Result<TerminalRecord, StoreError>;
     /// Every terminal, disabled ones included, ordered by id.
     async fn list_terminals(&self) -> Result<Vec<TerminalRecord>, StoreError>;
+    async fn get_terminal(&self, terminal_id: &str) -> Result<Option<TerminalRecord>, StoreError>;
     /// Disables the terminal (once, audited); `None` if there is none.
     async fn disable_terminal(
         &self,

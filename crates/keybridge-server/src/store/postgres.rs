@@ -478,21 +478,27 @@ async fn count_active_devices(
     to_u64(get(row, 0)?)
 }
 
-/// Every terminal, disabled ones included, ordered by id.
-async fn list_terminals(c: &impl GenericClient) -> Result<Vec<TerminalRecord>, StoreError> {
-    select(
-        c,
-        "SELECT id, name, disabled_at FROM terminals ORDER BY id",
-        &[],
-        |r| {
-            Ok(TerminalRecord {
-                id: get(r, 0)?,
-                name: get(r, 1)?,
-                disabled_at_unix_s: get::<Option<i64>>(r, 2)?.map(to_u64).transpose()?,
-            })
-        },
-    )
+async fn query_terminals(
+    c: &impl GenericClient,
+    where_clause: &str,
+    params: Params<'_>,
+) -> Result<Vec<TerminalRecord>, StoreError> {
+    let sql = format!("SELECT id, name, disabled_at FROM terminals {where_clause}");
+    select(c, &sql, params, |r| {
+        Ok(TerminalRecord {
+            id: get(r, 0)?,
+            name: get(r, 1)?,
+            disabled_at_unix_s: get::<Option<i64>>(r, 2)?.map(to_u64).transpose()?,
+        })
+    })
     .await
+}
+
+async fn get_terminal(
+    c: &impl GenericClient,
+    id: &str,
+) -> Result<Option<TerminalRecord>, StoreError> {
+    Ok(first(query_terminals(c, "WHERE id = $1", &[&id]).await?))
 }
 
 /// Stages one audit row in the caller's write; the [`sealer`] chains it
@@ -956,7 +962,12 @@ impl Store for PgStore {
 
     async fn list_terminals(&self) -> Result<Vec<TerminalRecord>, StoreError> {
         let client = self.client().await?;
-        list_terminals(&client).await
+        query_terminals(&client, "ORDER BY id", &[]).await
+    }
+
+    async fn get_terminal(&self, terminal_id: &str) -> Result<Option<TerminalRecord>, StoreError> {
+        let client = self.client().await?;
+        get_terminal(&client, terminal_id).await
     }
 
     async fn disable_terminal(
@@ -982,10 +993,7 @@ impl Store for PgStore {
             )
             .await?;
         }
-        let terminal = list_terminals(&tx)
-            .await?
-            .into_iter()
-            .find(|t| t.id == terminal_id);
+        let terminal = get_terminal(&tx, terminal_id).await?;
         tx.commit().await.map_err(backend)?;
         Ok(terminal)
     }

@@ -322,11 +322,16 @@ fn query_devices(
     select(conn, &sql, params, read_device_row, decode_device)
 }
 
-fn list_terminals(conn: &Connection) -> Result<Vec<TerminalRecord>, StoreError> {
+fn query_terminals(
+    conn: &Connection,
+    where_clause: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<TerminalRecord>, StoreError> {
+    let sql = format!("SELECT id, name, disabled_at FROM terminals {where_clause}");
     select(
         conn,
-        "SELECT id, name, disabled_at FROM terminals ORDER BY id",
-        [],
+        &sql,
+        params,
         |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, Option<i64>>(2)?)),
         |(id, name, disabled_at)| {
             Ok(TerminalRecord {
@@ -336,6 +341,12 @@ fn list_terminals(conn: &Connection) -> Result<Vec<TerminalRecord>, StoreError> 
             })
         },
     )
+}
+
+fn get_terminal(conn: &Connection, id: &str) -> Result<Option<TerminalRecord>, StoreError> {
+    Ok(query_terminals(conn, "WHERE id = ?1", [id])?
+        .into_iter()
+        .next())
 }
 
 fn get_device(conn: &Connection, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
@@ -759,7 +770,13 @@ impl Store for SqliteStore {
     }
 
     async fn list_terminals(&self) -> Result<Vec<TerminalRecord>, StoreError> {
-        self.run(list_terminals).await
+        self.run(|conn| query_terminals(conn, "ORDER BY id", []))
+            .await
+    }
+
+    async fn get_terminal(&self, terminal_id: &str) -> Result<Option<TerminalRecord>, StoreError> {
+        let terminal_id = terminal_id.to_owned();
+        self.run(move |conn| get_terminal(conn, &terminal_id)).await
     }
 
     async fn disable_terminal(
@@ -784,9 +801,7 @@ impl Store for SqliteStore {
                     &serde_json::json!({"terminal": terminal_id}),
                 )?;
             }
-            Ok(list_terminals(tx)?
-                .into_iter()
-                .find(|t| t.id == terminal_id))
+            get_terminal(tx, &terminal_id)
         })
         .await
     }

@@ -183,7 +183,7 @@ async fn chain_staged(tx: &impl GenericClient) -> Result<u64, StoreError> {
     )
     .await
     .map_err(backend)?;
-    to_u64(i64::try_from(staged.len()).map_err(|_| StoreError::Corrupt("batch".into()))?)
+    Ok(u64::try_from(columns.seq.len()).unwrap_or(u64::MAX))
 }
 
 /// The rows of one seal, column by column, for one `UNNEST` insert.
