@@ -171,17 +171,30 @@ pub async fn run_with_link(options: RelayOptions, link: CardLink) -> Result<(), 
         outbox: Mutex::new(None),
         waiting: Mutex::new(HashMap::new()),
     });
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = RECONNECT_PAUSE_FIRST;
     loop {
-        match session(&ctx).await {
+        match connect(&ctx).await {
             Err(RelayError::Unauthorized) => return Err(RelayError::Unauthorized),
-            Err(e) => tracing::warn!("server session ended: {e}"),
-            Ok(()) => tracing::info!("server closed the session"),
+            Err(e) => tracing::warn!("cannot open a session: {e}"),
+            Ok(ws) => {
+                // Connected: the next loss is a new outage, not this one
+                // going on, so it starts again from the shortest pause.
+                backoff = RECONNECT_PAUSE_FIRST;
+                match serve(&ctx, ws).await {
+                    Err(e) => tracing::warn!("server session ended: {e}"),
+                    Ok(()) => tracing::info!("server closed the session"),
+                }
+            }
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff = (backoff * 2).min(RECONNECT_PAUSE_MAX);
     }
 }
+
+/// Pause before reconnecting after a session ends; it doubles while the
+/// server stays unreachable, up to [`RECONNECT_PAUSE_MAX`].
+const RECONNECT_PAUSE_FIRST: Duration = Duration::from_millis(250);
+const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(5);
 
 /// A rustls connector trusting exactly the given PEM certificates, or `None`
 /// (plain `ws://`, or the library's default for `wss://`, which has no roots).
@@ -223,7 +236,11 @@ fn websocket_url(server: &str) -> String {
     format!("{base}/v1/relay")
 }
 
-async fn session(ctx: &Arc<Context>) -> Result<(), RelayError> {
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the session's WebSocket, authenticated by the device credential.
+async fn connect(ctx: &Arc<Context>) -> Result<Socket, RelayError> {
     let mut request = websocket_url(&ctx.options.credential.server)
         .into_client_request()
         .map_err(|e| RelayError::Protocol(e.to_string()))?;
@@ -248,6 +265,11 @@ async fn session(ctx: &Arc<Context>) -> Result<(), RelayError> {
             }
             Err(e) => return Err(RelayError::Protocol(e.to_string())),
         };
+    Ok(ws)
+}
+
+/// Serves one session: requests in, answers out, until the socket closes.
+async fn serve(ctx: &Arc<Context>, ws: Socket) -> Result<(), RelayError> {
     say!(
         ctx.options.quiet,
         "connected to {} as device {} for account {}",
@@ -276,9 +298,7 @@ async fn session(ctx: &Arc<Context>) -> Result<(), RelayError> {
     read
 }
 
-type Incoming = futures_util::stream::SplitStream<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
->;
+type Incoming = futures_util::stream::SplitStream<Socket>;
 
 async fn read_session(ctx: &Arc<Context>, incoming: &mut Incoming) -> Result<(), RelayError> {
     while let Some(message) = incoming.next().await {
@@ -384,6 +404,52 @@ async fn submit(
     Ok(ctx.client.submit_confirmation(&id, answer).await?)
 }
 
+/// First pause before an answer that did not reach the server is sent again;
+/// it doubles up to [`REDELIVER_PAUSE_MAX`].
+const REDELIVER_PAUSE_FIRST: Duration = Duration::from_millis(100);
+const REDELIVER_PAUSE_MAX: Duration = Duration::from_secs(2);
+
+/// [`submit`], again and again while the server cannot be reached or fails
+/// (HTTP 5xx, 429), until the request expires. Once the card has signed, its
+/// answer is the only one: the card's counter has moved on, so a payment
+/// whose answer was lost (the server restarting, the phone between networks)
+/// would otherwise hang until it expired, and the holder would be asked to
+/// sign again. Sending the same answer twice is safe: the server answers an
+/// answer it already applied with the stored outcome.
+async fn deliver(
+    ctx: &Arc<Context>,
+    id: TransactionId,
+    answer: &Confirmation,
+    expires_at_unix_s: u64,
+) -> Result<TransactionView, RelayError> {
+    let mut pause = REDELIVER_PAUSE_FIRST;
+    loop {
+        match submit(ctx, id, answer).await {
+            Err(RelayError::Server(e)) if is_transient(&e) && now_unix_s() < expires_at_unix_s => {
+                say!(
+                    ctx.options.quiet,
+                    "transaction {id}: {e}; sending the answer again in {} ms",
+                    pause.as_millis()
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(REDELIVER_PAUSE_MAX);
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Whether the server may take the same answer later: it was not reached, or
+/// it failed or was too busy to judge it. Any other answer is the server's
+/// judgement and final.
+fn is_transient(e: &ClientError) -> bool {
+    match e {
+        ClientError::Http(_) => true,
+        ClientError::Api { status, .. } => *status >= 500 || *status == 429,
+        _ => false,
+    }
+}
+
 fn now_unix_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -439,7 +505,9 @@ async fn confirm(
         let answer = Confirmation::Declined {
             reason: DeclineReason::Declined,
         };
-        return Ok(Some(submit(ctx, id, &answer).await?));
+        return Ok(Some(
+            deliver(ctx, id, &answer, payload.expires_at_unix_s).await?,
+        ));
     }
     let to_sign = match ctx.options.tamper {
         Some(t) => {
@@ -526,7 +594,9 @@ async fn confirm(
         }
     };
     say!(ctx.options.quiet, "submitting to the server");
-    Ok(Some(submit(ctx, id, &answer).await?))
+    Ok(Some(
+        deliver(ctx, id, &answer, payload.expires_at_unix_s).await?,
+    ))
 }
 
 /// Runs the card conversation on a blocking thread, retrying when the card

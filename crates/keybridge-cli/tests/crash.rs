@@ -1,0 +1,339 @@
+//! Crash safety: `keybridge server` on its default SQLite store is killed
+//! with SIGKILL (no shutdown, no flush, a commit possibly half written) three
+//! times while tills pay through it, and restarted each time on the same data
+//! directory and port. The tills retry with their idempotency keys, as a real
+//! till does after a lost connection; the phone's relay and the card (a
+//! `keybridge card` process on the relay's vpcd reader) carry on.
+//!
+//! After the last restart the test reads everything back through the
+//! operator's API and checks what a payment system promises across a crash:
+//! - every order ended, in exactly one transaction (no order paid twice);
+//! - every "settled" a till heard is settled in the store, and nothing else is
+//!   (a terminal never hears of money that a crash then takes back);
+//! - the payer lost, and the shop gained, exactly the settled amounts;
+//! - the audit chain is intact and records each settlement once;
+//! - the card's signature counter covers every settlement.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::removal::{card, enrol_and_start_relay, request, Killed, AMOUNT};
+use keybridge_proto::api::{CreateAccount, TransactionStatus};
+use keybridge_proto::AccountId;
+use keybridge_relay::{CardLink, CardLinkSpec};
+use keybridge_terminal::Client;
+use keybridge_testkit::cny;
+
+/// Alice can pay every order of the test many times over.
+const ALICE_OPENING: u64 = 100_000_000;
+/// Tills paying at once.
+const TILLS: usize = 4;
+/// Times the server is killed.
+const KILLS: usize = 3;
+/// Payments settled between two kills (and after the last restart).
+const SETTLED_BETWEEN_KILLS: u64 = 12;
+
+/// One `keybridge server` process on a fixed port and data directory.
+struct Server {
+    data_dir: PathBuf,
+    port: u16,
+    process: Option<Killed>,
+    started: usize,
+}
+
+impl Server {
+    fn start(data_dir: &Path, port: u16) -> Server {
+        let mut server = Server {
+            data_dir: data_dir.to_owned(),
+            port,
+            process: None,
+            started: 0,
+        };
+        server.restart();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the process with SIGKILL (`Child::kill` on Unix): no handler
+    /// runs, nothing is flushed.
+    fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.0.kill().expect("SIGKILL the server");
+            process.0.wait().expect("reap the server");
+        }
+    }
+
+    /// Starts a process on the same data directory and port, and waits until
+    /// it listens.
+    fn restart(&mut self) {
+        self.started += 1;
+        let ready = self
+            .data_dir
+            .with_file_name(format!("ready-{}", self.started));
+        let log = std::fs::File::create(self.log_path(self.started)).unwrap();
+        let process = Killed(
+            Command::new(env!("CARGO_BIN_EXE_keybridge"))
+                .args(["server", "--listen", &format!("127.0.0.1:{}", self.port)])
+                .arg("--data-dir")
+                .arg(&self.data_dir)
+                .arg("--ready-file")
+                .arg(&ready)
+                .env_remove("KEYBRIDGE_DATABASE_URL")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start keybridge server"),
+        );
+        self.process = Some(process);
+        // The port may still be held for a moment by the killed process's
+        // sockets; the server retries nothing, so a failed start shows here.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready.exists() {
+            let exited = self
+                .process
+                .as_mut()
+                .and_then(|p| p.0.try_wait().ok().flatten());
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "server start {} failed ({exited:?}):\n{}",
+                self.started,
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_path(&self, start: usize) -> PathBuf {
+        self.data_dir.with_file_name(format!("server-{start}.log"))
+    }
+
+    fn logs(&self) -> String {
+        (1..=self.started)
+            .map(|n| {
+                let text = std::fs::read_to_string(self.log_path(n)).unwrap_or_default();
+                format!("--- server run {n}\n{text}")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// What one till saw of one order: the final status it was told, and how
+/// many requests it took (more than one: a crash cut a request off).
+#[derive(Debug, Clone)]
+struct Heard {
+    status: TransactionStatus,
+    attempts: u32,
+}
+
+/// Pays orders `T{till}-{n}` one after another until `stop`, retrying each
+/// with its idempotency key until the server tells a final status.
+async fn till(
+    client: Client,
+    till: usize,
+    stop: Arc<AtomicBool>,
+    settled: Arc<AtomicU64>,
+    heard: Arc<Mutex<HashMap<String, Heard>>>,
+) {
+    let mut n = 0;
+    while !stop.load(Ordering::SeqCst) {
+        n += 1;
+        let order = format!("T{till}-{n}");
+        let paying = keybridge_terminal::PayRequest {
+            wait_max: Duration::from_secs(20),
+            ..request(&order)
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut attempts = 0;
+        let status = loop {
+            attempts += 1;
+            match keybridge_terminal::pay_waiting(&client, &paying).await {
+                Ok(outcome) if outcome.last.status.is_final() => break outcome.last.status,
+                // Still pending when the wait ran out, or the request was cut
+                // off by a crash: ask again with the same key.
+                Ok(_) | Err(_) => {
+                    assert!(Instant::now() < deadline, "order {order} never ended");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        if status == TransactionStatus::Settled {
+            settled.fetch_add(1, Ordering::SeqCst);
+        }
+        heard
+            .lock()
+            .unwrap()
+            .insert(order, Heard { status, attempts });
+    }
+}
+
+/// Waits until `count` reaches `target`, or panics with the server's logs.
+async fn reach(count: &AtomicU64, target: u64, server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count.load(Ordering::SeqCst) < target {
+        assert!(
+            Instant::now() < deadline,
+            "payments stopped settling at {} of {target}:\n{}",
+            count.load(Ordering::SeqCst),
+            server.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_survive_the_server_killed_three_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("server");
+    let port = keybridge_transport::port::listen_port().unwrap();
+    let mut server = Server::start(&data_dir, port);
+    let token = std::fs::read_to_string(data_dir.join("admin-token")).unwrap();
+    let token = token.trim().to_owned();
+    let admin = Client::new(&server.url(), &token).unwrap();
+    for (id, opening_balance_minor) in [("alice", ALICE_OPENING), ("shop", 0)] {
+        admin
+            .create_account(&CreateAccount {
+                id: AccountId::new(id).unwrap(),
+                display_name: id.into(),
+                currency: cny(),
+                opening_balance_minor,
+            })
+            .await
+            .unwrap();
+    }
+    let terminal_key = admin.create_terminal("till").await.unwrap().api_key;
+
+    // Alice's card on the relay's own vpcd reader, enrolled, then serving.
+    let card_port = keybridge_transport::port::listen_port().unwrap();
+    let spec = CardLinkSpec::VpcdListen(format!("127.0.0.1:{card_port}"));
+    let enrol = CardLink::open(&spec).unwrap();
+    let state = dir.path().join("card.json");
+    let link = format!("vpcd=127.0.0.1:{card_port}");
+    let enrolling = card(&state, &link, "approve", true);
+    enrol_and_start_relay(&admin, enrol, enrolling, spec, Duration::from_secs(10)).await;
+    let (_signing_card, _card_lines) = card(&state, &link, "approve", false);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let settled = Arc::new(AtomicU64::new(0));
+    let heard = Arc::new(Mutex::new(HashMap::new()));
+    let tills: Vec<_> = (0..TILLS)
+        .map(|n| {
+            let client = Client::new(&server.url(), &terminal_key).unwrap();
+            tokio::spawn(till(
+                client,
+                n,
+                stop.clone(),
+                settled.clone(),
+                heard.clone(),
+            ))
+        })
+        .collect();
+
+    for kill in 1..=KILLS {
+        let target = settled.load(Ordering::SeqCst) + SETTLED_BETWEEN_KILLS;
+        reach(&settled, target, &server).await;
+        // Kill at a different point of the payments in flight each time.
+        tokio::time::sleep(Duration::from_millis(7 * kill as u64)).await;
+        server.kill();
+        // Down long enough for requests to fail and the relay to lose its socket.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        server.restart();
+    }
+    let target = settled.load(Ordering::SeqCst) + SETTLED_BETWEEN_KILLS;
+    reach(&settled, target, &server).await;
+    stop.store(true, Ordering::SeqCst);
+    for t in tills {
+        if let Err(e) = t.await {
+            panic!("a till failed: {e}\n{}", server.logs());
+        }
+    }
+
+    let heard = heard.lock().unwrap().clone();
+    let retried = heard.values().filter(|h| h.attempts > 1).count();
+    assert!(
+        retried > 0,
+        "no till request was cut off by a kill, so nothing was tested"
+    );
+
+    // Every order is one transaction in the store, ended as its till heard.
+    let stored = admin.transactions(500).await.unwrap();
+    assert!(stored.len() < 500, "more transactions than one page");
+    let mut by_order: HashMap<&str, Vec<TransactionStatus>> = HashMap::new();
+    for t in &stored {
+        by_order.entry(&t.order_id).or_default().push(t.status);
+    }
+    assert_eq!(by_order.len(), heard.len(), "orders stored vs heard");
+    for (order, h) in &heard {
+        assert_eq!(
+            by_order.get(order.as_str()).map(Vec::as_slice),
+            Some(&[h.status][..]),
+            "order {order} (the till heard {h:?})"
+        );
+    }
+
+    // No payment lost to a crash: the card's signatures all counted.
+    let settled_n = u64::try_from(
+        heard
+            .values()
+            .filter(|h| h.status == TransactionStatus::Settled)
+            .count(),
+    )
+    .unwrap();
+    assert_eq!(
+        settled_n,
+        u64::try_from(heard.len()).unwrap(),
+        "every order settles in the end: {heard:?}\n{}",
+        server.logs()
+    );
+
+    // The books: exactly the settled amounts moved.
+    let amount = u64::try_from(AMOUNT).unwrap();
+    let balance = |id: &str| {
+        let admin = &admin;
+        let id = AccountId::new(id).unwrap();
+        async move { admin.account(&id).await.unwrap().balance_minor }
+    };
+    let paid = i64::try_from(settled_n * amount).unwrap();
+    assert_eq!(
+        balance("alice").await,
+        i64::try_from(ALICE_OPENING).unwrap() - paid
+    );
+    assert_eq!(balance("shop").await, paid);
+
+    // The audit chain survived the crashes whole, one settlement row each.
+    let verified = admin.verify_audit().await.unwrap();
+    assert!(verified.intact, "{verified:?}");
+    let mut settlements = 0;
+    let mut after = 0;
+    loop {
+        let page = admin.audit(after, 500).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        settlements += page
+            .iter()
+            .filter(|e| e.event == "transaction_settled")
+            .count();
+    }
+    assert_eq!(u64::try_from(settlements).unwrap(), settled_n);
+
+    let devices = admin.devices().await.unwrap();
+    assert!(
+        u64::from(devices[0].last_counter) >= settled_n,
+        "{devices:?}"
+    );
+    eprintln!(
+        "crash test: {} orders, {retried} cut off by a kill and retried, {} server runs",
+        heard.len(),
+        server.started
+    );
+}
