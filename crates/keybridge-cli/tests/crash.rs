@@ -1,9 +1,12 @@
-//! Crash safety: `keybridge server` on its default SQLite store is killed
-//! with SIGKILL (no shutdown, no flush, a commit possibly half written) three
-//! times while tills pay through it, and restarted each time on the same data
-//! directory and port. The tills retry with their idempotency keys, as a real
-//! till does after a lost connection; the phone's relay and the card (a
-//! `keybridge card` process on the relay's vpcd reader) carry on.
+//! Crash safety: `keybridge server` is killed with SIGKILL (no shutdown, no
+//! flush, a commit possibly half written) while tills pay through it, and
+//! restarted each time on the same data directory and port. The tills retry
+//! with their idempotency keys, as a real till does after a lost connection;
+//! the phone's relay and the card (a `keybridge card` process on the relay's
+//! vpcd reader) carry on. Two set-ups:
+//! - the default SQLite store, one server, killed three times;
+//! - PostgreSQL with two servers, the relay's socket on one and the tills on
+//!   the other, each killed in turn (four kills) while the other runs on.
 //!
 //! After the last restart the test reads everything back through the
 //! operator's API and checks what a payment system promises across a crash:
@@ -27,6 +30,7 @@ use common::removal::{card, enrol_and_start_relay, request, Killed, AMOUNT};
 use keybridge_proto::api::{CreateAccount, TransactionStatus};
 use keybridge_proto::AccountId;
 use keybridge_relay::{CardLink, CardLinkSpec};
+use keybridge_server::store::postgres::scratch;
 use keybridge_terminal::Client;
 use keybridge_testkit::cny;
 
@@ -34,24 +38,27 @@ use keybridge_testkit::cny;
 const ALICE_OPENING: u64 = 100_000_000;
 /// Tills paying at once.
 const TILLS: usize = 4;
-/// Times the server is killed.
-const KILLS: usize = 3;
 /// Payments settled between two kills (and after the last restart).
 const SETTLED_BETWEEN_KILLS: u64 = 12;
 
-/// One `keybridge server` process on a fixed port and data directory.
+/// One `keybridge server` process on a fixed port and data directory, on
+/// SQLite there or on a PostgreSQL database.
 struct Server {
+    name: &'static str,
     data_dir: PathBuf,
+    database: Option<String>,
     port: u16,
     process: Option<Killed>,
     started: usize,
 }
 
 impl Server {
-    fn start(data_dir: &Path, port: u16) -> Server {
+    fn start(name: &'static str, data_dir: &Path, database: Option<&str>) -> Server {
         let mut server = Server {
+            name,
             data_dir: data_dir.to_owned(),
-            port,
+            database: database.map(str::to_owned),
+            port: keybridge_transport::port::listen_port().unwrap(),
             process: None,
             started: 0,
         };
@@ -78,22 +85,26 @@ impl Server {
         self.started += 1;
         let ready = self
             .data_dir
-            .with_file_name(format!("ready-{}", self.started));
+            .with_file_name(format!("{}-ready-{}", self.name, self.started));
         let log = std::fs::File::create(self.log_path(self.started)).unwrap();
-        let process = Killed(
-            Command::new(env!("CARGO_BIN_EXE_keybridge"))
-                .args(["server", "--listen", &format!("127.0.0.1:{}", self.port)])
-                .arg("--data-dir")
-                .arg(&self.data_dir)
-                .arg("--ready-file")
-                .arg(&ready)
-                .env_remove("KEYBRIDGE_DATABASE_URL")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("start keybridge server"),
-        );
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keybridge"));
+        command
+            .args(["server", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--ready-file")
+            .arg(&ready)
+            .env_remove("KEYBRIDGE_DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(database) = &self.database {
+            command.env("KEYBRIDGE_DATABASE_URL", database);
+            if let Ok(ca) = std::env::var(scratch::CA_ENV) {
+                command.env("KEYBRIDGE_DATABASE_CA_CERT", ca);
+            }
+        }
+        let process = Killed(command.spawn().expect("start keybridge server"));
         self.process = Some(process);
         // The port may still be held for a moment by the killed process's
         // sockets; the server retries nothing, so a failed start shows here.
@@ -105,7 +116,8 @@ impl Server {
                 .and_then(|p| p.0.try_wait().ok().flatten());
             assert!(
                 exited.is_none() && Instant::now() < deadline,
-                "server start {} failed ({exited:?}):\n{}",
+                "server {} start {} failed ({exited:?}):\n{}",
+                self.name,
                 self.started,
                 self.logs()
             );
@@ -114,14 +126,15 @@ impl Server {
     }
 
     fn log_path(&self, start: usize) -> PathBuf {
-        self.data_dir.with_file_name(format!("server-{start}.log"))
+        self.data_dir
+            .with_file_name(format!("{}-{start}.log", self.name))
     }
 
     fn logs(&self) -> String {
         (1..=self.started)
             .map(|n| {
                 let text = std::fs::read_to_string(self.log_path(n)).unwrap_or_default();
-                format!("--- server run {n}\n{text}")
+                format!("--- server {} run {n}\n{text}", self.name)
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -177,15 +190,24 @@ async fn till(
     }
 }
 
-/// Waits until `count` reaches `target`, or panics with the server's logs.
-async fn reach(count: &AtomicU64, target: u64, server: &Server) {
+/// Every server's log, for a failure's message.
+fn logs(servers: &[Server]) -> String {
+    servers
+        .iter()
+        .map(Server::logs)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Waits until `count` reaches `target`, or panics with the servers' logs.
+async fn reach(count: &AtomicU64, target: u64, servers: &[Server]) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while count.load(Ordering::SeqCst) < target {
         assert!(
             Instant::now() < deadline,
             "payments stopped settling at {} of {target}:\n{}",
             count.load(Ordering::SeqCst),
-            server.logs()
+            logs(servers)
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -194,12 +216,38 @@ async fn reach(count: &AtomicU64, target: u64, server: &Server) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payments_survive_the_server_killed_three_times() {
     let dir = tempfile::tempdir().unwrap();
+    let server = Server::start("server", &dir.path().join("server"), None);
+    pay_through_kills(&dir, vec![server], 0, 0, &[0, 0, 0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_survive_each_of_two_postgres_servers_killed_in_turn() {
+    let Some(database) = scratch::database_or_skip().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("server");
-    let port = keybridge_transport::port::listen_port().unwrap();
-    let mut server = Server::start(&data_dir, port);
-    let token = std::fs::read_to_string(data_dir.join("admin-token")).unwrap();
+    // A first: it creates the CA, master key and admin token that B reads.
+    let a = Server::start("a", &data_dir, Some(&database));
+    let b = Server::start("b", &data_dir, Some(&database));
+    pay_through_kills(&dir, vec![a, b], 0, 1, &[0, 1, 0, 1]).await;
+}
+
+/// Alice's card serves a relay on `servers[relay_on]`, [`TILLS`] tills pay
+/// through `servers[tills_on]`, and `servers[k]` is killed and restarted for
+/// each `k` of `kills`, each time after [`SETTLED_BETWEEN_KILLS`] more
+/// payments settled. Then everything is read back and checked.
+async fn pay_through_kills(
+    dir: &tempfile::TempDir,
+    mut servers: Vec<Server>,
+    relay_on: usize,
+    tills_on: usize,
+    kills: &[usize],
+) {
+    let token = std::fs::read_to_string(servers[0].data_dir.join("admin-token")).unwrap();
     let token = token.trim().to_owned();
-    let admin = Client::new(&server.url(), &token).unwrap();
+    let admin = Client::new(&servers[tills_on].url(), &token).unwrap();
+    let relay_admin = Client::new(&servers[relay_on].url(), &token).unwrap();
     for (id, opening_balance_minor) in [("alice", ALICE_OPENING), ("shop", 0)] {
         admin
             .create_account(&CreateAccount {
@@ -220,7 +268,14 @@ async fn payments_survive_the_server_killed_three_times() {
     let state = dir.path().join("card.json");
     let link = format!("vpcd=127.0.0.1:{card_port}");
     let enrolling = card(&state, &link, "approve", true);
-    enrol_and_start_relay(&admin, enrol, enrolling, spec, Duration::from_secs(10)).await;
+    enrol_and_start_relay(
+        &relay_admin,
+        enrol,
+        enrolling,
+        spec,
+        Duration::from_secs(10),
+    )
+    .await;
     let (_signing_card, _card_lines) = card(&state, &link, "approve", false);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -228,7 +283,7 @@ async fn payments_survive_the_server_killed_three_times() {
     let heard = Arc::new(Mutex::new(HashMap::new()));
     let tills: Vec<_> = (0..TILLS)
         .map(|n| {
-            let client = Client::new(&server.url(), &terminal_key).unwrap();
+            let client = Client::new(&servers[tills_on].url(), &terminal_key).unwrap();
             tokio::spawn(till(
                 client,
                 n,
@@ -239,22 +294,22 @@ async fn payments_survive_the_server_killed_three_times() {
         })
         .collect();
 
-    for kill in 1..=KILLS {
+    for (n, &victim) in kills.iter().enumerate() {
         let target = settled.load(Ordering::SeqCst) + SETTLED_BETWEEN_KILLS;
-        reach(&settled, target, &server).await;
+        reach(&settled, target, &servers).await;
         // Kill at a different point of the payments in flight each time.
-        tokio::time::sleep(Duration::from_millis(7 * kill as u64)).await;
-        server.kill();
+        tokio::time::sleep(Duration::from_millis(7 * n as u64)).await;
+        servers[victim].kill();
         // Down long enough for requests to fail and the relay to lose its socket.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        server.restart();
+        servers[victim].restart();
     }
     let target = settled.load(Ordering::SeqCst) + SETTLED_BETWEEN_KILLS;
-    reach(&settled, target, &server).await;
+    reach(&settled, target, &servers).await;
     stop.store(true, Ordering::SeqCst);
     for t in tills {
         if let Err(e) = t.await {
-            panic!("a till failed: {e}\n{}", server.logs());
+            panic!("a till failed: {e}\n{}", logs(&servers));
         }
     }
 
@@ -293,7 +348,7 @@ async fn payments_survive_the_server_killed_three_times() {
         settled_n,
         u64::try_from(heard.len()).unwrap(),
         "every order settles in the end: {heard:?}\n{}",
-        server.logs()
+        logs(&servers)
     );
 
     // The books: exactly the settled amounts moved.
@@ -334,6 +389,6 @@ async fn payments_survive_the_server_killed_three_times() {
     eprintln!(
         "crash test: {} orders, {retried} cut off by a kill and retried, {} server runs",
         heard.len(),
-        server.started
+        servers.iter().map(|s| s.started).sum::<usize>()
     );
 }

@@ -14,10 +14,9 @@
 //! status. The store stays the truth; the hub only says "look again".
 //!
 //! Several server instances on one PostgreSQL database share their events
-//! through it: [`Hub::connect_peers`] hands every event published here to a
-//! sender (`store::postgres::notify` sends it with NOTIFY), and events heard
-//! from other instances come in through [`Hub::publish_from_peer`], which
-//! delivers locally only, so nothing echoes back.
+//! through it: each write's own transaction notifies the events it causes
+//! (PostgreSQL migration 5), and `peers` hands what it hears from other
+//! instances to [`Hub::publish_from_peer`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -82,9 +81,6 @@ struct Inner {
     /// the store once for all the ends since its last look.
     ended: Notify,
     shutdown: watch::Sender<bool>,
-    /// Other instances, once connected: every event published here goes
-    /// there too.
-    peers: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<HubEvent>>,
 }
 
 impl Inner {
@@ -116,30 +112,18 @@ impl Hub {
                 topics: Mutex::new(HashMap::new()),
                 ended: Notify::new(),
                 shutdown,
-                peers: std::sync::OnceLock::new(),
             }),
         }
     }
 
     /// Sends to the subscribers of the topics the event concerns (having none
-    /// is fine), and to the other instances if connected.
+    /// is fine). Other instances hear of it from the database, not from here.
     pub fn publish(&self, event: HubEvent) {
-        if let Some(peers) = self.inner.peers.get() {
-            // Unbounded: publishing never waits on the database. A closed
-            // channel means the bridge stopped; it has logged why.
-            let _ = peers.send(event.clone());
-        }
         self.publish_from_peer(event);
     }
 
-    /// From now on, every event published here is also sent to `peers`.
-    /// Returns false (and changes nothing) if peers were connected before.
-    pub fn connect_peers(&self, peers: tokio::sync::mpsc::UnboundedSender<HubEvent>) -> bool {
-        self.inner.peers.set(peers).is_ok()
-    }
-
-    /// Delivers an event another instance published, to this instance's
-    /// subscribers only.
+    /// Delivers an event another instance caused, to this instance's
+    /// subscribers.
     pub fn publish_from_peer(&self, event: HubEvent) {
         match &event {
             HubEvent::Created { view, .. } => {

@@ -174,13 +174,14 @@ pub async fn start_with_clock(
     };
     let endpoint = store::postgres::Endpoint::new(&url, config.database_ca_pem.as_deref())?;
     let store = store::PgStore::connect(endpoint.clone(), clock.now_unix_s()).await?;
+    let instance = store.instance().to_owned();
     let state = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || AppState::open_with(&config, Arc::new(store), clock))
             .await
             .map_err(|e| ServerError::Config(format!("startup task failed: {e}")))??
     };
-    let peers = peers::start(endpoint, state.clone()).await?;
+    let peers = peers::start(endpoint, instance, state.clone()).await?;
     let mut server = start_with_state(&config, state).await?;
     server.background.push(peers);
     Ok(server)

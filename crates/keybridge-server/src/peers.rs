@@ -3,11 +3,15 @@
 //!
 //! A relay keeps its WebSocket open to one instance, a terminal waits on
 //! whichever instance its load balancer picked, and the answer may arrive at
-//! a third. Each instance sends every event it publishes with `pg_notify`
-//! and delivers what it hears from the others to its own subscribers. The
-//! notification goes out after the write it announces has committed (events
-//! are published once the store call returns), so whoever hears it and reads
-//! the store sees the change.
+//! a third. Every write that causes an event notifies it inside its own
+//! database transaction (a trigger on the audit rows it stages, PostgreSQL
+//! migration 5), so PostgreSQL delivers the notification exactly when the
+//! write commits: whoever hears it and reads the store sees the change, and
+//! an instance that dies right after its commit cannot lose the event (when
+//! each instance sent its events itself after the commit, one killed in
+//! between left a payment unannounced until it expired). Each instance
+//! listens, and delivers what it hears from the others to its own
+//! subscribers; its own events it delivered already, and skips.
 //!
 //! A notification names what changed, never how: any role that can connect
 //! to the database may NOTIFY (PostgreSQL checks no privilege for it), so an
@@ -46,10 +50,9 @@ pub const RECONNECT_WAIT: Duration = Duration::from_secs(1);
 /// The listening connections' `application_name`, so an operator (or a
 /// test) can find them in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "keybridge-peers";
-/// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
-const PAYLOAD_MAX: usize = 7_999;
-
-/// One event as it travels: what changed, and the instance that published it.
+/// One event as it travels: what changed, and the instance whose write
+/// caused it (its connections' `application_name`). Written by the trigger
+/// of migration `0005_notify_at_commit`, in this shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Note {
     from: String,
@@ -66,19 +69,6 @@ enum WireEvent {
 }
 
 impl WireEvent {
-    fn of(event: &HubEvent) -> WireEvent {
-        match event {
-            HubEvent::Created { view, .. } => WireEvent::Created { id: view.id },
-            HubEvent::Ended { view } => WireEvent::Ended { id: view.id },
-            HubEvent::DeviceDisabled { device_id, .. } => WireEvent::DeviceDisabled {
-                device_id: device_id.clone(),
-            },
-            HubEvent::TerminalDisabled { terminal_id } => WireEvent::TerminalDisabled {
-                terminal_id: terminal_id.clone(),
-            },
-        }
-    }
-
     /// The event the store confirms, if it does (see the module doc).
     async fn confirmed(self, store: &dyn Store) -> Result<Option<HubEvent>, StoreError> {
         Ok(match self {
@@ -112,42 +102,28 @@ impl WireEvent {
     }
 }
 
-/// Connects `state`'s hub to the other instances on the database at `endpoint`.
+/// Delivers to `state`'s hub what the other instances' writes notify on the
+/// database at `endpoint`; `instance` is this instance's id
+/// ([`crate::store::PgStore::instance`]), whose own events are skipped.
 /// Fails if the first connection fails (a wrong URL should stop the start);
 /// after that, the returned task reconnects by itself until aborted.
-pub async fn start(mut endpoint: Endpoint, state: AppState) -> Result<JoinHandle<()>, ServerError> {
-    endpoint.config.application_name(APPLICATION_NAME);
-    let instance = hex::encode(
-        crate::random::bytes::<8>()
-            .map_err(|e| ServerError::Config(format!("instance id: {e}")))?,
-    );
-    let link = Link::open(&endpoint).await?;
-    let (outbound, events) = mpsc::unbounded_channel();
-    if !state.hub.connect_peers(outbound) {
-        return Err(ServerError::Config("the hub is already connected".into()));
-    }
-    tracing::info!(%instance, channel = CHANNEL, "sharing events with other instances");
-    Ok(tokio::spawn(run(endpoint, instance, state, events, link)))
-}
-
-async fn run(
-    endpoint: Endpoint,
+pub async fn start(
+    mut endpoint: Endpoint,
     instance: String,
     state: AppState,
-    mut events: mpsc::UnboundedReceiver<HubEvent>,
-    mut link: Link,
-) {
+) -> Result<JoinHandle<()>, ServerError> {
+    endpoint.config.application_name(APPLICATION_NAME);
+    let link = Link::open(&endpoint).await?;
+    tracing::info!(%instance, channel = CHANNEL, "sharing events with other instances");
+    Ok(tokio::spawn(run(endpoint, instance, state, link)))
+}
+
+async fn run(endpoint: Endpoint, instance: String, state: AppState, mut link: Link) {
     loop {
-        let error = link.serve(&instance, &state, &mut events).await;
-        let Some(error) = error else {
-            return; // The hub is gone: the server is shutting down.
-        };
+        let error = link.serve(&instance, &state).await;
         tracing::warn!(%error, "lost the connection to other instances; reconnecting");
         link = loop {
             tokio::time::sleep(RECONNECT_WAIT).await;
-            // What was published meanwhile could not be sent; drop it rather
-            // than announce stale news late.
-            while events.try_recv().is_ok() {}
             match Link::open(&endpoint).await {
                 Ok(link) => break link,
                 Err(error) => tracing::warn!(%error, "cannot reach the database for events"),
@@ -161,7 +137,8 @@ async fn run(
 
 /// One listening connection and the notifications it has received.
 struct Link {
-    client: tokio_postgres::Client,
+    /// Held, not used: dropping it would close the connection.
+    _client: tokio_postgres::Client,
     heard: mpsc::UnboundedReceiver<String>,
     driver: JoinHandle<()>,
 }
@@ -193,41 +170,18 @@ impl Link {
             .await
             .map_err(failed)?;
         Ok(Link {
-            client,
+            _client: client,
             heard,
             driver,
         })
     }
 
-    /// Sends what is published here and delivers what is heard, until the
-    /// connection fails (its error) or the hub is gone (`None`).
-    async fn serve(
-        &mut self,
-        instance: &str,
-        state: &AppState,
-        events: &mut mpsc::UnboundedReceiver<HubEvent>,
-    ) -> Option<String> {
-        loop {
-            tokio::select! {
-                event = events.recv() => {
-                    let event = event?;
-                    let Some(text) = encode(instance, event) else { continue };
-                    if let Err(e) = self
-                        .client
-                        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &text])
-                        .await
-                    {
-                        return Some(e.to_string());
-                    }
-                }
-                heard = self.heard.recv() => {
-                    let Some(text) = heard else {
-                        return Some("the connection closed".into());
-                    };
-                    deliver(instance, state, &text).await;
-                }
-            }
+    /// Delivers what is heard until the connection fails; returns why.
+    async fn serve(&mut self, instance: &str, state: &AppState) -> String {
+        while let Some(text) = self.heard.recv().await {
+            deliver(instance, state, &text).await;
         }
+        "the connection closed".into()
     }
 }
 
@@ -255,21 +209,6 @@ async fn forward<S, T>(
             }
         }
     }
-}
-
-fn encode(instance: &str, event: HubEvent) -> Option<String> {
-    let note = Note {
-        from: instance.to_owned(),
-        event: WireEvent::of(&event),
-    };
-    let text = serde_json::to_string(&note).ok()?;
-    if text.len() > PAYLOAD_MAX {
-        // Only a device id this long could do it; those who miss the event
-        // read the store (see the module doc).
-        tracing::warn!(bytes = text.len(), "event too large to share; not sent");
-        return None;
-    }
-    Some(text)
 }
 
 /// What a heard notification says, unless this instance sent it.
@@ -309,6 +248,68 @@ async fn deliver(instance: &str, state: &AppState, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::contract::{pending, seed, signed, NOW};
+    use crate::store::postgres::scratch;
+    use crate::store::PgStore;
+
+    /// Each write that causes an event notifies it in its own transaction
+    /// (PostgreSQL migration 5), named by the writing instance, in the shape
+    /// `decode` reads; a write that rolls back notifies nothing; writes
+    /// without an event (accounts, terminals, devices created) are silent.
+    #[tokio::test]
+    async fn writes_notify_their_events_when_they_commit() {
+        let Some(url) = scratch::database_or_skip().await else {
+            return;
+        };
+        let endpoint = Endpoint::new(&url, None).unwrap();
+        let store = PgStore::connect(endpoint.clone(), NOW).await.unwrap();
+        let mut link = Link::open(&endpoint).await.unwrap();
+
+        seed(&store).await;
+        let id = TransactionId([1; 16]);
+        store
+            .insert_transaction(pending(1, "k1", 100))
+            .await
+            .unwrap();
+        store.apply_signed_confirmation(signed(1, 1)).await.unwrap();
+        {
+            // An audit row that would notify, rolled back.
+            let (mut client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+            tokio::spawn(connection);
+            let tx = client.transaction().await.unwrap();
+            tx.execute(
+                "INSERT INTO audit_staging (at, transaction_id, event, detail)
+                 VALUES (1, $1, 'transaction_created', '{}')",
+                &[&TransactionId([9; 16]).to_hex()],
+            )
+            .await
+            .unwrap();
+            tx.rollback().await.unwrap();
+        }
+        store.disable_terminal("term_1", NOW).await.unwrap();
+        store.disable_device("dev_1", NOW).await.unwrap();
+
+        let expected = [
+            WireEvent::Created { id },
+            WireEvent::Ended { id },
+            WireEvent::TerminalDisabled {
+                terminal_id: "term_1".into(),
+            },
+            WireEvent::DeviceDisabled {
+                device_id: "dev_1".into(),
+            },
+        ];
+        for want in expected {
+            let text = tokio::time::timeout(Duration::from_secs(5), link.heard.recv())
+                .await
+                .expect("a notification within 5 s")
+                .unwrap();
+            assert_eq!(decode("another instance", &text), Some(want), "{text}");
+            assert_eq!(decode(store.instance(), &text), None, "its own: {text}");
+        }
+        let more = tokio::time::timeout(Duration::from_millis(300), link.heard.recv()).await;
+        assert!(more.is_err(), "nothing else: {more:?}");
+    }
 
     #[test]
     fn notes_name_what_changed_and_own_or_unreadable_ones_are_dropped() {

@@ -8,7 +8,7 @@
 
 pub mod audit;
 #[cfg(test)]
-mod contract;
+pub(crate) mod contract;
 pub mod postgres;
 mod records;
 mod rows;

@@ -83,6 +83,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0004_terminal_disabled",
         include_str!("../../migrations/postgres/0004_terminal_disabled.sql"),
     ),
+    (
+        5,
+        "0005_notify_at_commit",
+        include_str!("../../migrations/postgres/0005_notify_at_commit.sql"),
+    ),
 ];
 
 /// The advisory lock that orders appends to the audit chain: each seal
@@ -105,6 +110,9 @@ type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// This instance's id: its connections' `application_name`, which names
+    /// the instance in the events its writes notify (migration 5).
+    instance: String,
     /// Stops when the last clone of this store is dropped.
     _sealer: std::sync::Arc<sealer::Sealer>,
 }
@@ -172,7 +180,11 @@ impl Endpoint {
 
 impl PgStore {
     /// Connects to the database at `endpoint` and applies pending migrations.
-    pub async fn connect(endpoint: Endpoint, now_unix_s: u64) -> Result<PgStore, StoreError> {
+    pub async fn connect(mut endpoint: Endpoint, now_unix_s: u64) -> Result<PgStore, StoreError> {
+        let id = crate::random::bytes::<8>()
+            .map_err(|e| StoreError::Backend(format!("instance id: {e}")))?;
+        let instance = format!("keybridge-{}", hex::encode(id));
+        endpoint.config.application_name(&instance);
         // Verified: each connection taken from the pool first answers an
         // empty query, so one the database dropped (a restart, a failover)
         // is replaced instead of failing the request. With `Fast`, the first
@@ -194,7 +206,13 @@ impl PgStore {
         Ok(PgStore {
             _sealer: std::sync::Arc::new(sealer::Sealer::start(pool.clone())),
             pool,
+            instance,
         })
+    }
+
+    /// This instance's id, as its writes' notifications name it.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
