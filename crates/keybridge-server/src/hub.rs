@@ -47,9 +47,14 @@ pub enum HubEvent {
         account: AccountId,
     },
     /// A terminal was disabled: every instance must stop accepting its API
-    /// key now. No subscriber needs it here; `peers` carries it to the
-    /// other instances, which forget the terminal.
+    /// key now. No subscriber needs it here; the other instances hear of
+    /// it from the database, and forget the terminal.
     TerminalDisabled { terminal_id: String },
+    /// Events may have been missed (this instance's link to the others was
+    /// down): every subscriber re-reads the store. A subscription reports it
+    /// as `RecvError::Lagged`, which every subscriber already answers that
+    /// way, so none can mistake it for news.
+    Resync,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -142,7 +147,17 @@ impl Hub {
                 self.inner.send(&topic, event);
             }
             HubEvent::TerminalDisabled { .. } => {}
+            HubEvent::Resync => self.resync_all(),
         }
+    }
+
+    /// Tells every subscriber, and the webhook deliverer, to re-read the
+    /// store: what they were waiting to hear of may have happened unheard.
+    pub fn resync_all(&self) {
+        for sender in self.inner.topics().values() {
+            let _ = sender.send(HubEvent::Resync);
+        }
+        self.inner.ended.notify_one();
     }
 
     /// Subscribe before reading the store, so nothing falls in between.
@@ -194,7 +209,10 @@ pub struct Subscription {
 impl Subscription {
     pub async fn recv(&mut self) -> Result<HubEvent, RecvError> {
         match self.events.as_mut() {
-            Some(events) => events.recv().await,
+            Some(events) => match events.recv().await {
+                Ok(HubEvent::Resync) => Err(RecvError::Lagged(0)),
+                other => other,
+            },
             None => Err(RecvError::Closed),
         }
     }
@@ -303,6 +321,23 @@ mod tests {
         assert_eq!(hub.topic_count(), 1);
         drop(other);
         assert_eq!(hub.topic_count(), 0);
+    }
+
+    /// After a gap in the events from other instances, every subscriber of
+    /// every topic is told to look at the store, as if it had lagged, and
+    /// the webhook deliverer looks too.
+    #[tokio::test]
+    async fn a_resync_tells_every_subscriber_to_read_the_store() {
+        let hub = Hub::new();
+        let mut relay = hub.subscribe(payer("alice"));
+        let mut waiter = hub.subscribe(Topic::Transaction(TransactionId([1; 16])));
+        hub.resync_all();
+        for rx in [&mut relay, &mut waiter] {
+            assert!(matches!(rx.recv().await, Err(RecvError::Lagged(_))));
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(1), hub.some_ended())
+            .await
+            .expect("the webhook deliverer is woken");
     }
 
     /// A subscriber too far behind is told so, and must look at the store.

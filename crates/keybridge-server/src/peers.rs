@@ -22,9 +22,9 @@
 //!
 //! Notifications are not stored: while an instance's listening connection is
 //! down (it reconnects every [`RECONNECT_WAIT`]), it misses the others'
-//! events. Nothing is lost for good, because the store stays the truth: a
-//! relay re-reads its pending requests when it reconnects, and a waiting
-//! terminal's long-poll ends at its timeout and reads the store.
+//! events. Nothing is lost for good, because the store stays the truth: once
+//! connected again, the instance tells every relay socket and waiting
+//! terminal it serves to re-read the store ([`crate::hub::Hub::resync_all`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,8 +129,11 @@ async fn run(endpoint: Endpoint, instance: String, state: AppState, mut link: Li
                 Err(error) => tracing::warn!(%error, "cannot reach the database for events"),
             }
         };
-        // A terminal disabled meanwhile elsewhere was not heard of here.
+        // What the others did meanwhile was not heard of here: a terminal
+        // disabled (forget them all), a request created for a relay here or
+        // an end a terminal here waits for (everyone re-reads the store).
         state.terminals.clear();
+        state.hub.resync_all();
         tracing::info!("connected to other instances again");
     }
 }

@@ -317,3 +317,57 @@ async fn a_terminal_disabled_on_one_instance_is_refused_by_another_at_once() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// What the others did while an instance's event connection was down is
+/// not lost: a request created on B in that gap (its notification gone to
+/// nobody on A) reaches the relay on A once A is connected again, because
+/// reconnecting tells A's relay sockets to re-read the store.
+#[tokio::test]
+async fn a_request_made_while_an_instance_was_not_listening_reaches_its_relay() {
+    let Some((a, terminal, card)) = on_postgres().await else {
+        return;
+    };
+    let b = a.another_instance().await;
+    let mut relay = a.relay(&card.enrolled.credential).await;
+    let url = a.database_url.clone().unwrap();
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    db.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE application_name = $1 AND datname = current_database()",
+        &[&keybridge_server::peers::APPLICATION_NAME],
+    )
+    .await
+    .unwrap();
+    // Gone before the request is made (they wait a second to reconnect).
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while db
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = $1 AND datname = current_database()",
+            &[&keybridge_server::peers::APPLICATION_NAME],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        > 0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "not cut");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let created = a
+        .http
+        .post(format!("http://{}/v1/transactions", b.addr))
+        .bearer_auth(&terminal.api_key)
+        .header("Idempotency-Key", "in-the-gap")
+        .json(&payment(700))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::ACCEPTED);
+    let tx: TransactionView = created.json().await.unwrap();
+    request_payload(&relay.next().await, &tx.id);
+    b.shutdown().await;
+}
