@@ -1,10 +1,13 @@
 //! Crash safety: `keybridge server` is killed with SIGKILL (no shutdown, no
-//! flush, a commit possibly half written) while tills pay through it, and
-//! restarted each time on the same data directory and port. The tills retry
+//! flush, a commit possibly half written) while tills pay through it, or
+//! stopped with SIGTERM (what service managers send: it must drain and exit
+//! cleanly), and restarted each time on the same data directory and port.
+//! The tills retry
 //! with their idempotency keys, as a real till does after a lost connection;
 //! the phone's relay and the card (a `keybridge card` process on the relay's
 //! vpcd reader) carry on. Two set-ups:
-//! - the default SQLite store, one server, killed five times;
+//! - the default SQLite store, one server, killed five times, then stopped
+//!   with SIGTERM twice;
 //! - PostgreSQL with two servers, the relay's socket on one and the tills on
 //!   the other, each killed in turn (six kills) while the other runs on.
 //!
@@ -77,6 +80,36 @@ impl Server {
             process.0.kill().expect("SIGKILL the server");
             process.0.wait().expect("reap the server");
         }
+    }
+
+    /// Stops the process with SIGTERM and waits for it to finish what it was
+    /// doing and exit: it must exit 0 within 15 s, having logged its stop.
+    fn terminate(&mut self) {
+        let Some(mut process) = self.process.take() else {
+            return;
+        };
+        let pid = process.0.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = process.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server {} still running 15 s after SIGTERM:\n{}",
+                self.name,
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let log = std::fs::read_to_string(self.log_path(self.started)).unwrap();
+        assert!(
+            status.success() && log.contains("server stopped"),
+            "server {} after SIGTERM: {status}\n{log}",
+            self.name
+        );
     }
 
     /// Starts a process on the same data directory and port, and waits until
@@ -214,10 +247,11 @@ async fn reach(count: &AtomicU64, target: u64, servers: &[Server]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payments_survive_the_server_killed_five_times() {
+async fn payments_survive_the_server_killed_five_times_and_stopped_twice() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start("server", &dir.path().join("server"), None);
-    pay_through_kills(&dir, vec![server], 0, 0, &[0; 5]).await;
+    let stops = [Kill, Kill, Term, Kill, Kill, Term, Kill].map(|stop| (0, stop));
+    pay_through_kills(&dir, vec![server], 0, 0, &stops).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,19 +264,31 @@ async fn payments_survive_each_of_two_postgres_servers_killed_in_turn() {
     // A first: it creates the CA, master key and admin token that B reads.
     let a = Server::start("a", &data_dir, Some(&database));
     let b = Server::start("b", &data_dir, Some(&database));
-    pay_through_kills(&dir, vec![a, b], 0, 1, &[0, 1, 0, 1, 0, 1]).await;
+    let stops = [0, 1, 0, 1, 0, 1].map(|victim| (victim, Kill));
+    pay_through_kills(&dir, vec![a, b], 0, 1, &stops).await;
 }
 
+/// How a server is stopped.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// SIGKILL: a crash.
+    Kill,
+    /// SIGTERM: a deploy or a service manager's stop; a graceful exit.
+    Term,
+}
+use Stop::{Kill, Term};
+
 /// Alice's card serves a relay on `servers[relay_on]`, [`TILLS`] tills pay
-/// through `servers[tills_on]`, and `servers[k]` is killed and restarted for
-/// each `k` of `kills`, each time after [`SETTLED_BETWEEN_KILLS`] more
-/// payments settled. Then everything is read back and checked.
+/// through `servers[tills_on]`, and for each `(k, stop)` of `stops`,
+/// `servers[k]` is stopped so and restarted, each time after
+/// [`SETTLED_BETWEEN_KILLS`] more payments settled. Then everything is read
+/// back and checked.
 async fn pay_through_kills(
     dir: &tempfile::TempDir,
     mut servers: Vec<Server>,
     relay_on: usize,
     tills_on: usize,
-    kills: &[usize],
+    stops: &[(usize, Stop)],
 ) {
     let token = std::fs::read_to_string(servers[0].data_dir.join("admin-token")).unwrap();
     let token = token.trim().to_owned();
@@ -294,14 +340,17 @@ async fn pay_through_kills(
         })
         .collect();
 
-    for (n, &victim) in kills.iter().enumerate() {
+    for (n, &(victim, stop)) in stops.iter().enumerate() {
         let target = settled.load(Ordering::SeqCst) + SETTLED_BETWEEN_KILLS;
         reach(&settled, target, &servers).await;
         // Kill at a different point of the payments in flight each time
         // (0 to 22 ms after the last count reached, in 1 ms steps).
         let offset = (7 * n as u64) % 23;
         tokio::time::sleep(Duration::from_millis(offset)).await;
-        servers[victim].kill();
+        match stop {
+            Kill => servers[victim].kill(),
+            Term => servers[victim].terminate(),
+        }
         // Down long enough for requests to fail and the relay to lose its socket.
         tokio::time::sleep(Duration::from_millis(200)).await;
         servers[victim].restart();

@@ -109,7 +109,8 @@ impl RunningServer {
         let _ = self.finish().await;
     }
 
-    /// Runs until ctrl-c (then shuts down gracefully) or until the server fails.
+    /// Runs until ctrl-c or SIGTERM (then shuts down gracefully) or until
+    /// the server fails.
     pub async fn wait(mut self) -> Result<(), ServerError> {
         tokio::select! {
             signal = tokio::signal::ctrl_c() => {
@@ -117,6 +118,10 @@ impl RunningServer {
                     tracing::error!(error = %e, "cannot listen for ctrl-c");
                 }
                 tracing::info!("shutting down");
+                self.finish().await
+            }
+            () = terminated() => {
+                tracing::info!("SIGTERM: shutting down");
                 self.finish().await
             }
             result = &mut self.server => {
@@ -136,6 +141,24 @@ impl RunningServer {
         tracing::info!("server stopped");
         result
     }
+}
+
+/// Resolves at SIGTERM, what service managers (systemd, Kubernetes, `docker
+/// stop`) send to stop a process. Without a handler it would end the server
+/// at once: requests cut mid-answer instead of finished, on every deploy.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                terminate.recv().await;
+                return;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot listen for SIGTERM"),
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 fn flatten(joined: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), ServerError> {
