@@ -559,12 +559,19 @@ impl OtpauthUri {
             Some(c) => parse_decimal_exact(&c, 1, 20).ok_or(OtpauthError::Counter)?,
             None => 0,
         };
-        Ok(OtpauthUri {
+        let parsed = OtpauthUri {
             label,
             suite,
             secret,
             counter,
-        })
+        };
+        // What parses must render to a URI that parses again (the relay
+        // forwards `to_uri()` to the server), and percent-encoding can make
+        // the rendering up to three times as long as the text given.
+        if parsed.to_uri().len() > OTPAUTH_LEN_MAX {
+            return Err(OtpauthError::Malformed);
+        }
+        Ok(parsed)
     }
 
     /// The URI text (the secret in it: treat the string as a secret).
@@ -918,6 +925,24 @@ mod tests {
             OtpauthUri::parse(&format!("otpauth://ocra/x%ZZ?secret=MY&suite={s}")),
             Err(OtpauthError::Malformed)
         );
+    }
+
+    #[test]
+    fn a_parsed_uri_renders_to_one_that_parses_again() {
+        // Found by fuzz/fuzz_targets/otpauth_uri.rs: 400 raw spaces in the
+        // label fit the limit as given, but not as `%20` in `to_uri()`.
+        let s = "OCRA-1:HOTP-SHA1-6:QN08";
+        let long = format!("otpauth://ocra/{}?secret=MY&suite={s}", " ".repeat(400));
+        assert!(long.len() <= OTPAUTH_LEN_MAX);
+        assert_eq!(OtpauthUri::parse(&long), Err(OtpauthError::Malformed));
+        // Up to the limit once rendered, it still parses and round-trips.
+        let rendered_rest = "?secret=MY&suite=OCRA-1%3AHOTP-SHA1-6%3AQN08&counter=0".len();
+        let prefix = "otpauth://ocra/".len();
+        let label = "a".repeat(OTPAUTH_LEN_MAX - prefix - rendered_rest);
+        let uri =
+            OtpauthUri::parse(&format!("otpauth://ocra/{label}?secret=MY&suite={s}")).unwrap();
+        assert_eq!(uri.to_uri().len(), OTPAUTH_LEN_MAX);
+        assert_eq!(OtpauthUri::parse(&uri.to_uri()), Ok(uri));
     }
 
     #[test]

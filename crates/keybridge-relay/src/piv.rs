@@ -212,8 +212,13 @@ pub fn sign_payload(
     let r = send(link, &cmd)?;
     match r.sw {
         StatusWord::Ok => {
+            // The shortest DER ECDSA signature is 8 bytes: anything shorter
+            // (an empty `82`, which the fuzz target `relay_answers` got
+            // through) is a broken card, told apart here rather than sent
+            // to the server as a signature.
             let signature = take(&r.data, &[0x7C])
                 .and_then(|t| take(t, &[0x82]))
+                .filter(|s| s.len() >= DER_SIGNATURE_LEN_MIN)
                 .ok_or(DriverError::Malformed {
                     step: "GENERAL AUTHENTICATE (sign)",
                 })?;
@@ -227,9 +232,53 @@ pub fn sign_payload(
     }
 }
 
+/// `30 06 02 01 r 02 01 s`.
+const DER_SIGNATURE_LEN_MIN: usize = 8;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::link::InProcessCard;
+    use keybridge_transport::{CardChannel, LinkError};
+
+    /// A card that says yes to SELECT and VERIFY and answers GENERAL
+    /// AUTHENTICATE with `sign`.
+    struct Answers {
+        sign: Vec<u8>,
+    }
+
+    impl CardChannel for Answers {
+        fn transmit_raw(&mut self, command: &[u8]) -> Result<Vec<u8>, LinkError> {
+            Ok(match command.get(1) {
+                Some(0x87) => self.sign.clone(),
+                _ => vec![0x90, 0x00],
+            })
+        }
+    }
+
+    fn sign_with(answer: &[u8]) -> Result<SignOutcome, DriverError> {
+        let card = Answers {
+            sign: answer.to_vec(),
+        };
+        let mut link = CardLink::InProcess(InProcessCard(Box::new(card)));
+        sign_payload(&mut link, b"123456", b"payload")
+    }
+
+    #[test]
+    fn a_signature_too_short_for_der_is_a_broken_card() {
+        let empty = [0x7C, 0x02, 0x82, 0x00, 0x90, 0x00];
+        assert!(matches!(
+            sign_with(&empty),
+            Err(DriverError::Malformed { .. })
+        ));
+        let shortest = [
+            0x7C, 0x0A, 0x82, 0x08, 0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01, 0x90, 0x00,
+        ];
+        assert!(matches!(
+            sign_with(&shortest),
+            Ok(SignOutcome::Signed { signature, .. }) if signature.len() == 8
+        ));
+    }
 
     #[test]
     fn tlv_shapes() {

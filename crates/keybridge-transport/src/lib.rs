@@ -34,6 +34,7 @@ pub mod pcsc;
 pub mod pcscd;
 pub mod port;
 pub mod secure;
+mod stream;
 pub mod vpcd;
 
 pub use apdu::{ApduError, Command, Response, StatusWord};

@@ -113,13 +113,12 @@ pub fn write_op(w: &mut impl Write, op: &GattOp) -> io::Result<()> {
     w.flush()
 }
 
-/// Reads one operation; `Ok(None)` on a clean end of stream.
+/// Reads one operation; `Ok(None)` on a clean end of stream (before an
+/// operation began; one cut off, its header included, is an error).
 pub fn read_op(r: &mut impl Read) -> io::Result<Option<GattOp>> {
     let mut header = [0u8; 3];
-    match r.read_exact(&mut header) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
+    if !crate::stream::read_header(r, &mut header)? {
+        return Ok(None);
     }
     let len = usize::from(u16::from_be_bytes([header[1], header[2]]));
     if len > VALUE_LEN_MAX {

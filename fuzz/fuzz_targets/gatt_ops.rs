@@ -1,0 +1,68 @@
+//! The simulated BLE link's GATT operations (`ble::sim::read_op`, and
+//! through it `GattOp::decode`) on an arbitrary byte stream, as the phone's
+//! or the device's socket delivers it: never panics; every operation
+//! carries at most VALUE_LEN_MAX bytes and re-encodes to exactly the bytes
+//! it was read from; a stream ends cleanly only with nothing left (one cut
+//! off, its header included, is an error); no single allocation exceeds one operation, whatever
+//! its length field says. The first byte sets how many bytes each read
+//! returns (1..=256).
+#![no_main]
+use std::io::Read;
+
+use keybridge_transport::ble::sim::{read_op, VALUE_LEN_MAX};
+use libfuzzer_sys::fuzz_target;
+
+mod largest_alloc;
+
+#[global_allocator]
+static ALLOC: largest_alloc::LargestAlloc = largest_alloc::LargestAlloc;
+
+/// A stream that hands out at most `chunk` bytes per read.
+struct Chunked<'a> {
+    rest: &'a [u8],
+    chunk: usize,
+}
+
+impl Read for Chunked<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.chunk).min(self.rest.len());
+        let (head, tail) = self.rest.split_at(n);
+        buf[..n].copy_from_slice(head);
+        self.rest = tail;
+        Ok(n)
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&chunk, stream)) = data.split_first() else {
+        return;
+    };
+    largest_alloc::reset();
+    let mut r = Chunked {
+        rest: stream,
+        chunk: usize::from(chunk) + 1,
+    };
+    let mut offset = 0;
+    loop {
+        match read_op(&mut r) {
+            Ok(Some(op)) => {
+                let again = op.encode().expect("an operation that was read encodes");
+                assert!(again.len() <= 3 + VALUE_LEN_MAX);
+                assert_eq!(again, stream[offset..offset + again.len()]);
+                offset += again.len();
+            }
+            Ok(None) => {
+                assert_eq!(stream.len(), offset, "clean end with bytes left");
+                break;
+            }
+            Err(_) => {
+                assert!(
+                    stream.len() > offset,
+                    "error where the stream ended cleanly"
+                );
+                break;
+            }
+        }
+    }
+    assert!(largest_alloc::largest() <= 3 + VALUE_LEN_MAX);
+});

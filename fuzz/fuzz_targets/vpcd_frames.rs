@@ -1,0 +1,69 @@
+//! vpcd's wire framing (`vpcd::read_frame`) on an arbitrary byte stream, as
+//! a card or reader socket delivers it: never panics; every frame is at most
+//! FRAME_LEN_MAX bytes and re-encodes (`write_frame`) to exactly the bytes
+//! it was read from; a stream ends cleanly only with nothing left, and a
+//! truncated frame (its length prefix included) is an error; no single
+//! allocation exceeds one frame and its prefix, whatever the prefix says.
+//! The first byte sets how many bytes each read returns (1..=256), as TCP
+//! delivers a frame in pieces.
+#![no_main]
+use std::io::Read;
+
+use keybridge_transport::vpcd::{read_frame, write_frame, FRAME_LEN_MAX};
+use libfuzzer_sys::fuzz_target;
+
+mod largest_alloc;
+
+#[global_allocator]
+static ALLOC: largest_alloc::LargestAlloc = largest_alloc::LargestAlloc;
+
+/// A stream that hands out at most `chunk` bytes per read.
+struct Chunked<'a> {
+    rest: &'a [u8],
+    chunk: usize,
+}
+
+impl Read for Chunked<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.chunk).min(self.rest.len());
+        let (head, tail) = self.rest.split_at(n);
+        buf[..n].copy_from_slice(head);
+        self.rest = tail;
+        Ok(n)
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&chunk, stream)) = data.split_first() else {
+        return;
+    };
+    largest_alloc::reset();
+    let mut r = Chunked {
+        rest: stream,
+        chunk: usize::from(chunk) + 1,
+    };
+    let mut offset = 0;
+    loop {
+        match read_frame(&mut r) {
+            Ok(Some(frame)) => {
+                assert!(frame.len() <= FRAME_LEN_MAX);
+                let mut again = Vec::new();
+                write_frame(&mut again, &frame).expect("a frame that was read can be written");
+                assert_eq!(again, stream[offset..offset + again.len()]);
+                offset += again.len();
+            }
+            Ok(None) => {
+                assert_eq!(stream.len(), offset, "clean end with bytes left");
+                break;
+            }
+            Err(_) => {
+                assert!(
+                    stream.len() > offset,
+                    "error where the stream ended cleanly"
+                );
+                break;
+            }
+        }
+    }
+    assert!(largest_alloc::largest() <= FRAME_LEN_MAX + 2);
+});
