@@ -3,35 +3,20 @@
 //! or the device's socket delivers it: never panics; every operation
 //! carries at most VALUE_LEN_MAX bytes and re-encodes to exactly the bytes
 //! it was read from; a stream ends cleanly only with nothing left (one cut
-//! off, its header included, is an error); no single allocation exceeds one operation, whatever
-//! its length field says. The first byte sets how many bytes each read
-//! returns (1..=256).
+//! off, its header included, is an error); no single allocation exceeds one
+//! operation, whatever its length field says. The first byte sets how many
+//! bytes each read returns (1..=256).
 #![no_main]
-use std::io::Read;
-
 use keybridge_transport::ble::sim::{read_op, VALUE_LEN_MAX};
 use libfuzzer_sys::fuzz_target;
 
+mod chunked;
 mod largest_alloc;
+
+use chunked::Chunked;
 
 #[global_allocator]
 static ALLOC: largest_alloc::LargestAlloc = largest_alloc::LargestAlloc;
-
-/// A stream that hands out at most `chunk` bytes per read.
-struct Chunked<'a> {
-    rest: &'a [u8],
-    chunk: usize,
-}
-
-impl Read for Chunked<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = buf.len().min(self.chunk).min(self.rest.len());
-        let (head, tail) = self.rest.split_at(n);
-        buf[..n].copy_from_slice(head);
-        self.rest = tail;
-        Ok(n)
-    }
-}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&chunk, stream)) = data.split_first() else {

@@ -7,31 +7,16 @@
 //! The first byte sets how many bytes each read returns (1..=256), as TCP
 //! delivers a frame in pieces.
 #![no_main]
-use std::io::Read;
-
 use keybridge_transport::vpcd::{read_frame, write_frame, FRAME_LEN_MAX};
 use libfuzzer_sys::fuzz_target;
 
+mod chunked;
 mod largest_alloc;
+
+use chunked::Chunked;
 
 #[global_allocator]
 static ALLOC: largest_alloc::LargestAlloc = largest_alloc::LargestAlloc;
-
-/// A stream that hands out at most `chunk` bytes per read.
-struct Chunked<'a> {
-    rest: &'a [u8],
-    chunk: usize,
-}
-
-impl Read for Chunked<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = buf.len().min(self.chunk).min(self.rest.len());
-        let (head, tail) = self.rest.split_at(n);
-        buf[..n].copy_from_slice(head);
-        self.rest = tail;
-        Ok(n)
-    }
-}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&chunk, stream)) = data.split_first() else {

@@ -150,36 +150,13 @@ async fn instances_reconnect_after_their_event_connections_are_cut() {
         return;
     };
     let b = a.another_instance().await;
-    let url = a.database_url.clone().unwrap();
-    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let listeners = "SELECT count(*) FROM pg_stat_activity
-                     WHERE application_name = $1 AND datname = current_database()";
-    let cut: i64 = db
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-             WHERE application_name = $1 AND datname = current_database()",
-            &[&keybridge_server::peers::APPLICATION_NAME],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(cut, 2, "one listening connection per instance");
-    let deadline = tokio::time::Instant::now() + GUARD;
-    loop {
-        let n: i64 = db
-            .query_one(listeners, &[&keybridge_server::peers::APPLICATION_NAME])
-            .await
-            .unwrap()
-            .get(0);
-        if n == 2 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no reconnection");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let db = connect(&a).await;
+    assert_eq!(
+        cut_listeners(&db).await,
+        2,
+        "one listening connection per instance"
+    );
+    wait_for_listeners(&db, 2).await;
 
     let mut relay = a.relay(&card.enrolled.credential).await;
     let created = a
@@ -249,11 +226,7 @@ async fn requests_work_again_after_the_database_drops_every_connection() {
     };
     // Warm the pool: these connections are the ones that will be dropped.
     let first = a.pay(&terminal, 100).await;
-    let (db, connection) =
-        tokio_postgres::connect(a.database_url.as_deref().unwrap(), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let db = connect(&a).await;
     let dropped: i64 = db
         .query_one(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
@@ -329,34 +302,10 @@ async fn a_request_made_while_an_instance_was_not_listening_reaches_its_relay() 
     };
     let b = a.another_instance().await;
     let mut relay = a.relay(&card.enrolled.credential).await;
-    let url = a.database_url.clone().unwrap();
-    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    db.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-         WHERE application_name = $1 AND datname = current_database()",
-        &[&keybridge_server::peers::APPLICATION_NAME],
-    )
-    .await
-    .unwrap();
+    let db = connect(&a).await;
+    cut_listeners(&db).await;
     // Gone before the request is made (they wait a second to reconnect).
-    let deadline = tokio::time::Instant::now() + GUARD;
-    while db
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE application_name = $1 AND datname = current_database()",
-            &[&keybridge_server::peers::APPLICATION_NAME],
-        )
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        > 0
-    {
-        assert!(tokio::time::Instant::now() < deadline, "not cut");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_for_listeners(&db, 0).await;
     let created = a
         .http
         .post(format!("http://{}/v1/transactions", b.addr))
@@ -370,4 +319,50 @@ async fn a_request_made_while_an_instance_was_not_listening_reaches_its_relay() 
     let tx: TransactionView = created.json().await.unwrap();
     request_payload(&relay.next().await, &tx.id);
     b.shutdown().await;
+}
+
+/// A plain connection to the harness's database.
+async fn connect(h: &Harness) -> tokio_postgres::Client {
+    let url = h.database_url.clone().unwrap();
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    db
+}
+
+/// Terminates every instance's listening connection; returns how many.
+async fn cut_listeners(db: &tokio_postgres::Client) -> i64 {
+    db.query_one(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE application_name = $1 AND datname = current_database()",
+        &[&keybridge_server::peers::APPLICATION_NAME],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Waits (up to [`GUARD`]) until exactly `n` listening connections are open.
+async fn wait_for_listeners(db: &tokio_postgres::Client, n: i64) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let open: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = $1 AND datname = current_database()",
+                &[&keybridge_server::peers::APPLICATION_NAME],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if open == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{open} listening connections, not {n}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
