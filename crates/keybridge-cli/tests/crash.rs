@@ -1,15 +1,16 @@
 //! Crash safety: `keybridge server` is killed with SIGKILL (no shutdown, no
 //! flush, a commit possibly half written) while tills pay through it, or
 //! stopped with SIGTERM (what service managers send: it must drain and exit
-//! cleanly), and restarted each time on the same data directory and port.
-//! The tills retry
-//! with their idempotency keys, as a real till does after a lost connection;
-//! the phone's relay and the card (a `keybridge card` process on the relay's
-//! vpcd reader) carry on. Two set-ups:
-//! - the default SQLite store, one server, killed five times, then stopped
+//! cleanly), and restarted each time on the same data directory and port;
+//! or the database under it crashes. The tills retry with their idempotency
+//! keys, as a real till does after a lost connection; the phone's relay and
+//! the card (a `keybridge card` process on the relay's vpcd reader) carry
+//! on. Three set-ups:
+//! - the default SQLite store, one server, killed five times and stopped
 //!   with SIGTERM twice;
 //! - PostgreSQL with two servers, the relay's socket on one and the tills on
-//!   the other, each killed in turn (six kills) while the other runs on.
+//!   the other, each killed in turn (six kills) while the other runs on;
+//! - PostgreSQL itself crashing three times under two servers.
 //!
 //! After the last restart the test reads everything back through the
 //! operator's API and checks what a payment system promises across a crash:
@@ -49,18 +50,24 @@ const SETTLED_BETWEEN_KILLS: u64 = 12;
 struct Server {
     name: &'static str,
     data_dir: PathBuf,
-    database: Option<String>,
+    database: Option<(String, Option<PathBuf>)>,
     port: u16,
     process: Option<Killed>,
     started: usize,
 }
 
 impl Server {
-    fn start(name: &'static str, data_dir: &Path, database: Option<&str>) -> Server {
+    /// Starts one; `database` is a PostgreSQL URL and the CA its TLS
+    /// certificate chains to (`None`: plain TCP), `None` for SQLite.
+    fn start(
+        name: &'static str,
+        data_dir: &Path,
+        database: Option<(&str, Option<PathBuf>)>,
+    ) -> Server {
         let mut server = Server {
             name,
             data_dir: data_dir.to_owned(),
-            database: database.map(str::to_owned),
+            database: database.map(|(url, ca)| (url.to_owned(), ca)),
             port: keybridge_transport::port::listen_port().unwrap(),
             process: None,
             started: 0,
@@ -131,9 +138,10 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        if let Some(database) = &self.database {
-            command.env("KEYBRIDGE_DATABASE_URL", database);
-            if let Ok(ca) = std::env::var(scratch::CA_ENV) {
+        command.env_remove("KEYBRIDGE_DATABASE_CA_CERT");
+        if let Some((url, ca)) = &self.database {
+            command.env("KEYBRIDGE_DATABASE_URL", url);
+            if let Some(ca) = ca {
                 command.env("KEYBRIDGE_DATABASE_CA_CERT", ca);
             }
         }
@@ -262,21 +270,115 @@ async fn payments_survive_each_of_two_postgres_servers_killed_in_turn() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("server");
     // A first: it creates the CA, master key and admin token that B reads.
-    let a = Server::start("a", &data_dir, Some(&database));
-    let b = Server::start("b", &data_dir, Some(&database));
+    // Over TLS when the test cluster serves it (scripts/postgres does).
+    let ca = std::env::var_os(scratch::CA_ENV).map(PathBuf::from);
+    let a = Server::start("a", &data_dir, Some((&database, ca.clone())));
+    let b = Server::start("b", &data_dir, Some((&database, ca)));
     let stops = [0, 1, 0, 1, 0, 1].map(|victim| (victim, Kill));
     pay_through_kills(&dir, vec![a, b], 0, 1, &stops).await;
 }
 
-/// How a server is stopped.
-#[derive(Debug, Clone, Copy)]
-enum Stop {
+/// A PostgreSQL cluster of this test's own (`scripts/postgres`), which it
+/// crashes and starts again; the shared test cluster must stay up for the
+/// other tests.
+struct Cluster {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Cluster {
+    /// `None` (after saying so) when PostgreSQL is not installed, except
+    /// under `CI=true`, where that fails the test.
+    fn start() -> Option<Cluster> {
+        let dir = tempfile::tempdir().unwrap();
+        let port = keybridge_transport::port::listen_port().unwrap();
+        let cluster = Cluster { dir, port };
+        if let Err(e) = cluster.run("start") {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{e}");
+            }
+            eprintln!("\n!!!!!!!! SKIPPED (not CI) !!!!!!!!\n{e}\n");
+            return None;
+        }
+        Some(cluster)
+    }
+
+    fn run(&self, command: &str) -> Result<(), String> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres");
+        let out = Command::new(script)
+            .arg(command)
+            .arg(self.dir.path())
+            .arg(self.port.to_string())
+            .output()
+            .map_err(|e| format!("scripts/postgres {command}: {e}"))?;
+        match out.status.success() {
+            true => Ok(()),
+            false => Err(format!(
+                "scripts/postgres {command}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )),
+        }
+    }
+
+    /// Kills every PostgreSQL process at once (no checkpoint, no clean
+    /// close of any connection), then starts it again: it recovers from
+    /// its WAL.
+    fn crash_and_restart(&self) {
+        self.run("crash").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        self.run("start").unwrap();
+    }
+
+    /// A fresh database on it, as a `key=value` URL.
+    async fn database(&self) -> String {
+        let server = format!("host=127.0.0.1 port={} user=postgres", self.port);
+        let (db, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        db.batch_execute("CREATE DATABASE keybridge").await.unwrap();
+        format!("{server} dbname=keybridge")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.run("stop");
+    }
+}
+
+/// PostgreSQL itself crashes three times while two servers on it take
+/// payments: requests fail while it is down (the tills retry, the relay
+/// sends its answers again), the servers' pools and event links reconnect,
+/// and every payment still ends once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_survive_postgres_crashing_under_two_servers() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let database = cluster.database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("server");
+    // Over TLS: the handshake is redone by every connection the crashes drop.
+    let ca = Some(cluster.dir.path().join("ca.crt"));
+    let a = Server::start("a", &data_dir, Some((&database, ca.clone())));
+    let b = Server::start("b", &data_dir, Some((&database, ca)));
+    let stops = [Crash(&cluster); 3].map(|stop| (0, stop));
+    pay_through_kills(&dir, vec![a, b], 0, 1, &stops).await;
+}
+
+/// How a server (or its database) is stopped.
+#[derive(Clone, Copy)]
+enum Stop<'a> {
     /// SIGKILL: a crash.
     Kill,
     /// SIGTERM: a deploy or a service manager's stop; a graceful exit.
     Term,
+    /// The servers' PostgreSQL crashes and restarts; the servers run on.
+    Crash(&'a Cluster),
 }
-use Stop::{Kill, Term};
+use Stop::{Crash, Kill, Term};
 
 /// Alice's card serves a relay on `servers[relay_on]`, [`TILLS`] tills pay
 /// through `servers[tills_on]`, and for each `(k, stop)` of `stops`,
@@ -288,7 +390,7 @@ async fn pay_through_kills(
     mut servers: Vec<Server>,
     relay_on: usize,
     tills_on: usize,
-    stops: &[(usize, Stop)],
+    stops: &[(usize, Stop<'_>)],
 ) {
     let token = std::fs::read_to_string(servers[0].data_dir.join("admin-token")).unwrap();
     let token = token.trim().to_owned();
@@ -350,6 +452,10 @@ async fn pay_through_kills(
         match stop {
             Kill => servers[victim].kill(),
             Term => servers[victim].terminate(),
+            Crash(cluster) => {
+                tokio::task::block_in_place(|| cluster.crash_and_restart());
+                continue;
+            }
         }
         // Down long enough for requests to fail and the relay to lose its socket.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -366,10 +472,25 @@ async fn pay_through_kills(
 
     let heard = heard.lock().unwrap().clone();
     let retried = heard.values().filter(|h| h.attempts > 1).count();
+    // A server stopped cuts the tills' requests off; a database crash may
+    // not (a till waiting on the hub just waits), so it shows in the
+    // servers' logs instead: each lost its event connection once a crash.
+    let crashes = stops.iter().filter(|(_, s)| matches!(s, Crash(_))).count();
     assert!(
-        retried > 0,
+        retried > 0 || crashes > 0,
         "no till request was cut off by a kill, so nothing was tested"
     );
+    for server in &servers {
+        let lost = server
+            .logs()
+            .matches("lost the connection to other instances")
+            .count();
+        assert!(
+            lost >= crashes,
+            "server {}: {lost} of {crashes}",
+            server.name
+        );
+    }
 
     // Every order is one transaction in the store, ended as its till heard.
     let stored = admin.transactions(500).await.unwrap();
