@@ -5,12 +5,14 @@
 //! or the database under it crashes. The tills retry with their idempotency
 //! keys, as a real till does after a lost connection; the phone's relay and
 //! the card (a `keybridge card` process on the relay's vpcd reader) carry
-//! on. Three set-ups:
+//! on. Four set-ups:
 //! - the default SQLite store, one server, killed five times and stopped
 //!   with SIGTERM twice;
 //! - PostgreSQL with two servers, the relay's socket on one and the tills on
 //!   the other, each killed in turn (six kills) while the other runs on;
-//! - PostgreSQL itself crashing three times under two servers.
+//! - PostgreSQL itself crashing three times under two servers;
+//! - the phone (`keybridge relay`, a process in every set-up) killed five
+//!   times while it talks to the card.
 //!
 //! After the last restart the test reads everything back through the
 //! operator's API and checks what a payment system promises across a crash:
@@ -30,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::removal::{card, enrol_and_start_relay, request, Killed, AMOUNT};
+use common::removal::{card, enrol_card, request, Killed, AMOUNT, PIN};
 use keybridge_proto::api::{CreateAccount, TransactionStatus};
 use keybridge_proto::AccountId;
 use keybridge_relay::{CardLink, CardLinkSpec};
@@ -231,24 +233,22 @@ async fn till(
     }
 }
 
-/// Every server's log, for a failure's message.
-fn logs(servers: &[Server]) -> String {
-    servers
-        .iter()
-        .map(Server::logs)
-        .collect::<Vec<_>>()
-        .join("\n")
+/// Every server's log and the relay's, for a failure's message.
+fn everything(servers: &[Server], relay: &Relay) -> String {
+    let mut logs: Vec<String> = servers.iter().map(Server::logs).collect();
+    logs.push(relay.logs());
+    logs.join("\n")
 }
 
-/// Waits until `count` reaches `target`, or panics with the servers' logs.
-async fn reach(count: &AtomicU64, target: u64, servers: &[Server]) {
+/// Waits until `count` reaches `target`, or panics with `logs()`.
+async fn reach(count: &AtomicU64, target: u64, logs: impl Fn() -> String) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while count.load(Ordering::SeqCst) < target {
         assert!(
             Instant::now() < deadline,
             "payments stopped settling at {} of {target}:\n{}",
             count.load(Ordering::SeqCst),
-            logs(servers)
+            logs()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -368,7 +368,18 @@ async fn payments_survive_postgres_crashing_under_two_servers() {
     pay_through_kills(&dir, vec![a, b], 0, 1, &stops).await;
 }
 
-/// How a server (or its database) is stopped.
+/// The phone killed five times (SIGKILL: the app swiped away, the phone
+/// out of battery) while the tills pay; the card signs again what the dead
+/// phone never delivered, and every payment ends once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_survive_the_phone_killed_five_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start("server", &dir.path().join("server"), None);
+    let stops = [Phone; 5].map(|stop| (0, stop));
+    pay_through_kills(&dir, vec![server], 0, 0, &stops).await;
+}
+
+/// How a server (or its database, or the phone) is stopped.
 #[derive(Clone, Copy)]
 enum Stop<'a> {
     /// SIGKILL: a crash.
@@ -377,8 +388,87 @@ enum Stop<'a> {
     Term,
     /// The servers' PostgreSQL crashes and restarts; the servers run on.
     Crash(&'a Cluster),
+    /// The phone's relay process is killed (SIGKILL) and started again.
+    Phone,
 }
-use Stop::{Crash, Kill, Term};
+use Stop::{Crash, Kill, Phone, Term};
+
+/// `keybridge relay` as a process of its own, so it can be killed as a
+/// phone's app is; the card process connects to its vpcd reader, and
+/// reconnects when a new one listens there.
+struct Relay {
+    dir: PathBuf,
+    card: String,
+    process: Option<Killed>,
+    started: usize,
+}
+
+impl Relay {
+    fn start(dir: &Path, credential: &keybridge_relay::DeviceCredential, card: &str) -> Relay {
+        credential.save(&dir.join("credential.json")).unwrap();
+        let mut relay = Relay {
+            dir: dir.to_owned(),
+            card: card.to_owned(),
+            process: None,
+            started: 0,
+        };
+        relay.restart();
+        relay
+    }
+
+    fn restart(&mut self) {
+        self.started += 1;
+        let log = std::fs::File::create(self.log_path(self.started)).unwrap();
+        let process = Command::new(env!("CARGO_BIN_EXE_keybridge"))
+            .arg("relay")
+            .arg("--credential")
+            .arg(self.dir.join("credential.json"))
+            .args([
+                "--card",
+                &self.card,
+                "--auto",
+                "approve",
+                "--card-wait-s",
+                "10",
+            ])
+            .env("KEYBRIDGE_PIN", PIN)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start keybridge relay");
+        self.process = Some(Killed(process));
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.0.kill().expect("SIGKILL the relay");
+            process.0.wait().expect("reap the relay");
+        }
+    }
+
+    fn log_path(&self, start: usize) -> PathBuf {
+        self.dir.join(format!("relay-{start}.log"))
+    }
+
+    /// How many times this run has started sending a payload to the card.
+    fn card_conversations(&self) -> usize {
+        std::fs::read_to_string(self.log_path(self.started))
+            .unwrap_or_default()
+            .matches("payload bytes to the card")
+            .count()
+    }
+
+    fn logs(&self) -> String {
+        (1..=self.started)
+            .map(|n| {
+                let text = std::fs::read_to_string(self.log_path(n)).unwrap_or_default();
+                format!("--- relay run {n}\n{text}")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
 
 /// Alice's card serves a relay on `servers[relay_on]`, [`TILLS`] tills pay
 /// through `servers[tills_on]`, and for each `(k, stop)` of `stops`,
@@ -416,14 +506,8 @@ async fn pay_through_kills(
     let state = dir.path().join("card.json");
     let link = format!("vpcd=127.0.0.1:{card_port}");
     let enrolling = card(&state, &link, "approve", true);
-    enrol_and_start_relay(
-        &relay_admin,
-        enrol,
-        enrolling,
-        spec,
-        Duration::from_secs(10),
-    )
-    .await;
+    let credential = enrol_card(&relay_admin, enrol, enrolling).await;
+    let mut relay = Relay::start(dir.path(), &credential, &spec.to_string());
     let (_signing_card, _card_lines) = card(&state, &link, "approve", false);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -444,7 +528,7 @@ async fn pay_through_kills(
 
     for (n, &(victim, stop)) in stops.iter().enumerate() {
         let target = settled.load(Ordering::SeqCst) + SETTLED_BETWEEN_KILLS;
-        reach(&settled, target, &servers).await;
+        reach(&settled, target, || everything(&servers, &relay)).await;
         // Kill at a different point of the payments in flight each time
         // (0 to 22 ms after the last count reached, in 1 ms steps).
         let offset = (7 * n as u64) % 23;
@@ -456,17 +540,36 @@ async fn pay_through_kills(
                 tokio::task::block_in_place(|| cluster.crash_and_restart());
                 continue;
             }
+            Phone => {
+                // Killed while it talks to the card: a signature made then
+                // never reaches the server, and the card signs again.
+                let sent = relay.card_conversations();
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while relay.card_conversations() == sent {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the phone stopped asking the card"
+                    );
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                // 0 to 9 ms into it: in SELECT, VERIFY, SIGN or the answer.
+                tokio::time::sleep(Duration::from_millis(3 * n as u64 % 10)).await;
+                relay.kill();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                relay.restart();
+                continue;
+            }
         }
         // Down long enough for requests to fail and the relay to lose its socket.
         tokio::time::sleep(Duration::from_millis(200)).await;
         servers[victim].restart();
     }
     let target = settled.load(Ordering::SeqCst) + SETTLED_BETWEEN_KILLS;
-    reach(&settled, target, &servers).await;
+    reach(&settled, target, || everything(&servers, &relay)).await;
     stop.store(true, Ordering::SeqCst);
     for t in tills {
         if let Err(e) = t.await {
-            panic!("a till failed: {e}\n{}", logs(&servers));
+            panic!("a till failed: {e}\n{}", everything(&servers, &relay));
         }
     }
 
@@ -476,9 +579,18 @@ async fn pay_through_kills(
     // not (a till waiting on the hub just waits), so it shows in the
     // servers' logs instead: each lost its event connection once a crash.
     let crashes = stops.iter().filter(|(_, s)| matches!(s, Crash(_))).count();
+    let phone_kills = stops.iter().filter(|(_, s)| matches!(s, Phone)).count();
     assert!(
-        retried > 0 || crashes > 0,
+        retried > 0 || crashes > 0 || phone_kills > 0,
         "no till request was cut off by a kill, so nothing was tested"
+    );
+    // Every run of the phone reached the server (a killed one was replaced).
+    let connected = relay.logs().matches("] connected to ").count();
+    assert!(
+        connected >= relay.started,
+        "{connected} connections in {} relay runs:\n{}",
+        relay.started,
+        relay.logs()
     );
     for server in &servers {
         let lost = server
@@ -520,7 +632,7 @@ async fn pay_through_kills(
         settled_n,
         u64::try_from(heard.len()).unwrap(),
         "every order settles in the end: {heard:?}\n{}",
-        logs(&servers)
+        everything(&servers, &relay)
     );
 
     // The books: exactly the settled amounts moved.
@@ -559,8 +671,12 @@ async fn pay_through_kills(
         "{devices:?}"
     );
     eprintln!(
-        "crash test: {} orders, {retried} cut off by a kill and retried, {} server runs",
+        "crash test: {} orders, {retried} cut off by a kill and retried, {} server runs, \
+         {} relay runs, {} card signatures that paid nothing (lost with a killed phone \
+         or server, signed again)",
         heard.len(),
-        servers.iter().map(|s| s.started).sum::<usize>()
+        servers.iter().map(|s| s.started).sum::<usize>(),
+        relay.started,
+        u64::from(devices[0].last_counter) - settled_n
     );
 }

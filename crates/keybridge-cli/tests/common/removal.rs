@@ -98,6 +98,17 @@ pub async fn enrol_and_start_relay(
     spec: CardLinkSpec,
     card_wait: Duration,
 ) {
+    let credential = enrol_card(admin, enrol, card).await;
+    start_relay(credential, spec, card_wait);
+}
+
+/// Enrols the card on `enrol` for alice (`card` is the card process serving
+/// that reader, stopped afterwards); returns the phone's credential.
+pub async fn enrol_card(
+    admin: &keybridge_terminal::Client,
+    enrol: CardLink,
+    card: (Killed, Receiver<String>),
+) -> keybridge_relay::DeviceCredential {
     let link = Arc::new(Mutex::new(enrol));
     let (_, credential) = keybridge_relay::enroll(
         admin,
@@ -111,6 +122,16 @@ pub async fn enrol_and_start_relay(
     .unwrap();
     drop(card);
     drop(link);
+    credential
+}
+
+/// Starts a relay in this process with `credential`, reaching the card
+/// through `spec` and waiting up to `card_wait` for each tap.
+pub fn start_relay(
+    credential: keybridge_relay::DeviceCredential,
+    spec: CardLinkSpec,
+    card_wait: Duration,
+) {
     let options = RelayOptions {
         credential,
         card: spec,
