@@ -21,7 +21,10 @@
 //!   (a terminal never hears of money that a crash then takes back);
 //! - the payer lost, and the shop gained, exactly the settled amounts;
 //! - the audit chain is intact and records each settlement once;
-//! - the card's signature counter covers every settlement.
+//! - the card's signature counter covers every settlement;
+//! - the shop's webhook endpoint hears of every outcome at least once (its
+//!   events are queued in the same database transaction as the outcome),
+//!   and of nothing else.
 
 mod common;
 
@@ -33,8 +36,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::removal::{card, enrol_card, request, Killed, AMOUNT, PIN};
-use keybridge_proto::api::{CreateAccount, TransactionStatus};
-use keybridge_proto::AccountId;
+use keybridge_proto::api::{CreateAccount, TransactionStatus, WebhookEvent};
+use keybridge_proto::{AccountId, TransactionId};
 use keybridge_relay::{CardLink, CardLinkSpec};
 use keybridge_server::store::postgres::scratch;
 use keybridge_terminal::Client;
@@ -379,6 +382,42 @@ async fn payments_survive_the_phone_killed_five_times() {
     pay_through_kills(&dir, vec![server], 0, 0, &stops).await;
 }
 
+/// The shop's webhook endpoint, registered for the tills' terminal: every
+/// event it was sent.
+#[derive(Clone, Default)]
+struct Shop {
+    seen: Arc<Mutex<Vec<WebhookEvent>>>,
+}
+
+impl Shop {
+    async fn start(server: &str, terminal_key: &str) -> Shop {
+        let shop = Shop::default();
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(Shop::hook))
+            .with_state(shop.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let registered = reqwest::Client::new()
+            .put(format!("{server}/v1/webhook"))
+            .bearer_auth(terminal_key)
+            .json(&serde_json::json!({ "url": url }))
+            .send()
+            .await
+            .unwrap();
+        assert!(registered.status().is_success(), "{registered:?}");
+        shop
+    }
+
+    async fn hook(
+        axum::extract::State(shop): axum::extract::State<Shop>,
+        axum::Json(event): axum::Json<WebhookEvent>,
+    ) -> axum::http::StatusCode {
+        shop.seen.lock().unwrap().push(event);
+        axum::http::StatusCode::NO_CONTENT
+    }
+}
+
 /// How a server (or its database, or the phone) is stopped.
 #[derive(Clone, Copy)]
 enum Stop<'a> {
@@ -498,6 +537,7 @@ async fn pay_through_kills(
             .unwrap();
     }
     let terminal_key = admin.create_terminal("till").await.unwrap().api_key;
+    let shop = Shop::start(&servers[tills_on].url(), &terminal_key).await;
 
     // Alice's card on the relay's own vpcd reader, enrolled, then serving.
     let card_port = keybridge_transport::port::listen_port().unwrap();
@@ -665,6 +705,39 @@ async fn pay_through_kills(
     }
     assert_eq!(u64::try_from(settlements).unwrap(), settled_n);
 
+    // The shop heard every outcome, as stored, at least once (a delivery
+    // cut off by a crash goes again: at least once, never lost). Events an
+    // instance took before it died wait out its claim (20 s on PostgreSQL).
+    let outcomes: HashMap<TransactionId, TransactionStatus> =
+        stored.iter().map(|t| (t.id, t.status)).collect();
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let heard_by_shop = loop {
+        let seen = shop.seen.lock().unwrap().clone();
+        let told: HashMap<TransactionId, TransactionStatus> = seen
+            .iter()
+            .map(|e| (e.transaction.id, e.transaction.status))
+            .collect();
+        if told == outcomes {
+            break seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the shop was told {} outcomes of {}:\n{}",
+            told.len(),
+            outcomes.len(),
+            everything(&servers, &relay)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for event in &heard_by_shop {
+        assert_eq!(
+            Some(&event.transaction.status),
+            outcomes.get(&event.transaction.id),
+            "{event:?}"
+        );
+    }
+    let repeated = heard_by_shop.len() - outcomes.len();
+
     let devices = admin.devices().await.unwrap();
     assert!(
         u64::from(devices[0].last_counter) >= settled_n,
@@ -673,7 +746,7 @@ async fn pay_through_kills(
     eprintln!(
         "crash test: {} orders, {retried} cut off by a kill and retried, {} server runs, \
          {} relay runs, {} card signatures that paid nothing (lost with a killed phone \
-         or server, signed again)",
+         or server, signed again), {repeated} webhook events delivered again",
         heard.len(),
         servers.iter().map(|s| s.started).sum::<usize>(),
         relay.started,

@@ -29,12 +29,15 @@ pub const EVENT_ID_HEADER: &str = "KeyBridge-Event-Id";
 pub const ATTEMPTS_MAX: u32 = 8;
 pub const BACKOFF_S_BASE: u64 = 1;
 pub const BACKOFF_S_MAX: u64 = 300;
-/// Events taken per pass, and delivered concurrently within a pass.
-const BATCH_LEN_MAX: u32 = 32;
-const CONCURRENT_MAX: usize = 8;
+/// Events taken per pass, all delivered concurrently: a pass is one round
+/// of requests, so it lasts at most about [`REQUEST_TIMEOUT_S`], which
+/// bounds how long an instance must hold the events it took
+/// (`store::postgres::web::CLAIM_S`).
+const BATCH_LEN_MAX: u32 = 8;
+const CONCURRENT_MAX: usize = BATCH_LEN_MAX as usize;
 /// Least time between two passes; bounds the store queries, not delivery.
 const PASS_SPACING_MS: u64 = 10;
-const REQUEST_TIMEOUT_S: u64 = 10;
+pub(crate) const REQUEST_TIMEOUT_S: u64 = 10;
 /// Error text kept per attempt; receivers' bodies are not stored.
 const ERROR_LEN_MAX: usize = 200;
 /// URLs are registered by terminals; keep them to a sane size.

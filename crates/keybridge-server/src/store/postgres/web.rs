@@ -10,9 +10,13 @@ use crate::store::{StoreError, TransactionRecord};
 
 /// How long an instance that took due deliveries has them to itself. Several
 /// instances run the webhook worker; a claim keeps them from posting the same
-/// event at once. If the instance dies mid-attempt, another takes the event
-/// after this; receivers deduplicate by event id (delivery is at least once).
-pub const CLAIM_S: i64 = 60;
+/// event at once. If the instance dies mid-attempt (or the database does),
+/// the event goes out again after this; receivers deduplicate by event id
+/// (delivery is at least once). Twice a worker's pass, which is one round
+/// of requests of at most `REQUEST_TIMEOUT_S`; it was 60 s, for passes of
+/// four rounds, and the crash test then waited that long for events taken
+/// by a killed instance.
+pub const CLAIM_S: i64 = 2 * crate::webhook::REQUEST_TIMEOUT_S as i64;
 
 fn read_delivery(r: &tokio_postgres::Row) -> Result<DeliveryRecord, StoreError> {
     decode_delivery((
