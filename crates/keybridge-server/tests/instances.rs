@@ -159,17 +159,7 @@ async fn instances_reconnect_after_their_event_connections_are_cut() {
     wait_for_listeners(&db, 2).await;
 
     let mut relay = a.relay(&card.enrolled.credential).await;
-    let created = a
-        .http
-        .post(format!("http://{}/v1/transactions", b.addr))
-        .bearer_auth(&terminal.api_key)
-        .header("Idempotency-Key", "after-the-cut")
-        .json(&payment(500))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), StatusCode::ACCEPTED);
-    let tx: TransactionView = created.json().await.unwrap();
+    let tx = create_on(&a, &b.addr, &terminal.api_key, "after-the-cut", 500).await;
     request_payload(&relay.next().await, &tx.id);
     b.shutdown().await;
 }
@@ -306,17 +296,7 @@ async fn a_request_made_while_an_instance_was_not_listening_reaches_its_relay() 
     cut_listeners(&db).await;
     // Gone before the request is made (they wait a second to reconnect).
     wait_for_listeners(&db, 0).await;
-    let created = a
-        .http
-        .post(format!("http://{}/v1/transactions", b.addr))
-        .bearer_auth(&terminal.api_key)
-        .header("Idempotency-Key", "in-the-gap")
-        .json(&payment(700))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), StatusCode::ACCEPTED);
-    let tx: TransactionView = created.json().await.unwrap();
+    let tx = create_on(&a, &b.addr, &terminal.api_key, "in-the-gap", 700).await;
     request_payload(&relay.next().await, &tx.id);
     b.shutdown().await;
 }
@@ -365,4 +345,25 @@ async fn wait_for_listeners(db: &tokio_postgres::Client, n: i64) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+/// Creates a payment on the instance at `addr`, with the harness's client.
+async fn create_on(
+    h: &Harness,
+    addr: &std::net::SocketAddr,
+    api_key: &str,
+    idempotency_key: &str,
+    amount_minor: u64,
+) -> TransactionView {
+    let created = h
+        .http
+        .post(format!("http://{addr}/v1/transactions"))
+        .bearer_auth(api_key)
+        .header("Idempotency-Key", idempotency_key)
+        .json(&payment(amount_minor))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::ACCEPTED);
+    created.json().await.unwrap()
 }
