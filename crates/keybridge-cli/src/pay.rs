@@ -47,11 +47,18 @@ pub struct PayArgs {
 
 /// Exit codes: 0 settled; 2 rejected, expired or failed; 3 still pending when
 /// the wait ran out; 1 any other error.
-pub async fn run(args: PayArgs) -> ExitCode {
+pub async fn run(mut args: PayArgs) -> ExitCode {
+    // Chosen here, not inside, so an error can name it: the payment may
+    // exist, and only the same key retries it without paying twice.
+    let key = args
+        .idempotency_key
+        .get_or_insert_with(new_idempotency_key)
+        .clone();
     match run_inner(args).await {
         Ok(code) => code,
         Err(e) => {
             println!("error: {e:#}");
+            println!("to try again without paying twice: --idempotency-key {key}");
             ExitCode::from(1)
         }
     }
@@ -97,8 +104,9 @@ async fn run_inner(args: PayArgs) -> anyhow::Result<ExitCode> {
         }
         TransactionStatus::Pending => {
             println!(
-                "still pending after {} s; no money has moved yet",
-                args.wait_s
+                "still pending after {} s; no money has moved yet \
+                 (to wait again: the same command with --idempotency-key {})",
+                args.wait_s, request.idempotency_key
             );
             ExitCode::from(3)
         }

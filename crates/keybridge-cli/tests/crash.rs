@@ -14,6 +14,9 @@
 //! - the phone (`keybridge relay`, a process in every set-up) killed five
 //!   times while it talks to the card.
 //!
+//! And `keybridge pay` itself, the terminal's command, through two server
+//! restarts.
+//!
 //! After the last restart the test reads everything back through the
 //! operator's API and checks what a payment system promises across a crash:
 //! - every order ended, in exactly one transaction (no order paid twice);
@@ -418,6 +421,118 @@ impl Shop {
     }
 }
 
+/// `keybridge pay`, the terminal's command, while its server goes down
+/// twice: before the till's first request (connection refused) and while it
+/// waits for the phone. It sends both requests again with the same
+/// idempotency key until the server is back, and exits 0 once the phone
+/// (off until then) confirms; one transaction, paid once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keybridge_pay_rides_out_server_restarts_and_pays_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start("server", &dir.path().join("server"), None);
+    let token = std::fs::read_to_string(server.data_dir.join("admin-token")).unwrap();
+    let admin = Client::new(&server.url(), token.trim()).unwrap();
+    for (id, opening_balance_minor) in [("alice", 10_000), ("shop", 0)] {
+        admin
+            .create_account(&CreateAccount {
+                id: AccountId::new(id).unwrap(),
+                display_name: id.into(),
+                currency: cny(),
+                opening_balance_minor,
+            })
+            .await
+            .unwrap();
+    }
+    let terminal_key = admin.create_terminal("till").await.unwrap().api_key;
+    let card_port = keybridge_transport::port::listen_port().unwrap();
+    let spec = CardLinkSpec::VpcdListen(format!("127.0.0.1:{card_port}"));
+    let state = dir.path().join("card.json");
+    let link = format!("vpcd=127.0.0.1:{card_port}");
+    let enrolling = card(&state, &link, "approve", true);
+    let credential = enrol_card(&admin, CardLink::open(&spec).unwrap(), enrolling).await;
+    let mut phone = Relay::stopped(dir.path(), &credential, &spec.to_string());
+    let (_signing_card, _card_lines) = card(&state, &link, "approve", false);
+
+    server.kill();
+    let out = dir.path().join("pay.out");
+    let mut pay = Killed(
+        Command::new(env!("CARGO_BIN_EXE_keybridge"))
+            .args([
+                "pay",
+                "--server",
+                &server.url(),
+                "--from",
+                "alice",
+                "--to",
+                "shop",
+            ])
+            .args([
+                "--amount",
+                "2.50",
+                "--currency",
+                "CNY",
+                "--order",
+                "O-RESTARTS",
+            ])
+            .args(["--idempotency-key", "k-O-RESTARTS", "--wait-s", "60"])
+            .env("KEYBRIDGE_API_KEY", &terminal_key)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start keybridge pay"),
+    );
+    let printed = || std::fs::read_to_string(&out).unwrap_or_default();
+    // Refused while the server is down; then the server is back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        pay.0.try_wait().unwrap().is_none(),
+        "pay gave up: {}",
+        printed()
+    );
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !printed().contains("confirm on your phone") {
+        assert!(Instant::now() < deadline, "not created: {}", printed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Down again while the till waits for the phone, which is still off.
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        pay.0.try_wait().unwrap().is_none(),
+        "pay gave up: {}",
+        printed()
+    );
+    server.restart();
+    phone.restart();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = pay.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pay still running: {}",
+            printed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        status.success() && printed().contains("settled: CNY 2.50 paid to shop"),
+        "{status}: {}\n{}",
+        printed(),
+        phone.logs()
+    );
+    let admin = Client::new(&server.url(), token.trim()).unwrap();
+    let stored = admin.transactions(10).await.unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].status, TransactionStatus::Settled);
+    let alice = admin.account(&AccountId::new("alice").unwrap()).await;
+    assert_eq!(alice.unwrap().balance_minor, 10_000 - 250);
+}
+
 /// How a server (or its database, or the phone) is stopped.
 #[derive(Clone, Copy)]
 enum Stop<'a> {
@@ -444,15 +559,20 @@ struct Relay {
 
 impl Relay {
     fn start(dir: &Path, credential: &keybridge_relay::DeviceCredential, card: &str) -> Relay {
+        let mut relay = Relay::stopped(dir, credential, card);
+        relay.restart();
+        relay
+    }
+
+    /// Ready to start, not started: the phone is off.
+    fn stopped(dir: &Path, credential: &keybridge_relay::DeviceCredential, card: &str) -> Relay {
         credential.save(&dir.join("credential.json")).unwrap();
-        let mut relay = Relay {
+        Relay {
             dir: dir.to_owned(),
             card: card.to_owned(),
             process: None,
             started: 0,
-        };
-        relay.restart();
-        relay
+        }
     }
 
     fn restart(&mut self) {

@@ -425,7 +425,7 @@ async fn deliver(
     let mut pause = REDELIVER_PAUSE_FIRST;
     loop {
         match submit(ctx, id, answer).await {
-            Err(RelayError::Server(e)) if is_transient(&e) && now_unix_s() < expires_at_unix_s => {
+            Err(RelayError::Server(e)) if e.is_transient() && now_unix_s() < expires_at_unix_s => {
                 say!(
                     ctx.options.quiet,
                     "transaction {id}: {e}; sending the answer again in {} ms",
@@ -436,17 +436,6 @@ async fn deliver(
             }
             done => return done,
         }
-    }
-}
-
-/// Whether the server may take the same answer later: it was not reached, or
-/// it failed or was too busy to judge it. Any other answer is the server's
-/// judgement and final.
-fn is_transient(e: &ClientError) -> bool {
-    match e {
-        ClientError::Http(_) => true,
-        ClientError::Api { status, .. } => *status >= 500 || *status == 429,
-        _ => false,
     }
 }
 

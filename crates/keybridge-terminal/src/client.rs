@@ -25,6 +25,21 @@ pub enum ClientError {
     Http(#[from] reqwest::Error),
 }
 
+impl ClientError {
+    /// Whether the same request may succeed if sent again: the server was
+    /// not reached (or the connection broke), or it failed or was too busy
+    /// to judge it (HTTP 5xx, 429). Any other answer is the server's
+    /// judgement, final. Sending again is safe for what KeyBridge clients
+    /// send: a transaction's creation carries its idempotency key, and an
+    /// answer the server already applied gets its stored outcome.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Http(_) => true,
+            ClientError::Api { status, .. } => *status >= 500 || *status == 429,
+        }
+    }
+}
+
 /// One server, one credential.
 #[derive(Debug, Clone)]
 pub struct Client {

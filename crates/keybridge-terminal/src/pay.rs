@@ -44,17 +44,52 @@ pub fn new_idempotency_key() -> String {
 
 /// Creates the transaction, then long-polls until it is final or `wait_max`
 /// passes. `on_created` runs once the server has accepted the transaction, so a
-/// caller can tell the user to look at their phone.
+/// caller can tell the user to look at their phone. A request the server
+/// did not get or failed ([`ClientError::is_transient`]: a restart, a
+/// network blip) is sent again, with the same idempotency key, until
+/// `wait_max`: a till that gave up there would leave a payment it cannot
+/// see, and one that tried again with a new key could pay twice.
 pub async fn pay(
     client: &Client,
     request: &PayRequest,
     on_created: impl FnOnce(&TransactionView),
 ) -> Result<PayOutcome, ClientError> {
-    let created = client
-        .create_transaction(&request.idempotency_key, &body(request))
-        .await?;
+    let deadline = tokio::time::Instant::now() + request.wait_max;
+    let body = body(request);
+    let created = again_until(deadline, || {
+        client.create_transaction(&request.idempotency_key, &body)
+    })
+    .await?;
     on_created(&created);
     follow(client, request, created).await
+}
+
+/// First pause before a request is sent again; it doubles up to
+/// [`AGAIN_PAUSE_MAX`].
+const AGAIN_PAUSE_FIRST: Duration = Duration::from_millis(100);
+const AGAIN_PAUSE_MAX: Duration = Duration::from_secs(2);
+
+/// Runs `call` until it succeeds, fails for good, or a pause would reach
+/// past `deadline` (then its last error).
+async fn again_until<T, F, Fut>(
+    deadline: tokio::time::Instant,
+    mut call: F,
+) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut pause = AGAIN_PAUSE_FIRST;
+    loop {
+        match call().await {
+            Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < deadline => {
+                tracing::warn!(error = %e, "sending the request again in {} ms", pause.as_millis());
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(AGAIN_PAUSE_MAX);
+            }
+            done => return done,
+        }
+    }
 }
 
 /// [`pay`] in one request when the payment ends within the server's longest
@@ -101,7 +136,10 @@ async fn follow(
         if left.is_zero() {
             break;
         }
-        last = client.get_transaction(&created.id, wait_s(left)).await?;
+        last = again_until(deadline, || {
+            client.get_transaction(&created.id, wait_s(left))
+        })
+        .await?;
     }
     Ok(PayOutcome { created, last })
 }
