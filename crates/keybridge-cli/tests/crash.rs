@@ -5,14 +5,16 @@
 //! or the database under it crashes. The tills retry with their idempotency
 //! keys, as a real till does after a lost connection; the phone's relay and
 //! the card (a `keybridge card` process on the relay's vpcd reader) carry
-//! on. Four set-ups:
+//! on. Five set-ups:
 //! - the default SQLite store, one server, killed five times and stopped
 //!   with SIGTERM twice;
 //! - PostgreSQL with two servers, the relay's socket on one and the tills on
 //!   the other, each killed in turn (six kills) while the other runs on;
 //! - PostgreSQL itself crashing three times under two servers;
 //! - the phone (`keybridge relay`, a process in every set-up) killed five
-//!   times while it talks to the card.
+//!   times while it talks to the card;
+//! - the card (`keybridge card`) killed five times while the phone talks to
+//!   it.
 //!
 //! And `keybridge pay` itself, the terminal's command, through two server
 //! restarts.
@@ -533,7 +535,19 @@ async fn keybridge_pay_rides_out_server_restarts_and_pays_once() {
     assert_eq!(alice.unwrap().balance_minor, 10_000 - 250);
 }
 
-/// How a server (or its database, or the phone) is stopped.
+/// The card killed five times while the phone talks to it, and started
+/// again on its state file: its signature counter survives every kill (a
+/// counter used twice would be refused by the server as a replay and fail
+/// the payment), and every payment ends settled, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_survive_the_card_killed_five_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start("server", &dir.path().join("server"), None);
+    let stops = [Card; 5].map(|stop| (0, stop));
+    pay_through_kills(&dir, vec![server], 0, 0, &stops).await;
+}
+
+/// How a server (or its database, or the phone, or the card) is stopped.
 #[derive(Clone, Copy)]
 enum Stop<'a> {
     /// SIGKILL: a crash.
@@ -544,8 +558,11 @@ enum Stop<'a> {
     Crash(&'a Cluster),
     /// The phone's relay process is killed (SIGKILL) and started again.
     Phone,
+    /// The card's process is killed (SIGKILL: pulled from the reader, or
+    /// power lost) and started again on its state file.
+    Card,
 }
-use Stop::{Crash, Kill, Phone, Term};
+use Stop::{Card, Crash, Kill, Phone, Term};
 
 /// `keybridge relay` as a process of its own, so it can be killed as a
 /// phone's app is; the card process connects to its vpcd reader, and
@@ -668,7 +685,7 @@ async fn pay_through_kills(
     let enrolling = card(&state, &link, "approve", true);
     let credential = enrol_card(&relay_admin, enrol, enrolling).await;
     let mut relay = Relay::start(dir.path(), &credential, &spec.to_string());
-    let (_signing_card, _card_lines) = card(&state, &link, "approve", false);
+    let mut signing_card = card(&state, &link, "approve", false);
 
     let stop = Arc::new(AtomicBool::new(false));
     let settled = Arc::new(AtomicU64::new(0));
@@ -700,9 +717,9 @@ async fn pay_through_kills(
                 tokio::task::block_in_place(|| cluster.crash_and_restart());
                 continue;
             }
-            Phone => {
-                // Killed while it talks to the card: a signature made then
-                // never reaches the server, and the card signs again.
+            Phone | Card => {
+                // Killed while the phone talks to the card: a signature made
+                // then never reaches the server, and the card signs again.
                 let sent = relay.card_conversations();
                 let deadline = Instant::now() + Duration::from_secs(20);
                 while relay.card_conversations() == sent {
@@ -714,9 +731,15 @@ async fn pay_through_kills(
                 }
                 // 0 to 9 ms into it: in SELECT, VERIFY, SIGN or the answer.
                 tokio::time::sleep(Duration::from_millis(3 * n as u64 % 10)).await;
-                relay.kill();
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                relay.restart();
+                if matches!(stop, Phone) {
+                    relay.kill();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    relay.restart();
+                } else {
+                    drop(signing_card);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    signing_card = card(&state, &link, "approve", false);
+                }
                 continue;
             }
         }
@@ -739,10 +762,22 @@ async fn pay_through_kills(
     // not (a till waiting on the hub just waits), so it shows in the
     // servers' logs instead: each lost its event connection once a crash.
     let crashes = stops.iter().filter(|(_, s)| matches!(s, Crash(_))).count();
-    let phone_kills = stops.iter().filter(|(_, s)| matches!(s, Phone)).count();
+    let phone_kills = stops
+        .iter()
+        .filter(|(_, s)| matches!(s, Phone | Card))
+        .count();
     assert!(
         retried > 0 || crashes > 0 || phone_kills > 0,
         "no till request was cut off by a kill, so nothing was tested"
+    );
+    // The card was pulled mid-conversation at least once (the others may
+    // have fallen between two).
+    let card_kills = stops.iter().filter(|(_, s)| matches!(s, Card)).count();
+    let went_away = relay.logs().matches("the card went away").count();
+    assert!(
+        card_kills == 0 || went_away > 0,
+        "{card_kills} card kills, none mid-conversation:\n{}",
+        relay.logs()
     );
     // Every run of the phone reached the server (a killed one was replaced).
     let connected = relay.logs().matches("] connected to ").count();
