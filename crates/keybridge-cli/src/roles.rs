@@ -306,7 +306,9 @@ pub enum TamperArg {
 
 #[derive(Debug, Args)]
 pub struct RelayArgs {
-    /// The device credential file written at enrolment.
+    /// The device credential file written at enrolment. The card's answers
+    /// not yet judged by the server are kept beside it (`NAME.outbox/`), so
+    /// a restarted relay delivers them instead of asking the card again.
     #[arg(long)]
     pub credential: PathBuf,
     /// How to reach the card: `vpcd-listen:HOST:PORT`, `pcsc`, `pcsc:READER`, or
@@ -376,6 +378,9 @@ pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
         ca_cert_pem: read_ca_cert(args.ca_cert.as_deref())?,
         applet: args.applet.map(AppletArg::method),
         answer_wait: keybridge_relay::SOCKET_ANSWER_WAIT,
+        // Beside the credential: `phone.json` keeps its answers in
+        // `phone.outbox/`.
+        outbox: Some(args.credential.with_extension("outbox")),
     };
     keybridge_relay::run(options).await?;
     Ok(())

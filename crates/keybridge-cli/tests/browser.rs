@@ -134,6 +134,7 @@ async fn card_and_relay(admin: &Client, dir: &Path, account: &str, decision: Dec
         ca_cert_pem: None,
         applet: None,
         answer_wait: keybridge_relay::SOCKET_ANSWER_WAIT,
+        outbox: None,
     }));
 }
 

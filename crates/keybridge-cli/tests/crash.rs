@@ -16,8 +16,9 @@
 //! - the card (`keybridge card`) killed five times while the phone talks to
 //!   it.
 //!
-//! And `keybridge pay` itself, the terminal's command, through two server
-//! restarts.
+//! And two single scenes: `keybridge pay` itself, the terminal's command,
+//! through two server restarts; and a phone that dies holding the card's
+//! answer, which it delivers when it starts again.
 //!
 //! After the last restart the test reads everything back through the
 //! operator's API and checks what a payment system promises across a crash:
@@ -545,6 +546,80 @@ async fn payments_survive_the_card_killed_five_times() {
     let server = Server::start("server", &dir.path().join("server"), None);
     let stops = [Card; 5].map(|stop| (0, stop));
     pay_through_kills(&dir, vec![server], 0, 0, &stops).await;
+}
+
+/// A phone that dies holding the card's answer (the server down when the
+/// card signed) delivers it when it starts again, before anything else: the
+/// card, whose holder is asked through its standard input, is asked once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_phone_delivers_the_answer_it_kept() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start("server", &dir.path().join("server"), None);
+    let token = std::fs::read_to_string(server.data_dir.join("admin-token")).unwrap();
+    let admin = Client::new(&server.url(), token.trim()).unwrap();
+    for (id, opening_balance_minor) in [("alice", 10_000), ("shop", 0)] {
+        admin
+            .create_account(&CreateAccount {
+                id: AccountId::new(id).unwrap(),
+                display_name: id.into(),
+                currency: cny(),
+                opening_balance_minor,
+            })
+            .await
+            .unwrap();
+    }
+    let terminal_key = admin.create_terminal("till").await.unwrap().api_key;
+    let card_port = keybridge_transport::port::listen_port().unwrap();
+    let spec = CardLinkSpec::VpcdListen(format!("127.0.0.1:{card_port}"));
+    let state = dir.path().join("card.json");
+    let link = format!("vpcd=127.0.0.1:{card_port}");
+    let enrolling = card(&state, &link, "approve", true);
+    let credential = enrol_card(&admin, CardLink::open(&spec).unwrap(), enrolling).await;
+    let mut phone = Relay::start(dir.path(), &credential, &spec.to_string());
+    let (mut asking, _lines) = card(&state, &link, "prompt", false);
+
+    let till = Client::new(&server.url(), &terminal_key).unwrap();
+    let paying = tokio::spawn(async move {
+        let request = keybridge_terminal::PayRequest {
+            wait_max: Duration::from_secs(60),
+            ..request("O-KEPT")
+        };
+        keybridge_terminal::pay(&till, &request, |_| {}).await
+    });
+    let wait_for = |phone: &Relay, text: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !phone.logs().contains(text) {
+            assert!(Instant::now() < deadline, "no {text:?}:\n{}", phone.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // The holder is being asked; the server goes down; the holder says yes.
+    tokio::task::block_in_place(|| wait_for(&phone, "payload bytes to the card"));
+    server.kill();
+    let stdin = asking.0.stdin.as_mut().unwrap();
+    stdin.write_all(b"y\n").unwrap();
+    stdin.flush().unwrap();
+    // The card signed; the phone cannot deliver, and dies holding it.
+    tokio::task::block_in_place(|| wait_for(&phone, "sending the answer again"));
+    phone.kill();
+    server.restart();
+    phone.restart();
+
+    let outcome = tokio::time::timeout(Duration::from_secs(30), paying)
+        .await
+        .expect("the payment ended")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        outcome.last.status,
+        TransactionStatus::Settled,
+        "{}",
+        phone.logs()
+    );
+    assert!(phone.logs().contains("kept from before a restart"));
+    let devices = admin.devices().await.unwrap();
+    assert_eq!(devices[0].last_counter, 1, "the card signed once");
 }
 
 /// How a server (or its database, or the phone, or the card) is stopped.

@@ -26,6 +26,7 @@
 pub mod driver;
 pub mod enroll;
 pub mod link;
+pub mod outbox;
 pub mod piv;
 #[cfg(feature = "ble")]
 pub mod radio;

@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 use crate::driver::{self, DriverError, SignOutcome};
 use crate::enroll::DeviceCredential;
 use crate::link::{CardLink, CardLinkSpec};
+use crate::outbox::{Kept, Outbox};
 use crate::screen;
 use keybridge_transport::LinkError;
 
@@ -50,6 +51,8 @@ pub enum RelayError {
     Protocol(String),
     #[error("a card worker panicked")]
     Poisoned,
+    #[error("kept answers: {0}")]
+    Outbox(std::io::Error),
 }
 
 /// What the phone's holder decides before the card is asked.
@@ -105,6 +108,11 @@ pub struct RelayOptions {
     /// How long an answer sent on the WebSocket waits for the server's result
     /// before it is posted over HTTP instead ([`SOCKET_ANSWER_WAIT`]).
     pub answer_wait: Duration,
+    /// Where the card's answers are kept until the server has judged them
+    /// ([`crate::outbox`]), so a restarted phone delivers them instead of
+    /// asking the card again. `None`: not kept (relays inside tests and the
+    /// bench, which never restart).
+    pub outbox: Option<std::path::PathBuf>,
 }
 
 impl RelayOptions {
@@ -141,6 +149,8 @@ struct Context {
     outbox: Mutex<Option<mpsc::UnboundedSender<String>>>,
     /// Answers sent on the socket, waiting for their `ConfirmationResult`.
     waiting: Mutex<HashMap<TransactionId, oneshot::Sender<RelayMessage>>>,
+    /// The card's answers not yet judged, on the phone's storage.
+    kept: Option<Outbox>,
 }
 
 /// Runs the relay until the server refuses its credential or the process ends.
@@ -162,6 +172,10 @@ pub async fn run_with_link(options: RelayOptions, link: CardLink) -> Result<(), 
         &options.credential.credential,
         options.ca_cert_pem.as_deref(),
     )?;
+    let kept = match &options.outbox {
+        Some(dir) => Some(Outbox::open(dir).map_err(RelayError::Outbox)?),
+        None => None,
+    };
     let ctx = Arc::new(Context {
         link: Arc::new(Mutex::new(link)),
         client,
@@ -170,7 +184,10 @@ pub async fn run_with_link(options: RelayOptions, link: CardLink) -> Result<(), 
         turn: tokio::sync::Mutex::new(()),
         outbox: Mutex::new(None),
         waiting: Mutex::new(HashMap::new()),
+        kept,
     });
+    // Before any session, so before the card can sign anything new.
+    deliver_kept(&ctx).await?;
     let mut backoff = RECONNECT_PAUSE_FIRST;
     loop {
         match connect(&ctx).await {
@@ -404,6 +421,59 @@ async fn submit(
     Ok(ctx.client.submit_confirmation(&id, answer).await?)
 }
 
+/// The card's counter in its answer (0 when it has none), the order kept
+/// answers are delivered in.
+fn answer_counter(answer: &Confirmation) -> u32 {
+    match answer {
+        Confirmation::Signed { counter, .. } => *counter,
+        Confirmation::Ocra { counter, .. } => {
+            counter.map_or(0, |c| u32::try_from(c).unwrap_or(u32::MAX))
+        }
+        _ => 0,
+    }
+}
+
+/// Judged (or expired): nothing left to deliver after a restart.
+fn forget_kept(ctx: &Context, id: &TransactionId) {
+    if let Some(outbox) = &ctx.kept {
+        if let Err(e) = outbox.forget(id) {
+            tracing::warn!(error = %e, "cannot forget a delivered answer");
+        }
+    }
+}
+
+/// Delivers what a previous run of this phone kept, oldest signature first
+/// (see [`crate::outbox`]). A kept request is not signed again if the server
+/// sends it once more.
+async fn deliver_kept(ctx: &Arc<Context>) -> Result<(), RelayError> {
+    let Some(outbox) = &ctx.kept else {
+        return Ok(());
+    };
+    for kept in outbox.load().map_err(RelayError::Outbox)? {
+        let id = kept.transaction_id;
+        ctx.seen
+            .lock()
+            .map_err(|_| RelayError::Poisoned)?
+            .insert(id);
+        if now_unix_s() < kept.expires_at_unix_s {
+            say!(
+                ctx.options.quiet,
+                "delivering the card's answer for {id}, kept from before a restart"
+            );
+            match deliver(ctx, id, &kept.answer, kept.expires_at_unix_s).await {
+                Ok(view) => say!(
+                    ctx.options.quiet,
+                    "server answered: {}",
+                    view.status.as_str()
+                ),
+                Err(e) => say!(ctx.options.quiet, "transaction {id}: {e}"),
+            }
+        }
+        forget_kept(ctx, &id);
+    }
+    Ok(())
+}
+
 /// First pause before an answer that did not reach the server is sent again;
 /// it doubles up to [`REDELIVER_PAUSE_MAX`].
 const REDELIVER_PAUSE_FIRST: Duration = Duration::from_millis(100);
@@ -582,10 +652,23 @@ async fn confirm(
             return Ok(None);
         }
     };
+    let kept = Kept {
+        transaction_id: id,
+        expires_at_unix_s: payload.expires_at_unix_s,
+        counter: answer_counter(&answer),
+        answer,
+    };
+    if let Some(outbox) = &ctx.kept {
+        // Not kept is not lost: it is still delivered now, only not again
+        // after a restart.
+        if let Err(e) = outbox.keep(&kept) {
+            tracing::warn!(error = %e, "cannot keep the card's answer");
+        }
+    }
     say!(ctx.options.quiet, "submitting to the server");
-    Ok(Some(
-        deliver(ctx, id, &answer, payload.expires_at_unix_s).await?,
-    ))
+    let delivered = deliver(ctx, id, &kept.answer, kept.expires_at_unix_s).await;
+    forget_kept(ctx, &id);
+    Ok(Some(delivered?))
 }
 
 /// Runs the card conversation on a blocking thread, retrying when the card

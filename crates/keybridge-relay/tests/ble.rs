@@ -115,6 +115,7 @@ fn start_relay(
         card_wait: Duration::from_secs(10),
         applet: None,
         answer_wait: keybridge_relay::SOCKET_ANSWER_WAIT,
+        outbox: None,
         ca_cert_pem: None,
         quiet: false,
     };

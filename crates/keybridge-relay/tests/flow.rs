@@ -92,6 +92,7 @@ fn start_relay_waiting(
         ca_cert_pem: None,
         applet: None,
         answer_wait,
+        outbox: None,
     };
     tokio::spawn(keybridge_relay::run(options));
 }

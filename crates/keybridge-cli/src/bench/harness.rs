@@ -267,6 +267,7 @@ impl Harness {
             ca_cert_pem: None,
             applet: None,
             answer_wait: keybridge_relay::SOCKET_ANSWER_WAIT,
+            outbox: None,
         };
         match transport {
             BenchTransport::Direct | BenchTransport::DirectMemory => {

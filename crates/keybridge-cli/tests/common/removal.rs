@@ -141,6 +141,7 @@ pub fn start_relay(
         card_wait,
         applet: None,
         answer_wait: keybridge_relay::SOCKET_ANSWER_WAIT,
+        outbox: None,
         ca_cert_pem: None,
         quiet: false,
     };
