@@ -433,28 +433,9 @@ impl Shop {
 async fn keybridge_pay_rides_out_server_restarts_and_pays_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start("server", &dir.path().join("server"), None);
-    let token = std::fs::read_to_string(server.data_dir.join("admin-token")).unwrap();
-    let admin = Client::new(&server.url(), token.trim()).unwrap();
-    for (id, opening_balance_minor) in [("alice", 10_000), ("shop", 0)] {
-        admin
-            .create_account(&CreateAccount {
-                id: AccountId::new(id).unwrap(),
-                display_name: id.into(),
-                currency: cny(),
-                opening_balance_minor,
-            })
-            .await
-            .unwrap();
-    }
-    let terminal_key = admin.create_terminal("till").await.unwrap().api_key;
-    let card_port = keybridge_transport::port::listen_port().unwrap();
-    let spec = CardLinkSpec::VpcdListen(format!("127.0.0.1:{card_port}"));
-    let state = dir.path().join("card.json");
-    let link = format!("vpcd=127.0.0.1:{card_port}");
-    let enrolling = card(&state, &link, "approve", true);
-    let credential = enrol_card(&admin, CardLink::open(&spec).unwrap(), enrolling).await;
-    let mut phone = Relay::stopped(dir.path(), &credential, &spec.to_string());
-    let (_signing_card, _card_lines) = card(&state, &link, "approve", false);
+    let bank = Bank::open(dir.path(), &server, &server, 10_000).await;
+    let mut phone = bank.phone(dir.path());
+    let (_signing_card, _card_lines) = bank.card("approve");
 
     server.kill();
     let out = dir.path().join("pay.out");
@@ -478,7 +459,7 @@ async fn keybridge_pay_rides_out_server_restarts_and_pays_once() {
                 "O-RESTARTS",
             ])
             .args(["--idempotency-key", "k-O-RESTARTS", "--wait-s", "60"])
-            .env("KEYBRIDGE_API_KEY", &terminal_key)
+            .env("KEYBRIDGE_API_KEY", &bank.terminal_key)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(Stdio::null())
@@ -528,7 +509,7 @@ async fn keybridge_pay_rides_out_server_restarts_and_pays_once() {
         printed(),
         phone.logs()
     );
-    let admin = Client::new(&server.url(), token.trim()).unwrap();
+    let admin = &bank.admin;
     let stored = admin.transactions(10).await.unwrap();
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert_eq!(stored[0].status, TransactionStatus::Settled);
@@ -556,30 +537,12 @@ async fn a_restarted_phone_delivers_the_answer_it_kept() {
     use std::io::Write as _;
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start("server", &dir.path().join("server"), None);
-    let token = std::fs::read_to_string(server.data_dir.join("admin-token")).unwrap();
-    let admin = Client::new(&server.url(), token.trim()).unwrap();
-    for (id, opening_balance_minor) in [("alice", 10_000), ("shop", 0)] {
-        admin
-            .create_account(&CreateAccount {
-                id: AccountId::new(id).unwrap(),
-                display_name: id.into(),
-                currency: cny(),
-                opening_balance_minor,
-            })
-            .await
-            .unwrap();
-    }
-    let terminal_key = admin.create_terminal("till").await.unwrap().api_key;
-    let card_port = keybridge_transport::port::listen_port().unwrap();
-    let spec = CardLinkSpec::VpcdListen(format!("127.0.0.1:{card_port}"));
-    let state = dir.path().join("card.json");
-    let link = format!("vpcd=127.0.0.1:{card_port}");
-    let enrolling = card(&state, &link, "approve", true);
-    let credential = enrol_card(&admin, CardLink::open(&spec).unwrap(), enrolling).await;
-    let mut phone = Relay::start(dir.path(), &credential, &spec.to_string());
-    let (mut asking, _lines) = card(&state, &link, "prompt", false);
+    let bank = Bank::open(dir.path(), &server, &server, 10_000).await;
+    let mut phone = bank.phone(dir.path());
+    phone.restart();
+    let (mut asking, _lines) = bank.card("prompt");
 
-    let till = Client::new(&server.url(), &terminal_key).unwrap();
+    let till = Client::new(&server.url(), &bank.terminal_key).unwrap();
     let paying = tokio::spawn(async move {
         let request = keybridge_terminal::PayRequest {
             wait_max: Duration::from_secs(60),
@@ -618,7 +581,7 @@ async fn a_restarted_phone_delivers_the_answer_it_kept() {
         phone.logs()
     );
     assert!(phone.logs().contains("kept from before a restart"));
-    let devices = admin.devices().await.unwrap();
+    let devices = bank.admin.devices().await.unwrap();
     assert_eq!(devices[0].last_counter, 1, "the card signed once");
 }
 
@@ -639,6 +602,66 @@ enum Stop<'a> {
 }
 use Stop::{Card, Crash, Kill, Phone, Term};
 
+/// Alice, the shop, the tills' terminal, and alice's card enrolled (the
+/// state file and the vpcd reader where it meets the phone): what every
+/// test here starts from.
+struct Bank {
+    admin: Client,
+    terminal_key: String,
+    credential: keybridge_relay::DeviceCredential,
+    reader: CardLinkSpec,
+    state: PathBuf,
+    link: String,
+}
+
+impl Bank {
+    /// Accounts and terminal through `admin_on`, the card enrolled through
+    /// `enrol_on` (where its phone will connect); alice has `alice_minor`.
+    async fn open(dir: &Path, admin_on: &Server, enrol_on: &Server, alice_minor: u64) -> Bank {
+        let token = std::fs::read_to_string(admin_on.data_dir.join("admin-token")).unwrap();
+        let admin = Client::new(&admin_on.url(), token.trim()).unwrap();
+        for (id, opening_balance_minor) in [("alice", alice_minor), ("shop", 0)] {
+            admin
+                .create_account(&CreateAccount {
+                    id: AccountId::new(id).unwrap(),
+                    display_name: id.into(),
+                    currency: cny(),
+                    opening_balance_minor,
+                })
+                .await
+                .unwrap();
+        }
+        let terminal_key = admin.create_terminal("till").await.unwrap().api_key;
+        // The phone's own vpcd reader: the enrolment holds it first.
+        let card_port = keybridge_transport::port::listen_port().unwrap();
+        let reader = CardLinkSpec::VpcdListen(format!("127.0.0.1:{card_port}"));
+        let state = dir.join("card.json");
+        let link = format!("vpcd=127.0.0.1:{card_port}");
+        let enrolling = card(&state, &link, "approve", true);
+        let enrol_admin = Client::new(&enrol_on.url(), token.trim()).unwrap();
+        let reading = CardLink::open(&reader).unwrap();
+        let credential = enrol_card(&enrol_admin, reading, enrolling).await;
+        Bank {
+            admin,
+            terminal_key,
+            credential,
+            reader,
+            state,
+            link,
+        }
+    }
+
+    /// The card's process on its state file, with `policy`.
+    fn card(&self, policy: &str) -> (Killed, std::sync::mpsc::Receiver<String>) {
+        card(&self.state, &self.link, policy, false)
+    }
+
+    /// The phone for the card, not started.
+    fn phone(&self, dir: &Path) -> Relay {
+        Relay::stopped(dir, &self.credential, &self.reader.to_string())
+    }
+}
+
 /// `keybridge relay` as a process of its own, so it can be killed as a
 /// phone's app is; the card process connects to its vpcd reader, and
 /// reconnects when a new one listens there.
@@ -650,12 +673,6 @@ struct Relay {
 }
 
 impl Relay {
-    fn start(dir: &Path, credential: &keybridge_relay::DeviceCredential, card: &str) -> Relay {
-        let mut relay = Relay::stopped(dir, credential, card);
-        relay.restart();
-        relay
-    }
-
     /// Ready to start, not started: the phone is off.
     fn stopped(dir: &Path, credential: &keybridge_relay::DeviceCredential, card: &str) -> Relay {
         credential.save(&dir.join("credential.json")).unwrap();
@@ -733,41 +750,25 @@ async fn pay_through_kills(
     tills_on: usize,
     stops: &[(usize, Stop<'_>)],
 ) {
-    let token = std::fs::read_to_string(servers[0].data_dir.join("admin-token")).unwrap();
-    let token = token.trim().to_owned();
-    let admin = Client::new(&servers[tills_on].url(), &token).unwrap();
-    let relay_admin = Client::new(&servers[relay_on].url(), &token).unwrap();
-    for (id, opening_balance_minor) in [("alice", ALICE_OPENING), ("shop", 0)] {
-        admin
-            .create_account(&CreateAccount {
-                id: AccountId::new(id).unwrap(),
-                display_name: id.into(),
-                currency: cny(),
-                opening_balance_minor,
-            })
-            .await
-            .unwrap();
-    }
-    let terminal_key = admin.create_terminal("till").await.unwrap().api_key;
-    let shop = Shop::start(&servers[tills_on].url(), &terminal_key).await;
-
-    // Alice's card on the relay's own vpcd reader, enrolled, then serving.
-    let card_port = keybridge_transport::port::listen_port().unwrap();
-    let spec = CardLinkSpec::VpcdListen(format!("127.0.0.1:{card_port}"));
-    let enrol = CardLink::open(&spec).unwrap();
-    let state = dir.path().join("card.json");
-    let link = format!("vpcd=127.0.0.1:{card_port}");
-    let enrolling = card(&state, &link, "approve", true);
-    let credential = enrol_card(&relay_admin, enrol, enrolling).await;
-    let mut relay = Relay::start(dir.path(), &credential, &spec.to_string());
-    let mut signing_card = card(&state, &link, "approve", false);
+    let bank = Bank::open(
+        dir.path(),
+        &servers[tills_on],
+        &servers[relay_on],
+        ALICE_OPENING,
+    )
+    .await;
+    let (admin, terminal_key) = (&bank.admin, &bank.terminal_key);
+    let shop = Shop::start(&servers[tills_on].url(), terminal_key).await;
+    let mut relay = bank.phone(dir.path());
+    relay.restart();
+    let mut signing_card = bank.card("approve");
 
     let stop = Arc::new(AtomicBool::new(false));
     let settled = Arc::new(AtomicU64::new(0));
     let heard = Arc::new(Mutex::new(HashMap::new()));
     let tills: Vec<_> = (0..TILLS)
         .map(|n| {
-            let client = Client::new(&servers[tills_on].url(), &terminal_key).unwrap();
+            let client = Client::new(&servers[tills_on].url(), terminal_key).unwrap();
             tokio::spawn(till(
                 client,
                 n,
@@ -813,7 +814,7 @@ async fn pay_through_kills(
                 } else {
                     drop(signing_card);
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    signing_card = card(&state, &link, "approve", false);
+                    signing_card = bank.card("approve");
                 }
                 continue;
             }
