@@ -34,10 +34,36 @@ impl ClientError {
     /// answer the server already applied gets its stored outcome.
     pub fn is_transient(&self) -> bool {
         match self {
-            ClientError::Http(_) => true,
+            // A request that could not be built (a bad URL) or a server whose
+            // TLS we refuse (an unknown CA, a wrong name, no common protocol)
+            // fails the same way every time: sending it again for minutes
+            // would only hide the problem from whoever must fix it.
+            ClientError::Http(e) => !(e.is_builder() || e.is_redirect() || is_tls_failure(e)),
             ClientError::Api { status, .. } => *status >= 500 || *status == 429,
         }
     }
+}
+
+/// Whether rustls refused the connection: somewhere in the error's chain is
+/// a `rustls::Error`. The connectors wrap it in `io::Error`s (two deep with
+/// hyper-rustls), and an `io::Error`'s `source()` skips what it wraps, so
+/// each one is opened with `get_ref` as well.
+fn is_tls_failure(e: &reqwest::Error) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        let mut inner = Some(err);
+        while let Some(wrapped) = inner {
+            if wrapped.is::<rustls::Error>() {
+                return true;
+            }
+            inner = wrapped
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|w| w as &(dyn std::error::Error + 'static));
+        }
+        next = err.source();
+    }
+    false
 }
 
 /// One server, one credential.
