@@ -11,6 +11,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod admin;
+mod backup;
 mod bench;
 mod config;
 mod demo;
@@ -58,6 +59,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run many payments end to end and report throughput, latency and the crypto limit.
     Bench(bench::BenchArgs),
+    /// Copy a server's data directory, consistently while it runs, and check the copy.
+    Backup(backup::BackupArgs),
     /// Compute an RFC 6287 OCRA response (like oathtool for HOTP).
     Ocra(ocra::OcraArgs),
 }
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
         Command::Admin(args) => runtime.block_on(admin::run(args)),
         Command::Demo(args) => return runtime.block_on(demo::run(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Backup(args) => backup::run(args),
         Command::Ocra(args) => ocra::run(args),
     };
     match result {

@@ -3,6 +3,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// The SQLite database's file name inside the data directory.
+pub const DATABASE_FILE: &str = "keybridge.sqlite";
+
 /// Everything `start` needs. Build with [`ServerConfig::new`] and adjust fields.
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -71,7 +74,7 @@ impl ServerConfig {
     }
 
     pub fn database_path(&self) -> PathBuf {
-        self.data_dir.join("keybridge.sqlite")
+        self.data_dir.join(DATABASE_FILE)
     }
 }
 

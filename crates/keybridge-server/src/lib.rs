@@ -33,6 +33,7 @@
 //! Not here: OCSP, rate limits.
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod ca;
 pub mod clock;
 pub mod config;

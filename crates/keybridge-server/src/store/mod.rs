@@ -12,7 +12,7 @@ pub(crate) mod contract;
 pub mod postgres;
 mod records;
 mod rows;
-mod sqlite;
+pub(crate) mod sqlite;
 mod web;
 
 use async_trait::async_trait;

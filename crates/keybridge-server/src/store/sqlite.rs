@@ -28,6 +28,7 @@ use super::{
 };
 use crate::payment::{self, PaymentDecision, PaymentFacts};
 
+pub mod backup;
 mod web;
 
 /// Numbered migrations, applied in order and recorded in `schema_migrations`.
@@ -1180,30 +1181,34 @@ impl Store for SqliteStore {
     }
 
     async fn audit_page(&self, after_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
-        let after = to_i64(after_seq)?;
-        self.run(move |conn| {
-            select(
-                conn,
-                &format!(
-                    "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-                ),
-                rusqlite::params![after, limit],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                    ))
-                },
-                decode_audit,
-            )
-        })
-        .await
+        self.run(move |conn| audit_rows(conn, after_seq, limit))
+            .await
     }
+}
+
+/// Up to `limit` audit rows after `after_seq`, in `seq` order.
+fn audit_rows(
+    conn: &Connection,
+    after_seq: u64,
+    limit: u32,
+) -> Result<Vec<AuditRecord>, StoreError> {
+    select(
+        conn,
+        &format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2"),
+        rusqlite::params![to_i64(after_seq)?, limit],
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        },
+        decode_audit,
+    )
 }
 
 #[cfg(test)]

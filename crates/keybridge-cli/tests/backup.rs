@@ -1,0 +1,165 @@
+//! `keybridge backup` on a server that is paying: the copy is taken while
+//! payments settle, a server restored from it opens with consistent books
+//! and an intact audit chain, and the same card, phone and till pay through
+//! it (its CA, device certificates and terminal keys came along).
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::removal::{bank, card, enrol_and_start_relay, request, ALICE_OPENING, AMOUNT};
+use keybridge_proto::api::TransactionStatus;
+use keybridge_proto::AccountId;
+use keybridge_relay::{CardLink, CardLinkSpec};
+use keybridge_terminal::{pay, Client, PayRequest};
+
+/// The admin token of the testkit's bank.
+const ADMIN_TOKEN: &str = "admin-token-for-tests";
+
+fn keybridge_backup(from: &std::path::Path, to: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keybridge"))
+        .arg("backup")
+        .arg("--data-dir")
+        .arg(from)
+        .arg("--to")
+        .arg(to)
+        .env_remove("KEYBRIDGE_DATA_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run keybridge backup")
+}
+
+/// Pays and waits for the outcome; settled or the test fails.
+async fn pay_settled(terminal: &Client, order: &str) {
+    let request = PayRequest {
+        wait_max: Duration::from_secs(30),
+        ..request(order)
+    };
+    let outcome = pay(terminal, &request, |_| {}).await.unwrap();
+    assert_eq!(
+        outcome.last.status,
+        TransactionStatus::Settled,
+        "{order}: {:?}",
+        outcome.last.reason
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_while_paying_restores_to_a_server_that_pays() {
+    let dir = tempfile::tempdir().unwrap();
+    let live_dir = dir.path().join("server");
+    let live = bank(&live_dir, 60).await;
+    let port = keybridge_transport::port::listen_port().unwrap();
+    let spec = CardLinkSpec::VpcdListen(format!("127.0.0.1:{port}"));
+    let enrol = CardLink::open(&spec).unwrap();
+    let link = format!("vpcd=127.0.0.1:{port}");
+    let state = dir.path().join("card.json");
+    let enrolling = card(&state, &link, "approve", true);
+    enrol_and_start_relay(&live.admin, enrol, enrolling, spec, Duration::from_secs(10)).await;
+    let (_card, _lines) = card(&state, &link, "approve", false);
+    for n in 0..3 {
+        pay_settled(&live.terminal, &format!("O-BEFORE-{n}")).await;
+    }
+
+    // The till goes on paying while the backup runs.
+    let paying = Arc::new(AtomicBool::new(true));
+    let till = {
+        let terminal = live.terminal.clone();
+        let paying = Arc::clone(&paying);
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            // Paced, and at most 30: alice's 100.00 lasts 40 payments, and
+            // three more are made before and one after.
+            while paying.load(Ordering::SeqCst) && n < 30 {
+                pay_settled(&terminal, &format!("O-DURING-{n}")).await;
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            n
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let backup_dir = dir.path().join("backup");
+    let (from, to) = (live_dir.clone(), backup_dir.clone());
+    let out = tokio::task::spawn_blocking(move || keybridge_backup(&from, &to))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    paying.store(false, Ordering::SeqCst);
+    let paid_during = till.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("integrity ok; books balance"), "{stdout}");
+    assert!(stdout.contains("rows intact"), "{stdout}");
+    for key_file in ["ca-key.pem", "ca-cert.pem", "master-key"] {
+        assert!(stdout.contains(key_file), "{key_file}: {stdout}");
+    }
+    assert!(
+        paid_during >= 2,
+        "payments during the backup: {paid_during}"
+    );
+    let live_settled = 3 + paid_during;
+    let addr = live.server.addr;
+    live.server.shutdown().await;
+
+    // A second backup into the same place is refused and changes nothing.
+    let db = backup_dir.join("keybridge.sqlite");
+    let before = std::fs::read(&db).unwrap();
+    let again = keybridge_backup(&live_dir, &backup_dir);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("never overwrites"),
+        "{again:?}"
+    );
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+
+    // Restored where the old one listened: the phone and the till find it.
+    let restored = keybridge_server::start(keybridge_server::ServerConfig::new(
+        addr,
+        backup_dir.clone(),
+        ADMIN_TOKEN.into(),
+    ))
+    .await
+    .unwrap();
+    let admin = Client::new(&format!("http://{addr}"), ADMIN_TOKEN).unwrap();
+    let audit = admin.verify_audit().await.unwrap();
+    assert!(audit.intact, "{audit:?}");
+    let stored = admin.transactions(500).await.unwrap();
+    let settled: Vec<_> = stored
+        .iter()
+        .filter(|t| t.status == TransactionStatus::Settled)
+        .collect();
+    // Every payment finished before the backup began is in it; none it
+    // holds is one the live server did not settle.
+    for n in 0..3 {
+        let order = format!("O-BEFORE-{n}");
+        assert!(settled.iter().any(|t| t.order_id == order), "{order}");
+    }
+    assert!(settled.len() <= live_settled as usize, "{}", settled.len());
+    let balance = |id: &'static str| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .account(&AccountId::new(id).unwrap())
+                .await
+                .unwrap()
+                .balance_minor
+        }
+    };
+    let settled_minor = AMOUNT * i64::try_from(settled.len()).unwrap();
+    assert_eq!(balance("alice").await, ALICE_OPENING - settled_minor);
+    assert_eq!(balance("shop").await, settled_minor);
+
+    // The same card, phone and till pay through the restored server: its CA
+    // still vouches for the card's certificate, the till's key still opens.
+    pay_settled(&live.terminal, "O-AFTER-RESTORE").await;
+    assert_eq!(balance("shop").await, settled_minor + AMOUNT);
+    restored.shutdown().await;
+}

@@ -1,0 +1,264 @@
+//! A consistent copy of the database while a server writes to it, and the
+//! checks a copy must pass before anyone relies on it.
+//!
+//! Copying the database file is not a backup: in WAL mode the newest commits
+//! live in the `-wal` file, and a copy taken while a checkpoint moves pages
+//! from one to the other can hold half of a commit. `VACUUM INTO` writes the
+//! snapshot of one read transaction into a new file instead: every commit
+//! before it whole, none after it in part. It only reads the source, so the
+//! server goes on paying meanwhile (WAL readers never block the writer).
+//!
+//! The copy is then checked as an auditor would: SQLite's own integrity and
+//! foreign-key checks, the books (every balance is what its transfers add up
+//! to, each currency sums to zero, one payment transfer per settled
+//! transaction and none for any other) and the audit chain from its first row.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::{audit_rows, backend, corrupt, to_u64, tune};
+use crate::store::audit::ChainCheck;
+use crate::store::{StoreError, AUDIT_PAGE};
+
+/// What a checked copy holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyCheck {
+    pub accounts: u64,
+    pub transactions: u64,
+    pub settled: u64,
+    /// The audit chain, recomputed from its first row.
+    pub audit: ChainCheck,
+}
+
+/// Writes a consistent snapshot of the database at `source` into `target`,
+/// which must not exist yet, and makes it durable. Never writes to `source`.
+pub fn snapshot(source: &Path, target: &Path) -> Result<(), StoreError> {
+    // Read-only and no create: a mistyped path is an error, not a new empty
+    // database, and a newer binary never migrates a live server's database.
+    let conn = Connection::open_with_flags(
+        source,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(backend)?;
+    tune(&conn)?;
+    let target_str = target
+        .to_str()
+        .ok_or_else(|| StoreError::Backend("the backup path is not UTF-8".into()))?;
+    conn.execute("VACUUM INTO ?1", [target_str])
+        .map_err(backend)?;
+    // SQLite does not sync what VACUUM INTO wrote; a backup that a power cut
+    // can tear is no backup.
+    std::fs::File::open(target)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StoreError::Backend(format!("syncing the copy: {e}")))?;
+    Ok(())
+}
+
+/// Checks the database at `copy` without changing it (read-only, no
+/// migrations); the first check that fails is the error.
+pub fn check(copy: &Path) -> Result<CopyCheck, StoreError> {
+    let conn =
+        Connection::open_with_flags(copy, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(backend)?;
+    tune(&conn)?;
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(backend)?;
+    if integrity != "ok" {
+        return Err(corrupt_copy(format!("integrity check: {integrity}")));
+    }
+    let orphans = count(&conn, "SELECT COUNT(*) FROM pragma_foreign_key_check")?;
+    if orphans != 0 {
+        return Err(corrupt_copy(format!(
+            "{orphans} rows refer to rows that do not exist"
+        )));
+    }
+    check_books(&conn)?;
+    let audit = check_audit_chain(&conn)?;
+    Ok(CopyCheck {
+        accounts: count(&conn, "SELECT COUNT(*) FROM accounts")?,
+        transactions: count(&conn, "SELECT COUNT(*) FROM transactions")?,
+        settled: count(
+            &conn,
+            "SELECT COUNT(*) FROM transactions WHERE status = 'settled'",
+        )?,
+        audit,
+    })
+}
+
+/// Double entry, read back: each account's balance is the sum of its
+/// transfers, so each currency's balances sum to zero (the issuance
+/// accounts hold the opposite of every opening balance), and money moved
+/// for exactly the settled transactions, once each.
+fn check_books(conn: &Connection) -> Result<(), StoreError> {
+    let off = count(
+        conn,
+        "SELECT COUNT(*) FROM accounts AS a
+         LEFT JOIN (
+             SELECT account, SUM(delta) AS net FROM (
+                 SELECT credit_account AS account, amount_minor AS delta FROM transfers
+                 UNION ALL
+                 SELECT debit_account, -amount_minor FROM transfers
+             ) GROUP BY account
+         ) AS t ON t.account = a.id
+         WHERE a.balance_minor <> COALESCE(t.net, 0)",
+    )?;
+    if off != 0 {
+        return Err(corrupt_copy(format!(
+            "{off} accounts hold a balance their transfers do not add up to"
+        )));
+    }
+    let unbalanced = count(
+        conn,
+        "SELECT COUNT(*) FROM (
+             SELECT currency FROM accounts GROUP BY currency HAVING SUM(balance_minor) <> 0
+         )",
+    )?;
+    if unbalanced != 0 {
+        return Err(corrupt_copy(format!(
+            "{unbalanced} currencies' balances do not sum to zero"
+        )));
+    }
+    let unpaid = count(
+        conn,
+        "SELECT COUNT(*) FROM transactions AS t
+         WHERE t.status = 'settled'
+           AND NOT EXISTS (SELECT 1 FROM transfers AS f
+                           WHERE f.transaction_id = t.id AND f.kind = 'payment')",
+    )?;
+    let paid_unsettled = count(
+        conn,
+        "SELECT COUNT(*) FROM transfers AS f
+         WHERE f.kind = 'payment'
+           AND NOT EXISTS (SELECT 1 FROM transactions AS t
+                           WHERE t.id = f.transaction_id AND t.status = 'settled')",
+    )?;
+    if unpaid != 0 || paid_unsettled != 0 {
+        return Err(corrupt_copy(format!(
+            "{unpaid} settled transactions without their transfer, \
+             {paid_unsettled} payment transfers without a settled transaction"
+        )));
+    }
+    Ok(())
+}
+
+fn check_audit_chain(conn: &Connection) -> Result<ChainCheck, StoreError> {
+    let mut check = ChainCheck::default();
+    loop {
+        let rows = audit_rows(conn, check.last_seq().unwrap_or(0), AUDIT_PAGE)?;
+        check.feed(&rows)?;
+        if rows.len() < AUDIT_PAGE as usize {
+            return Ok(check);
+        }
+    }
+}
+
+fn count(conn: &Connection, sql: &str) -> Result<u64, StoreError> {
+    let n: i64 = conn.query_row(sql, [], |r| r.get(0)).map_err(backend)?;
+    to_u64(n)
+}
+
+fn corrupt_copy(what: String) -> StoreError {
+    corrupt(&format!("the copy fails its check: {what}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::contract::{pending, seed, signed, NOW};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::Store;
+
+    /// A database with alice, the shop, one settled payment of 100 and one
+    /// still pending, in `dir`; its path.
+    async fn database(dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("live.sqlite");
+        let store = SqliteStore::open(&path, NOW).unwrap();
+        seed(&store).await;
+        store
+            .insert_transaction(pending(1, "k1", 100))
+            .await
+            .unwrap();
+        store.apply_signed_confirmation(signed(1, 1)).await.unwrap();
+        store
+            .insert_transaction(pending(2, "k2", 50))
+            .await
+            .unwrap();
+        path
+    }
+
+    /// Takes a snapshot named `name`, lets `edit` change it (as an intruder
+    /// or a torn copy would), and checks it.
+    fn edited_copy(live: &Path, name: &str, edit: &str) -> Result<CopyCheck, StoreError> {
+        let copy = live.with_file_name(name);
+        snapshot(live, &copy).unwrap();
+        Connection::open(&copy)
+            .unwrap()
+            .execute_batch(edit)
+            .unwrap();
+        check(&copy)
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_holds_every_commit_and_checks_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = database(dir.path()).await;
+        let copy = dir.path().join("copy.sqlite");
+        snapshot(&live, &copy).unwrap();
+        let checked = check(&copy).unwrap();
+        // alice, the shop and CNY's issuance account.
+        assert_eq!(checked.accounts, 3);
+        assert_eq!((checked.transactions, checked.settled), (2, 1));
+        let live_store = SqliteStore::open(&live, NOW).unwrap();
+        let (live_chain, broken) = live_store.check_audit_chain().await.unwrap();
+        assert_eq!(broken, None);
+        assert_eq!(checked.audit, live_chain);
+        // A snapshot never lands on a file that holds something.
+        assert!(snapshot(&live, &copy).is_err());
+        assert_eq!(check(&copy).unwrap(), checked);
+    }
+
+    #[tokio::test]
+    async fn a_copy_whose_books_or_chain_were_changed_fails_its_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = database(dir.path()).await;
+        let failure = |name: &str, edit: &str| match edited_copy(&live, name, edit) {
+            Err(StoreError::Corrupt(why)) => why,
+            other => panic!("{name}: {other:?}"),
+        };
+        // Money from nowhere: a balance no transfer explains.
+        let why = failure(
+            "a.sqlite",
+            "UPDATE accounts SET balance_minor = balance_minor + 1 WHERE id = 'shop'",
+        );
+        assert!(why.contains("do not add up"), "{why}");
+        // A payment un-settled after its money moved.
+        let why = failure(
+            "b.sqlite",
+            "UPDATE transactions SET status = 'rejected' WHERE status = 'settled'",
+        );
+        assert!(why.contains("without a settled transaction"), "{why}");
+        // A pending payment marked settled with no money moved.
+        let why = failure(
+            "c.sqlite",
+            "UPDATE transactions SET status = 'settled' WHERE status = 'pending'",
+        );
+        assert!(
+            why.contains("settled transactions without their transfer"),
+            "{why}"
+        );
+        // A row pointing at an account that is not there.
+        let why = failure(
+            "d.sqlite",
+            "PRAGMA foreign_keys = OFF; UPDATE transactions SET payee = 'ghost' WHERE status = 'pending'",
+        );
+        assert!(why.contains("do not exist"), "{why}");
+        // An audit row rewritten past its trigger.
+        let tampered = edited_copy(
+            &live,
+            "e.sqlite",
+            "DROP TRIGGER audit_log_no_update; UPDATE audit_log SET detail = '{}' WHERE seq = 2",
+        );
+        assert_eq!(tampered, Err(StoreError::AuditChainBroken { seq: 2 }));
+    }
+}
