@@ -67,13 +67,12 @@ pub fn check(copy: &Path) -> Result<CopyCheck, StoreError> {
     if integrity != "ok" {
         return Err(corrupt_copy(format!("integrity check: {integrity}")));
     }
-    let orphans = count(&conn, "SELECT COUNT(*) FROM pragma_foreign_key_check")?;
-    if orphans != 0 {
-        return Err(corrupt_copy(format!(
-            "{orphans} rows refer to rows that do not exist"
-        )));
+    for (sql, what) in MUST_COUNT_NONE {
+        let n = count(&conn, sql)?;
+        if n != 0 {
+            return Err(corrupt_copy(format!("{n} {what}")));
+        }
     }
-    check_books(&conn)?;
     let audit = check_audit_chain(&conn)?;
     Ok(CopyCheck {
         accounts: count(&conn, "SELECT COUNT(*) FROM accounts")?,
@@ -86,13 +85,18 @@ pub fn check(copy: &Path) -> Result<CopyCheck, StoreError> {
     })
 }
 
-/// Double entry, read back: each account's balance is the sum of its
-/// transfers, so each currency's balances sum to zero (the issuance
-/// accounts hold the opposite of every opening balance), and money moved
-/// for exactly the settled transactions, once each.
-fn check_books(conn: &Connection) -> Result<(), StoreError> {
-    let off = count(
-        conn,
+/// Counts that must be zero in a sound copy, with what a nonzero count
+/// means. Foreign keys first; then double entry, read back: each account's
+/// balance is the sum of its transfers, so each currency's balances sum to
+/// zero (the issuance accounts hold the opposite of every opening balance),
+/// and money moved for exactly the settled transactions, once each (the
+/// unique index on `transfers.transaction_id` makes it at most once).
+const MUST_COUNT_NONE: [(&str, &str); 5] = [
+    (
+        "SELECT COUNT(*) FROM pragma_foreign_key_check",
+        "rows refer to rows that do not exist",
+    ),
+    (
         "SELECT COUNT(*) FROM accounts AS a
          LEFT JOIN (
              SELECT account, SUM(delta) AS net FROM (
@@ -102,45 +106,29 @@ fn check_books(conn: &Connection) -> Result<(), StoreError> {
              ) GROUP BY account
          ) AS t ON t.account = a.id
          WHERE a.balance_minor <> COALESCE(t.net, 0)",
-    )?;
-    if off != 0 {
-        return Err(corrupt_copy(format!(
-            "{off} accounts hold a balance their transfers do not add up to"
-        )));
-    }
-    let unbalanced = count(
-        conn,
+        "accounts hold a balance their transfers do not add up to",
+    ),
+    (
         "SELECT COUNT(*) FROM (
              SELECT currency FROM accounts GROUP BY currency HAVING SUM(balance_minor) <> 0
          )",
-    )?;
-    if unbalanced != 0 {
-        return Err(corrupt_copy(format!(
-            "{unbalanced} currencies' balances do not sum to zero"
-        )));
-    }
-    let unpaid = count(
-        conn,
+        "currencies' balances do not sum to zero",
+    ),
+    (
         "SELECT COUNT(*) FROM transactions AS t
          WHERE t.status = 'settled'
            AND NOT EXISTS (SELECT 1 FROM transfers AS f
                            WHERE f.transaction_id = t.id AND f.kind = 'payment')",
-    )?;
-    let paid_unsettled = count(
-        conn,
+        "settled transactions without their transfer",
+    ),
+    (
         "SELECT COUNT(*) FROM transfers AS f
          WHERE f.kind = 'payment'
            AND NOT EXISTS (SELECT 1 FROM transactions AS t
                            WHERE t.id = f.transaction_id AND t.status = 'settled')",
-    )?;
-    if unpaid != 0 || paid_unsettled != 0 {
-        return Err(corrupt_copy(format!(
-            "{unpaid} settled transactions without their transfer, \
-             {paid_unsettled} payment transfers without a settled transaction"
-        )));
-    }
-    Ok(())
-}
+        "payment transfers without a settled transaction",
+    ),
+];
 
 fn check_audit_chain(conn: &Connection) -> Result<ChainCheck, StoreError> {
     let mut check = ChainCheck::default();
