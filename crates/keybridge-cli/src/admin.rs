@@ -156,6 +156,10 @@ pub enum AdminCommand {
     /// that reaches the same row with the same hash shows nothing before it
     /// changed.
     VerifyAudit,
+    /// Have the server read the books back (every balance equals its
+    /// transfers, each currency sums to zero, money moved for exactly the
+    /// settled transactions); exits with an error if they do not balance.
+    VerifyBooks,
 }
 
 /// The PIV management key from `KEYBRIDGE_PIV_MANAGEMENT_KEY`, or the default.
@@ -395,6 +399,21 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     v.rows_checked
                 ),
             }
+        }
+        AdminCommand::VerifyBooks => {
+            let v = client.verify_books().await?;
+            if !v.balanced {
+                let broken: Vec<String> = v
+                    .broken
+                    .iter()
+                    .map(|b| format!("{} {} ({})", b.count, b.message, b.rule))
+                    .collect();
+                anyhow::bail!("the books do NOT balance: {}", broken.join("; "));
+            }
+            println!(
+                "books balance: {} accounts, {} transfers",
+                v.accounts_checked, v.transfers_checked
+            );
         }
         AdminCommand::ListTransactions { limit } => {
             for t in client.transactions(limit).await? {

@@ -531,6 +531,20 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
             audit.head_hash_hex.as_deref().map_or("-", |h| &h[..16]),
         ),
     );
+    let books = admin.verify_books().await?;
+    log.line(
+        "books",
+        &format!(
+            "{}: {} accounts, {} transfers",
+            if books.balanced {
+                "balanced"
+            } else {
+                "NOT BALANCED"
+            },
+            books.accounts_checked,
+            books.transfers_checked,
+        ),
+    );
     let last = admin
         .transactions(1)
         .await?
@@ -554,8 +568,9 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
             .unwrap_or(0);
         a - b
     };
-    // Every outcome, paid or not, is audited in one intact chain.
-    ok &= audit.intact;
+    // Every outcome, paid or not, is audited in one intact chain, and the
+    // books balance.
+    ok &= audit.intact && books.balanced;
     let paid = i64::try_from(last.amount_minor).unwrap_or(i64::MAX);
     let (payer_moved, payee_moved) = (moved(PAYER), moved(PAYEE));
     if status == TransactionStatus::Settled {

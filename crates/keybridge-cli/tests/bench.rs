@@ -62,9 +62,16 @@ fn bench_runs_200_payments_and_reports_json() {
 }
 
 /// The audit chain checks, and holds at least a creation and an end for
-/// each of `payments`.
+/// each of `payments`; the books balance, with a transfer for each.
 fn assert_audited(report: &serde_json::Value, payments: u64) {
     assert_eq!(report["audit"]["intact"], true, "{report}");
+    assert_eq!(report["books"]["balanced"], true, "{report}");
+    assert!(
+        report["books"]["transfers_checked"]
+            .as_u64()
+            .is_some_and(|transfers| transfers >= payments),
+        "{report}"
+    );
     assert!(
         report["audit"]["rows_checked"]
             .as_u64()

@@ -919,6 +919,11 @@ async fn pay_through_kills(
         i64::try_from(ALICE_OPENING).unwrap() - paid
     );
     assert_eq!(balance("shop").await, paid);
+    // And the server's own reading of the books: every balance equals its
+    // transfers, one payment transfer per settled transaction.
+    let books = admin.verify_books().await.unwrap();
+    assert!(books.balanced, "{books:?}");
+    assert_eq!(books.transfers_checked, 1 + settled_n, "{books:?}");
 
     // The audit chain survived the crashes whole, one settlement row each.
     let verified = admin.verify_audit().await.unwrap();

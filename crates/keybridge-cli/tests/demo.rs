@@ -42,6 +42,7 @@ fn happy_path_settles_and_moves_exactly_the_amount() {
         "card signed (counter 1",
         "settled: CNY 12.34 paid to Corner Bookshop",
         "hash chain intact: ",
+        "balanced: 3 accounts, ",
     ] {
         assert!(out.contains(step), "missing {step:?} in:\n{out}");
     }

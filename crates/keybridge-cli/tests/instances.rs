@@ -154,6 +154,9 @@ async fn two_server_processes_on_one_database_confirm_a_payment_together() {
     let verified = admin(&a.url, &["verify-audit"]);
     assert!(verified.starts_with("audit chain intact: "), "{verified}");
     assert_eq!(admin(&b.url, &["verify-audit"]), verified);
+    let books = admin(&a.url, &["verify-books"]);
+    assert!(books.starts_with("books balance: "), "{books}");
+    assert_eq!(admin(&b.url, &["verify-books"]), books);
     let log = admin(&b.url, &["audit", "--limit", "500"]);
     assert_eq!(log.matches(" transaction_settled ").count(), 1, "{log}");
 

@@ -514,6 +514,35 @@ pub struct AuditVerification {
     pub broken_at_seq: Option<u64>,
 }
 
+/// `GET /v1/admin/books/verify`: the ledger read back in one snapshot,
+/// every double-entry rule counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BooksVerification {
+    /// No rule is broken.
+    pub balanced: bool,
+    pub accounts_checked: u64,
+    pub transfers_checked: u64,
+    /// Each rule broken, with how many rows break it; empty when balanced.
+    #[serde(default)]
+    pub broken: Vec<BrokenRule>,
+}
+
+/// One rule of the books that some rows break.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BrokenRule {
+    /// `balance_is_its_transfers` (each balance is the sum of its account's
+    /// transfers), `currency_sums_to_zero`, `settled_has_its_transfer` or
+    /// `transfer_has_its_settlement` (a payment transfer belongs to a settled
+    /// transaction).
+    pub rule: String,
+    /// How many rows break it (accounts, currencies, transactions or transfers).
+    pub count: u64,
+    /// The same in words.
+    pub message: String,
+}
+
 /// `GET /v1/accounts/{id}` (terminal): the account page of a payer this
 /// terminal has created transactions for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,12 +9,12 @@
 use std::sync::OnceLock;
 
 use keybridge_proto::api::{
-    AccountActivity, AccountView, AuditEntryView, AuditVerification, Confirmation, CreateAccount,
-    CreateTerminal, CreateTransaction, DeclineReason, DeviceEnrolled, DeviceView, EnrollCsr,
-    EnrollDevice, ErrorBody, ImportCertificate, ProvisionOcra, Reason, RegisterWebhook,
-    RelayAnswer, RelayMessage, RenameDevice, SignatureMethod, TerminalCreated, TerminalView,
-    TransactionStatus, TransactionView, WebhookDeliveryView, WebhookEvent, WebhookRegistered,
-    WebhookView,
+    AccountActivity, AccountView, AuditEntryView, AuditVerification, BooksVerification, BrokenRule,
+    Confirmation, CreateAccount, CreateTerminal, CreateTransaction, DeclineReason, DeviceEnrolled,
+    DeviceView, EnrollCsr, EnrollDevice, ErrorBody, ImportCertificate, ProvisionOcra, Reason,
+    RegisterWebhook, RelayAnswer, RelayMessage, RenameDevice, SignatureMethod, TerminalCreated,
+    TerminalView, TransactionStatus, TransactionView, WebhookDeliveryView, WebhookEvent,
+    WebhookRegistered, WebhookView,
 };
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -35,7 +35,7 @@ use utoipa::{Modify, OpenApi};
         paths::enroll_device, paths::list_devices, paths::disable_device, paths::list_transactions, paths::ca_pem,
         paths::enroll_csr, paths::import_certificate, paths::provision_ocra, paths::get_device,
         paths::rename_device, paths::revoke_device, paths::crl,
-        paths::list_webhook_deliveries, paths::audit, paths::verify_audit,
+        paths::list_webhook_deliveries, paths::audit, paths::verify_audit, paths::verify_books,
         paths::list_terminals, paths::disable_terminal,
     ),
     components(schemas(
@@ -44,7 +44,7 @@ use utoipa::{Modify, OpenApi};
         TerminalCreated, EnrollDevice, DeviceEnrolled, DeviceView, RegisterWebhook,
         WebhookRegistered, WebhookView, WebhookEvent, WebhookDeliveryView, AccountActivity,
         SignatureMethod, EnrollCsr, ImportCertificate, ProvisionOcra, RenameDevice,
-        AuditEntryView, AuditVerification, TerminalView,
+        AuditEntryView, AuditVerification, BooksVerification, BrokenRule, TerminalView,
     )),
     modifiers(&Bearers),
     tags(
@@ -311,6 +311,13 @@ mod paths {
             (status = 200, description = "The hash chain recomputed from its first row; a broken chain is `intact: false` with the first row that does not link up.", body = AuditVerification),
             (status = "4XX", description = "`unauthorized`", body = ErrorBody)))]
     fn verify_audit() {}
+
+    #[utoipa::path(get, path = "/v1/admin/books/verify", tag = "admin",
+        security(("admin_token" = [])),
+        responses(
+            (status = 200, description = "The ledger read back in one snapshot: each balance is the sum of its transfers, each currency sums to zero, every settled transaction has its payment transfer and every payment transfer its settled transaction. Unbalanced books are `balanced: false` with each rule broken and how many rows break it.", body = BooksVerification),
+            (status = "4XX", description = "`unauthorized`", body = ErrorBody)))]
+    fn verify_books() {}
 
     #[utoipa::path(get, path = "/v1/admin/terminals", tag = "admin",
         security(("admin_token" = [])),

@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use keybridge_proto::api::{
-    AccountView, AuditEntryView, AuditVerification, Confirmation, CreateAccount, CreateTerminal,
-    CreateTransaction, DeviceEnrolled, DeviceView, EnrollCsr, EnrollDevice, ErrorBody,
-    ImportCertificate, ProvisionOcra, RenameDevice, TerminalCreated, TerminalView, TransactionView,
+    AccountView, AuditEntryView, AuditVerification, BooksVerification, Confirmation, CreateAccount,
+    CreateTerminal, CreateTransaction, DeviceEnrolled, DeviceView, EnrollCsr, EnrollDevice,
+    ErrorBody, ImportCertificate, ProvisionOcra, RenameDevice, TerminalCreated, TerminalView,
+    TransactionView,
 };
 use keybridge_proto::{AccountId, TransactionId};
 use serde::de::DeserializeOwned;
@@ -310,5 +311,10 @@ impl Client {
     /// The server's check of the audit log's hash chain.
     pub async fn verify_audit(&self) -> Result<AuditVerification, ClientError> {
         self.get("/v1/admin/audit/verify").await
+    }
+
+    /// The server's check of the books (double entry, read back).
+    pub async fn verify_books(&self) -> Result<BooksVerification, ClientError> {
+        self.get("/v1/admin/books/verify").await
     }
 }

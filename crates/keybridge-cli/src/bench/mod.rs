@@ -223,6 +223,7 @@ async fn payments(
     // After the run, outside its figures: the audit chain the payments
     // extended, recomputed by the server as an operator would ask for it.
     let audit = harness.admin.verify_audit().await?;
+    let books = harness.admin.verify_books().await?;
     let crypto = crypto_limit(Duration::from_millis(1500));
     let mut report = payments_report(args, &run, crypto);
     report["ledger"] = serde_json::json!({
@@ -232,6 +233,11 @@ async fn payments(
     report["audit"] = serde_json::json!({
         "intact": audit.intact,
         "rows_checked": audit.rows_checked,
+    });
+    report["books"] = serde_json::json!({
+        "balanced": books.balanced,
+        "accounts_checked": books.accounts_checked,
+        "transfers_checked": books.transfers_checked,
     });
     report["accounts"] = accounts_report(args.accounts, seeded);
     report["warmup_payments"] = warmed_up.into();
@@ -245,6 +251,9 @@ async fn payments(
     }
     if let Some(seq) = audit.broken_at_seq {
         bail!("the audit chain is broken at seq {seq}");
+    }
+    if !books.balanced {
+        bail!("the books do not balance: {:?}", books.broken);
     }
     Ok(())
 }
@@ -440,6 +449,16 @@ fn print_payments(report: &serde_json::Value) {
         } else {
             "BROKEN"
         }
+    );
+    println!(
+        "books                {} over {} accounts and {} transfers (checked after the run)",
+        if report["books"]["balanced"] == true {
+            "balance"
+        } else {
+            "DO NOT BALANCE"
+        },
+        report["books"]["accounts_checked"],
+        report["books"]["transfers_checked"]
     );
     println!("peak RSS             {} KiB", report["peak_rss_kib"]);
     println!(

@@ -82,6 +82,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/admin/transactions", get(admin::list_transactions))
         .route("/v1/admin/audit", get(admin::audit))
         .route("/v1/admin/audit/verify", get(admin::verify_audit))
+        .route("/v1/admin/books/verify", get(admin::verify_books))
         .route("/v1/admin/ca.pem", get(admin::ca_pem))
         .route(
             "/v1/admin/webhook-deliveries",

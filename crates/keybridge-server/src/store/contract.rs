@@ -6,6 +6,7 @@
 use keybridge_proto::api::{Reason, TransactionStatus};
 use keybridge_proto::{AccountId, Currency, TransactionId};
 
+use super::books::BooksRule;
 use super::*;
 
 pub(crate) const NOW: u64 = 1_750_000_000;
@@ -109,15 +110,58 @@ pub(crate) fn signed(id: u8, counter: u32) -> SignedConfirmation {
     }
 }
 
+/// The balances sum to zero, and the store's own check of the books, which
+/// reads every transfer back, finds every rule kept.
 async fn balances_sum_to_zero(store: &dyn Store) {
-    let total: i64 = store
-        .list_accounts()
-        .await
-        .unwrap()
-        .iter()
-        .map(|a| a.balance_minor)
-        .sum();
+    let accounts = store.list_accounts().await.unwrap();
+    let total: i64 = accounts.iter().map(|a| a.balance_minor).sum();
     assert_eq!(total, 0);
+    let books = store.check_books().await.unwrap();
+    assert!(books.balanced(), "{}", books.describe_broken());
+    assert_eq!(books.accounts, u64::try_from(accounts.len()).unwrap());
+}
+
+/// Ways of cooking the books by hand, as an intruder with database access
+/// might, on a store holding [`payment_and_pending`]: each edit, and what
+/// `check_books` must then count. The last keeps every currency's sum at
+/// zero: only the per-account rule sees it.
+pub(crate) const COOKED_BOOKS: [(&str, &[(BooksRule, u64)]); 4] = [
+    (
+        "UPDATE accounts SET balance_minor = balance_minor + 1 WHERE id = 'shop'",
+        &[
+            (BooksRule::BalanceIsItsTransfers, 1),
+            (BooksRule::CurrencySumsToZero, 1),
+        ],
+    ),
+    (
+        "UPDATE transactions SET status = 'rejected' WHERE status = 'settled'",
+        &[(BooksRule::TransferHasItsSettlement, 1)],
+    ),
+    (
+        "UPDATE transactions SET status = 'settled' WHERE status = 'pending'",
+        &[(BooksRule::SettledHasItsTransfer, 1)],
+    ),
+    (
+        "UPDATE accounts SET balance_minor = balance_minor - 5 WHERE id = 'alice';
+         UPDATE accounts SET balance_minor = balance_minor + 5 WHERE id = 'shop'",
+        &[(BooksRule::BalanceIsItsTransfers, 2)],
+    ),
+];
+
+/// [`seed`], one payment of 100 settled and one of 50 pending; the books
+/// balance.
+pub(crate) async fn payment_and_pending(store: &dyn Store) {
+    seed(store).await;
+    store
+        .insert_transaction(pending(1, "k1", 100))
+        .await
+        .unwrap();
+    store.apply_signed_confirmation(signed(1, 1)).await.unwrap();
+    store
+        .insert_transaction(pending(2, "k2", 50))
+        .await
+        .unwrap();
+    balances_sum_to_zero(store).await;
 }
 
 async fn balance(store: &dyn Store, id: &str) -> i64 {

@@ -7,6 +7,7 @@
 //! hash in [`audit`], so a second backend (PostgreSQL) shares them.
 
 pub mod audit;
+pub mod books;
 #[cfg(test)]
 pub(crate) mod contract;
 pub mod postgres;
@@ -247,6 +248,10 @@ pub trait Store: WebStore + Send + Sync + std::fmt::Debug {
     /// From the start (`after_seq` 0) it holds every row committed before
     /// the call.
     async fn audit_page(&self, after_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Reads the books back in one snapshot and counts what breaks each of
+    /// their rules (`books::BooksRule`): balanced when nothing does.
+    async fn check_books(&self) -> Result<books::BooksCheck, StoreError>;
 
     /// The whole audit log, in `seq` order.
     async fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError> {

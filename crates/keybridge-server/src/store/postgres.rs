@@ -44,6 +44,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
+use super::books::{self, BooksCheck, BooksRule};
 use super::rows::{
     self, corrupt, decode_account, decode_audit, decode_device, decode_transfer, decode_tx, hash32,
     issuance_account_id, to_i64, to_u64, ACCOUNT_COLUMNS, AUDIT_COLUMNS, DEVICE_COLUMNS,
@@ -1375,6 +1376,42 @@ impl Store for PgStore {
         )
         .await
     }
+
+    async fn check_books(&self) -> Result<BooksCheck, StoreError> {
+        let mut client = self.client().await?;
+        // One snapshot for every query: a payment committing meanwhile is
+        // wholly in the check or not at all.
+        let snapshot = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(backend)?;
+        let mut broken = Vec::new();
+        for rule in BooksRule::ALL {
+            let n = count(&snapshot, rule.count_sql()).await?;
+            if n != 0 {
+                broken.push((rule, n));
+            }
+        }
+        let check = BooksCheck {
+            accounts: count(&snapshot, books::ACCOUNTS_SQL).await?,
+            transfers: count(&snapshot, books::TRANSFERS_SQL).await?,
+            broken,
+        };
+        snapshot.commit().await.map_err(backend)?;
+        Ok(check)
+    }
+}
+
+/// The one number a `SELECT COUNT(*) …` answers.
+async fn count(c: &impl GenericClient, sql: &str) -> Result<u64, StoreError> {
+    let rows = query(c, sql, &[]).await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| corrupt("a count returned no row"))?;
+    to_u64(get(row, 0)?)
 }
 
 #[cfg(test)]

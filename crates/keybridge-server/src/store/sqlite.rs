@@ -15,6 +15,7 @@ use keybridge_proto::{AccountId, Currency, TransactionId};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::audit;
+use super::books::{self, BooksCheck, BooksRule};
 use super::rows::{
     self, corrupt, decode_account, decode_audit, decode_device, decode_transfer, decode_tx, hash32,
     issuance_account_id, to_i64, to_u64, AccountRow, DeviceRow, TxRow, ACCOUNT_COLUMNS,
@@ -1184,6 +1185,32 @@ impl Store for SqliteStore {
         self.run(move |conn| audit_rows(conn, after_seq, limit))
             .await
     }
+
+    async fn check_books(&self) -> Result<BooksCheck, StoreError> {
+        self.run(check_books).await
+    }
+}
+
+/// The books' rules counted inside one read transaction, so that every query
+/// sees the same commits.
+fn check_books(conn: &Connection) -> Result<BooksCheck, StoreError> {
+    let snapshot = conn.unchecked_transaction().map_err(backend)?;
+    let count = |sql: &str| -> Result<u64, StoreError> {
+        let n: i64 = one_row(&snapshot, sql, [], |r| r.get(0)).map_err(backend)?;
+        to_u64(n)
+    };
+    let mut broken = Vec::new();
+    for rule in BooksRule::ALL {
+        let n = count(rule.count_sql())?;
+        if n != 0 {
+            broken.push((rule, n));
+        }
+    }
+    Ok(BooksCheck {
+        accounts: count(books::ACCOUNTS_SQL)?,
+        transfers: count(books::TRANSFERS_SQL)?,
+        broken,
+    })
 }
 
 /// Up to `limit` audit rows after `after_seq`, in `seq` order.

@@ -3,7 +3,10 @@
 //! webhook claim).
 
 use super::*;
-use crate::store::contract::{contract_tests, pending, seed, seed_with_webhook, signed, NOW};
+use crate::store::contract::{
+    contract_tests, payment_and_pending, pending, seed, seed_with_webhook, signed, COOKED_BOOKS,
+    NOW,
+};
 use crate::store::web::WebStore;
 
 async fn open() -> Option<PgStore> {
@@ -107,6 +110,24 @@ async fn the_database_refuses_edits_and_the_chain_detects_them() {
         store.verify_audit_chain().await,
         Err(StoreError::AuditChainBroken { seq: 2 })
     );
+}
+
+/// Each way of cooking the books by hand is counted by the rule it breaks.
+#[tokio::test]
+async fn the_books_check_counts_each_hand_edit() {
+    for (edit, expected) in COOKED_BOOKS {
+        let Some(store) = open().await else { return };
+        payment_and_pending(&store).await;
+        store
+            .client()
+            .await
+            .unwrap()
+            .batch_execute(edit)
+            .await
+            .unwrap();
+        let check = store.check_books().await.unwrap();
+        assert_eq!(check.broken, expected, "{edit}");
+    }
 }
 
 /// Audit rows are staged with their write and chained once it has

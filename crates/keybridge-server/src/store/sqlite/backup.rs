@@ -9,15 +9,16 @@
 //! server goes on paying meanwhile (WAL readers never block the writer).
 //!
 //! The copy is then checked as an auditor would: SQLite's own integrity and
-//! foreign-key checks, the books (every balance is what its transfers add up
-//! to, each currency sums to zero, one payment transfer per settled
-//! transaction and none for any other) and the audit chain from its first row.
+//! foreign-key checks, the books (`store::books`: every balance is what its
+//! transfers add up to, each currency sums to zero, one payment transfer per
+//! settled transaction and none for any other) and the audit chain from its
+//! first row.
 
 use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::{audit_rows, backend, corrupt, to_u64, tune};
+use super::{audit_rows, backend, check_books, corrupt, to_u64, tune};
 use crate::store::audit::ChainCheck;
 use crate::store::{StoreError, AUDIT_PAGE};
 
@@ -67,15 +68,19 @@ pub fn check(copy: &Path) -> Result<CopyCheck, StoreError> {
     if integrity != "ok" {
         return Err(corrupt_copy(format!("integrity check: {integrity}")));
     }
-    for (sql, what) in MUST_COUNT_NONE {
-        let n = count(&conn, sql)?;
-        if n != 0 {
-            return Err(corrupt_copy(format!("{n} {what}")));
-        }
+    let orphans = count(&conn, "SELECT COUNT(*) FROM pragma_foreign_key_check")?;
+    if orphans != 0 {
+        return Err(corrupt_copy(format!(
+            "{orphans} rows refer to rows that do not exist"
+        )));
+    }
+    let books = check_books(&conn)?;
+    if !books.balanced() {
+        return Err(corrupt_copy(books.describe_broken()));
     }
     let audit = check_audit_chain(&conn)?;
     Ok(CopyCheck {
-        accounts: count(&conn, "SELECT COUNT(*) FROM accounts")?,
+        accounts: books.accounts,
         transactions: count(&conn, "SELECT COUNT(*) FROM transactions")?,
         settled: count(
             &conn,
@@ -84,51 +89,6 @@ pub fn check(copy: &Path) -> Result<CopyCheck, StoreError> {
         audit,
     })
 }
-
-/// Counts that must be zero in a sound copy, with what a nonzero count
-/// means. Foreign keys first; then double entry, read back: each account's
-/// balance is the sum of its transfers, so each currency's balances sum to
-/// zero (the issuance accounts hold the opposite of every opening balance),
-/// and money moved for exactly the settled transactions, once each (the
-/// unique index on `transfers.transaction_id` makes it at most once).
-const MUST_COUNT_NONE: [(&str, &str); 5] = [
-    (
-        "SELECT COUNT(*) FROM pragma_foreign_key_check",
-        "rows refer to rows that do not exist",
-    ),
-    (
-        "SELECT COUNT(*) FROM accounts AS a
-         LEFT JOIN (
-             SELECT account, SUM(delta) AS net FROM (
-                 SELECT credit_account AS account, amount_minor AS delta FROM transfers
-                 UNION ALL
-                 SELECT debit_account, -amount_minor FROM transfers
-             ) GROUP BY account
-         ) AS t ON t.account = a.id
-         WHERE a.balance_minor <> COALESCE(t.net, 0)",
-        "accounts hold a balance their transfers do not add up to",
-    ),
-    (
-        "SELECT COUNT(*) FROM (
-             SELECT currency FROM accounts GROUP BY currency HAVING SUM(balance_minor) <> 0
-         )",
-        "currencies' balances do not sum to zero",
-    ),
-    (
-        "SELECT COUNT(*) FROM transactions AS t
-         WHERE t.status = 'settled'
-           AND NOT EXISTS (SELECT 1 FROM transfers AS f
-                           WHERE f.transaction_id = t.id AND f.kind = 'payment')",
-        "settled transactions without their transfer",
-    ),
-    (
-        "SELECT COUNT(*) FROM transfers AS f
-         WHERE f.kind = 'payment'
-           AND NOT EXISTS (SELECT 1 FROM transactions AS t
-                           WHERE t.id = f.transaction_id AND t.status = 'settled')",
-        "payment transfers without a settled transaction",
-    ),
-];
 
 fn check_audit_chain(conn: &Connection) -> Result<ChainCheck, StoreError> {
     let mut check = ChainCheck::default();

@@ -2,7 +2,9 @@
 //! has (its migrations table and WAL, its triggers, its query plans).
 
 use super::*;
-use crate::store::contract::{contract_tests, pending, seed, signed, NOW};
+use crate::store::contract::{
+    contract_tests, payment_and_pending, pending, seed, signed, COOKED_BOOKS, NOW,
+};
 
 contract_tests!(async {
     Some(
@@ -99,5 +101,17 @@ fn pending_queries_use_the_partial_indexes() {
                     .any(|step| step.starts_with("SCAN ") && !step.contains(" USING ")),
             "{sql}\n  planned as: {plan}"
         );
+    }
+}
+
+/// Each way of cooking the books by hand is counted by the rule it breaks.
+#[tokio::test]
+async fn the_books_check_counts_each_hand_edit() {
+    for (edit, expected) in COOKED_BOOKS {
+        let store = SqliteStore::open_in_memory(NOW).unwrap();
+        payment_and_pending(&store).await;
+        store.conn.lock().unwrap().execute_batch(edit).unwrap();
+        let check = store.check_books().await.unwrap();
+        assert_eq!(check.broken, expected, "{edit}");
     }
 }
