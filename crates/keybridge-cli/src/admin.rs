@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use keybridge_proto::api::{b64, CreateAccount, ImportCertificate, SignatureMethod};
+use keybridge_proto::api::{
+    b64, CreateAccount, ImportCertificate, SignatureMethod, TransactionView,
+};
 use keybridge_proto::ocra::OtpauthUri;
-use keybridge_proto::{AccountId, Currency, Money};
+use keybridge_proto::{AccountId, Currency, Money, TransactionId};
 use keybridge_relay::{CardLink, CardLinkSpec};
 use keybridge_terminal::Client;
 use zeroize::Zeroizing;
@@ -131,8 +133,15 @@ pub enum AdminCommand {
     },
     /// List recent transactions, newest first.
     ListTransactions {
+        /// At most this many (1 to 500), or this many per page with --all.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Start after this transaction id (the last one a listing printed).
+        #[arg(long)]
+        before: Option<TransactionId>,
+        /// Every transaction, page by page, to the first one ever made.
+        #[arg(long)]
+        all: bool,
     },
     /// List the terminals, disabled ones included.
     ListTerminals,
@@ -415,21 +424,38 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 v.accounts_checked, v.transfers_checked
             );
         }
-        AdminCommand::ListTransactions { limit } => {
-            for t in client.transactions(limit).await? {
-                let reason = t.reason.map(|r| r.as_str()).unwrap_or("");
-                println!(
-                    "{} {:<8} {:<18} {:>16} {} -> {} {}",
-                    t.id,
-                    t.status.as_str(),
-                    reason,
-                    t.amount_display,
-                    t.payer,
-                    t.payee,
-                    t.order_id
-                );
+        AdminCommand::ListTransactions { limit, before, all } => {
+            let mut before = before;
+            loop {
+                let page = match &before {
+                    None => client.transactions(limit).await?,
+                    Some(id) => client.transactions_before(id, limit).await?,
+                };
+                print_transactions(&page);
+                let full = page.len() == limit as usize;
+                match page.last() {
+                    Some(last) if all && full => before = Some(last.id),
+                    _ => break,
+                }
             }
         }
     }
     Ok(())
+}
+
+/// One line per transaction: id, status, reason, amount, payer -> payee, order.
+fn print_transactions(transactions: &[TransactionView]) {
+    for t in transactions {
+        let reason = t.reason.map(|r| r.as_str()).unwrap_or("");
+        println!(
+            "{} {:<8} {:<18} {:>16} {} -> {} {}",
+            t.id,
+            t.status.as_str(),
+            reason,
+            t.amount_display,
+            t.payer,
+            t.payee,
+            t.order_id
+        );
+    }
 }

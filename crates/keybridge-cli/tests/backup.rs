@@ -153,6 +153,21 @@ async fn a_backup_taken_while_paying_restores_to_a_server_that_pays() {
                 .balance_minor
         }
     };
+    // An operator reconciling lists every transaction of the restored books,
+    // page by page, each once: the same as the API's one big page.
+    let listed = Command::new(env!("CARGO_BIN_EXE_keybridge"))
+        .args(["admin", "--server", &format!("http://{addr}")])
+        .args(["list-transactions", "--all", "--limit", "3"])
+        .env("KEYBRIDGE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .expect("run keybridge admin");
+    assert!(listed.status.success(), "{listed:?}");
+    let listed_ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|line| line.split_whitespace().next().unwrap().to_owned())
+        .collect();
+    let stored_ids: Vec<String> = stored.iter().map(|t| t.id.to_string()).collect();
+    assert_eq!(listed_ids, stored_ids);
     let settled_minor = AMOUNT * i64::try_from(settled.len()).unwrap();
     assert_eq!(balance("alice").await, ALICE_OPENING - settled_minor);
     assert_eq!(balance("shop").await, settled_minor);

@@ -274,10 +274,12 @@ mod paths {
 
     #[utoipa::path(get, path = "/v1/admin/transactions", tag = "admin",
         security(("admin_token" = [])),
-        params(("limit" = Option<u32>, Query, description = "1 to 500, default 50.")),
+        params(
+            ("limit" = Option<u32>, Query, description = "1 to 500, default 50."),
+            ("before" = Option<String>, Query, description = "The last transaction id of the page before (32 hex digits): this page holds the ones made before it. Absent: the newest.")),
         responses(
-            (status = 200, description = "Newest first.", body = Vec<TransactionView>),
-            (status = "4XX", description = "`invalid_request`, `unauthorized`", body = ErrorBody)))]
+            (status = 200, description = "Newest first, a page at a time: every transaction, once, by following `before` until a page comes back shorter than `limit`.", body = Vec<TransactionView>),
+            (status = "4XX", description = "`invalid_request`, `unauthorized`, `not_found` (no transaction `before`)", body = ErrorBody)))]
     fn list_transactions() {}
 
     #[utoipa::path(get, path = "/v1/admin/ca.pem", tag = "admin",

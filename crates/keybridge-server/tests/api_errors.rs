@@ -455,6 +455,27 @@ async fn admin_accounts_terminals_devices() {
         listed.iter().map(|t| t.id).collect::<Vec<_>>(),
         [ids[2], ids[1]]
     );
+    // The next page starts after the last id of this one.
+    let next: Vec<TransactionView> = h
+        .admin_get(&format!("/v1/admin/transactions?limit=2&before={}", ids[1]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(next.iter().map(|t| t.id).collect::<Vec<_>>(), [ids[0]]);
+    expect(
+        h.admin_get(&format!("/v1/admin/transactions?before={}", "0".repeat(32)))
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    expect(
+        h.admin_get("/v1/admin/transactions?before=xyz").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
     expect(
         h.admin_get("/v1/admin/transactions?limit=501").await,
         StatusCode::BAD_REQUEST,

@@ -289,6 +289,19 @@ impl Client {
             .await
     }
 
+    /// The page of [`Client::transactions`] after the one that ended with
+    /// `before`: up to `limit` older ones, newest first.
+    pub async fn transactions_before(
+        &self,
+        before: &TransactionId,
+        limit: u32,
+    ) -> Result<Vec<TransactionView>, ClientError> {
+        self.get(&format!(
+            "/v1/admin/transactions?limit={limit}&before={before}"
+        ))
+        .await
+    }
+
     pub async fn terminals(&self) -> Result<Vec<TerminalView>, ClientError> {
         self.get("/v1/admin/terminals").await
     }

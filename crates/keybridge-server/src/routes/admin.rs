@@ -519,12 +519,6 @@ pub async fn disable_device(
     Ok(Json(close_sessions(&state, &device)))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    limit: Option<u32>,
-}
-
 /// A list's `limit`: [`LIST_LIMIT_DEFAULT`] if absent, at most [`LIST_LIMIT_MAX`].
 pub fn list_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     match limit.unwrap_or(LIST_LIMIT_DEFAULT) {
@@ -535,13 +529,30 @@ pub fn list_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransactionsQuery {
+    limit: Option<u32>,
+    /// The last id of the page before: the next page starts after it.
+    before: Option<TransactionId>,
+}
+
+/// Every transaction, newest first, a page at a time: `before` the last id
+/// of the page before, until a page comes back short.
 pub async fn list_transactions(
     State(state): State<AppState>,
     _: Admin,
-    ApiQuery(query): ApiQuery<ListQuery>,
+    ApiQuery(query): ApiQuery<TransactionsQuery>,
 ) -> Result<Json<Vec<TransactionView>>, ApiError> {
     let limit = list_limit(query.limit)?;
-    let transactions = state.store.list_transactions(limit).await?;
+    let transactions = match query.before {
+        None => state.store.list_transactions(limit).await?,
+        Some(before) => state
+            .store
+            .transactions_before(&before, limit)
+            .await?
+            .ok_or(ApiError::NotFound)?,
+    };
     Ok(Json(transactions.iter().map(|t| t.view()).collect()))
 }
 

@@ -791,6 +791,44 @@ pub(crate) async fn concurrent_payments_never_overdraw_the_payer(store: &dyn Sto
 /// One `#[tokio::test]` per contract test, each on a fresh store from
 /// `$open` (an expression giving a future of `Option<Arc<dyn Store>>`;
 /// `None` skips, when the backend's server is not available outside CI).
+/// Following `before` from the newest page reaches every transaction once,
+/// in the order they were made, newest first; a cursor that names no
+/// transaction is told apart from the end.
+pub(crate) async fn transactions_list_in_pages_newest_first(store: &dyn Store) {
+    seed(store).await;
+    for n in 1..=5u8 {
+        store
+            .insert_transaction(pending(n, &format!("k{n}"), 10))
+            .await
+            .unwrap();
+    }
+    let ids = |page: &[TransactionRecord]| page.iter().map(|t| t.id.0[0]).collect::<Vec<_>>();
+    let first = store.list_transactions(2).await.unwrap();
+    assert_eq!(ids(&first), [5, 4]);
+    let mut seen = ids(&first);
+    let mut before = first.last().unwrap().id;
+    loop {
+        let page = store
+            .transactions_before(&before, 2)
+            .await
+            .unwrap()
+            .unwrap();
+        seen.extend(ids(&page));
+        match page.last() {
+            Some(last) if page.len() == 2 => before = last.id,
+            _ => break,
+        }
+    }
+    assert_eq!(seen, [5, 4, 3, 2, 1]);
+    let oldest = TransactionId([1; 16]);
+    assert_eq!(
+        store.transactions_before(&oldest, 2).await.unwrap(),
+        Some(vec![])
+    );
+    let unknown = TransactionId([9; 16]);
+    assert_eq!(store.transactions_before(&unknown, 2).await.unwrap(), None);
+}
+
 macro_rules! contract_tests {
     ($open:expr) => {
         $crate::store::contract::contract_tests!(@each $open;
@@ -810,7 +848,8 @@ macro_rules! contract_tests {
             an_ended_transaction_queues_its_webhook_event,
             payments_both_ways_at_once_all_settle,
             concurrent_payments_never_overdraw_the_payer,
-            the_audit_log_reads_in_pages
+            the_audit_log_reads_in_pages,
+            transactions_list_in_pages_newest_first
         );
     };
     (@each $open:expr; $($name:ident),*) => {

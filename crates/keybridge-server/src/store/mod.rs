@@ -210,6 +210,13 @@ pub trait Store: WebStore + Send + Sync + std::fmt::Debug {
     ) -> Result<Option<TransactionRecord>, StoreError>;
     /// Newest first.
     async fn list_transactions(&self, limit: u32) -> Result<Vec<TransactionRecord>, StoreError>;
+    /// The next page of [`Store::list_transactions`]: up to `limit` made
+    /// before `before`, newest first; `None` if there is no `before`.
+    async fn transactions_before(
+        &self,
+        before: &TransactionId,
+        limit: u32,
+    ) -> Result<Option<Vec<TransactionRecord>>, StoreError>;
     /// Pending transactions of `payer` whose expiry is still ahead of `now`.
     async fn pending_for_payer(
         &self,

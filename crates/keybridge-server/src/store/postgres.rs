@@ -1215,6 +1215,32 @@ impl Store for PgStore {
         get_tx(&self.client().await?, id).await
     }
 
+    async fn transactions_before(
+        &self,
+        before: &TransactionId,
+        limit: u32,
+    ) -> Result<Option<Vec<TransactionRecord>>, StoreError> {
+        let client = self.client().await?;
+        // A row's `seq` never changes: the two reads need no common snapshot.
+        let rows = query(
+            &client,
+            "SELECT seq FROM transactions WHERE id = $1",
+            &[&before.to_hex()],
+        )
+        .await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let seq: i64 = get(row, 0)?;
+        query_txs(
+            &client,
+            "WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+            &[&seq, &i64::from(limit)],
+        )
+        .await
+        .map(Some)
+    }
+
     async fn list_transactions(&self, limit: u32) -> Result<Vec<TransactionRecord>, StoreError> {
         query_txs(
             &self.client().await?,

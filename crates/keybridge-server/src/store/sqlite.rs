@@ -1003,6 +1003,33 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn transactions_before(
+        &self,
+        before: &TransactionId,
+        limit: u32,
+    ) -> Result<Option<Vec<TransactionRecord>>, StoreError> {
+        let before = before.to_hex();
+        self.run(move |conn| {
+            // A row's `seq` never changes: the two reads need no common snapshot.
+            let seq: Option<i64> = one_row(
+                conn,
+                "SELECT seq FROM transactions WHERE id = ?1",
+                [&before],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+            let Some(seq) = seq else { return Ok(None) };
+            query_txs(
+                conn,
+                "WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
+                params![seq, limit],
+            )
+            .map(Some)
+        })
+        .await
+    }
+
     async fn pending_for_payer(
         &self,
         payer: &AccountId,
