@@ -98,29 +98,17 @@ async fn an_edit_made_in_the_database_shows_as_a_broken_chain() {
     // Someone with the database's own rights goes past the append-only
     // trigger and rewrites one row's details.
     let forged = r#"{"forged":true}"#;
-    match &h.database_url {
-        Some(url) => {
-            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(connection);
-            client
-                .batch_execute(&format!(
-                    "ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only;
-                     UPDATE audit_log SET detail = '{forged}' WHERE seq = 3;"
-                ))
-                .await
-                .unwrap();
-        }
-        None => {
-            let db = rusqlite::Connection::open(h.dir.path().join("keybridge.sqlite")).unwrap();
-            db.execute_batch(&format!(
-                "DROP TRIGGER audit_log_no_update;
-                 UPDATE audit_log SET detail = '{forged}' WHERE seq = 3;"
-            ))
-            .unwrap();
-        }
-    }
+    h.in_database(
+        &format!(
+            "ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only;
+             UPDATE audit_log SET detail = '{forged}' WHERE seq = 3;"
+        ),
+        &format!(
+            "DROP TRIGGER audit_log_no_update;
+             UPDATE audit_log SET detail = '{forged}' WHERE seq = 3;"
+        ),
+    )
+    .await;
 
     let after = verify(&h).await;
     assert_eq!(

@@ -37,19 +37,7 @@ async fn the_books_balance_until_someone_edits_a_balance_in_the_database() {
     // Someone with the database's own rights credits the shop 7.00 out of
     // nowhere.
     let edit = "UPDATE accounts SET balance_minor = balance_minor + 700 WHERE id = 'shop'";
-    match &h.database_url {
-        Some(url) => {
-            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(connection);
-            client.batch_execute(edit).await.unwrap();
-        }
-        None => {
-            let db = rusqlite::Connection::open(h.dir.path().join("keybridge.sqlite")).unwrap();
-            db.execute_batch(edit).unwrap();
-        }
-    }
+    h.in_database(edit, edit).await;
     let broken = |rule: &str, message: &str| BrokenRule {
         rule: rule.into(),
         count: 1,

@@ -186,6 +186,28 @@ impl Harness {
             .unwrap()
     }
 
+    /// Runs SQL on the server's database with the database's own rights, as
+    /// an intruder past the API would: `postgres` on PostgreSQL, `sqlite`
+    /// on SQLite (their dialects differ where triggers are concerned).
+    pub async fn in_database(&self, postgres: &str, sqlite: &str) {
+        match &self.database_url {
+            Some(url) => {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(connection);
+                client.batch_execute(postgres).await.unwrap();
+            }
+            None => {
+                let path = self.dir.path().join("keybridge.sqlite");
+                rusqlite::Connection::open(path)
+                    .unwrap()
+                    .execute_batch(sqlite)
+                    .unwrap();
+            }
+        }
+    }
+
     pub async fn admin_get(&self, path: &str) -> reqwest::Response {
         self.http
             .get(self.url(path))

@@ -113,25 +113,14 @@ fn corrupt_copy(what: String) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::contract::{pending, seed, signed, NOW};
+    use crate::store::contract::{payment_and_pending, COOKED_BOOKS, NOW};
     use crate::store::sqlite::SqliteStore;
     use crate::store::Store;
 
-    /// A database with alice, the shop, one settled payment of 100 and one
-    /// still pending, in `dir`; its path.
+    /// A database of [`payment_and_pending`] in `dir`; its path.
     async fn database(dir: &Path) -> std::path::PathBuf {
         let path = dir.join("live.sqlite");
-        let store = SqliteStore::open(&path, NOW).unwrap();
-        seed(&store).await;
-        store
-            .insert_transaction(pending(1, "k1", 100))
-            .await
-            .unwrap();
-        store.apply_signed_confirmation(signed(1, 1)).await.unwrap();
-        store
-            .insert_transaction(pending(2, "k2", 50))
-            .await
-            .unwrap();
+        payment_and_pending(&SqliteStore::open(&path, NOW).unwrap()).await;
         path
     }
 
@@ -174,27 +163,14 @@ mod tests {
             Err(StoreError::Corrupt(why)) => why,
             other => panic!("{name}: {other:?}"),
         };
-        // Money from nowhere: a balance no transfer explains.
-        let why = failure(
-            "a.sqlite",
-            "UPDATE accounts SET balance_minor = balance_minor + 1 WHERE id = 'shop'",
-        );
-        assert!(why.contains("do not add up"), "{why}");
-        // A payment un-settled after its money moved.
-        let why = failure(
-            "b.sqlite",
-            "UPDATE transactions SET status = 'rejected' WHERE status = 'settled'",
-        );
-        assert!(why.contains("without a settled transaction"), "{why}");
-        // A pending payment marked settled with no money moved.
-        let why = failure(
-            "c.sqlite",
-            "UPDATE transactions SET status = 'settled' WHERE status = 'pending'",
-        );
-        assert!(
-            why.contains("settled transactions without their transfer"),
-            "{why}"
-        );
+        // Each way of cooking the books, as the books check counts it.
+        for (n, (edit, expected)) in COOKED_BOOKS.iter().enumerate() {
+            let why = failure(&format!("cooked-{n}.sqlite"), edit);
+            let named = expected
+                .iter()
+                .all(|(rule, _)| why.contains(rule.breaches()));
+            assert!(named, "{edit}: {why}");
+        }
         // A row pointing at an account that is not there.
         let why = failure(
             "d.sqlite",
