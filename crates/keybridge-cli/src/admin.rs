@@ -143,6 +143,12 @@ pub enum AdminCommand {
         #[arg(long)]
         all: bool,
     },
+    /// Show one transaction: its status, the terminal that made it and the
+    /// transfers it made.
+    ShowTransaction {
+        #[arg(long)]
+        id: TransactionId,
+    },
     /// List the terminals, disabled ones included.
     ListTerminals,
     /// Disable a terminal: its API key is refused from now on (say, after a
@@ -423,6 +429,25 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 "books balance: {} accounts, {} transfers",
                 v.accounts_checked, v.transfers_checked
             );
+        }
+        AdminCommand::ShowTransaction { id } => {
+            let detail = client.transaction_detail(&id).await?;
+            print_transactions(std::slice::from_ref(&detail.transaction));
+            println!(
+                "terminal {}, last changed at {} (unix s)",
+                detail.terminal_id, detail.updated_at_unix_s
+            );
+            for t in &detail.transfers {
+                println!(
+                    "transfer {} {}: {} {} from {} to {}",
+                    t.id,
+                    t.kind,
+                    t.currency,
+                    Money::new(t.amount_minor, t.currency).major_string(),
+                    t.debit_account,
+                    t.credit_account
+                );
+            }
         }
         AdminCommand::ListTransactions { limit, before, all } => {
             let mut before = before;

@@ -176,5 +176,23 @@ async fn a_backup_taken_while_paying_restores_to_a_server_that_pays() {
     // still vouches for the card's certificate, the till's key still opens.
     pay_settled(&live.terminal, "O-AFTER-RESTORE").await;
     assert_eq!(balance("shop").await, settled_minor + AMOUNT);
+    // The operator looks that payment up: its till and the money it moved.
+    let newest = &admin.transactions(1).await.unwrap()[0];
+    assert_eq!(newest.order_id, "O-AFTER-RESTORE");
+    let shown = Command::new(env!("CARGO_BIN_EXE_keybridge"))
+        .args(["admin", "--server", &format!("http://{addr}")])
+        .args(["show-transaction", "--id", &newest.id.to_string()])
+        .env("KEYBRIDGE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .expect("run keybridge admin");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("settled") && shown.contains("terminal term_"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("payment: CNY 2.50 from alice to shop"),
+        "{shown}"
+    );
     restored.shutdown().await;
 }

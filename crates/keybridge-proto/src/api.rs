@@ -514,6 +514,34 @@ pub struct AuditVerification {
     pub broken_at_seq: Option<u64>,
 }
 
+/// `GET /v1/admin/transactions/{id}`: one transaction as an operator
+/// investigating it needs it: what the terminal sees, which terminal made
+/// it, and the money it moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TransactionDetail {
+    pub transaction: TransactionView,
+    pub terminal_id: String,
+    /// Unix seconds of its last change (its end, once ended).
+    pub updated_at_unix_s: u64,
+    /// Its payment transfer once settled; empty otherwise.
+    pub transfers: Vec<TransferView>,
+}
+
+/// One double-entry transfer of the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TransferView {
+    pub id: i64,
+    /// `payment` (a settled transaction) or `opening` (an opening balance).
+    pub kind: String,
+    pub debit_account: AccountId,
+    pub credit_account: AccountId,
+    pub amount_minor: u64,
+    pub currency: Currency,
+    pub created_at_unix_s: u64,
+}
+
 /// `GET /v1/admin/books/verify`: the ledger read back in one snapshot,
 /// every double-entry rule counted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,8 +13,8 @@ use keybridge_proto::api::{
     Confirmation, CreateAccount, CreateTerminal, CreateTransaction, DeclineReason, DeviceEnrolled,
     DeviceView, EnrollCsr, EnrollDevice, ErrorBody, ImportCertificate, ProvisionOcra, Reason,
     RegisterWebhook, RelayAnswer, RelayMessage, RenameDevice, SignatureMethod, TerminalCreated,
-    TerminalView, TransactionStatus, TransactionView, WebhookDeliveryView, WebhookEvent,
-    WebhookRegistered, WebhookView,
+    TerminalView, TransactionDetail, TransactionStatus, TransactionView, TransferView,
+    WebhookDeliveryView, WebhookEvent, WebhookRegistered, WebhookView,
 };
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -32,7 +32,7 @@ use utoipa::{Modify, OpenApi};
         paths::put_webhook, paths::get_webhook, paths::delete_webhook,
         paths::relay_socket, paths::confirm,
         paths::create_account, paths::list_accounts, paths::get_account, paths::create_terminal,
-        paths::enroll_device, paths::list_devices, paths::disable_device, paths::list_transactions, paths::ca_pem,
+        paths::enroll_device, paths::list_devices, paths::disable_device, paths::list_transactions, paths::get_admin_transaction, paths::ca_pem,
         paths::enroll_csr, paths::import_certificate, paths::provision_ocra, paths::get_device,
         paths::rename_device, paths::revoke_device, paths::crl,
         paths::list_webhook_deliveries, paths::audit, paths::verify_audit, paths::verify_books,
@@ -45,6 +45,7 @@ use utoipa::{Modify, OpenApi};
         WebhookRegistered, WebhookView, WebhookEvent, WebhookDeliveryView, AccountActivity,
         SignatureMethod, EnrollCsr, ImportCertificate, ProvisionOcra, RenameDevice,
         AuditEntryView, AuditVerification, BooksVerification, BrokenRule, TerminalView,
+        TransactionDetail, TransferView,
     )),
     modifiers(&Bearers),
     tags(
@@ -281,6 +282,14 @@ mod paths {
             (status = 200, description = "Newest first, a page at a time: every transaction, once, by following `before` until a page comes back shorter than `limit`.", body = Vec<TransactionView>),
             (status = "4XX", description = "`invalid_request`, `unauthorized`, `not_found` (no transaction `before`)", body = ErrorBody)))]
     fn list_transactions() {}
+
+    #[utoipa::path(get, path = "/v1/admin/transactions/{id}", tag = "admin",
+        security(("admin_token" = [])),
+        params(("id" = String, Path, description = "The transaction id (32 hex digits).")),
+        responses(
+            (status = 200, description = "The transaction, the terminal that made it and the transfers it made (its payment transfer once settled).", body = TransactionDetail),
+            (status = "4XX", description = "`unauthorized`, `not_found`", body = ErrorBody)))]
+    fn get_admin_transaction() {}
 
     #[utoipa::path(get, path = "/v1/admin/ca.pem", tag = "admin",
         security(("admin_token" = [])),

@@ -1,10 +1,11 @@
-//! The books over the admin API: balanced through payments, and an edit made
-//! in the database itself shows as the rules it breaks.
+//! The money over the admin API: the books balanced through payments, an
+//! edit made in the database itself shown as the rules it breaks, and one
+//! transaction with the transfer it made.
 
 mod common;
 
 use common::*;
-use keybridge_proto::api::{BooksVerification, BrokenRule, TransactionStatus};
+use keybridge_proto::api::{BooksVerification, BrokenRule, TransactionDetail, TransactionStatus};
 use reqwest::StatusCode;
 
 async fn verify(h: &Harness) -> BooksVerification {
@@ -64,6 +65,55 @@ async fn the_books_balance_until_someone_edits_a_balance_in_the_database() {
     let r = h
         .http
         .get(h.url("/v1/admin/books/verify"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// An operator looking into one transaction sees the terminal that made it
+/// and the money it moved: its payment transfer once settled, nothing before.
+#[tokio::test]
+async fn a_transaction_shows_its_terminal_and_the_money_it_moved() {
+    let (h, terminal, card) = Harness::standard().await;
+    let t = h.pay(&terminal, 1_234).await;
+    let detail = |id: String| {
+        let h = &h;
+        async move { h.admin_get(&format!("/v1/admin/transactions/{id}")).await }
+    };
+    let pending: TransactionDetail = detail(t.id.to_string()).await.json().await.unwrap();
+    assert_eq!(pending.transaction, t);
+    assert_eq!(pending.terminal_id, terminal.id);
+    assert!(pending.transfers.is_empty());
+
+    let confirmation = card.sign(&h.payload(&t.id).await);
+    let settled = h.confirm_ok(&card, &t.id, &confirmation).await;
+    let paid: TransactionDetail = detail(t.id.to_string()).await.json().await.unwrap();
+    assert_eq!(paid.transaction, settled);
+    assert!(paid.updated_at_unix_s >= pending.updated_at_unix_s);
+    let [transfer] = paid.transfers.as_slice() else {
+        panic!("{paid:?}");
+    };
+    assert_eq!(
+        (
+            transfer.kind.as_str(),
+            transfer.debit_account.as_str(),
+            transfer.credit_account.as_str(),
+            transfer.amount_minor,
+        ),
+        ("payment", "alice", "shop", 1_234)
+    );
+
+    for unknown in ["0".repeat(32), "not-an-id".to_owned()] {
+        let (status, body) = error_body(detail(unknown).await).await;
+        assert_eq!(
+            (status, body.error.as_str()),
+            (StatusCode::NOT_FOUND, "not_found")
+        );
+    }
+    let r = h
+        .http
+        .get(h.url(&format!("/v1/admin/transactions/{}", t.id)))
         .send()
         .await
         .unwrap();

@@ -6,7 +6,7 @@ use keybridge_proto::api::{
     AccountView, AuditEntryView, AuditVerification, BooksVerification, Confirmation, CreateAccount,
     CreateTerminal, CreateTransaction, DeviceEnrolled, DeviceView, EnrollCsr, EnrollDevice,
     ErrorBody, ImportCertificate, ProvisionOcra, RenameDevice, TerminalCreated, TerminalView,
-    TransactionView,
+    TransactionDetail, TransactionView,
 };
 use keybridge_proto::{AccountId, TransactionId};
 use serde::de::DeserializeOwned;
@@ -287,6 +287,14 @@ impl Client {
     pub async fn transactions(&self, limit: u32) -> Result<Vec<TransactionView>, ClientError> {
         self.get(&format!("/v1/admin/transactions?limit={limit}"))
             .await
+    }
+
+    /// One transaction as the admin API shows it: its terminal and transfers.
+    pub async fn transaction_detail(
+        &self,
+        id: &TransactionId,
+    ) -> Result<TransactionDetail, ClientError> {
+        self.get(&format!("/v1/admin/transactions/{id}")).await
     }
 
     /// The page of [`Client::transactions`] after the one that ended with

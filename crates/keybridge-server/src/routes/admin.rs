@@ -11,7 +11,7 @@ use keybridge_proto::api::{
     b64, AccountView, AuditEntryView, AuditVerification, BooksVerification, BrokenRule,
     CreateAccount, CreateTerminal, DeviceEnrolled, DeviceView, EnrollCsr, EnrollDevice,
     ImportCertificate, ProvisionOcra, RenameDevice, SignatureMethod, TerminalCreated, TerminalView,
-    TransactionView,
+    TransactionDetail, TransactionView,
 };
 use keybridge_proto::ocra::OtpauthUri;
 use keybridge_proto::{AccountId, Challenge, ConfirmationPayload, Money, TransactionId};
@@ -27,6 +27,7 @@ use crate::secretbox::ocra_aad;
 use crate::state::AppState;
 use crate::store::{
     DeviceRecord, NewAccount, NewDevice, NewTerminal, OcraRecord, StoreError, TerminalRecord,
+    TransferRecord,
 };
 
 const NAME_LEN_MAX: usize = 64;
@@ -527,6 +528,27 @@ pub fn list_limit(limit: Option<u32>) -> Result<u32, ApiError> {
             "limit must be 1 to {LIST_LIMIT_MAX}"
         ))),
     }
+}
+
+/// One transaction by id, with its terminal and the transfers it made.
+pub async fn get_transaction(
+    State(state): State<AppState>,
+    _: Admin,
+    PathId(id): PathId,
+) -> Result<Json<TransactionDetail>, ApiError> {
+    let id: TransactionId = id.parse().map_err(|_| ApiError::NotFound)?;
+    let transaction = state
+        .store
+        .get_transaction(&id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let transfers = state.store.transfers_for_transaction(&id).await?;
+    Ok(Json(TransactionDetail {
+        transaction: transaction.view(),
+        terminal_id: transaction.terminal_id,
+        updated_at_unix_s: transaction.updated_at_unix_s,
+        transfers: transfers.iter().map(TransferRecord::view).collect(),
+    }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -80,6 +80,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/admin/devices/{id}/revoke", post(admin::revoke_device))
         .route("/v1/crl", get(admin::crl))
         .route("/v1/admin/transactions", get(admin::list_transactions))
+        .route("/v1/admin/transactions/{id}", get(admin::get_transaction))
         .route("/v1/admin/audit", get(admin::audit))
         .route("/v1/admin/audit/verify", get(admin::verify_audit))
         .route("/v1/admin/books/verify", get(admin::verify_books))

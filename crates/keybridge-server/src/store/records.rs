@@ -191,6 +191,20 @@ impl TransactionRecord {
     }
 }
 
+impl TransferRecord {
+    pub fn view(&self) -> api::TransferView {
+        api::TransferView {
+            id: self.id,
+            kind: self.kind.as_str().to_owned(),
+            debit_account: self.debit_account.clone(),
+            credit_account: self.credit_account.clone(),
+            amount_minor: self.amount_minor,
+            currency: self.currency,
+            created_at_unix_s: self.created_at_unix_s,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransferKind {
     /// Funds a new account from its currency's issuance account.
