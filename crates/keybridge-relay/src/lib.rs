@@ -15,7 +15,7 @@
 //! - [`screen`]: the panel the phone shows for a confirmation request.
 //! - [`session`]: the WebSocket session with the server: receive requests,
 //!   show them, drive the card, post the signature or a decline.
-//! - [`enroll`]: a key, a PKCS#10 request signed by the card and the issued
+//! - [`mod@enroll`]: a key, a PKCS#10 request signed by the card and the issued
 //!   certificate for an account ([`enroll()`]), or an OCRA secret ([`enroll_ocra`]).
 //!
 //! The relay never decides whether a payment is valid: it only carries bytes.

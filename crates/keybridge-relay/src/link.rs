@@ -7,7 +7,7 @@
 //!   VERIFY and SIGN go through the secure channel (KB-SC1), which needs the
 //!   card certificate pinned at enrolment (see [`crate::driver::sign_transaction_pinned`]).
 //! - `ble` (feature `ble`): a real Bluetooth LE device advertising the
-//!   KeyBridge service, through btleplug ([`crate::radio`]); same engine,
+//!   KeyBridge service, through btleplug (`radio.rs`); same engine,
 //!   same secure channel.
 
 use std::fmt;

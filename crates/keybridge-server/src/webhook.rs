@@ -132,7 +132,7 @@ pub fn check_url(url: &str) -> Result<(), &'static str> {
 
 /// The delivery worker: runs until shutdown. Woken by the clock tick and by
 /// transaction ends (several ends, one wake-up), so a fresh outcome goes out
-/// within [`PASS_SPACING_MS`] of its commit. It must be the only caller of
+/// within `PASS_SPACING_MS` of its commit. It must be the only caller of
 /// [`crate::hub::Hub::some_ended`].
 pub async fn run(state: AppState) {
     let http = match reqwest::Client::builder()

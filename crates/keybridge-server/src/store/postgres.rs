@@ -20,8 +20,8 @@
 //! - on the audit log, which is one hash chain: each row's hash needs the
 //!   row before it. A write stages its audit rows (`audit_staging`, in its
 //!   own transaction, so they commit or roll back with it), and the
-//!   [`sealer`] chains committed rows into `audit_log` in batches, one seal
-//!   at a time across instances ([`AUDIT_LOCK`]). So no write waits for
+//!   sealer (`postgres/sealer.rs`) chains committed rows into `audit_log` in batches, one seal
+//!   at a time across instances (`AUDIT_LOCK`). So no write waits for
 //!   another's audit rows, and commits share WAL flushes. Reads of the audit
 //!   log seal first. Before, each write appended its own rows under that
 //!   lock and held it to the end of its commit: every write of every

@@ -83,7 +83,7 @@ impl WebStore for PgStore {
         Ok(n == 1)
     }
 
-    /// Claims the due deliveries for [`CLAIM_S`]: rows another instance is
+    /// Claims the due deliveries for `CLAIM_S`: rows another instance is
     /// claiming at this moment are skipped, not waited for.
     async fn due_deliveries(
         &self,
