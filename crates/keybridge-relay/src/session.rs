@@ -495,7 +495,13 @@ async fn deliver(
     let mut pause = REDELIVER_PAUSE_FIRST;
     loop {
         match submit(ctx, id, answer).await {
-            Err(RelayError::Server(e)) if e.is_transient() && now_unix_s() < expires_at_unix_s => {
+            // A refused TLS handshake too, unlike `keybridge pay`, which has a
+            // person to tell: this answer cost the card a counter, and a
+            // server certificate put right within the request's life still
+            // gets it.
+            Err(RelayError::Server(e))
+                if (e.is_transient() || e.is_tls_refused()) && now_unix_s() < expires_at_unix_s =>
+            {
                 say!(
                     ctx.options.quiet,
                     "transaction {id}: {e}; sending the answer again in {} ms",

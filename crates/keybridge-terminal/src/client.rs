@@ -43,6 +43,13 @@ impl ClientError {
             ClientError::Api { status, .. } => *status >= 500 || *status == 429,
         }
     }
+
+    /// Whether the TLS handshake was refused (the server's certificate is
+    /// not trusted or does not name it): not transient, but a server whose
+    /// certificate is put right would answer.
+    pub fn is_tls_refused(&self) -> bool {
+        matches!(self, ClientError::Http(e) if is_tls_failure(e))
+    }
 }
 
 /// Whether rustls refused the connection: somewhere in the error's chain is
