@@ -130,7 +130,14 @@ async fn the_audit_endpoints_need_the_admin_token_and_a_valid_limit() {
         let r = h.http.get(h.url(path)).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
     }
-    for query in ["?limit=0", "?limit=501", "?after=-1", "?after=x", "?page=2"] {
+    for query in [
+        "?limit=0",
+        "?limit=501",
+        "?after=-1",
+        "?after=x",
+        "?after=9223372036854775808",
+        "?page=2",
+    ] {
         let r = h.admin_get(&format!("/v1/admin/audit{query}")).await;
         let (status, body) = error_body(r).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
