@@ -72,6 +72,21 @@ async fn malformed_bodies_are_invalid_requests() {
     )
     .await;
     expect(raw("k6", "").await.unwrap(), bad, "invalid_request").await;
+    // The fields in order, as an array: serde would take it; the API does not.
+    expect(
+        raw("k7", r#"["alice","shop",1,"CNY","o",""]"#)
+            .await
+            .unwrap(),
+        bad,
+        "invalid_request",
+    )
+    .await;
+    expect(
+        h.admin_post("/v1/admin/terminals", json!(["till"])).await,
+        bad,
+        "invalid_request",
+    )
+    .await;
 
     // Values the types accept but the rules do not.
     let mut cases = vec![

@@ -84,7 +84,7 @@ async fn answer(state: &AppState, device: &DeviceRecord, text: &str) -> Option<R
     let RelayAnswer::Confirmation {
         transaction_id,
         confirmation,
-    } = match serde_json::from_str::<RelayAnswer>(text) {
+    } = match super::extract::json_object::<RelayAnswer>(text.as_bytes()) {
         Ok(answer) => answer,
         Err(e) => {
             tracing::warn!(device = %device.id, "ignoring a relay frame that is not an answer: {e}");
