@@ -32,6 +32,12 @@ fn available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Cases per operation: 25 in CI (about 20 s in all);
+/// `KEYBRIDGE_SCHEMATHESIS_EXAMPLES=N` for a longer look.
+fn max_examples() -> String {
+    std::env::var("KEYBRIDGE_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "25".into())
+}
+
 /// A fixed seed, so that CI runs the same cases every time (it passes or
 /// fails on the code, not on luck); `KEYBRIDGE_SCHEMATHESIS_SEED=N` runs
 /// others, `=random` a new draw each run, to look further.
@@ -62,7 +68,7 @@ fn run(base: &str, tag: &str, bearer: &str) -> Result<(), String> {
         .args(["--exclude-path-regex", "^/v1/relay$|/events$"])
         .args([
             "--max-examples",
-            "25",
+            &max_examples(),
             "--request-timeout",
             "10",
             "--workers",
