@@ -186,10 +186,16 @@ impl Reason {
 pub struct CreateTransaction {
     pub payer: AccountId,
     pub payee: AccountId,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 9223372036854775807_i64)
+    )]
     pub amount_minor: u64,
     pub currency: Currency,
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub order_id: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 140))]
     pub description: String,
 }
 
@@ -311,10 +317,12 @@ impl From<DeclineReason> for Reason {
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
     pub id: AccountId,
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub display_name: String,
     pub currency: Currency,
     /// Funded by a double-entry transfer from the currency's issuance account.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 9223372036854775807_i64))]
     pub opening_balance_minor: u64,
 }
 
@@ -335,6 +343,7 @@ pub struct AccountView {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateTerminal {
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub name: String,
 }
 
@@ -368,6 +377,7 @@ pub struct EnrollDevice {
     /// SEC1 uncompressed P-256 point (65 bytes), base64.
     pub public_key: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 64))]
     pub label: String,
     /// How the device signs; absent in older clients' bodies: the transaction applet.
     #[serde(default)]
@@ -420,6 +430,7 @@ pub struct ErrorBody {
 #[serde(deny_unknown_fields)]
 pub struct RegisterWebhook {
     /// An `http` or `https` URL, at most 2048 bytes.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 2048))]
     pub url: String,
 }
 
@@ -646,6 +657,7 @@ pub struct EnrollCsr {
     /// The PKCS#10 CertificationRequest, DER, base64.
     pub csr: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 64))]
     pub label: String,
     #[serde(default = "transaction_applet")]
     pub method: SignatureMethod,
@@ -661,6 +673,7 @@ pub struct ImportCertificate {
     /// The X.509 certificate, DER, base64.
     pub certificate: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 64))]
     pub label: String,
     #[serde(default = "transaction_applet")]
     pub method: SignatureMethod,
@@ -676,6 +689,7 @@ pub struct ProvisionOcra {
     pub account: AccountId,
     pub uri: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 64))]
     pub label: String,
 }
 
@@ -684,6 +698,7 @@ pub struct ProvisionOcra {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RenameDevice {
+    #[cfg_attr(feature = "openapi", schema(max_length = 64))]
     pub label: String,
 }
 

@@ -276,7 +276,7 @@ mod paths {
     #[utoipa::path(get, path = "/v1/admin/transactions", tag = "admin",
         security(("admin_token" = [])),
         params(
-            ("limit" = Option<u32>, Query, description = "1 to 500, default 50."),
+            ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1 to 500, default 50."),
             ("before" = Option<String>, Query, description = "The last transaction id of the page before (32 hex digits): this page holds the ones made before it. Absent: the newest.")),
         responses(
             (status = 200, description = "Newest first, a page at a time: every transaction, once, by following `before` until a page comes back shorter than `limit`.", body = Vec<TransactionView>),
@@ -300,7 +300,7 @@ mod paths {
 
     #[utoipa::path(get, path = "/v1/admin/webhook-deliveries", tag = "admin",
         security(("admin_token" = [])),
-        params(("limit" = Option<u32>, Query, description = "1 to 500, default 50.")),
+        params(("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1 to 500, default 50.")),
         responses(
             (status = 200, description = "Webhook events and their delivery state, newest first.", body = Vec<WebhookDeliveryView>),
             (status = "4XX", description = "`invalid_request`, `unauthorized`", body = ErrorBody)))]
@@ -309,8 +309,8 @@ mod paths {
     #[utoipa::path(get, path = "/v1/admin/audit", tag = "admin",
         security(("admin_token" = [])),
         params(
-            ("after" = Option<u64>, Query, description = "Rows with a greater `seq` (the last `seq` of the page before); default 0, from the first."),
-            ("limit" = Option<u32>, Query, description = "1 to 500, default 50.")),
+            ("after" = Option<u64>, Query, maximum = 9223372036854775807_i64, description = "Rows with a greater `seq` (the last `seq` of the page before); default 0, from the first."),
+            ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1 to 500, default 50.")),
         responses(
             (status = 200, description = "The audit log in `seq` order: every state change, each row a link of one hash chain. From the first row it holds every row committed before the request.", body = Vec<AuditEntryView>),
             (status = "4XX", description = "`invalid_request`, `unauthorized`", body = ErrorBody)))]
