@@ -13,41 +13,19 @@ use libfuzzer_sys::fuzz_target;
 mod chunked;
 mod largest_alloc;
 
-use chunked::Chunked;
-
 #[global_allocator]
 static ALLOC: largest_alloc::LargestAlloc = largest_alloc::LargestAlloc;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&chunk, stream)) = data.split_first() else {
-        return;
-    };
     largest_alloc::reset();
-    let mut r = Chunked {
-        rest: stream,
-        chunk: usize::from(chunk) + 1,
-    };
-    let mut offset = 0;
-    loop {
-        match read_op(&mut r) {
-            Ok(Some(op)) => {
-                let again = op.encode().expect("an operation that was read encodes");
-                assert!(again.len() <= 3 + VALUE_LEN_MAX);
-                assert_eq!(again, stream[offset..offset + again.len()]);
-                offset += again.len();
-            }
-            Ok(None) => {
-                assert_eq!(stream.len(), offset, "clean end with bytes left");
-                break;
-            }
-            Err(_) => {
-                assert!(
-                    stream.len() > offset,
-                    "error where the stream ended cleanly"
-                );
-                break;
-            }
-        }
-    }
+    chunked::read_all(
+        data,
+        |r| read_op(r),
+        |op| {
+            let again = op.encode().expect("an operation that was read encodes");
+            assert!(again.len() <= 3 + VALUE_LEN_MAX);
+            again
+        },
+    );
     assert!(largest_alloc::largest() <= 3 + VALUE_LEN_MAX);
 });

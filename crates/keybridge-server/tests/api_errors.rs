@@ -478,31 +478,19 @@ async fn admin_accounts_terminals_devices() {
         .await
         .unwrap();
     assert_eq!(next.iter().map(|t| t.id).collect::<Vec<_>>(), [ids[0]]);
-    expect(
-        h.admin_get(&format!("/v1/admin/transactions?before={}", "0".repeat(32)))
-            .await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    )
-    .await;
-    expect(
-        h.admin_get("/v1/admin/transactions?before=xyz").await,
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-    )
-    .await;
-    expect(
-        h.admin_get("/v1/admin/transactions?limit=501").await,
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-    )
-    .await;
-    expect(
-        h.admin_get("/v1/admin/transactions?limit=x").await,
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-    )
-    .await;
+    let (bad, missing) = (
+        (StatusCode::BAD_REQUEST, "invalid_request"),
+        (StatusCode::NOT_FOUND, "not_found"),
+    );
+    for (query, (status, code)) in [
+        (format!("?before={}", "0".repeat(32)), missing),
+        ("?before=xyz".to_owned(), bad),
+        ("?limit=501".to_owned(), bad),
+        ("?limit=x".to_owned(), bad),
+    ] {
+        let r = h.admin_get(&format!("/v1/admin/transactions{query}")).await;
+        expect(r, status, code).await;
+    }
 }
 
 /// No secret appears in a response it was not created for.

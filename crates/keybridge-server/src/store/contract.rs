@@ -788,9 +788,6 @@ pub(crate) async fn concurrent_payments_never_overdraw_the_payer(store: &dyn Sto
     assert!(store.verify_audit_chain().await.is_ok());
 }
 
-/// One `#[tokio::test]` per contract test, each on a fresh store from
-/// `$open` (an expression giving a future of `Option<Arc<dyn Store>>`;
-/// `None` skips, when the backend's server is not available outside CI).
 /// Following `before` from the newest page reaches every transaction once,
 /// in the order they were made, newest first; a cursor that names no
 /// transaction is told apart from the end.
@@ -829,6 +826,9 @@ pub(crate) async fn transactions_list_in_pages_newest_first(store: &dyn Store) {
     assert_eq!(store.transactions_before(&unknown, 2).await.unwrap(), None);
 }
 
+/// One `#[tokio::test]` per contract test, each on a fresh store from
+/// `$open` (an expression giving a future of `Option<Arc<dyn Store>>`;
+/// `None` skips, when the backend's server is not available outside CI).
 macro_rules! contract_tests {
     ($open:expr) => {
         $crate::store::contract::contract_tests!(@each $open;

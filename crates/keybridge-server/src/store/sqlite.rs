@@ -468,14 +468,17 @@ fn by_idempotency_key(
 }
 
 fn count_active_devices(conn: &Connection, account: &AccountId) -> Result<u64, StoreError> {
-    let n: i64 = one_row(
+    count(
         conn,
         "SELECT COUNT(*) FROM devices
              WHERE account_id = ?1 AND status = 'active' AND revoked_at IS NULL",
         [account.as_str()],
-        |r| r.get(0),
     )
-    .map_err(backend)?;
+}
+
+/// The number a `SELECT COUNT(*) …` answers, through the statement cache.
+fn count(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<u64, StoreError> {
+    let n: i64 = one_row(conn, sql, params, |r| r.get(0)).map_err(backend)?;
     to_u64(n)
 }
 
@@ -1222,20 +1225,16 @@ impl Store for SqliteStore {
 /// sees the same commits.
 fn check_books(conn: &Connection) -> Result<BooksCheck, StoreError> {
     let snapshot = conn.unchecked_transaction().map_err(backend)?;
-    let count = |sql: &str| -> Result<u64, StoreError> {
-        let n: i64 = one_row(&snapshot, sql, [], |r| r.get(0)).map_err(backend)?;
-        to_u64(n)
-    };
     let mut broken = Vec::new();
     for rule in BooksRule::ALL {
-        let n = count(rule.count_sql())?;
+        let n = count(&snapshot, rule.count_sql(), [])?;
         if n != 0 {
             broken.push((rule, n));
         }
     }
     Ok(BooksCheck {
-        accounts: count(books::ACCOUNTS_SQL)?,
-        transfers: count(books::TRANSFERS_SQL)?,
+        accounts: count(&snapshot, books::ACCOUNTS_SQL, [])?,
+        transfers: count(&snapshot, books::TRANSFERS_SQL, [])?,
         broken,
     })
 }

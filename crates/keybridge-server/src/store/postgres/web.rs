@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use keybridge_proto::AccountId;
 
-use super::{exec, get, query, query_txs, select, PgStore};
+use super::{count, exec, get, query, query_txs, select, PgStore};
 use crate::store::rows::{decode_delivery, to_i64, to_u64, DELIVERY_COLUMNS};
 use crate::store::web::{AttemptResult, DeliveryRecord, DeliveryState, WebStore, WebhookRecord};
 use crate::store::{StoreError, TransactionRecord};
@@ -165,16 +165,11 @@ impl WebStore for PgStore {
     }
 
     async fn count_pending(&self) -> Result<u64, StoreError> {
-        let rows = query(
+        count(
             &self.client().await?,
             "SELECT count(*) FROM transactions WHERE status = 'pending'",
-            &[],
         )
-        .await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| StoreError::Corrupt("count returned no row".into()))?;
-        to_u64(get(row, 0)?)
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -18,7 +18,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::{audit_rows, backend, check_books, corrupt, to_u64, tune};
+use super::{audit_rows, backend, check_books, corrupt, count, tune};
 use crate::store::audit::ChainCheck;
 use crate::store::{StoreError, AUDIT_PAGE};
 
@@ -68,7 +68,7 @@ pub fn check(copy: &Path) -> Result<CopyCheck, StoreError> {
     if integrity != "ok" {
         return Err(corrupt_copy(format!("integrity check: {integrity}")));
     }
-    let orphans = count(&conn, "SELECT COUNT(*) FROM pragma_foreign_key_check")?;
+    let orphans = count(&conn, "SELECT COUNT(*) FROM pragma_foreign_key_check", [])?;
     if orphans != 0 {
         return Err(corrupt_copy(format!(
             "{orphans} rows refer to rows that do not exist"
@@ -81,10 +81,11 @@ pub fn check(copy: &Path) -> Result<CopyCheck, StoreError> {
     let audit = check_audit_chain(&conn)?;
     Ok(CopyCheck {
         accounts: books.accounts,
-        transactions: count(&conn, "SELECT COUNT(*) FROM transactions")?,
+        transactions: count(&conn, "SELECT COUNT(*) FROM transactions", [])?,
         settled: count(
             &conn,
             "SELECT COUNT(*) FROM transactions WHERE status = 'settled'",
+            [],
         )?,
         audit,
     })
@@ -99,11 +100,6 @@ fn check_audit_chain(conn: &Connection) -> Result<ChainCheck, StoreError> {
             return Ok(check);
         }
     }
-}
-
-fn count(conn: &Connection, sql: &str) -> Result<u64, StoreError> {
-    let n: i64 = conn.query_row(sql, [], |r| r.get(0)).map_err(backend)?;
-    to_u64(n)
 }
 
 fn corrupt_copy(what: String) -> StoreError {

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use keybridge_proto::AccountId;
 use rusqlite::{params, OptionalExtension};
 
-use super::{backend, exec, one_row, query_txs, select, SqliteStore};
+use super::{backend, count, exec, one_row, query_txs, select, SqliteStore};
 use crate::store::rows::{decode_delivery, to_i64, to_u64, DeliveryRow, DELIVERY_COLUMNS};
 use crate::store::web::{AttemptResult, DeliveryRecord, DeliveryState, WebStore, WebhookRecord};
 use crate::store::{StoreError, TransactionRecord};
@@ -167,14 +167,11 @@ impl WebStore for SqliteStore {
 
     async fn count_pending(&self) -> Result<u64, StoreError> {
         self.run(|conn| {
-            let n: i64 = one_row(
+            count(
                 conn,
                 "SELECT count(*) FROM transactions WHERE status = 'pending'",
                 [],
-                |r| r.get(0),
             )
-            .map_err(backend)?;
-            to_u64(n)
         })
         .await
     }
