@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use keybridge_proto::api::{
-    b64, CreateAccount, ImportCertificate, SignatureMethod, TransactionView,
+    b64, AuditEntryView, CreateAccount, ImportCertificate, SignatureMethod, TransactionView,
 };
 use keybridge_proto::ocra::OtpauthUri;
 use keybridge_proto::{AccountId, Currency, Money, TransactionId};
@@ -389,16 +389,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::Audit { after, limit } => {
             for r in client.audit(after, limit).await? {
-                let tx = r.transaction_id.map(|t| t.to_hex()).unwrap_or_default();
-                println!(
-                    "{:>8} {} {:<26} {:<32} {} {}",
-                    r.seq,
-                    r.at_unix_s,
-                    r.event,
-                    tx,
-                    &r.hash_hex[..16],
-                    r.detail
-                );
+                print_audit_row(&r);
             }
         }
         AdminCommand::VerifyAudit => {
@@ -448,6 +439,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     t.credit_account
                 );
             }
+            println!("audit rows:");
+            for r in &detail.audit {
+                print_audit_row(r);
+            }
         }
         AdminCommand::ListTransactions { limit, before, all } => {
             let mut before = before;
@@ -466,6 +461,17 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One audit row on a line: seq, time, event, transaction, the start of
+/// its hash, its details.
+fn print_audit_row(r: &AuditEntryView) {
+    let tx = r.transaction_id.map(|t| t.to_hex()).unwrap_or_default();
+    let hash = r.hash_hex.get(..16).unwrap_or(&r.hash_hex);
+    println!(
+        "{:>8} {} {:<26} {:<32} {} {}",
+        r.seq, r.at_unix_s, r.event, tx, hash, r.detail
+    );
 }
 
 /// One line per transaction: id, status, reason, amount, payer -> payee, order.

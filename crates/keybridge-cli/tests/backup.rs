@@ -194,5 +194,19 @@ async fn a_backup_taken_while_paying_restores_to_a_server_that_pays() {
         shown.contains("payment: CNY 2.50 from alice to shop"),
         "{shown}"
     );
+    let audit_rows: Vec<&str> = shown
+        .lines()
+        .skip_while(|l| *l != "audit rows:")
+        .skip(1)
+        .collect();
+    let events: Vec<&str> = audit_rows
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(
+        events,
+        ["transaction_created", "transaction_settled"],
+        "{shown}"
+    );
     restored.shutdown().await;
 }

@@ -527,7 +527,7 @@ pub struct AuditVerification {
 
 /// `GET /v1/admin/transactions/{id}`: one transaction as an operator
 /// investigating it needs it: what the terminal sees, which terminal made
-/// it, and the money it moved.
+/// it, the money it moved and its audit rows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TransactionDetail {
@@ -537,6 +537,11 @@ pub struct TransactionDetail {
     pub updated_at_unix_s: u64,
     /// Its payment transfer once settled; empty otherwise.
     pub transfers: Vec<TransferView>,
+    /// The audit rows that name it, in `seq` order: its creation, then its
+    /// end with the reason. Each is the row of `GET /v1/admin/audit`, hash
+    /// included, so it can be checked against the chain.
+    #[serde(default)]
+    pub audit: Vec<AuditEntryView>,
 }
 
 /// One double-entry transfer of the ledger.

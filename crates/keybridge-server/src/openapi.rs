@@ -287,7 +287,7 @@ mod paths {
         security(("admin_token" = [])),
         params(("id" = String, Path, description = "The transaction id (32 hex digits).")),
         responses(
-            (status = 200, description = "The transaction, the terminal that made it and the transfers it made (its payment transfer once settled).", body = TransactionDetail),
+            (status = 200, description = "The transaction, the terminal that made it, the transfers it made (its payment transfer once settled) and its audit rows in `seq` order.", body = TransactionDetail),
             (status = "4XX", description = "`unauthorized`, `not_found`", body = ErrorBody)))]
     fn get_admin_transaction() {}
 

@@ -5,7 +5,9 @@
 mod common;
 
 use common::*;
-use keybridge_proto::api::{BooksVerification, BrokenRule, TransactionDetail, TransactionStatus};
+use keybridge_proto::api::{
+    AuditEntryView, BooksVerification, BrokenRule, TransactionDetail, TransactionStatus,
+};
 use reqwest::StatusCode;
 
 async fn verify(h: &Harness) -> BooksVerification {
@@ -71,10 +73,11 @@ async fn the_books_balance_until_someone_edits_a_balance_in_the_database() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
 
-/// An operator looking into one transaction sees the terminal that made it
-/// and the money it moved: its payment transfer once settled, nothing before.
+/// An operator looking into one transaction sees the terminal that made it,
+/// the money it moved (its payment transfer once settled, nothing before)
+/// and its audit rows, which are the log's own.
 #[tokio::test]
-async fn a_transaction_shows_its_terminal_and_the_money_it_moved() {
+async fn a_transaction_shows_its_terminal_the_money_it_moved_and_its_audit_rows() {
     let (h, terminal, card) = Harness::standard().await;
     let t = h.pay(&terminal, 1_234).await;
     let detail = |id: String| {
@@ -85,6 +88,11 @@ async fn a_transaction_shows_its_terminal_and_the_money_it_moved() {
     assert_eq!(pending.transaction, t);
     assert_eq!(pending.terminal_id, terminal.id);
     assert!(pending.transfers.is_empty());
+    let events =
+        |d: &TransactionDetail| d.audit.iter().map(|r| r.event.clone()).collect::<Vec<_>>();
+    assert_eq!(events(&pending), ["transaction_created"]);
+    // Another payment's rows stay out of this one's.
+    let other = h.pay(&terminal, 99).await;
 
     let confirmation = card.sign(&h.payload(&t.id).await);
     let settled = h.confirm_ok(&card, &t.id, &confirmation).await;
@@ -103,6 +111,17 @@ async fn a_transaction_shows_its_terminal_and_the_money_it_moved() {
         ),
         ("payment", "alice", "shop", 1_234)
     );
+    assert_eq!(
+        events(&paid),
+        ["transaction_created", "transaction_settled"]
+    );
+    assert_eq!(paid.audit[0], pending.audit[0]);
+    let log: Vec<AuditEntryView> = h.admin_get("/v1/admin/audit").await.json().await.unwrap();
+    for row in &paid.audit {
+        assert_eq!(row.transaction_id, Some(t.id));
+        assert!(log.contains(row), "{row:?} is not in the log");
+    }
+    assert!(log.iter().any(|r| r.transaction_id == Some(other.id)));
 
     for unknown in ["0".repeat(32), "not-an-id".to_owned()] {
         let (status, body) = error_body(detail(unknown).await).await;

@@ -26,8 +26,8 @@ use crate::secret::sha256;
 use crate::secretbox::ocra_aad;
 use crate::state::AppState;
 use crate::store::{
-    DeviceRecord, NewAccount, NewDevice, NewTerminal, OcraRecord, StoreError, TerminalRecord,
-    TransferRecord,
+    AuditRecord, DeviceRecord, NewAccount, NewDevice, NewTerminal, OcraRecord, StoreError,
+    TerminalRecord, TransferRecord,
 };
 
 const NAME_LEN_MAX: usize = 64;
@@ -530,7 +530,8 @@ pub fn list_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     }
 }
 
-/// One transaction by id, with its terminal and the transfers it made.
+/// One transaction by id, with its terminal, the transfers it made and its
+/// audit rows.
 pub async fn get_transaction(
     State(state): State<AppState>,
     _: Admin,
@@ -543,11 +544,13 @@ pub async fn get_transaction(
         .await?
         .ok_or(ApiError::NotFound)?;
     let transfers = state.store.transfers_for_transaction(&id).await?;
+    let audit = state.store.audit_for_transaction(&id).await?;
     Ok(Json(TransactionDetail {
         transaction: transaction.view(),
         terminal_id: transaction.terminal_id,
         updated_at_unix_s: transaction.updated_at_unix_s,
         transfers: transfers.iter().map(TransferRecord::view).collect(),
+        audit: audit.iter().map(AuditRecord::view).collect(),
     }))
 }
 
@@ -603,19 +606,7 @@ pub async fn audit(
         )));
     }
     let rows = state.store.audit_page(after, limit).await?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|r| AuditEntryView {
-                seq: r.seq,
-                at_unix_s: r.at_unix_s,
-                transaction_id: r.transaction_id,
-                event: r.event,
-                detail: r.detail,
-                prev_hash_hex: hex::encode(r.prev_hash),
-                hash_hex: hex::encode(r.hash),
-            })
-            .collect(),
-    ))
+    Ok(Json(rows.iter().map(AuditRecord::view).collect()))
 }
 
 /// Recomputes the whole chain. A broken chain is an answer (200, `intact:

@@ -554,6 +554,57 @@ pub(crate) async fn every_state_change_is_audited_in_one_chain(store: &dyn Store
     assert_eq!(store.verify_audit_chain().await.unwrap(), 7);
 }
 
+/// A transaction's own audit rows tell its story in `seq` order, and only
+/// its: rows about other transactions, accounts or devices stay out. They
+/// are the rows of the whole log, hashes included.
+pub(crate) async fn a_transaction_reads_its_own_audit_rows(store: &dyn Store) {
+    seed(store).await;
+    for n in 1..=3u8 {
+        store
+            .insert_transaction(pending(n, &format!("k{n}"), 100))
+            .await
+            .unwrap();
+    }
+    store.apply_signed_confirmation(signed(2, 1)).await.unwrap();
+    // A replayed counter: transaction 3 ends rejected, with its reason.
+    store.apply_signed_confirmation(signed(3, 1)).await.unwrap();
+    let story = |n: u8| async move {
+        let rows = store
+            .audit_for_transaction(&TransactionId([n; 16]))
+            .await
+            .unwrap();
+        assert!(rows
+            .iter()
+            .all(|r| r.transaction_id == Some(TransactionId([n; 16]))));
+        rows
+    };
+    let events = |rows: &[AuditRecord]| rows.iter().map(|r| r.event.clone()).collect::<Vec<_>>();
+    assert_eq!(events(&story(1).await), ["transaction_created"]);
+    let settled = story(2).await;
+    assert_eq!(
+        events(&settled),
+        ["transaction_created", "transaction_settled"]
+    );
+    let rejected = story(3).await;
+    assert_eq!(
+        events(&rejected),
+        ["transaction_created", "transaction_rejected"]
+    );
+    assert!(
+        rejected[1].detail.contains("counter_replay"),
+        "{}",
+        rejected[1].detail
+    );
+    assert!(story(9).await.is_empty());
+
+    let log = store.audit_log().await.unwrap();
+    for row in settled.iter().chain(&rejected) {
+        let in_log = log.iter().find(|r| r.seq == row.seq).unwrap();
+        assert_eq!(in_log, row);
+    }
+    assert!(settled[0].seq < settled[1].seq);
+}
+
 /// The audit log reads in pages by `seq`, and the chain checks across
 /// page boundaries to the same head as in one piece.
 pub(crate) async fn the_audit_log_reads_in_pages(store: &dyn Store) {
@@ -849,6 +900,7 @@ macro_rules! contract_tests {
             payments_both_ways_at_once_all_settle,
             concurrent_payments_never_overdraw_the_payer,
             the_audit_log_reads_in_pages,
+            a_transaction_reads_its_own_audit_rows,
             transactions_list_in_pages_newest_first
         );
     };

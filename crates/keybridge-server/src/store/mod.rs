@@ -255,6 +255,13 @@ pub trait Store: WebStore + Send + Sync + std::fmt::Debug {
     /// From the start (`after_seq` 0) it holds every row committed before
     /// the call.
     async fn audit_page(&self, after_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Every audit row that names this transaction, in `seq` order: its
+    /// story (created, then how it ended). It holds every row committed
+    /// before the call.
+    async fn audit_for_transaction(
+        &self,
+        id: &TransactionId,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
 
     /// Reads the books back in one snapshot and counts what breaks each of
     /// their rules (`books::BooksRule`): balanced when nothing does.

@@ -89,6 +89,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0005_notify_at_commit",
         include_str!("../../migrations/postgres/0005_notify_at_commit.sql"),
     ),
+    (
+        6,
+        "0006_audit_by_transaction",
+        include_str!("../../migrations/postgres/0006_audit_by_transaction.sql"),
+    ),
 ];
 
 /// The advisory lock that orders appends to the audit chain: each seal
@@ -218,6 +223,28 @@ impl PgStore {
 
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
         pooled(&self.pool).await
+    }
+
+    /// The (sealed) audit rows a `WHERE … ORDER BY …` clause selects.
+    async fn audit_rows_where(
+        &self,
+        clause: &str,
+        params: Params<'_>,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log {clause}");
+        select(&client, &sql, params, |r| {
+            decode_audit((
+                get(r, 0)?,
+                get(r, 1)?,
+                get(r, 2)?,
+                get(r, 3)?,
+                get(r, 4)?,
+                get(r, 5)?,
+                get(r, 6)?,
+            ))
+        })
+        .await
     }
 }
 
@@ -1381,26 +1408,21 @@ impl Store for PgStore {
             // Every row committed before this call, chained.
             sealer::seal_all(&self.pool).await?;
         }
-        let client = self.client().await?;
-        let sql =
-            format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2");
-        select(
-            &client,
-            &sql,
+        self.audit_rows_where(
+            "WHERE seq > $1 ORDER BY seq LIMIT $2",
             &[&to_i64(after_seq)?, &i64::from(limit)],
-            |r| {
-                decode_audit((
-                    get(r, 0)?,
-                    get(r, 1)?,
-                    get(r, 2)?,
-                    get(r, 3)?,
-                    get(r, 4)?,
-                    get(r, 5)?,
-                    get(r, 6)?,
-                ))
-            },
         )
         .await
+    }
+
+    async fn audit_for_transaction(
+        &self,
+        id: &TransactionId,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        // Its rows may still be staged: chain every row committed so far.
+        sealer::seal_all(&self.pool).await?;
+        self.audit_rows_where("WHERE transaction_id = $1 ORDER BY seq", &[&id.to_hex()])
+            .await
     }
 
     async fn check_books(&self) -> Result<BooksCheck, StoreError> {

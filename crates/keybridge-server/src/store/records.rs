@@ -255,6 +255,20 @@ pub struct AuditRecord {
     pub hash: [u8; 32],
 }
 
+impl AuditRecord {
+    pub fn view(&self) -> api::AuditEntryView {
+        api::AuditEntryView {
+            seq: self.seq,
+            at_unix_s: self.at_unix_s,
+            transaction_id: self.transaction_id,
+            event: self.event.clone(),
+            detail: self.detail.clone(),
+            prev_hash_hex: hex::encode(self.prev_hash),
+            hash_hex: hex::encode(self.hash),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

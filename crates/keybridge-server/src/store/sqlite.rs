@@ -69,6 +69,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0008_terminal_disabled",
         include_str!("../../migrations/0008_terminal_disabled.sql"),
     ),
+    (
+        9,
+        "0009_audit_by_transaction",
+        include_str!("../../migrations/0009_audit_by_transaction.sql"),
+    ),
 ];
 
 const BUSY_TIMEOUT_MS: u64 = 5_000;
@@ -283,6 +288,9 @@ const PENDING_OF_PAYER: &str =
 /// own order (expiry, then seq) is what keeps SQLite on it: asked for `seq`
 /// order alone, it scans the whole table instead, to skip a sort.
 const PENDING_DUE: &str = "WHERE status = 'pending' AND expires_at <= ?1 ORDER BY expires_at, seq";
+/// One transaction's audit rows (`?1` its id), served by the partial index
+/// `audit_log_by_transaction` with no sort.
+const AUDIT_OF_TRANSACTION: &str = "WHERE transaction_id = ?1 ORDER BY seq";
 
 fn query_txs(
     conn: &Connection,
@@ -1216,6 +1224,15 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn audit_for_transaction(
+        &self,
+        id: &TransactionId,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let id = id.to_hex();
+        self.run(move |conn| audit_rows_where(conn, AUDIT_OF_TRANSACTION, rusqlite::params![id]))
+            .await
+    }
+
     async fn check_books(&self) -> Result<BooksCheck, StoreError> {
         self.run(check_books).await
     }
@@ -1245,10 +1262,23 @@ fn audit_rows(
     after_seq: u64,
     limit: u32,
 ) -> Result<Vec<AuditRecord>, StoreError> {
+    audit_rows_where(
+        conn,
+        "WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        rusqlite::params![to_i64(after_seq)?, limit],
+    )
+}
+
+/// The audit rows a `WHERE … ORDER BY …` clause selects.
+fn audit_rows_where(
+    conn: &Connection,
+    clause: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<AuditRecord>, StoreError> {
     select(
         conn,
-        &format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2"),
-        rusqlite::params![to_i64(after_seq)?, limit],
+        &format!("SELECT {AUDIT_COLUMNS} FROM audit_log {clause}"),
+        params,
         |r| {
             Ok((
                 r.get(0)?,
