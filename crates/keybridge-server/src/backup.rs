@@ -9,7 +9,9 @@
 //! snapshot (`store::sqlite::backup`), every other regular file byte for
 //! byte with its permissions, each made durable, and the copy is checked
 //! before the command says it is done. The target must be new or empty: a
-//! backup never overwrites anything.
+//! backup never overwrites anything. A backup that fails removes what it
+//! wrote, so a directory it leaves behind is always a checked copy (an
+//! empty target it was given stays, empty).
 //!
 //! On PostgreSQL the database is PostgreSQL's to back up (`pg_dump`,
 //! `pg_basebackup`); this command only handles the SQLite deployment.
@@ -53,7 +55,7 @@ pub enum BackupError {
     },
     #[error("the database snapshot failed: {0}")]
     Snapshot(StoreError),
-    #[error("the copy in {path} failed its check, do not rely on it: {cause}")]
+    #[error("the copy in {path} failed its check and was removed: {cause}")]
     Check { path: PathBuf, cause: StoreError },
 }
 
@@ -64,9 +66,13 @@ pub fn backup(from: &Path, to: &Path) -> Result<BackupReport, BackupError> {
     if !database.is_file() {
         return Err(BackupError::NoDatabase(database));
     }
-    prepare_target(to)?;
+    let created = prepare_target(to)?;
+    copy_and_check(&database, from, to).inspect_err(|_| discard(to, created))
+}
+
+fn copy_and_check(database: &Path, from: &Path, to: &Path) -> Result<BackupReport, BackupError> {
     let copy = to.join(DATABASE_FILE);
-    snapshot::snapshot(&database, &copy).map_err(BackupError::Snapshot)?;
+    snapshot::snapshot(database, &copy).map_err(BackupError::Snapshot)?;
     let (files, skipped) = copy_other_files(from, to)?;
     sync_dir(to)?;
     let check = snapshot::check(&copy).map_err(|cause| BackupError::Check {
@@ -85,21 +91,52 @@ pub fn backup(from: &Path, to: &Path) -> Result<BackupReport, BackupError> {
 }
 
 /// Creates `to` readable by its owner only (it will hold the CA key), or
-/// accepts an existing empty directory.
-fn prepare_target(to: &Path) -> Result<(), BackupError> {
-    match fs::read_dir(to) {
+/// accepts an existing empty directory. Whether it created it.
+fn prepare_target(to: &Path) -> Result<bool, BackupError> {
+    let created = match fs::read_dir(to) {
         Ok(mut entries) => {
             if entries.next().is_some() {
                 return Err(BackupError::TargetInUse(to.to_owned()));
             }
+            false
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             fs::create_dir_all(to).map_err(|source| io("creating", to, source))?;
+            true
         }
         Err(_) => return Err(BackupError::TargetInUse(to.to_owned())),
-    }
+    };
     fs::set_permissions(to, fs::Permissions::from_mode(0o700))
-        .map_err(|source| io("restricting", to, source))
+        .map_err(|source| io("restricting", to, source))?;
+    Ok(created)
+}
+
+/// Removes what a failed backup wrote: a partial copy must not be taken for
+/// a backup later (and it may hold the CA key). The target was empty or
+/// absent, so everything in it is ours. A failure here is logged; the
+/// backup's own error is the one to report.
+fn discard(to: &Path, created: bool) {
+    let removed = if created {
+        fs::remove_dir_all(to)
+    } else {
+        fs::read_dir(to).and_then(|entries| {
+            entries.into_iter().try_for_each(|entry| {
+                let path = entry?.path();
+                match path.is_dir() {
+                    true => fs::remove_dir_all(&path),
+                    false => fs::remove_file(&path),
+                }
+            })
+        })
+    };
+    match removed {
+        Ok(()) => tracing::warn!(target = %to.display(), "backup failed: removed the partial copy"),
+        Err(e) => tracing::error!(
+            target = %to.display(),
+            error = %e,
+            "backup failed, and its partial copy could not be removed: delete it by hand"
+        ),
+    }
 }
 
 /// The database's own files, which the snapshot replaces: the live file and
@@ -178,6 +215,66 @@ fn io(what: &'static str, path: &Path, cause: std::io::Error) -> BackupError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A data directory whose database is not one: the snapshot fails after
+    /// the target was prepared.
+    fn broken_data_dir() -> tempfile::TempDir {
+        let from = tempfile::tempdir().unwrap();
+        fs::write(from.path().join(DATABASE_FILE), b"not a database at all").unwrap();
+        fs::write(from.path().join("ca-key.pem"), b"secret").unwrap();
+        from
+    }
+
+    #[test]
+    fn a_failed_backup_removes_the_directory_it_created() {
+        let from = broken_data_dir();
+        let to = tempfile::tempdir().unwrap();
+        let target = to.path().join("copy");
+        let err = backup(from.path(), &target).unwrap_err();
+        assert!(matches!(err, BackupError::Snapshot(_)), "{err}");
+        assert!(!target.exists());
+    }
+
+    /// A data directory whose books do not balance: the copy fails its
+    /// check after everything was written.
+    fn cooked_data_dir() -> tempfile::TempDir {
+        let from = tempfile::tempdir().unwrap();
+        let database = from.path().join(DATABASE_FILE);
+        drop(crate::store::sqlite::SqliteStore::open(&database, 1_750_000_000).unwrap());
+        // Money out of nowhere: a balance no transfer explains.
+        rusqlite::Connection::open(&database)
+            .unwrap()
+            .execute_batch(
+                "INSERT INTO accounts (id, display_name, currency, balance_minor, system, created_at)
+                 VALUES ('mallory', 'M', 'CNY', 1000, 0, 0)",
+            )
+            .unwrap();
+        fs::write(from.path().join("ca-key.pem"), b"secret").unwrap();
+        from
+    }
+
+    /// A copy that fails its check is removed too, keys and all.
+    #[test]
+    fn a_copy_that_fails_its_check_is_removed() {
+        let from = cooked_data_dir();
+        let to = tempfile::tempdir().unwrap();
+        let target = to.path().join("copy");
+        let err = backup(from.path(), &target).unwrap_err();
+        assert!(matches!(err, BackupError::Check { .. }), "{err}");
+        assert!(!target.exists());
+    }
+
+    /// An empty directory given as the target stays, empty.
+    #[test]
+    fn a_failed_backup_empties_the_empty_directory_it_was_given() {
+        let from = cooked_data_dir();
+        let to = tempfile::tempdir().unwrap();
+        let err = backup(from.path(), to.path()).unwrap_err();
+        assert!(matches!(err, BackupError::Check { .. }), "{err}");
+        assert!(to.path().is_dir());
+        let left: Vec<_> = fs::read_dir(to.path()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
 
     #[test]
     fn only_the_databases_own_files_are_left_to_the_snapshot() {
