@@ -157,6 +157,13 @@ pub enum AdminCommand {
         #[arg(long)]
         id: String,
     },
+    /// Give a terminal a new API key (printed once) and refuse its old one
+    /// from now on; it keeps its id, transactions and webhooks. For a key
+    /// that may have leaked, on a till that goes on working.
+    RotateTerminalKey {
+        #[arg(long)]
+        id: String,
+    },
     /// Print the audit log in `seq` order: every state change, one hash chain.
     Audit {
         /// Start after this `seq` (0: from the first row).
@@ -386,6 +393,11 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::DisableTerminal { id } => {
             let t = client.disable_terminal(&id).await?;
             println!("terminal {} {}", t.id, t.status);
+        }
+        AdminCommand::RotateTerminalKey { id } => {
+            let t = client.rotate_terminal_key(&id).await?;
+            println!("terminal {} ({}): new api key", t.id, t.name);
+            println!("api key (shown once): {}", t.api_key);
         }
         AdminCommand::Audit { after, limit } => {
             for r in client.audit(after, limit).await? {

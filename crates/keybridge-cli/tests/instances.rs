@@ -160,26 +160,32 @@ async fn two_server_processes_on_one_database_confirm_a_payment_together() {
     let log = admin(&b.url, &["audit", "--limit", "500"]);
     assert_eq!(log.matches(" transaction_settled ").count(), 1, "{log}");
 
-    // The till's key revoked through A: B lists it disabled, and refuses it.
+    // The till's key rotated through A: B refuses the old key (remembered
+    // from the payment) once it hears from A, well within its cache's 30 s,
+    // and takes the new one.
     let listed = admin(&b.url, &["list-terminals"]);
     let till = listed.split_whitespace().next().unwrap().to_owned();
     assert!(listed.contains(" active "), "{listed}");
+    let rotated = admin(&a.url, &["rotate-terminal-key", "--id", &till]);
+    let new_key = rotated
+        .lines()
+        .find_map(|l| l.strip_prefix("api key (shown once): "))
+        .unwrap_or_else(|| panic!("{rotated}"))
+        .to_owned();
+    refused_soon(&terminal_b, &outcome.last.id).await;
+    let terminal_b = Client::new(&b.url, &new_key).unwrap();
+    terminal_b
+        .get_transaction(&outcome.last.id, 0)
+        .await
+        .expect("the new key works on B");
+
+    // The till's key revoked through A: B lists it disabled, and refuses it.
     let disabled = admin(&a.url, &["disable-terminal", "--id", &till]);
     assert_eq!(disabled.trim(), format!("terminal {till} disabled"));
     assert!(admin(&b.url, &["list-terminals"]).contains(" disabled "));
-    // B remembered the key from the payment; it forgets it when it hears
-    // from A, well within its cache's 30 s.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match terminal_b.get_transaction(&outcome.last.id, 0).await {
-            Err(keybridge_terminal::ClientError::Api { status: 401, .. }) => break,
-            other => assert!(
-                other.is_ok() && std::time::Instant::now() < deadline,
-                "{other:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // B remembered the new key from the read above; it forgets it when it
+    // hears from A.
+    refused_soon(&terminal_b, &outcome.last.id).await;
 
     // How both servers are connected, as PostgreSQL sees it (this test's
     // own connection is plain and left out).
@@ -204,4 +210,18 @@ async fn two_server_processes_on_one_database_confirm_a_payment_together() {
         0
     };
     assert_eq!(over_tls, expected, "{servers} connections");
+}
+
+/// Waits until `terminal`'s server refuses its key (a 401 on reading `id`),
+/// for at most 5 s: well inside the terminal cache's 30 s, so only the
+/// other server's notification can explain it.
+async fn refused_soon(terminal: &Client, id: &keybridge_proto::TransactionId) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match terminal.get_transaction(id, 0).await {
+            Err(keybridge_terminal::ClientError::Api { status: 401, .. }) => return,
+            other => assert!(other.is_ok() && Instant::now() < deadline, "{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

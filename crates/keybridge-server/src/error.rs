@@ -51,6 +51,9 @@ pub enum ApiError {
     /// 409 `already_exists`.
     #[error("{0} already exists")]
     AlreadyExists(String),
+    /// 409 `terminal_disabled`: a disabled terminal gets no new API key.
+    #[error("the terminal is disabled: create a new one")]
+    TerminalDisabled,
     /// 413 `payload_too_large`.
     #[error("request body is too large")]
     PayloadTooLarge,
@@ -90,7 +93,8 @@ impl ApiError {
             ApiError::IdempotencyConflict
             | ApiError::NotPending
             | ApiError::Expired
-            | ApiError::AlreadyExists(_) => StatusCode::CONFLICT,
+            | ApiError::AlreadyExists(_)
+            | ApiError::TerminalDisabled => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnknownAccount(_) | ApiError::CurrencyMismatch | ApiError::NoDevice => {
                 StatusCode::UNPROCESSABLE_ENTITY
@@ -115,6 +119,7 @@ impl ApiError {
             ApiError::NotPending => "not_pending",
             ApiError::Expired => "expired_token",
             ApiError::AlreadyExists(_) => "already_exists",
+            ApiError::TerminalDisabled => "terminal_disabled",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnknownAccount(_) => "unknown_account",
             ApiError::CurrencyMismatch => "currency_mismatch",
@@ -202,6 +207,7 @@ mod tests {
             (ApiError::NoSuchEndpoint, 404, "not_found"),
             (ApiError::NotReady, 503, "not_ready"),
             (ApiError::AlreadyExists("a".into()), 409, "already_exists"),
+            (ApiError::TerminalDisabled, 409, "terminal_disabled"),
             (ApiError::PayloadTooLarge, 413, "payload_too_large"),
             (ApiError::UnknownAccount("a".into()), 422, "unknown_account"),
             (ApiError::CurrencyMismatch, 422, "currency_mismatch"),

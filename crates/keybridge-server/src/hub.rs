@@ -50,6 +50,10 @@ pub enum HubEvent {
     /// key now. No subscriber needs it here; the other instances hear of
     /// it from the database, and forget the terminal.
     TerminalDisabled { terminal_id: String },
+    /// A terminal's API key was replaced: every instance must stop
+    /// accepting the old one now. Like `TerminalDisabled`, for the other
+    /// instances only.
+    TerminalKeyRotated { terminal_id: String },
     /// Events may have been missed (this instance's link to the others was
     /// down): every subscriber re-reads the store. A subscription reports it
     /// as `RecvError::Lagged`, which every subscriber already answers that
@@ -146,7 +150,7 @@ impl Hub {
                 let topic = Topic::Payer(account.clone());
                 self.inner.send(&topic, event);
             }
-            HubEvent::TerminalDisabled { .. } => {}
+            HubEvent::TerminalDisabled { .. } | HubEvent::TerminalKeyRotated { .. } => {}
             HubEvent::Resync => self.resync_all(),
         }
     }

@@ -36,7 +36,7 @@ use utoipa::{Modify, OpenApi};
         paths::enroll_csr, paths::import_certificate, paths::provision_ocra, paths::get_device,
         paths::rename_device, paths::revoke_device, paths::crl,
         paths::list_webhook_deliveries, paths::audit, paths::verify_audit, paths::verify_books,
-        paths::list_terminals, paths::disable_terminal,
+        paths::list_terminals, paths::disable_terminal, paths::rotate_terminal_key,
     ),
     components(schemas(
         ErrorBody, TransactionStatus, Reason, CreateTransaction, TransactionView,
@@ -344,6 +344,14 @@ mod paths {
             (status = 200, description = "Disabled (again, it changes nothing): its API key is refused at once on this instance, on the others as soon as they hear of it, on every one within 30 s. Transactions it created go on to their end.", body = TerminalView),
             (status = "4XX", description = "`unauthorized`, `not_found`", body = ErrorBody)))]
     fn disable_terminal() {}
+
+    #[utoipa::path(post, path = "/v1/admin/terminals/{id}/rotate-key", tag = "admin",
+        security(("admin_token" = [])),
+        params(("id" = String, Path, description = "Terminal id.")),
+        responses(
+            (status = 200, description = "A new API key, shown only now. The old one is refused at once on this instance, on the others as soon as they hear of it, on every one within 30 s. The terminal keeps its id, transactions and webhooks.", body = TerminalCreated),
+            (status = "4XX", description = "`unauthorized`, `not_found`, `terminal_disabled` (a disabled terminal gets no new key)", body = ErrorBody)))]
+    fn rotate_terminal_key() {}
 
     #[utoipa::path(post, path = "/v1/admin/devices/csr", tag = "admin",
         security(("admin_token" = [])),

@@ -66,6 +66,7 @@ enum WireEvent {
     Ended { id: TransactionId },
     DeviceDisabled { device_id: String },
     TerminalDisabled { terminal_id: String },
+    TerminalKeyRotated { terminal_id: String },
 }
 
 impl WireEvent {
@@ -98,6 +99,13 @@ impl WireEvent {
                 .await?
                 .filter(|t| t.disabled_at_unix_s.is_some())
                 .map(|t| HubEvent::TerminalDisabled { terminal_id: t.id }),
+            // What changed (the key's hash) is not for a note to say, and
+            // a forged one costs a forgotten cache entry: the store only
+            // confirms the terminal exists.
+            WireEvent::TerminalKeyRotated { terminal_id } => store
+                .get_terminal(&terminal_id)
+                .await?
+                .map(|t| HubEvent::TerminalKeyRotated { terminal_id: t.id }),
         })
     }
 }
@@ -242,7 +250,8 @@ async fn deliver(instance: &str, state: &AppState, text: &str) {
         HubEvent::Ended { view } => {
             state.pending.ended(&view.id);
         }
-        HubEvent::TerminalDisabled { terminal_id } => state.terminals.forget(terminal_id),
+        HubEvent::TerminalDisabled { terminal_id }
+        | HubEvent::TerminalKeyRotated { terminal_id } => state.terminals.forget(terminal_id),
         _ => {}
     }
     state.hub.publish_from_peer(event);
@@ -289,12 +298,19 @@ mod tests {
             .unwrap();
             tx.rollback().await.unwrap();
         }
+        store
+            .rotate_terminal_key("term_1", [5; 32], NOW)
+            .await
+            .unwrap();
         store.disable_terminal("term_1", NOW).await.unwrap();
         store.disable_device("dev_1", NOW).await.unwrap();
 
         let expected = [
             WireEvent::Created { id },
             WireEvent::Ended { id },
+            WireEvent::TerminalKeyRotated {
+                terminal_id: "term_1".into(),
+            },
             WireEvent::TerminalDisabled {
                 terminal_id: "term_1".into(),
             },

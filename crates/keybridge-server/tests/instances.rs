@@ -7,7 +7,9 @@
 mod common;
 
 use common::{payment, request_payload, Harness, Options, GUARD};
-use keybridge_proto::api::{RelayAnswer, RelayMessage, TransactionStatus, TransactionView};
+use keybridge_proto::api::{
+    RelayAnswer, RelayMessage, TerminalCreated, TransactionStatus, TransactionView,
+};
 use keybridge_server::store::postgres::scratch;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -262,13 +264,45 @@ async fn a_terminal_disabled_on_one_instance_is_refused_by_another_at_once() {
         .await
         .unwrap();
     assert_eq!(disabled.status(), StatusCode::OK);
+    refused_soon(&a, &terminal.api_key).await;
+}
 
-    // Well inside the cache's 30 s: only B's notification can explain a 401.
+/// A key rotated on B is refused by A at once, though A had just
+/// authenticated (and remembered) it; the new key works on A.
+#[tokio::test]
+async fn a_key_rotated_on_one_instance_is_refused_by_another_at_once() {
+    let Some((a, terminal, _card)) = on_postgres().await else {
+        return;
+    };
+    let b = a.another_instance().await;
+    assert_eq!(
+        a.pay(&terminal, 100).await.status,
+        TransactionStatus::Pending
+    );
+
+    let rotated = a
+        .http
+        .post(format!(
+            "http://{}/v1/admin/terminals/{}/rotate-key",
+            b.addr, terminal.id
+        ))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status(), StatusCode::OK);
+    let rotated: TerminalCreated = rotated.json().await.unwrap();
+    refused_soon(&a, &terminal.api_key).await;
+    let r = a.create(&rotated.api_key, "new-key", payment(100)).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+}
+
+/// Waits until `a` refuses `api_key`: well inside the terminal cache's 30 s,
+/// so only the other instance's notification can explain the 401.
+async fn refused_soon(a: &Harness, api_key: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     for n in 0.. {
-        let r = a
-            .create(&terminal.api_key, &format!("after-{n}"), payment(100))
-            .await;
+        let r = a.create(api_key, &format!("after-{n}"), payment(100)).await;
         if r.status() == StatusCode::UNAUTHORIZED {
             break;
         }

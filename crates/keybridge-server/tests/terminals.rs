@@ -1,13 +1,17 @@
 //! Terminals' API keys can be revoked: a disabled terminal's key is refused
 //! at once, even right after it was used (and so remembered), while other
-//! terminals and the payments it already started carry on.
+//! terminals and the payments it already started carry on. And replaced: a
+//! rotated key takes the old one's place at once, for the same terminal.
 
 mod common;
 
 use common::*;
-use keybridge_proto::api::{AuditEntryView, TerminalView, TransactionStatus};
+use keybridge_proto::api::{
+    AuditEntryView, TerminalCreated, TerminalView, TransactionStatus, TransactionView,
+};
 use reqwest::StatusCode;
 use serde_json::json;
+use sha2::Digest;
 
 async fn terminals(h: &Harness) -> Vec<TerminalView> {
     let r = h.admin_get("/v1/admin/terminals").await;
@@ -119,4 +123,159 @@ async fn disabling_needs_the_admin_token_and_a_known_terminal() {
         h.pay(&terminal, 100).await.status,
         TransactionStatus::Pending
     );
+}
+
+/// A rotated key replaces the old one at once, even right after the old one
+/// was used (and so remembered). The terminal keeps its id: what it started
+/// reads and settles, and an `Idempotency-Key` it used still finds its
+/// transaction under the new key.
+#[tokio::test]
+async fn a_rotated_key_replaces_the_old_one_at_once() {
+    let (h, terminal, card) = Harness::standard().await;
+    let r = h
+        .create(&terminal.api_key, "before-rotation", payment(700))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let started: TransactionView = r.json().await.unwrap();
+
+    let r = h
+        .admin_post(
+            &format!("/v1/admin/terminals/{}/rotate-key", terminal.id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let rotated: TerminalCreated = r.json().await.unwrap();
+    assert_eq!(
+        (rotated.id.as_str(), rotated.name.as_str()),
+        (terminal.id.as_str(), terminal.name.as_str())
+    );
+    assert!(rotated.api_key.starts_with("kbt_"));
+    assert_ne!(rotated.api_key, terminal.api_key);
+
+    // The old key authenticates nothing now.
+    let (status, body) = error_body(h.create(&terminal.api_key, "old", payment(100)).await).await;
+    assert_eq!(
+        (status, body.error.as_str()),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let read = |key: String| {
+        let h = &h;
+        async move {
+            h.http
+                .get(h.url(&format!("/v1/transactions/{}", started.id)))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        read(terminal.api_key.clone()).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // The new one is the same terminal.
+    assert_eq!(read(rotated.api_key.clone()).await.status(), StatusCode::OK);
+    let r = h
+        .create(&rotated.api_key, "before-rotation", payment(700))
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let again: TransactionView = r.json().await.unwrap();
+    assert_eq!(again.id, started.id);
+    let settled = h
+        .confirm_ok(
+            &card,
+            &started.id,
+            &card.sign(&h.payload(&started.id).await),
+        )
+        .await;
+    assert_eq!(settled.status, TransactionStatus::Settled);
+    let r = h
+        .create(&rotated.api_key, "after-rotation", payment(300))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+
+    // Audited once, with no key material; the terminal is still active.
+    let audit: Vec<AuditEntryView> = h
+        .admin_get("/v1/admin/audit?limit=500")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let rotations: Vec<&AuditEntryView> = audit
+        .iter()
+        .filter(|r| r.event == "terminal_key_rotated")
+        .collect();
+    assert_eq!(rotations.len(), 1, "{audit:?}");
+    assert!(rotations[0].detail.contains(&terminal.id));
+    let new_hash = hex::encode(sha2::Sha256::digest(rotated.api_key.as_bytes()));
+    for secret in [rotated.api_key.as_str(), &rotated.api_key[4..], &new_hash] {
+        assert!(
+            !rotations[0].detail.contains(secret),
+            "{}",
+            rotations[0].detail
+        );
+    }
+    let listed = terminals(&h).await;
+    assert!(listed
+        .iter()
+        .any(|t| t.id == terminal.id && t.status == "active"));
+    h.assert_ledger_balanced().await;
+}
+
+/// Only the admin rotates keys, only of a terminal that exists and is
+/// enabled; a refused rotation changes nothing.
+#[tokio::test]
+async fn rotating_needs_the_admin_token_and_an_enabled_terminal() {
+    let (h, terminal, _card) = Harness::standard().await;
+    let path = format!("/v1/admin/terminals/{}/rotate-key", terminal.id);
+    for key in [terminal.api_key.as_str(), "wrong"] {
+        let r = h
+            .http
+            .post(h.url(&path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let (status, body) = error_body(
+        h.admin_post("/v1/admin/terminals/term_nope/rotate-key", json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, body.error.as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    assert_eq!(
+        h.pay(&terminal, 100).await.status,
+        TransactionStatus::Pending
+    );
+
+    let other = h.terminal().await;
+    let r = h
+        .admin_post(
+            &format!("/v1/admin/terminals/{}/disable", other.id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let (status, body) = error_body(
+        h.admin_post(
+            &format!("/v1/admin/terminals/{}/rotate-key", other.id),
+            json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (status, body.error.as_str()),
+        (StatusCode::CONFLICT, "terminal_disabled")
+    );
+    let listed = terminals(&h).await;
+    assert!(listed
+        .iter()
+        .any(|t| t.id == other.id && t.status == "disabled"));
 }

@@ -330,6 +330,16 @@ impl Client {
         .await
     }
 
+    /// Replaces the terminal's API key: the new one, shown once, is in the
+    /// answer; the old one is refused from now on.
+    pub async fn rotate_terminal_key(&self, id: &str) -> Result<TerminalCreated, ClientError> {
+        self.post(
+            &format!("/v1/admin/terminals/{id}/rotate-key"),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
     /// At most `limit` audit rows with `seq > after`, in `seq` order.
     pub async fn audit(&self, after: u64, limit: u32) -> Result<Vec<AuditEntryView>, ClientError> {
         self.get(&format!("/v1/admin/audit?after={after}&limit={limit}"))

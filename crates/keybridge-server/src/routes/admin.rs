@@ -182,6 +182,38 @@ pub async fn disable_terminal(
     Ok(Json(terminal_view(terminal)))
 }
 
+/// Gives an enabled terminal a new API key, shown once; the old one is
+/// refused from the commit on, here, on the other instances as soon as they
+/// hear of it, and on all within [`crate::terminal_cache::ENTRY_TTL`]. The
+/// terminal keeps its id, so its transactions, idempotency keys and
+/// webhooks carry on. For a key that may have leaked and a till that goes
+/// on working.
+pub async fn rotate_terminal_key(
+    State(state): State<AppState>,
+    _: Admin,
+    PathId(id): PathId,
+) -> Result<Json<TerminalCreated>, ApiError> {
+    let api_key = random::secret_token("kbt_").map_err(rng)?;
+    let terminal = state
+        .store
+        .rotate_terminal_key(&id, sha256(&api_key), state.now_unix_s())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    if terminal.disabled_at_unix_s.is_some() {
+        return Err(ApiError::TerminalDisabled);
+    }
+    state.terminals.forget(&terminal.id);
+    state.hub.publish(HubEvent::TerminalKeyRotated {
+        terminal_id: terminal.id.clone(),
+    });
+    tracing::info!(terminal = %terminal.id, "terminal API key rotated");
+    Ok(Json(TerminalCreated {
+        id: terminal.id,
+        name: terminal.name,
+        api_key,
+    }))
+}
+
 fn terminal_view(t: TerminalRecord) -> TerminalView {
     TerminalView {
         status: match t.disabled_at_unix_s {

@@ -62,6 +62,10 @@ pub fn app(state: AppState) -> Router {
             post(admin::disable_terminal),
         )
         .route(
+            "/v1/admin/terminals/{id}/rotate-key",
+            post(admin::rotate_terminal_key),
+        )
+        .route(
             "/v1/admin/devices",
             post(admin::enroll_device).get(admin::list_devices),
         )

@@ -554,6 +554,53 @@ pub(crate) async fn every_state_change_is_audited_in_one_chain(store: &dyn Store
     assert_eq!(store.verify_audit_chain().await.unwrap(), 7);
 }
 
+/// A rotated key replaces the old one at once, audited; a disabled terminal
+/// keeps its key (and stays disabled); an unknown one is `None`.
+pub(crate) async fn a_terminal_key_rotates_once_and_only_while_enabled(store: &dyn Store) {
+    seed(store).await;
+    let rotated = store
+        .rotate_terminal_key("term_1", [7; 32], NOW + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (rotated.id.as_str(), rotated.disabled_at_unix_s),
+        ("term_1", None)
+    );
+    assert_eq!(store.terminal_by_key_hash([1; 32]).await.unwrap(), None);
+    let found = store.terminal_by_key_hash([7; 32]).await.unwrap().unwrap();
+    assert_eq!(found.id, "term_1");
+    assert_eq!(
+        store
+            .rotate_terminal_key("term_nope", [8; 32], NOW)
+            .await
+            .unwrap(),
+        None
+    );
+
+    store.disable_terminal("term_1", NOW + 2).await.unwrap();
+    let disabled = store
+        .rotate_terminal_key("term_1", [9; 32], NOW + 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(disabled.disabled_at_unix_s, Some(NOW + 2));
+    assert_eq!(store.terminal_by_key_hash([9; 32]).await.unwrap(), None);
+
+    let log = store.audit_log().await.unwrap();
+    let rotations: Vec<_> = log
+        .iter()
+        .filter(|r| r.event == "terminal_key_rotated")
+        .collect();
+    assert_eq!(rotations.len(), 1, "{log:?}");
+    assert_eq!(rotations[0].at_unix_s, NOW + 1);
+    assert!(rotations[0].detail.contains("term_1"));
+    assert_eq!(
+        store.verify_audit_chain().await.unwrap(),
+        u64::try_from(log.len()).unwrap()
+    );
+}
+
 /// A transaction's own audit rows tell its story in `seq` order, and only
 /// its: rows about other transactions, accounts or devices stay out. They
 /// are the rows of the whole log, hashes included.
@@ -901,6 +948,7 @@ macro_rules! contract_tests {
             concurrent_payments_never_overdraw_the_payer,
             the_audit_log_reads_in_pages,
             a_transaction_reads_its_own_audit_rows,
+            a_terminal_key_rotates_once_and_only_while_enabled,
             transactions_list_in_pages_newest_first
         );
     };

@@ -152,6 +152,15 @@ pub trait Store: WebStore + Send + Sync + std::fmt::Debug {
         terminal_id: &str,
         now_unix_s: u64,
     ) -> Result<Option<TerminalRecord>, StoreError>;
+    /// Gives an enabled terminal a new API key (by its hash), audited; the
+    /// old key authenticates nothing from the commit on. `None` if there is
+    /// no such terminal; a disabled one is returned unchanged.
+    async fn rotate_terminal_key(
+        &self,
+        terminal_id: &str,
+        api_key_hash: [u8; 32],
+        now_unix_s: u64,
+    ) -> Result<Option<TerminalRecord>, StoreError>;
     async fn terminal_by_key_hash(
         &self,
         api_key_hash: [u8; 32],

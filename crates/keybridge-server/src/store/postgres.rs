@@ -94,6 +94,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0006_audit_by_transaction",
         include_str!("../../migrations/postgres/0006_audit_by_transaction.sql"),
     ),
+    (
+        7,
+        "0007_notify_key_rotation",
+        include_str!("../../migrations/postgres/0007_notify_key_rotation.sql"),
+    ),
 ];
 
 /// The advisory lock that orders appends to the audit chain: each seal
@@ -1035,6 +1040,35 @@ impl Store for PgStore {
                 now_unix_s,
                 None,
                 "terminal_disabled",
+                &serde_json::json!({"terminal": terminal_id}),
+            )
+            .await?;
+        }
+        let terminal = get_terminal(&tx, terminal_id).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(terminal)
+    }
+
+    async fn rotate_terminal_key(
+        &self,
+        terminal_id: &str,
+        api_key_hash: [u8; 32],
+        now_unix_s: u64,
+    ) -> Result<Option<TerminalRecord>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = begin_write(&mut client).await?;
+        let changed = exec(
+            &tx,
+            "UPDATE terminals SET api_key_hash = $1 WHERE id = $2 AND disabled_at IS NULL",
+            &[&api_key_hash.as_slice(), &terminal_id],
+        )
+        .await?;
+        if changed == 1 {
+            append_audit(
+                &tx,
+                now_unix_s,
+                None,
+                "terminal_key_rotated",
                 &serde_json::json!({"terminal": terminal_id}),
             )
             .await?;

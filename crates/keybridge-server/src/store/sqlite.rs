@@ -819,6 +819,37 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn rotate_terminal_key(
+        &self,
+        terminal_id: &str,
+        api_key_hash: [u8; 32],
+        now_unix_s: u64,
+    ) -> Result<Option<TerminalRecord>, StoreError> {
+        let terminal_id = terminal_id.to_owned();
+        self.write(move |tx| {
+            let changed = exec(
+                tx,
+                "UPDATE terminals SET api_key_hash = ?1 WHERE id = ?2 AND disabled_at IS NULL",
+                params![api_key_hash.as_slice(), terminal_id],
+            )
+            .map_err(|e| match is_unique_violation(&e) {
+                true => StoreError::AlreadyExists,
+                false => backend(e),
+            })?;
+            if changed == 1 {
+                append_audit(
+                    tx,
+                    now_unix_s,
+                    None,
+                    "terminal_key_rotated",
+                    &serde_json::json!({"terminal": terminal_id}),
+                )?;
+            }
+            get_terminal(tx, &terminal_id)
+        })
+        .await
+    }
+
     async fn create_device(&self, device: NewDevice) -> Result<DeviceRecord, StoreError> {
         self.write(move |tx| {
             match get_account(tx, &device.account)? {
