@@ -96,29 +96,37 @@ async fn a_disabled_terminal_is_refused_at_once_and_others_carry_on() {
     h.assert_ledger_balanced().await;
 }
 
+/// Only the admin disables a terminal or rotates its key, and only a
+/// terminal that exists; a refused request changes nothing.
 #[tokio::test]
-async fn disabling_needs_the_admin_token_and_a_known_terminal() {
+async fn terminal_changes_need_the_admin_token_and_a_known_terminal() {
     let (h, terminal, _card) = Harness::standard().await;
-    let path = format!("/v1/admin/terminals/{}/disable", terminal.id);
-    for key in [terminal.api_key.as_str(), "wrong"] {
+    for action in ["disable", "rotate-key"] {
+        let path = format!("/v1/admin/terminals/{}/{action}", terminal.id);
+        for key in [terminal.api_key.as_str(), "wrong"] {
+            let r = h
+                .http
+                .post(h.url(&path))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{action}");
+        }
         let r = h
-            .http
-            .post(h.url(&path))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+            .admin_post(
+                &format!("/v1/admin/terminals/term_nope/{action}"),
+                json!({}),
+            )
+            .await;
+        let (status, body) = error_body(r).await;
+        assert_eq!(
+            (status, body.error.as_str()),
+            (StatusCode::NOT_FOUND, "not_found"),
+            "{action}"
+        );
     }
-    let r = h
-        .admin_post("/v1/admin/terminals/term_nope/disable", json!({}))
-        .await;
-    let (status, body) = error_body(r).await;
-    assert_eq!(
-        (status, body.error.as_str()),
-        (StatusCode::NOT_FOUND, "not_found")
-    );
-    // Still working: nothing was disabled.
+    // Still working with its key: nothing was disabled or rotated.
     assert_eq!(
         h.pay(&terminal, 100).await.status,
         TransactionStatus::Pending
@@ -224,47 +232,20 @@ async fn a_rotated_key_replaces_the_old_one_at_once() {
     h.assert_ledger_balanced().await;
 }
 
-/// Only the admin rotates keys, only of a terminal that exists and is
-/// enabled; a refused rotation changes nothing.
+/// A disabled terminal gets no new key, and stays disabled.
 #[tokio::test]
-async fn rotating_needs_the_admin_token_and_an_enabled_terminal() {
+async fn a_disabled_terminal_gets_no_new_key() {
     let (h, terminal, _card) = Harness::standard().await;
-    let path = format!("/v1/admin/terminals/{}/rotate-key", terminal.id);
-    for key in [terminal.api_key.as_str(), "wrong"] {
-        let r = h
-            .http
-            .post(h.url(&path))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    }
-    let (status, body) = error_body(
-        h.admin_post("/v1/admin/terminals/term_nope/rotate-key", json!({}))
-            .await,
-    )
-    .await;
-    assert_eq!(
-        (status, body.error.as_str()),
-        (StatusCode::NOT_FOUND, "not_found")
-    );
-    assert_eq!(
-        h.pay(&terminal, 100).await.status,
-        TransactionStatus::Pending
-    );
-
-    let other = h.terminal().await;
     let r = h
         .admin_post(
-            &format!("/v1/admin/terminals/{}/disable", other.id),
+            &format!("/v1/admin/terminals/{}/disable", terminal.id),
             json!({}),
         )
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     let (status, body) = error_body(
         h.admin_post(
-            &format!("/v1/admin/terminals/{}/rotate-key", other.id),
+            &format!("/v1/admin/terminals/{}/rotate-key", terminal.id),
             json!({}),
         )
         .await,
@@ -277,5 +258,5 @@ async fn rotating_needs_the_admin_token_and_an_enabled_terminal() {
     let listed = terminals(&h).await;
     assert!(listed
         .iter()
-        .any(|t| t.id == other.id && t.status == "disabled"));
+        .any(|t| t.id == terminal.id && t.status == "disabled"));
 }

@@ -230,6 +230,29 @@ impl PgStore {
         pooled(&self.pool).await
     }
 
+    /// Runs `update` (`$1` the new value, `$2` the terminal's id) on an
+    /// enabled terminal and audits `event` if it changed it; the terminal as
+    /// it now is, `None` if there is none.
+    async fn change_enabled_terminal(
+        &self,
+        update: &str,
+        value: &(dyn ToSql + Sync),
+        terminal_id: &str,
+        now_unix_s: u64,
+        event: &str,
+    ) -> Result<Option<TerminalRecord>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = begin_write(&mut client).await?;
+        let changed = exec(&tx, update, &[value, &terminal_id]).await?;
+        if changed == 1 {
+            let detail = serde_json::json!({"terminal": terminal_id});
+            append_audit(&tx, now_unix_s, None, event, &detail).await?;
+        }
+        let terminal = get_terminal(&tx, terminal_id).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(terminal)
+    }
+
     /// The (sealed) audit rows a `WHERE … ORDER BY …` clause selects.
     async fn audit_rows_where(
         &self,
@@ -1026,27 +1049,14 @@ impl Store for PgStore {
         terminal_id: &str,
         now_unix_s: u64,
     ) -> Result<Option<TerminalRecord>, StoreError> {
-        let mut client = self.client().await?;
-        let tx = begin_write(&mut client).await?;
-        let changed = exec(
-            &tx,
+        self.change_enabled_terminal(
             "UPDATE terminals SET disabled_at = $1 WHERE id = $2 AND disabled_at IS NULL",
-            &[&to_i64(now_unix_s)?, &terminal_id],
+            &to_i64(now_unix_s)?,
+            terminal_id,
+            now_unix_s,
+            "terminal_disabled",
         )
-        .await?;
-        if changed == 1 {
-            append_audit(
-                &tx,
-                now_unix_s,
-                None,
-                "terminal_disabled",
-                &serde_json::json!({"terminal": terminal_id}),
-            )
-            .await?;
-        }
-        let terminal = get_terminal(&tx, terminal_id).await?;
-        tx.commit().await.map_err(backend)?;
-        Ok(terminal)
+        .await
     }
 
     async fn rotate_terminal_key(
@@ -1055,27 +1065,14 @@ impl Store for PgStore {
         api_key_hash: [u8; 32],
         now_unix_s: u64,
     ) -> Result<Option<TerminalRecord>, StoreError> {
-        let mut client = self.client().await?;
-        let tx = begin_write(&mut client).await?;
-        let changed = exec(
-            &tx,
+        self.change_enabled_terminal(
             "UPDATE terminals SET api_key_hash = $1 WHERE id = $2 AND disabled_at IS NULL",
-            &[&api_key_hash.as_slice(), &terminal_id],
+            &api_key_hash.as_slice(),
+            terminal_id,
+            now_unix_s,
+            "terminal_key_rotated",
         )
-        .await?;
-        if changed == 1 {
-            append_audit(
-                &tx,
-                now_unix_s,
-                None,
-                "terminal_key_rotated",
-                &serde_json::json!({"terminal": terminal_id}),
-            )
-            .await?;
-        }
-        let terminal = get_terminal(&tx, terminal_id).await?;
-        tx.commit().await.map_err(backend)?;
-        Ok(terminal)
+        .await
     }
 
     async fn terminal_by_key_hash(

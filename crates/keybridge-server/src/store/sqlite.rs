@@ -252,6 +252,14 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// A unique violation as `AlreadyExists`, any other failure as `Backend`.
+fn unique_to_exists(e: rusqlite::Error) -> StoreError {
+    match is_unique_violation(&e) {
+        true => StoreError::AlreadyExists,
+        false => backend(e),
+    }
+}
+
 fn read_tx_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TxRow> {
     Ok((
         (
@@ -455,6 +463,30 @@ fn insert_tx(tx: &Transaction<'_>, t: TransactionRecord) -> Result<InsertOutcome
     Ok(InsertOutcome::Created(t))
 }
 
+/// Runs `update` (`?1` the new value, `?2` the terminal's id) on an
+/// enabled terminal and audits `event` if it changed it; the terminal as it
+/// now is, `None` if there is none.
+fn change_enabled_terminal(
+    tx: &Transaction<'_>,
+    update: &str,
+    value: &dyn rusqlite::ToSql,
+    terminal_id: &str,
+    now_unix_s: u64,
+    event: &str,
+) -> Result<Option<TerminalRecord>, StoreError> {
+    let changed = exec(tx, update, params![value, terminal_id]).map_err(unique_to_exists)?;
+    if changed == 1 {
+        append_audit(
+            tx,
+            now_unix_s,
+            None,
+            event,
+            &serde_json::json!({"terminal": terminal_id}),
+        )?;
+    }
+    get_terminal(tx, terminal_id)
+}
+
 fn get_account(conn: &Connection, id: &AccountId) -> Result<Option<AccountRecord>, StoreError> {
     Ok(query_accounts(conn, "WHERE id = ?1", [id.as_str()])?
         .into_iter()
@@ -594,13 +626,7 @@ fn transfer(tx: &Transaction<'_>, t: Transfer<'_>, now_unix_s: u64) -> Result<()
             to_i64(now_unix_s)?
         ],
     )
-    .map_err(|e| {
-        if is_unique_violation(&e) {
-            StoreError::AlreadyExists
-        } else {
-            backend(e)
-        }
-    })?;
+    .map_err(unique_to_exists)?;
     add_to_balance(tx, debit, -amount)?;
     add_to_balance(tx, credit, amount)?;
     Ok(())
@@ -681,13 +707,7 @@ impl Store for SqliteStore {
                     now
                 ],
             )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::AlreadyExists
-                } else {
-                    backend(e)
-                }
-            })?;
+            .map_err(unique_to_exists)?;
             if account.opening_balance_minor > 0 {
                 let opening = Transfer {
                     kind: TransferKind::Opening,
@@ -736,13 +756,7 @@ impl Store for SqliteStore {
                     to_i64(terminal.created_at_unix_s)?
                 ],
             )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::AlreadyExists
-                } else {
-                    backend(e)
-                }
-            })?;
+            .map_err(unique_to_exists)?;
             append_audit(
                 tx,
                 terminal.created_at_unix_s,
@@ -799,22 +813,14 @@ impl Store for SqliteStore {
     ) -> Result<Option<TerminalRecord>, StoreError> {
         let terminal_id = terminal_id.to_owned();
         self.write(move |tx| {
-            let changed = exec(
+            change_enabled_terminal(
                 tx,
                 "UPDATE terminals SET disabled_at = ?1 WHERE id = ?2 AND disabled_at IS NULL",
-                params![to_i64(now_unix_s)?, terminal_id],
+                &to_i64(now_unix_s)?,
+                &terminal_id,
+                now_unix_s,
+                "terminal_disabled",
             )
-            .map_err(backend)?;
-            if changed == 1 {
-                append_audit(
-                    tx,
-                    now_unix_s,
-                    None,
-                    "terminal_disabled",
-                    &serde_json::json!({"terminal": terminal_id}),
-                )?;
-            }
-            get_terminal(tx, &terminal_id)
         })
         .await
     }
@@ -827,25 +833,14 @@ impl Store for SqliteStore {
     ) -> Result<Option<TerminalRecord>, StoreError> {
         let terminal_id = terminal_id.to_owned();
         self.write(move |tx| {
-            let changed = exec(
+            change_enabled_terminal(
                 tx,
                 "UPDATE terminals SET api_key_hash = ?1 WHERE id = ?2 AND disabled_at IS NULL",
-                params![api_key_hash.as_slice(), terminal_id],
+                &api_key_hash.as_slice(),
+                &terminal_id,
+                now_unix_s,
+                "terminal_key_rotated",
             )
-            .map_err(|e| match is_unique_violation(&e) {
-                true => StoreError::AlreadyExists,
-                false => backend(e),
-            })?;
-            if changed == 1 {
-                append_audit(
-                    tx,
-                    now_unix_s,
-                    None,
-                    "terminal_key_rotated",
-                    &serde_json::json!({"terminal": terminal_id}),
-                )?;
-            }
-            get_terminal(tx, &terminal_id)
         })
         .await
     }
@@ -880,13 +875,7 @@ impl Store for SqliteStore {
                     ocra_secret
                 ],
             )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::AlreadyExists
-                } else {
-                    backend(e)
-                }
-            })?;
+            .map_err(unique_to_exists)?;
             append_audit(
                 tx,
                 device.created_at_unix_s,
