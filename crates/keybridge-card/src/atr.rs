@@ -25,9 +25,35 @@ pub const ATR: [u8; 21] = [
     0x76, // TCK
 ];
 
+/// The ATR an NFC reader reports for the card in its field (`--link
+/// nfc=…`): a contactless card has none of its own, so the reader builds
+/// one (PC/SC Specification Part 3, §3.1.3.2.3) from the ISO 14443-4 card's
+/// ATS historical bytes:
+///
+/// ```text
+/// 3B              TS
+/// 8F              T0   TD1 follows; 15 historical bytes
+/// 80              TD1  TD2 follows; T=0 indicated
+/// 01              TD2  T=1
+/// 80              historical bytes: category 80 = COMPACT-TLV objects follow
+/// 73 C0 21 C0     compact TLV tag 7 (card capabilities), 3 bytes; the third
+///                 software function table C0: command chaining and
+///                 extended Lc/Le (ISO/IEC 7816-4 §12.1.1.9), as a YubiKey 5 NFC
+/// 59 "KeyBridge"  compact TLV tag 5 (card issuer's data), 9 bytes
+/// ED              TCK
+/// ```
+pub const CONTACTLESS_ATR: [u8; 20] = [
+    0x3B, 0x8F, 0x80, 0x01, // TS T0 TD1 TD2
+    0x80, // category indicator
+    0x73, 0xC0, 0x21, 0xC0, // card capabilities
+    0x59, b'K', b'e', b'y', b'B', b'r', b'i', b'd', b'g', b'e', // issuer's data
+    0xED, // TCK
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keybridge_transport::contactless::{AtrFraming, ContactlessAtr};
 
     /// The ATR is self-consistent: T0 announces exactly the historical bytes
     /// that follow the interface bytes, and TCK makes the XOR of T0..=TCK zero.
@@ -39,5 +65,25 @@ mod tests {
         assert_eq!(ATR.len(), 2 + interface_len + historical_len + 1);
         assert_eq!(ATR[1..].iter().fold(0u8, |acc, b| acc ^ b), 0, "TCK");
         assert_eq!(&ATR[8..17], b"KeyBridge");
+    }
+
+    /// What a phone's PC/SC stack makes of the NFC ATR: an ISO 14443-4 card
+    /// that takes extended APDUs and chaining; the contact ATR is no
+    /// contactless one.
+    #[test]
+    fn the_contactless_atr_reads_as_an_iso_14443_4_card_with_extended_apdus() {
+        let parsed = ContactlessAtr::parse(&CONTACTLESS_ATR).unwrap();
+        assert!(parsed.speaks_apdus());
+        assert_eq!(parsed.card_capabilities(), Some(0xC0));
+        assert!(matches!(
+            AtrFraming::from_atr(&CONTACTLESS_ATR),
+            AtrFraming::Contactless { .. }
+        ));
+        assert!(
+            AtrFraming::from_atr(&CONTACTLESS_ATR)
+                .transmit_options(1_000)
+                .extended_length
+        );
+        assert!(ContactlessAtr::parse(&ATR).is_err());
     }
 }

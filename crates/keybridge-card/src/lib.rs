@@ -59,7 +59,7 @@ pub mod state;
 pub mod transaction;
 
 pub use applet::{Applet, Context};
-pub use atr::ATR;
+pub use atr::{ATR, CONTACTLESS_ATR};
 pub use dispatch::Card;
 pub use error::CardError;
 pub use holder::{AutoApprove, AutoDecline, Holder, Prompt, QuietApprove, Screen};

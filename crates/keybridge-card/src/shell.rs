@@ -5,6 +5,11 @@
 //! get-ATR at any time with [`ATR`], power on/off and reset by resetting the
 //! card (nothing selected, PIN forgotten, no chain), APDUs through the card.
 //!
+//! [`DeviceLink::Nfc`] is the card in an NFC reader's field, still over
+//! vpcd: it answers get-ATR with [`CONTACTLESS_ATR`], the ATR a PC/SC
+//! reader builds for an ISO 14443-4 card, and requires the secure channel as
+//! on BLE, since a phone reaches it over the air.
+//!
 //! [`run_with_link`] does the same on another [`DeviceLink`]: the simulated
 //! BLE link (the card is the GATT server: it listens, a phone connects), where
 //! the card requires the secure channel for everything but SELECT and GET
@@ -23,7 +28,7 @@ use keybridge_transport::ble::{self, PeripheralOptions, RequestContext};
 use keybridge_transport::vpcd::{Control, ReaderMessage, VpcdCard};
 
 use crate::applet::Context;
-use crate::atr::ATR;
+use crate::atr::{ATR, CONTACTLESS_ATR};
 use crate::dispatch::Card;
 use crate::error::CardError;
 use crate::holder::{AutoApprove, AutoDecline, Holder, Prompt, QuietApprove, Screen};
@@ -189,6 +194,9 @@ impl fmt::Debug for CardOptions {
 pub enum DeviceLink {
     /// Connect to a vpcd reader at `host:port` (what [`run`] does).
     Vpcd(String),
+    /// Connect to a vpcd reader at `host:port` as a card in an NFC field:
+    /// the contactless ATR, and the secure channel required.
+    Nfc(String),
     /// Be the GATT server of a simulated BLE link: listen on `addr`.
     BleSim {
         addr: String,
@@ -234,7 +242,20 @@ pub fn run_with_link(options: CardOptions, link: DeviceLink) -> Result<(), CardE
     eprintln!("[card] applets: {}", options.profile);
     let holder = options.policy.holder();
     match link {
-        DeviceLink::Vpcd(addr) => run_vpcd(&options, &addr, card, holder),
+        DeviceLink::Vpcd(addr) => run_vpcd(&options, &addr, &ATR, card, holder),
+        DeviceLink::Nfc(addr) => {
+            eprintln!(
+                "[card] as a contactless card in an NFC field: ATR {}; secure channel required",
+                hex::encode_upper(CONTACTLESS_ATR)
+            );
+            run_vpcd(
+                &options,
+                &addr,
+                &CONTACTLESS_ATR,
+                card.require_secure_messaging(true),
+                holder,
+            )
+        }
         DeviceLink::BleSim {
             addr,
             att_mtu_max,
@@ -359,6 +380,7 @@ impl Holder for CancelAware<'_, '_> {
 fn run_vpcd(
     options: &CardOptions,
     addr: &str,
+    atr: &[u8],
     mut card: Card,
     mut holder: Box<dyn Holder>,
 ) -> Result<(), CardError> {
@@ -368,7 +390,7 @@ fn run_vpcd(
         let mut link = connect(options, addr)?;
         eprintln!("[card] connected to reader {addr}");
         tracing::debug!(reader = %addr, "connected to reader");
-        let ended = serve(&mut link, &mut card, holder.as_mut(), &mut rng);
+        let ended = serve(&mut link, atr, &mut card, holder.as_mut(), &mut rng);
         card.reset();
         match &ended {
             Ok(()) => tracing::debug!("reader closed the link"),
@@ -426,16 +448,17 @@ fn connect(options: &CardOptions, addr: &str) -> Result<VpcdCard, CardError> {
     }
 }
 
-/// Answers the reader until it closes the link.
+/// Answers the reader until it closes the link; get-ATR with `atr`.
 fn serve(
     link: &mut VpcdCard,
+    atr: &[u8],
     card: &mut Card,
     holder: &mut dyn Holder,
     rng: &mut rand::rngs::OsRng,
 ) -> std::io::Result<()> {
     while let Some(message) = link.next_message()? {
         match message {
-            ReaderMessage::Control(Control::GetAtr) => link.reply(&ATR)?,
+            ReaderMessage::Control(Control::GetAtr) => link.reply(atr)?,
             ReaderMessage::Control(control) => {
                 tracing::debug!(?control, "power/reset: card session cleared");
                 card.reset();

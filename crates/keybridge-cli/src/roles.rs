@@ -212,8 +212,11 @@ pub struct CardArgs {
     #[arg(long)]
     pub state: PathBuf,
     /// Where the card attaches: `vpcd=HOST:PORT` (pcscd's vpcd at
-    /// 127.0.0.1:35963, or a relay listening with `vpcd-listen`), or
-    /// `ble-sim=HOST:PORT` (advertise on the simulated BLE link: listen there).
+    /// 127.0.0.1:35963, or a relay listening with `vpcd-listen`),
+    /// `nfc=HOST:PORT` (the same, as a contactless card in an NFC reader's
+    /// field: the reader reports a contactless ATR, and the card takes VERIFY
+    /// and SIGN only inside the secure channel), or `ble-sim=HOST:PORT`
+    /// (advertise on the simulated BLE link: listen there).
     #[arg(long)]
     pub link: String,
     #[command(flatten)]
@@ -234,6 +237,8 @@ pub struct CardArgs {
 pub fn card(args: CardArgs) -> anyhow::Result<()> {
     let link = if let Some(addr) = args.link.strip_prefix("vpcd=") {
         keybridge_card::DeviceLink::Vpcd(addr.to_owned())
+    } else if let Some(addr) = args.link.strip_prefix("nfc=") {
+        keybridge_card::DeviceLink::Nfc(addr.to_owned())
     } else if let Some(addr) = args.link.strip_prefix("ble-sim=") {
         keybridge_card::DeviceLink::BleSim {
             addr: addr.to_owned(),
@@ -244,7 +249,9 @@ pub fn card(args: CardArgs) -> anyhow::Result<()> {
         ble_link(&args.link)?
     };
     let addr = match &link {
-        keybridge_card::DeviceLink::Vpcd(addr) => addr.clone(),
+        keybridge_card::DeviceLink::Vpcd(addr) | keybridge_card::DeviceLink::Nfc(addr) => {
+            addr.clone()
+        }
         keybridge_card::DeviceLink::BleSim { addr, .. } => addr.clone(),
         #[cfg(feature = "ble")]
         keybridge_card::DeviceLink::Ble { .. } => String::new(),
@@ -280,14 +287,16 @@ fn ble_link(link: &str) -> anyhow::Result<keybridge_card::DeviceLink> {
         Some(name) if !name.is_empty() => Ok(keybridge_card::DeviceLink::Ble {
             name: name.to_owned(),
         }),
-        _ => anyhow::bail!("--link must be vpcd=HOST:PORT, ble-sim=HOST:PORT or ble=NAME"),
+        _ => anyhow::bail!(
+            "--link must be vpcd=HOST:PORT, nfc=HOST:PORT, ble-sim=HOST:PORT or ble=NAME"
+        ),
     }
 }
 
 #[cfg(not(feature = "ble"))]
 fn ble_link(_link: &str) -> anyhow::Result<keybridge_card::DeviceLink> {
     anyhow::bail!(
-        "--link must be vpcd=HOST:PORT or ble-sim=HOST:PORT (ble=NAME needs a build with --features ble)"
+        "--link must be vpcd=HOST:PORT, nfc=HOST:PORT or ble-sim=HOST:PORT (ble=NAME needs a build with --features ble)"
     )
 }
 

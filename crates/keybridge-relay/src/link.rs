@@ -292,6 +292,16 @@ impl CardLink {
         }
     }
 
+    /// The ATR of a contactless card behind a PC/SC reader: the NFC case.
+    pub fn contactless_atr(&self) -> Option<&[u8]> {
+        match self {
+            CardLink::Pcsc(reader) if pcsc_is_radio(reader.atr()) => reader.atr(),
+            CardLink::Vpcd(_) | CardLink::Pcsc(_) | CardLink::Radio(_) | CardLink::InProcess(_) => {
+                None
+            }
+        }
+    }
+
     /// What the link did so far, on links that count.
     pub fn ble_stats(&self) -> Option<LinkStats> {
         match self {

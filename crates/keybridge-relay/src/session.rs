@@ -754,6 +754,17 @@ async fn sign_with_retries(
 
 /// Says what the radio link negotiated and did (the demo prints it).
 fn report_link(link: &CardLink, quiet: bool) {
+    if let Some(atr) = link.contactless_atr() {
+        say!(
+            quiet,
+            "NFC: contactless card (ATR {}), {}",
+            hex::encode_upper(atr),
+            match link.extended_length() {
+                true => "extended APDUs",
+                false => "chained short APDUs",
+            }
+        );
+    }
     if let (Some((att_mtu, fragment)), Some(stats)) = (link.ble_negotiated(), link.ble_stats()) {
         say!(
             quiet,
