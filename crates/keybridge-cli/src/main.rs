@@ -68,9 +68,15 @@ enum Command {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYBRIDGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn,hyper=warn"));
+    // A log line that cannot be written (stderr a file on a full disk) is
+    // dropped. By default tracing-subscriber reports it with `eprintln!`,
+    // which panics when stderr fails, in whichever thread was logging: that
+    // killed the SQLite writer thread under a file size limit (found with
+    // `prlimit --fsize` on a paying server; crash.rs tests it).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_target(false);
     // Under `keybridge demo` the parent stamps each line with its own clock.
     if format == LogFormat::Json {
@@ -105,6 +111,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = runtime.block_on(survive_file_size_limit()) {
+        eprintln!("error: cannot handle SIGXFSZ: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Server(args) => runtime.block_on(roles::server(args)),
         Command::Card(args) => roles::card(args),
@@ -123,6 +133,28 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A write past the file size limit (`RLIMIT_FSIZE`, a quota, `ulimit -f`)
+/// sends SIGXFSZ, whose default action ends the process mid-write. With a
+/// handler installed the write fails with `EFBIG` instead, which SQLite, the
+/// card's state files and the logs already answer as a failed write: the
+/// batch rolls back and its callers hear an error, the card refuses the
+/// command, and the process goes on to serve once there is room again (as
+/// PostgreSQL ignores SIGXFSZ). Each one is logged. The handler stays for
+/// the life of the process, whichever role it runs.
+async fn survive_file_size_limit() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut xfsz = signal(SignalKind::from_raw(libc::SIGXFSZ))?;
+    tokio::spawn(async move {
+        while xfsz.recv().await.is_some() {
+            tracing::error!(
+                "a write went past the file size limit (SIGXFSZ): it failed; \
+                 raise the limit or free space"
+            );
+        }
+    });
+    Ok(())
 }
 
 #[cfg(test)]

@@ -14,7 +14,10 @@
 //! - the phone (`keybridge relay`, a process in every set-up) killed five
 //!   times while it talks to the card;
 //! - the card (`keybridge card`) killed five times while the phone talks to
-//!   it.
+//!   it;
+//! - the disk filling up under the SQLite server three times (its file size
+//!   limit dropped to one byte with `prlimit`: every write to any file fails,
+//!   the log's included), and room coming back: the server is not restarted.
 //!
 //! And two single scenes: `keybridge pay` itself, the terminal's command,
 //! through two server restarts; and a phone that dies holding the card's
@@ -177,6 +180,26 @@ impl Server {
         }
     }
 
+    /// Sets the running process's file size limit (`prlimit`, util-linux):
+    /// `Some(bytes)`, or `None` for none. Past it a write fails with `EFBIG`,
+    /// as on a full disk.
+    fn limit_file_size(&self, bytes: Option<u64>) {
+        let pid = self.process.as_ref().expect("running").0.id().to_string();
+        let limit = bytes.map_or("unlimited".to_owned(), |b| b.to_string());
+        let status = Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--fsize={limit}:unlimited")])
+            .status()
+            .expect("run prlimit (util-linux)");
+        assert!(status.success(), "prlimit --pid {pid} --fsize={limit}");
+    }
+
+    /// Whether the process started last is still running.
+    fn running(&mut self) -> bool {
+        self.process
+            .as_mut()
+            .is_some_and(|p| p.0.try_wait().unwrap().is_none())
+    }
+
     fn log_path(&self, start: usize) -> PathBuf {
         self.data_dir
             .with_file_name(format!("{}-{start}.log", self.name))
@@ -269,6 +292,18 @@ async fn payments_survive_the_server_killed_five_times_and_stopped_twice() {
     let server = Server::start("server", &dir.path().join("server"), None);
     let stops = [Kill, Kill, Term, Kill, Kill, Term, Kill].map(|stop| (0, stop));
     pay_through_kills(&dir, vec![server], 0, 0, &stops).await;
+}
+
+/// The disk fills up under the server three times while tills pay: writes
+/// fail (the tills and the phone hear errors and retry), and once there is
+/// room the same process settles every payment, each exactly once. Before
+/// the fix, the first log line that could not be written panicked the
+/// SQLite writer thread, and the server failed every write until restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_survive_the_disk_filling_up_under_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start("server", &dir.path().join("server"), None);
+    pay_through_kills(&dir, vec![server], 0, 0, &[(0, DiskFull); 3]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -599,8 +634,10 @@ enum Stop<'a> {
     /// The card's process is killed (SIGKILL: pulled from the reader, or
     /// power lost) and started again on its state file.
     Card,
+    /// The server's disk fills up, then has room again; the server runs on.
+    DiskFull,
 }
-use Stop::{Card, Crash, Kill, Phone, Term};
+use Stop::{Card, Crash, DiskFull, Kill, Phone, Term};
 
 /// Alice, the shop, the tills' terminal, and alice's card enrolled (the
 /// state file and the vpcd reader where it meets the phone): what every
@@ -791,6 +828,30 @@ async fn pay_through_kills(
             Term => servers[victim].terminate(),
             Crash(cluster) => {
                 tokio::task::block_in_place(|| cluster.crash_and_restart());
+                continue;
+            }
+            DiskFull => {
+                servers[victim].limit_file_size(Some(1));
+                // Full for certain once a write fails: a terminal made by
+                // the operator needs one. Then a second of payments failing.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    match admin.create_terminal("probe while full").await {
+                        Err(keybridge_terminal::ClientError::Api { status: 500, .. }) => break,
+                        other => assert!(
+                            Instant::now() < deadline,
+                            "with the disk full a write must fail with a 500, got {other:?}"
+                        ),
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                servers[victim].limit_file_size(None);
+                assert!(
+                    servers[victim].running(),
+                    "the server died of a full disk:\n{}",
+                    servers[victim].logs()
+                );
                 continue;
             }
             Phone | Card => {

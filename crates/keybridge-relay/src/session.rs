@@ -24,10 +24,14 @@ use keybridge_transport::LinkError;
 
 /// The phone's screen: lines for the holder, unless the relay runs quietly
 /// (benchmarks, where thousands of panels would drown the report).
+/// One line for the holder on stdout. A line that cannot be written (stdout
+/// a file on a full disk) is dropped: `println!` would panic, and end the
+/// session that was printing.
 macro_rules! say {
     ($quiet:expr, $($arg:tt)*) => {
         if !$quiet {
-            println!("[phone] {}", format_args!($($arg)*));
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stdout(), "[phone] {}", format_args!($($arg)*));
         }
     };
 }
@@ -636,9 +640,12 @@ async fn confirm(
             }
         }
         Some(SignOutcome::Ocra(answer)) => {
-            println!(
-                "[phone] card answered OCRA response {} (counter {}, time step {})",
-                answer.response, answer.counter, answer.time_step
+            say!(
+                false,
+                "card answered OCRA response {} (counter {}, time step {})",
+                answer.response,
+                answer.counter,
+                answer.time_step
             );
             Confirmation::Ocra {
                 response: answer.response,
@@ -722,15 +729,17 @@ async fn sign_with_retries(
                 Err(DriverError::Link(LinkError::CardGone)) => {
                     // The NFC case: the card left the field mid-conversation.
                     // The server keeps the request pending until it expires.
-                    println!(
-                        "[phone] the card went away mid-transaction: tap again (attempt {attempt}/{CARD_ATTEMPTS_MAX})"
+                    say!(
+                        false,
+                        "the card went away mid-transaction: tap again (attempt {attempt}/{CARD_ATTEMPTS_MAX})"
                     );
                 }
                 Err(DriverError::Link(LinkError::Secure(e))) => {
                     // Damaged on the radio, or someone tampering: new keys,
                     // new conversation; nothing unauthenticated is ever used.
-                    println!(
-                        "[phone] secure channel to the card failed ({e}); starting over (attempt {attempt}/{CARD_ATTEMPTS_MAX})"
+                    say!(
+                        false,
+                        "secure channel to the card failed ({e}); starting over (attempt {attempt}/{CARD_ATTEMPTS_MAX})"
                     );
                 }
                 Err(DriverError::Link(e)) => {
