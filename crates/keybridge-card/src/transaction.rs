@@ -15,7 +15,8 @@
 //!
 //! Rules the table cannot show:
 //! - A PIN attempt is counted and saved *before* the PIN is compared, so
-//!   cutting the power mid-command cannot buy a free guess.
+//!   cutting the power mid-command cannot buy a free guess. When the save
+//!   fails (`6581`) the PIN is not compared and the attempt is not counted.
 //! - A right PIN restores the retries in memory only; the restore is written
 //!   by the next save (SIGN TRANSACTION's counter, any other change), or on
 //!   deselect, reset and power off if nothing saved it before. Until then the
@@ -192,8 +193,15 @@ impl TransactionApplet {
         }
         self.pin_verified = false;
         // Count the attempt first (not blocked, so at least one try is left).
-        self.state.pin_retries_left = self.state.pin_retries_left.saturating_sub(1);
-        self.persist_counters()?;
+        let left = self.state.pin_retries_left;
+        self.state.pin_retries_left = left.saturating_sub(1);
+        if let Err(sw) = self.persist_counters() {
+            // Not counted, so not compared: the card stays as it was saved.
+            // Kept in memory, each failed save took a try, and a few of them
+            // (a full disk) blocked a PIN nobody had got wrong.
+            self.state.pin_retries_left = left;
+            return Err(sw);
+        }
         if self.state.pin.matches(pin) {
             // Not saved now: the saved count stays one lower until the next
             // save writes this, which errs on the holder's side, never on an

@@ -456,3 +456,22 @@ fn a_piv_save_after_counters_saves_keeps_them() {
         2
     );
 }
+
+/// Saves that fail for a while (a full disk) answer `6581` and count no PIN
+/// try: more failed VERIFYs than the PIN has tries do not block it, a wrong
+/// PIN is not even compared, and once saves work again the card has every
+/// try left and signs. (Before, each failed save took a try in memory: a
+/// full disk blocked a PIN nobody had got wrong.)
+#[test]
+fn failed_saves_count_no_pin_try() {
+    let mut card = Harness::with_known_key();
+    card.transcript(&[(SELECT, "01 9000")]);
+    card.store.set_failing(true);
+    for _ in 0..4 {
+        card.transcript(&[(VERIFY_OK, "6581"), (VERIFY_WRONG, "6581")]);
+    }
+    card.store.set_failing(false);
+    card.transcript(&[(VERIFY_WRONG, "63C2"), (VERIFY_OK, "9000")]);
+    let payload = sample_payload().encode().unwrap();
+    card.transcript(&[(&sign_apdu(&payload), "* 9000")]);
+}

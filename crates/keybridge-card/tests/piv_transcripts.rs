@@ -436,3 +436,17 @@ fn arbitrary_commands_never_panic() {
         )
         .unwrap();
 }
+
+/// As for the transaction applet: a VERIFY whose try cannot be saved
+/// answers `6581`, is not compared and is not counted, however many times.
+#[test]
+fn failed_saves_count_no_pin_try() {
+    let mut piv = Piv::new();
+    piv.transcript(&[(SELECT_PIV, &format!("{APT} 9000"))]);
+    piv.store.set_failing(true);
+    for _ in 0..4 {
+        piv.transcript(&[(VERIFY_PIN, "6581"), (VERIFY_WRONG, "6581")]);
+    }
+    piv.store.set_failing(false);
+    piv.transcript(&[(VERIFY_WRONG, "63C2"), (VERIFY_PIN, "9000")]);
+}

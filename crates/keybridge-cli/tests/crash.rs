@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::removal::{card, enrol_card, request, Killed, AMOUNT, PIN};
-use keybridge_proto::api::{CreateAccount, TransactionStatus, WebhookEvent};
+use keybridge_proto::api::{CreateAccount, Reason, TransactionStatus, WebhookEvent};
 use keybridge_proto::{AccountId, TransactionId};
 use keybridge_relay::{CardLink, CardLinkSpec};
 use keybridge_server::store::postgres::scratch;
@@ -180,17 +180,9 @@ impl Server {
         }
     }
 
-    /// Sets the running process's file size limit (`prlimit`, util-linux):
-    /// `Some(bytes)`, or `None` for none. Past it a write fails with `EFBIG`,
-    /// as on a full disk.
+    /// Sets the running process's file size limit ([`limit_file_size`]).
     fn limit_file_size(&self, bytes: Option<u64>) {
-        let pid = self.process.as_ref().expect("running").0.id().to_string();
-        let limit = bytes.map_or("unlimited".to_owned(), |b| b.to_string());
-        let status = Command::new("prlimit")
-            .args(["--pid", &pid, &format!("--fsize={limit}:unlimited")])
-            .status()
-            .expect("run prlimit (util-linux)");
-        assert!(status.success(), "prlimit --pid {pid} --fsize={limit}");
+        limit_file_size(self.process.as_ref().expect("running").0.id(), bytes);
     }
 
     /// Whether the process started last is still running.
@@ -214,6 +206,22 @@ impl Server {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// Sets process `pid`'s file size limit (`prlimit`, util-linux):
+/// `Some(bytes)`, or `None` for none. Past it a write fails with `EFBIG`, as
+/// on a full disk.
+fn limit_file_size(pid: u32, bytes: Option<u64>) {
+    let limit = bytes.map_or("unlimited".to_owned(), |b| b.to_string());
+    let status = Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--fsize={limit}:unlimited"),
+        ])
+        .status()
+        .expect("run prlimit (util-linux)");
+    assert!(status.success(), "prlimit --pid {pid} --fsize={limit}");
 }
 
 /// What one till saw of one order: the final status it was told, and how
@@ -304,6 +312,18 @@ async fn payments_survive_the_disk_filling_up_under_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start("server", &dir.path().join("server"), None);
     pay_through_kills(&dir, vec![server], 0, 0, &[(0, DiskFull); 3]).await;
+}
+
+/// The card's storage fills up three times while it signs: it refuses what
+/// it cannot first make durable (`6581`: those payments end rejected,
+/// `device_error`), and signs again once there is room. Before the fix each
+/// refused VERIFY still took a PIN try in memory, so the first full disk
+/// blocked the PIN and no payment settled after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_survive_the_cards_storage_filling_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start("server", &dir.path().join("server"), None);
+    pay_through_kills(&dir, vec![server], 0, 0, &[(0, CardFull); 3]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -636,8 +656,10 @@ enum Stop<'a> {
     Card,
     /// The server's disk fills up, then has room again; the server runs on.
     DiskFull,
+    /// The card's storage fills up, then has room again; the card runs on.
+    CardFull,
 }
-use Stop::{Card, Crash, DiskFull, Kill, Phone, Term};
+use Stop::{Card, CardFull, Crash, DiskFull, Kill, Phone, Term};
 
 /// Alice, the shop, the tills' terminal, and alice's card enrolled (the
 /// state file and the vpcd reader where it meets the phone): what every
@@ -854,6 +876,17 @@ async fn pay_through_kills(
                 );
                 continue;
             }
+            CardFull => {
+                let pid = signing_card.0 .0.id();
+                limit_file_size(pid, Some(1));
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                limit_file_size(pid, None);
+                assert!(
+                    signing_card.0 .0.try_wait().unwrap().is_none(),
+                    "the card died of full storage"
+                );
+                continue;
+            }
             Phone | Card => {
                 // Killed while the phone talks to the card: a signature made
                 // then never reaches the server, and the card signs again.
@@ -903,8 +936,21 @@ async fn pay_through_kills(
         .iter()
         .filter(|(_, s)| matches!(s, Phone | Card))
         .count();
+    // A card whose storage is full refuses to count a PIN try (6581): the
+    // phone declines with `device_error` and the order ends rejected, with
+    // nothing cut off.
+    let card_fulls = stops.iter().filter(|(_, s)| matches!(s, CardFull)).count();
+    let rejected = heard
+        .values()
+        .filter(|h| h.status == TransactionStatus::Rejected)
+        .count();
     assert!(
-        retried > 0 || crashes > 0 || phone_kills > 0,
+        card_fulls == 0 || rejected > 0,
+        "the card's storage filled up {card_fulls} times and it refused nothing:\n{}",
+        relay.logs()
+    );
+    assert!(
+        retried > 0 || crashes > 0 || phone_kills > 0 || card_fulls > 0,
         "no till request was cut off by a kill, so nothing was tested"
     );
     // The card was pulled mid-conversation at least once (the others may
@@ -937,8 +983,14 @@ async fn pay_through_kills(
     }
 
     // Every order is one transaction in the store, ended as its till heard.
-    let stored = admin.transactions(500).await.unwrap();
-    assert!(stored.len() < 500, "more transactions than one page");
+    let mut stored = admin.transactions(500).await.unwrap();
+    while let Some(last) = stored.last().filter(|_| stored.len() % 500 == 0) {
+        let page = admin.transactions_before(&last.id, 500).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        stored.extend(page);
+    }
     let mut by_order: HashMap<&str, Vec<TransactionStatus>> = HashMap::new();
     for t in &stored {
         by_order.entry(&t.order_id).or_default().push(t.status);
@@ -960,12 +1012,20 @@ async fn pay_through_kills(
             .count(),
     )
     .unwrap();
+    // Every order settles in the end, but those the card refused while its
+    // storage was full: rejected, `device_error`, and never paid.
     assert_eq!(
-        settled_n,
+        settled_n + u64::try_from(rejected).unwrap(),
         u64::try_from(heard.len()).unwrap(),
-        "every order settles in the end: {heard:?}\n{}",
+        "every order settles, or is refused by a full card: {heard:?}\n{}",
         everything(&servers, &relay)
     );
+    for t in stored
+        .iter()
+        .filter(|t| t.status == TransactionStatus::Rejected)
+    {
+        assert_eq!(t.reason, Some(Reason::DeviceError), "{t:?}");
+    }
 
     // The books: exactly the settled amounts moved.
     let amount = u64::try_from(AMOUNT).unwrap();
@@ -1041,9 +1101,10 @@ async fn pay_through_kills(
         "{devices:?}"
     );
     eprintln!(
-        "crash test: {} orders, {retried} cut off by a kill and retried, {} server runs, \
-         {} relay runs, {} card signatures that paid nothing (lost with a killed phone \
-         or server, signed again), {repeated} webhook events delivered again",
+        "crash test: {} orders ({rejected} refused by a full card), {retried} cut off by a \
+         kill and retried, {} server runs, {} relay runs, {} card signatures that paid \
+         nothing (lost with a killed phone or server, signed again), {repeated} webhook \
+         events delivered again",
         heard.len(),
         servers.iter().map(|s| s.started).sum::<usize>(),
         relay.started,

@@ -218,8 +218,16 @@ impl PivApplet {
         if reference.blocked() {
             return Err(StatusWord::AuthenticationBlocked);
         }
-        reference.retries_left = reference.retries_left.saturating_sub(1);
-        self.persist()?;
+        let left = reference.retries_left;
+        reference.retries_left = left.saturating_sub(1);
+        if let Err(sw) = self.persist() {
+            // Not counted, so not compared (as in the transaction applet).
+            match which {
+                KEY_PUK => self.state.puk.retries_left = left,
+                _ => self.state.pin.retries_left = left,
+            }
+            return Err(sw);
+        }
         let reference = match which {
             KEY_PUK => &mut self.state.puk,
             _ => &mut self.state.pin,

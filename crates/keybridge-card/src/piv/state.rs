@@ -407,11 +407,18 @@ impl PivStore for PivFileStore {
 #[derive(Debug, Clone, Default)]
 pub struct PivMemoryStore {
     inner: Arc<Mutex<Option<PivState>>>,
+    failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl PivMemoryStore {
     pub fn new() -> PivMemoryStore {
         PivMemoryStore::default()
+    }
+
+    /// Makes every later save fail (a full disk, a pulled card), or work again.
+    pub fn set_failing(&self, failing: bool) {
+        self.failing
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The last state saved, if any.
@@ -426,6 +433,9 @@ impl PivMemoryStore {
 
 impl PivStore for PivMemoryStore {
     fn save(&mut self, state: &PivState) -> Result<(), CardError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(CardError::Persist("memory store set to fail".into()));
+        }
         *self.inner.lock().unwrap_or_else(PoisonError::into_inner) = Some(state.clone());
         Ok(())
     }
