@@ -17,7 +17,9 @@
 //!   it;
 //! - the disk filling up under the SQLite server three times (its file size
 //!   limit dropped to one byte with `prlimit`: every write to any file fails,
-//!   the log's included), and room coming back: the server is not restarted.
+//!   the log's included), and room coming back: the server is not restarted;
+//!   the same under the card (those payments end rejected, `device_error`)
+//!   and under the phone (its outbox and screen; nothing is cut off).
 //!
 //! And two single scenes: `keybridge pay` itself, the terminal's command,
 //! through two server restarts; and a phone that dies holding the card's
@@ -324,6 +326,13 @@ async fn payments_survive_the_cards_storage_filling_up() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start("server", &dir.path().join("server"), None);
     pay_through_kills(&dir, vec![server], 0, 0, &[(0, CardFull); 3]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_survive_the_phones_storage_filling_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start("server", &dir.path().join("server"), None);
+    pay_through_kills(&dir, vec![server], 0, 0, &[(0, PhoneFull); 3]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -658,8 +667,10 @@ enum Stop<'a> {
     DiskFull,
     /// The card's storage fills up, then has room again; the card runs on.
     CardFull,
+    /// The phone's storage fills up, then has room again; the relay runs on.
+    PhoneFull,
 }
-use Stop::{Card, CardFull, Crash, DiskFull, Kill, Phone, Term};
+use Stop::{Card, CardFull, Crash, DiskFull, Kill, Phone, PhoneFull, Term};
 
 /// Alice, the shop, the tills' terminal, and alice's card enrolled (the
 /// state file and the vpcd reader where it meets the phone): what every
@@ -876,6 +887,19 @@ async fn pay_through_kills(
                 );
                 continue;
             }
+            PhoneFull => {
+                let pid = relay.process.as_ref().expect("running").0.id();
+                limit_file_size(pid, Some(1));
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                limit_file_size(pid, None);
+                let process = &mut relay.process.as_mut().unwrap().0;
+                assert!(
+                    process.try_wait().unwrap().is_none(),
+                    "the phone died of full storage:\n{}",
+                    relay.logs()
+                );
+                continue;
+            }
             CardFull => {
                 let pid = signing_card.0 .0.id();
                 limit_file_size(pid, Some(1));
@@ -949,8 +973,11 @@ async fn pay_through_kills(
         "the card's storage filled up {card_fulls} times and it refused nothing:\n{}",
         relay.logs()
     );
+    // The phone's storage filling up cuts nothing off either: what it
+    // cannot keep it still delivers, and what it cannot print it drops.
+    let phone_fulls = stops.iter().filter(|(_, s)| matches!(s, PhoneFull)).count();
     assert!(
-        retried > 0 || crashes > 0 || phone_kills > 0 || card_fulls > 0,
+        retried > 0 || crashes > 0 || phone_kills > 0 || card_fulls > 0 || phone_fulls > 0,
         "no till request was cut off by a kill, so nothing was tested"
     );
     // The card was pulled mid-conversation at least once (the others may
