@@ -15,7 +15,7 @@
 //! [card] +--------------------------------+
 //! ```
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 
 use keybridge_proto::{AccountId, ConfirmationPayload, Money};
 
@@ -133,7 +133,7 @@ pub trait Holder {
 }
 
 fn print_screen(screen: &Screen) {
-    eprint!("{}", screen.render());
+    say_inline!("{}", screen.render());
 }
 
 /// Approves every payment (tests, demos): prints the screen and says so.
@@ -146,7 +146,7 @@ impl Holder for AutoApprove {
     }
 
     fn confirm(&mut self, _screen: &Screen) -> bool {
-        eprintln!("[card] approved (policy: approve)");
+        say!("[card] approved (policy: approve)");
         true
     }
 }
@@ -176,7 +176,7 @@ impl Holder for AutoDecline {
     }
 
     fn confirm(&mut self, _screen: &Screen) -> bool {
-        eprintln!("[card] declined (policy: decline)");
+        say!("[card] declined (policy: decline)");
         false
     }
 }
@@ -192,14 +192,13 @@ impl Holder for Prompt {
     }
 
     fn confirm(&mut self, _screen: &Screen) -> bool {
-        eprint!("[card] approve this payment? [y/N] ");
-        let _ = std::io::stderr().flush();
+        say_inline!("[card] approve this payment? [y/N] ");
         let mut answer = String::new();
         let approved = match std::io::stdin().lock().read_line(&mut answer) {
             Ok(0) | Err(_) => false,
             Ok(_) => matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"),
         };
-        eprintln!("[card] {}", if approved { "approved" } else { "declined" });
+        say!("[card] {}", if approved { "approved" } else { "declined" });
         approved
     }
 }

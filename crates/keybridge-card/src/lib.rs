@@ -45,6 +45,26 @@
 //! pairing code and the global PIN.
 #![forbid(unsafe_code)]
 
+/// A line for whoever watches the card, on stderr. One that cannot be
+/// written (stderr a file on a full disk) is dropped: `eprintln!` would
+/// panic, and take the card down in the middle of a command.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// [`say!`] without the line break (a question the holder answers).
+macro_rules! say_inline {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stderr = std::io::stderr();
+        let _ = write!(stderr, $($arg)*);
+        let _ = stderr.flush();
+    }};
+}
+
 pub mod applet;
 pub mod atr;
 mod der;

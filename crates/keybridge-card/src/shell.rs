@@ -239,12 +239,12 @@ pub fn run_with_link(options: CardOptions, link: DeviceLink) -> Result<(), CardE
         let applet = PivApplet::new(piv, Box::new(PivFileStore::new(&options.state_path)));
         card = card.with_applet(Box::new(applet));
     }
-    eprintln!("[card] applets: {}", options.profile);
+    say!("[card] applets: {}", options.profile);
     let holder = options.policy.holder();
     match link {
         DeviceLink::Vpcd(addr) => run_vpcd(&options, &addr, &ATR, card, holder),
         DeviceLink::Nfc(addr) => {
-            eprintln!(
+            say!(
                 "[card] as a contactless card in an NFC field: ATR {}; secure channel required",
                 hex::encode_upper(CONTACTLESS_ATR)
             );
@@ -266,9 +266,7 @@ pub fn run_with_link(options: CardOptions, link: DeviceLink) -> Result<(), CardE
             let local = server
                 .local_addr()
                 .map_err(CardError::io("reading the BLE listen address"))?;
-            eprintln!(
-                "[card] advertising on simulated BLE at {local} (ATT MTU up to {att_mtu_max})"
-            );
+            say!("[card] advertising on simulated BLE at {local} (ATT MTU up to {att_mtu_max})");
             run_radio(
                 &options,
                 || server.accept(),
@@ -280,7 +278,7 @@ pub fn run_with_link(options: CardOptions, link: DeviceLink) -> Result<(), CardE
         DeviceLink::Ble { name } => {
             let server = crate::radio::start(&name)
                 .map_err(|e| CardError::Persist(format!("BlueZ: {e}")))?;
-            eprintln!("[card] advertising the KeyBridge service on Bluetooth as {name:?}");
+            say!("[card] advertising the KeyBridge service on Bluetooth as {name:?}");
             run_radio(
                 &options,
                 || Ok(server.clone()),
@@ -310,7 +308,7 @@ pub fn run_radio<Io: ble::GattServerIo>(
                 continue;
             }
         };
-        eprintln!(
+        say!(
             "[card] phone connected over BLE, fragments of {}",
             conn.fragment_len()
         );
@@ -335,7 +333,7 @@ pub fn run_radio<Io: ble::GattServerIo>(
         let ended = ble::serve(&mut conn, &mut handler, PeripheralOptions::default());
         card.reset();
         match &ended {
-            Ok(()) => eprintln!("[card] phone disconnected"),
+            Ok(()) => say!("[card] phone disconnected"),
             Err(e) => {
                 tracing::warn!(error = %e, "BLE link failed");
                 std::thread::sleep(Duration::from_millis(RECONNECT_INTERVAL_MS));
@@ -363,14 +361,14 @@ impl Holder for CancelAware<'_, '_> {
 
     fn confirm(&mut self, screen: &Screen) -> bool {
         if self.request.cancelled() {
-            eprintln!("[card] the phone cancelled before the holder was asked");
+            say!("[card] the phone cancelled before the holder was asked");
             return false;
         }
         self.request.set_status(KeepaliveStatus::UserPresenceNeeded);
         let approved = self.inner.confirm(screen);
         self.request.set_status(KeepaliveStatus::Processing);
         if approved && self.request.cancelled() {
-            eprintln!("[card] the phone cancelled while the holder decided: not signing");
+            say!("[card] the phone cancelled while the holder decided: not signing");
             return false;
         }
         approved
@@ -388,7 +386,7 @@ fn run_vpcd(
 
     loop {
         let mut link = connect(options, addr)?;
-        eprintln!("[card] connected to reader {addr}");
+        say!("[card] connected to reader {addr}");
         tracing::debug!(reader = %addr, "connected to reader");
         let ended = serve(&mut link, atr, &mut card, holder.as_mut(), &mut rng);
         card.reset();
@@ -399,7 +397,7 @@ fn run_vpcd(
         if !options.reconnect {
             return ended.map_err(CardError::io("talking to the reader"));
         }
-        eprintln!("[card] reader went away; reconnecting");
+        say!("[card] reader went away; reconnecting");
     }
 }
 
@@ -415,7 +413,7 @@ fn load_piv(options: &CardOptions) -> Result<PivState, CardError> {
         &mut rand::rngs::OsRng,
     )?;
     PivFileStore::new(&options.state_path).save(&piv)?;
-    eprintln!(
+    say!(
         "[card] {} had no PIV section: added one with the default PIN, PUK and management key",
         options.state_path.display()
     );
@@ -436,7 +434,7 @@ fn connect(options: &CardOptions, addr: &str) -> Result<VpcdCard, CardError> {
             }
             Err(e) => {
                 if !waiting {
-                    eprintln!(
+                    say!(
                         "[card] waiting for reader {addr} ({e}); retrying every {RECONNECT_INTERVAL_MS} ms"
                     );
                     tracing::debug!(reader = %addr, error = %e, "reader not reachable");

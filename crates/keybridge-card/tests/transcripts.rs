@@ -382,9 +382,11 @@ fn a_failed_save_releases_nothing() {
     ]);
     let public_key = answers[2].clone();
     card.store.set_failing(true);
+    // The VERIFY whose try could not be saved was not compared and counted
+    // no try (3 left), and verified nothing.
     card.transcript(&[
         (VERIFY_OK, "6581"),
-        ("00200080", "63C2"),
+        ("00200080", "63C3"),
         ("00470000", "6982"),
     ]);
     card.store.set_failing(false);
