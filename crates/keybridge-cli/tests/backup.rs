@@ -210,3 +210,47 @@ async fn a_backup_taken_while_paying_restores_to_a_server_that_pays() {
     );
     restored.shutdown().await;
 }
+
+/// A backup onto a disk that fills up (a file size limit of 16 KiB, set
+/// with `prlimit`: every write past it fails) exits 1 with the reason and
+/// leaves nothing behind: no partial copy, no stray key. The same backup
+/// with room succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_onto_a_full_disk_fails_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let live_dir = dir.path().join("server");
+    let live = bank(&live_dir, 60).await;
+    // The snapshot holds every page, most of them still in the WAL.
+    let size = |name: &str| std::fs::metadata(live_dir.join(name)).map_or(0, |m| m.len());
+    let pages = size("keybridge.sqlite") + size("keybridge.sqlite-wal");
+    assert!(pages > 4 * 16_384, "{pages} bytes");
+    let target = dir.path().join("backup");
+    let (from, to) = (live_dir.clone(), target.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("prlimit")
+            .arg("--fsize=16384")
+            .arg(env!("CARGO_BIN_EXE_keybridge"))
+            .arg("backup")
+            .arg("--data-dir")
+            .arg(&from)
+            .arg("--to")
+            .arg(&to)
+            .env_remove("KEYBRIDGE_DATA_DIR")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run prlimit (util-linux) keybridge backup")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stderr.contains("snapshot failed"), "{stderr}");
+    assert!(!target.exists(), "a failed backup left {target:?}");
+
+    let (from, to) = (live_dir.clone(), target.clone());
+    let out = tokio::task::spawn_blocking(move || keybridge_backup(&from, &to))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    live.server.shutdown().await;
+}
