@@ -74,22 +74,26 @@ fn pcsc_spec() -> CardLinkSpec {
     CardLinkSpec::Pcsc(Some(pcscd::VPCD_READER_NAME.to_owned()))
 }
 
-/// Removed mid-SIGN over PC/SC, tapped again: pending meanwhile, then
-/// settled exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn card_removed_mid_sign_over_pcsc_then_tapped_again_settles_once() {
-    if common::require_stack("card_removed_mid_sign_over_pcsc_then_tapped_again_settles_once")
-        .is_none()
-    {
-        return;
-    }
-    let _lock = VpcdLock::acquire(Duration::from_secs(600)).expect("vpcd lock");
+/// What each test starts from: pcscd (started if none runs), a bank, and
+/// alice's card enrolled over PC/SC (approve policy, its process stopped
+/// again) with a relay that reaches it through PC/SC. `None` when the
+/// smart-card stack is missing outside CI. Fields drop in order: the
+/// server first, the vpcd lock last.
+struct Enrolled {
+    bank: keybridge_testkit::Bank,
+    state: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    _pcscd: Pcscd,
+    _lock: VpcdLock,
+}
+
+async fn enrolled(test: &str) -> Option<Enrolled> {
+    common::require_stack(test)?;
+    let lock = VpcdLock::acquire(Duration::from_secs(600)).expect("vpcd lock");
     let dir = tempfile::tempdir().unwrap();
-    let _pcscd = Pcscd::ensure(Some(&dir.path().join("pcscd.log"))).expect("pcscd");
+    let pcscd = Pcscd::ensure(Some(&dir.path().join("pcscd.log"))).expect("pcscd");
     let bank = bank(&dir.path().join("server"), 90).await;
     let state = dir.path().join("card.json");
-    // Enrolled over PC/SC (approve policy, stopped afterwards); the relay
-    // then reaches the card through PC/SC too.
     let enrol = CardLink::open(&pcsc_spec()).unwrap();
     let enrolling = card(&state, "approve", true);
     enrol_and_start_relay(
@@ -100,9 +104,30 @@ async fn card_removed_mid_sign_over_pcsc_then_tapped_again_settles_once() {
         Duration::from_secs(15),
     )
     .await;
+    Some(Enrolled {
+        bank,
+        state,
+        dir,
+        _pcscd: pcscd,
+        _lock: lock,
+    })
+}
+
+/// Removed mid-SIGN over PC/SC, tapped again: pending meanwhile, then
+/// settled exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn card_removed_mid_sign_over_pcsc_then_tapped_again_settles_once() {
+    let Some(setup) =
+        enrolled("card_removed_mid_sign_over_pcsc_then_tapped_again_settles_once").await
+    else {
+        return;
+    };
+    let Enrolled {
+        bank, state, dir, ..
+    } = &setup;
 
     // The holder is asked and never answers: the card sits inside SIGN.
-    let (asking, lines) = card(&state, "prompt", false);
+    let (asking, lines) = card(state, "prompt", false);
     let created = keybridge_terminal::pay(&bank.terminal, &request("O-NFC-PCSC"), |_| {})
         .await
         .unwrap()
@@ -117,7 +142,7 @@ async fn card_removed_mid_sign_over_pcsc_then_tapped_again_settles_once() {
     assert_eq!(bank.balance("shop").await, 0);
 
     // Tapped again: the relay's next attempt finds it through pcscd.
-    let (_back, _lines) = card(&state, "approve", false);
+    let (_back, _lines) = card(state, "approve", false);
     let ended = bank
         .wait_until_ended(&created.id, Duration::from_secs(45))
         .await;
@@ -144,29 +169,15 @@ async fn card_removed_mid_sign_over_pcsc_then_tapped_again_settles_once() {
 /// through the secure channel, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contactless_card_pays_through_the_secure_channel_over_pcsc() {
-    if common::require_stack("a_contactless_card_pays_through_the_secure_channel_over_pcsc")
-        .is_none()
-    {
-        return;
-    }
-    let _lock = VpcdLock::acquire(Duration::from_secs(600)).expect("vpcd lock");
-    let dir = tempfile::tempdir().unwrap();
-    let _pcscd = Pcscd::ensure(Some(&dir.path().join("pcscd.log"))).expect("pcscd");
-    let bank = bank(&dir.path().join("server"), 90).await;
-    let state = dir.path().join("card.json");
     // Enrolled in a contact reader (as over BLE, enrolment is not a radio
     // conversation), then held to the phone's NFC reader.
-    let enrol = CardLink::open(&pcsc_spec()).unwrap();
-    let enrolling = card(&state, "approve", true);
-    enrol_and_start_relay(
-        &bank.admin,
-        enrol,
-        enrolling,
-        pcsc_spec(),
-        Duration::from_secs(15),
-    )
-    .await;
-    let (_nfc, lines) = card_on(&state, "nfc", "approve", false);
+    let Some(setup) =
+        enrolled("a_contactless_card_pays_through_the_secure_channel_over_pcsc").await
+    else {
+        return;
+    };
+    let Enrolled { bank, state, .. } = &setup;
+    let (_nfc, lines) = card_on(state, "nfc", "approve", false);
     wait_for_line(&lines, "secure channel required", Duration::from_secs(10));
 
     // What pcscd reports, and what the card does with a PIN in clear.
