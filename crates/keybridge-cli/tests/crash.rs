@@ -976,6 +976,17 @@ async fn pay_through_kills(
     // The phone's storage filling up cuts nothing off either: what it
     // cannot keep it still delivers, and what it cannot print it drops.
     let phone_fulls = stops.iter().filter(|(_, s)| matches!(s, PhoneFull)).count();
+    // What the phone could not keep left no temporary file behind.
+    let outbox = dir.path().join("credential.outbox");
+    let leftovers: Vec<_> = std::fs::read_dir(&outbox)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name())
+                .filter(|name| name.to_string_lossy().ends_with(".tmp"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?} in {outbox:?}");
     assert!(
         retried > 0 || crashes > 0 || phone_kills > 0 || card_fulls > 0 || phone_fulls > 0,
         "no till request was cut off by a kill, so nothing was tested"

@@ -53,7 +53,8 @@ impl Outbox {
     }
 
     /// Keeps `kept`, durably (written, synced, renamed into place, the
-    /// directory synced) before it returns.
+    /// directory synced) before it returns. A write that fails (a full
+    /// disk) removes its temporary file.
     pub fn keep(&self, kept: &Kept) -> io::Result<()> {
         let text = serde_json::to_vec(kept).map_err(io::Error::other)?;
         let path = self.path(&kept.transaction_id);
@@ -62,10 +63,15 @@ impl Outbox {
         options.write(true).create(true).truncate(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&temp)?;
-        file.write_all(&text)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, &path)?;
+        let written = options.open(&temp).and_then(|mut file| {
+            file.write_all(&text)?;
+            file.sync_all()?;
+            std::fs::rename(&temp, &path)
+        });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        written?;
         std::fs::File::open(&self.dir)?.sync_all()
     }
 
