@@ -390,6 +390,7 @@ pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
         // Beside the credential: `phone.json` keeps its answers in
         // `phone.outbox/`.
         outbox: Some(args.credential.with_extension("outbox")),
+        silence_max: keybridge_relay::SERVER_SILENCE_MAX,
     };
     keybridge_relay::run(options).await?;
     Ok(())

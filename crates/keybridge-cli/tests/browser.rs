@@ -135,6 +135,7 @@ async fn card_and_relay(admin: &Client, dir: &Path, account: &str, decision: Dec
         applet: None,
         answer_wait: keybridge_relay::SOCKET_ANSWER_WAIT,
         outbox: None,
+        silence_max: keybridge_relay::SERVER_SILENCE_MAX,
     }));
 }
 

@@ -37,5 +37,6 @@ pub use driver::{DriverError, SignOutcome};
 pub use enroll::{enroll, enroll_ocra, enroll_with, DeviceCredential, PivEnrollment};
 pub use link::{CardLink, CardLinkSpec};
 pub use session::{
-    run, run_with_link, Decision, RelayError, RelayOptions, Tamper, SOCKET_ANSWER_WAIT,
+    run, run_with_link, Decision, RelayError, RelayOptions, Tamper, SERVER_SILENCE_MAX,
+    SOCKET_ANSWER_WAIT,
 };

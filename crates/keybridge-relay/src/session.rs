@@ -117,6 +117,10 @@ pub struct RelayOptions {
     /// asking the card again. `None`: not kept (relays inside tests and the
     /// bench, which never restart).
     pub outbox: Option<std::path::PathBuf>,
+    /// How long the server's socket may stay silent, not even a ping,
+    /// before the relay takes the path for dead and reconnects
+    /// ([`SERVER_SILENCE_MAX`]).
+    pub silence_max: Duration,
 }
 
 impl RelayOptions {
@@ -137,6 +141,12 @@ const CARD_ATTEMPTS_MAX: u32 = 3;
 /// stays open but carries nothing back (a stuck proxy) must not keep the
 /// payment from being judged while the confirmation window is still open.
 pub const SOCKET_ANSWER_WAIT: Duration = Duration::from_secs(30);
+
+/// How long the server's socket may stay silent by default: three of its
+/// pings (every 15 s). A mobile network can drop a connection without
+/// closing it (coverage lost, a NAT mapping expired); without this the
+/// phone would wait on it forever while its payments expired.
+pub const SERVER_SILENCE_MAX: Duration = Duration::from_secs(45);
 
 struct Context {
     options: RelayOptions,
@@ -322,7 +332,15 @@ async fn serve(ctx: &Arc<Context>, ws: Socket) -> Result<(), RelayError> {
 type Incoming = futures_util::stream::SplitStream<Socket>;
 
 async fn read_session(ctx: &Arc<Context>, incoming: &mut Incoming) -> Result<(), RelayError> {
-    while let Some(message) = incoming.next().await {
+    let silence_max = ctx.options.silence_max;
+    loop {
+        let Ok(next) = tokio::time::timeout(silence_max, incoming.next()).await else {
+            return Err(RelayError::Protocol(format!(
+                "the server sent nothing for {} s, not even a ping: reconnecting",
+                silence_max.as_secs_f64()
+            )));
+        };
+        let Some(message) = next else { break };
         let text = match message.map_err(|e| RelayError::Protocol(e.to_string()))? {
             tungstenite::Message::Text(text) => text,
             tungstenite::Message::Close(_) => break,

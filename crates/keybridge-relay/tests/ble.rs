@@ -40,6 +40,7 @@ async fn world(ttl_s: u64) -> World {
     let options = BankOptions {
         alice_minor: 10_000,
         confirmation_ttl_s: Some(ttl_s),
+        relay_ping_interval_ms: None,
     };
     let bank = Bank::open(&dir.path().join("server"), options).await;
 
@@ -116,6 +117,7 @@ fn start_relay(
         applet: None,
         answer_wait: keybridge_relay::SOCKET_ANSWER_WAIT,
         outbox: None,
+        silence_max: keybridge_relay::SERVER_SILENCE_MAX,
         ca_cert_pem: None,
         quiet: false,
     };

@@ -28,10 +28,16 @@ struct World {
 /// A server with alice (CNY 100.00) and shop, a terminal, and a card enrolled
 /// for alice. The card keeps running in its thread for the rest of the test.
 async fn world() -> World {
+    world_pinging_every(None).await
+}
+
+/// [`world`] with the server pinging relays every `ping_ms` (`None`: its default).
+async fn world_pinging_every(ping_ms: Option<u64>) -> World {
     let dir = tempfile::tempdir().unwrap();
     let options = BankOptions {
         alice_minor: 100_000,
         confirmation_ttl_s: None,
+        relay_ping_interval_ms: ping_ms,
     };
     let bank = Bank::open(&dir.path().join("server"), options).await;
 
@@ -81,6 +87,24 @@ fn start_relay_waiting(
     pin: &str,
     answer_wait: Duration,
 ) {
+    start_relay_with(
+        w,
+        credential,
+        pin,
+        answer_wait,
+        keybridge_relay::SERVER_SILENCE_MAX,
+    );
+}
+
+/// [`start_relay_waiting`] that takes the server for gone after `silence_max`
+/// without a frame.
+fn start_relay_with(
+    w: &World,
+    credential: keybridge_relay::DeviceCredential,
+    pin: &str,
+    answer_wait: Duration,
+    silence_max: Duration,
+) {
     let options = RelayOptions {
         credential,
         card: w.card_link.clone(),
@@ -93,6 +117,7 @@ fn start_relay_waiting(
         applet: None,
         answer_wait,
         outbox: None,
+        silence_max,
     };
     tokio::spawn(keybridge_relay::run(options));
 }
@@ -297,4 +322,133 @@ async fn an_answer_whose_socket_dies_is_posted_instead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_on_a_silent_socket_is_posted_after_the_wait() {
     pay_through_a_broken_socket(OnAnswer::Swallow, Duration::from_secs(1)).await;
+}
+
+/// A TCP proxy to `server`, and what it counts.
+struct SilencingProxy {
+    url: String,
+    /// Connections accepted so far.
+    accepted: Arc<AtomicUsize>,
+    /// Connections with a lower index go silent.
+    silenced: Arc<AtomicUsize>,
+    /// Silent connections the server closed.
+    closed_by_server: Arc<AtomicUsize>,
+}
+
+impl SilencingProxy {
+    /// Every connection open now goes silent both ways (nothing forwarded,
+    /// nothing closed, not even a close from the other side), as a path
+    /// does when a phone loses coverage or a NAT forgets the mapping; later
+    /// connections are forwarded.
+    fn silence_open_connections(&self) {
+        let open = self.accepted.load(Ordering::SeqCst);
+        self.silenced.store(open, Ordering::SeqCst);
+    }
+}
+
+async fn silencing_proxy(server: std::net::SocketAddr) -> SilencingProxy {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let silenced = Arc::new(AtomicUsize::new(0));
+    let closed_by_server = Arc::new(AtomicUsize::new(0));
+    let (count, cut, closed) = (accepted.clone(), silenced.clone(), closed_by_server.clone());
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let index = count.fetch_add(1, Ordering::SeqCst);
+            let Ok(upstream) = tokio::net::TcpStream::connect(server).await else {
+                continue;
+            };
+            let (from_client, to_client) = client.into_split();
+            let (from_server, to_server) = upstream.into_split();
+            let silent = {
+                let cut = cut.clone();
+                move || index < cut.load(Ordering::SeqCst)
+            };
+            tokio::spawn(pump(from_client, to_server, silent.clone(), None));
+            tokio::spawn(pump(from_server, to_client, silent, Some(closed.clone())));
+        }
+    });
+    SilencingProxy {
+        url,
+        accepted,
+        silenced,
+        closed_by_server,
+    }
+}
+
+/// Copies `from` to `to` while `silent()` is false; once it is true, reads
+/// and drops, and keeps `to` open even past `from`'s end (counted in
+/// `closed`).
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    silent: impl Fn() -> bool,
+    closed: Option<Arc<AtomicUsize>>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await.unwrap_or(0);
+        if silent() {
+            if n == 0 {
+                if let Some(closed) = &closed {
+                    closed.fetch_add(1, Ordering::SeqCst);
+                }
+                std::future::pending::<()>().await;
+            }
+            continue;
+        }
+        if n == 0 || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The path to the server goes silent under a connected relay (nothing
+/// arrives, nothing closes): the relay notices the server's pings stopped,
+/// reconnects and pays the request made meanwhile; the server notices its
+/// pings go unanswered and closes the dead session. Without either check
+/// the payment would wait out its window and the session would stay open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_path_is_noticed_by_both_ends_and_the_relay_pays_through_a_new_one() {
+    let w = world_pinging_every(Some(200)).await;
+    let proxy = silencing_proxy(w.bank.server.addr).await;
+    let mut credential = w.credential.clone();
+    credential.server = proxy.url.clone();
+    let silence_max = Duration::from_secs(1);
+    start_relay_with(
+        &w,
+        credential,
+        PIN,
+        keybridge_relay::SOCKET_ANSWER_WAIT,
+        silence_max,
+    );
+    let out = pay(&w.bank.terminal, &request("S-1", "s-1"), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(out.last.status, TransactionStatus::Settled);
+
+    // The relay's socket (all that goes through the proxy) goes silent.
+    proxy.silence_open_connections();
+    let started = std::time::Instant::now();
+    let out = pay(&w.bank.terminal, &request("S-2", "s-2"), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(out.last.status, TransactionStatus::Settled);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "paid after {:?}",
+        started.elapsed()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while proxy.closed_by_server.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server kept the silent session open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let devices = w.bank.admin.devices().await.unwrap();
+    assert_eq!(devices[0].last_counter, 2, "one signature each");
+    assert_eq!(w.bank.balance("alice").await, 100_000 - 500);
 }

@@ -28,6 +28,11 @@ pub struct ServerConfig {
     pub confirmation_ttl_s: u64,
     /// How often the sweeper expires overdue transactions.
     pub sweep_interval_ms: u64,
+    /// How often the server pings each relay's socket: it keeps NATs and
+    /// proxies from dropping an idle one, lets a relay tell a live server
+    /// from a silent path, and a relay that answers none of three pings in
+    /// a row is closed.
+    pub relay_ping_interval_ms: u64,
     /// Largest accepted request body.
     pub body_limit_bytes: usize,
     /// Serve HTTPS with this certificate and key; `None`: plain HTTP.
@@ -50,6 +55,7 @@ impl ServerConfig {
     pub const ORIGIN_DEFAULT: &'static str = "keybridge.local";
     pub const CONFIRMATION_TTL_S_DEFAULT: u64 = 120;
     pub const SWEEP_INTERVAL_MS_DEFAULT: u64 = 1000;
+    pub const RELAY_PING_INTERVAL_MS_DEFAULT: u64 = 15_000;
     pub const BODY_LIMIT_BYTES_DEFAULT: usize = 64 * 1024;
     pub const CRL_REFRESH_S_DEFAULT: u64 = 300;
 
@@ -63,6 +69,7 @@ impl ServerConfig {
             admin_token,
             confirmation_ttl_s: Self::CONFIRMATION_TTL_S_DEFAULT,
             sweep_interval_ms: Self::SWEEP_INTERVAL_MS_DEFAULT,
+            relay_ping_interval_ms: Self::RELAY_PING_INTERVAL_MS_DEFAULT,
             body_limit_bytes: Self::BODY_LIMIT_BYTES_DEFAULT,
             tls: None,
             trust_anchors: Vec::new(),

@@ -42,6 +42,7 @@ pub struct Shared {
     pub origin: String,
     pub confirmation_ttl_s: u64,
     pub sweep_interval_ms: u64,
+    pub relay_ping_interval_ms: u64,
     pub body_limit_bytes: usize,
     /// Only the hash is kept, so the token itself sits in no long-lived struct.
     pub(crate) admin_token_hash: [u8; 32],
@@ -135,6 +136,7 @@ impl AppState {
             origin: config.origin.clone(),
             confirmation_ttl_s: config.confirmation_ttl_s,
             sweep_interval_ms: config.sweep_interval_ms,
+            relay_ping_interval_ms: config.relay_ping_interval_ms,
             body_limit_bytes: config.body_limit_bytes,
             admin_token_hash: sha256(&config.admin_token),
             terminals: TerminalCache::default(),
@@ -166,6 +168,9 @@ fn validate(config: &ServerConfig) -> Result<(), ServerError> {
     }
     if config.sweep_interval_ms == 0 {
         return bad("sweep interval must be positive");
+    }
+    if config.relay_ping_interval_ms == 0 {
+        return bad("relay ping interval must be positive");
     }
     if config.body_limit_bytes < 1024 {
         return bad("body limit must be at least 1 KiB");

@@ -31,6 +31,8 @@ pub struct BankOptions {
     /// Confirmations live this long (the sweeper then looks every 200 ms);
     /// `None`: the server's default.
     pub confirmation_ttl_s: Option<u64>,
+    /// How often the server pings relays; `None`: the server's default.
+    pub relay_ping_interval_ms: Option<u64>,
 }
 
 impl Bank {
@@ -42,6 +44,9 @@ impl Bank {
             data_dir.to_path_buf(),
             token.clone(),
         );
+        if let Some(ms) = options.relay_ping_interval_ms {
+            config.relay_ping_interval_ms = ms;
+        }
         if let Some(ttl_s) = options.confirmation_ttl_s {
             config.confirmation_ttl_s = ttl_s;
             config.sweep_interval_ms = 200;

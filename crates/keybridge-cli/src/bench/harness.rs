@@ -268,6 +268,7 @@ impl Harness {
             applet: None,
             answer_wait: keybridge_relay::SOCKET_ANSWER_WAIT,
             outbox: None,
+            silence_max: keybridge_relay::SERVER_SILENCE_MAX,
         };
         match transport {
             BenchTransport::Direct | BenchTransport::DirectMemory => {

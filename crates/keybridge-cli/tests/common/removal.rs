@@ -84,6 +84,7 @@ pub async fn bank(data_dir: &Path, ttl_s: u64) -> Bank {
     let options = BankOptions {
         alice_minor: u64::try_from(ALICE_OPENING).unwrap(),
         confirmation_ttl_s: Some(ttl_s),
+        relay_ping_interval_ms: None,
     };
     Bank::open(data_dir, options).await
 }
@@ -142,6 +143,7 @@ pub fn start_relay(
         applet: None,
         answer_wait: keybridge_relay::SOCKET_ANSWER_WAIT,
         outbox: None,
+        silence_max: keybridge_relay::SERVER_SILENCE_MAX,
         ca_cert_pem: None,
         quiet: false,
     };

@@ -25,8 +25,10 @@ use crate::service;
 use crate::state::AppState;
 use crate::store::{DeviceRecord, DeviceStatus};
 
-/// Keeps NATs and proxies from dropping an idle socket, and finds dead peers.
-pub const RELAY_PING_INTERVAL_S: u64 = 15;
+/// Pings a relay's socket may go unanswered before the server closes it: a
+/// phone that vanished without closing (out of coverage, its NAT mapping
+/// gone) holds no session for long.
+const RELAY_PINGS_UNANSWERED_MAX: u32 = 3;
 /// Relays send only their answers (a signature or an OCRA response, well
 /// under this); bound what they may send anyway.
 const RELAY_MESSAGE_LEN_MAX: usize = 4096;
@@ -171,16 +173,28 @@ async fn session(state: AppState, device: DeviceRecord, socket: WebSocket) {
     {
         return;
     }
-    let mut ping = tokio::time::interval(Duration::from_secs(RELAY_PING_INTERVAL_S));
+    // Pings keep NATs and proxies from dropping an idle socket and tell the
+    // relay the server is there (it reconnects after a silence); any frame
+    // from the relay, its pongs included, tells the server the relay is.
+    let interval = Duration::from_millis(state.relay_ping_interval_ms);
+    let mut ping = tokio::time::interval(interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
+    let mut heard_at = tokio::time::Instant::now();
     let shutdown = shutdown_begun(state.hub.shutdown_signal());
     tokio::pin!(shutdown);
     loop {
         let step: Result<(), ()> = tokio::select! {
             _ = &mut shutdown => Err(()),
-            _ = ping.tick() => sink.send(Message::Ping(Bytes::new())).await.map_err(|_| ()),
-            message = incoming.next() => match message {
+            _ = ping.tick() => {
+                if heard_at.elapsed() > interval * RELAY_PINGS_UNANSWERED_MAX {
+                    tracing::info!(device = %device.id, "relay answered no ping: closing its socket");
+                    Err(())
+                } else {
+                    sink.send(Message::Ping(Bytes::new())).await.map_err(|_| ())
+                }
+            }
+            message = incoming.next() => match message.inspect(|_| heard_at = tokio::time::Instant::now()) {
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => Err(()),
                 // The device's answer. Judged here, in turn: the relay holds
                 // its card until it hears back, so answers come one at a time
