@@ -22,11 +22,10 @@ use crate::outbox::{Kept, Outbox};
 use crate::screen;
 use keybridge_transport::LinkError;
 
-/// The phone's screen: lines for the holder, unless the relay runs quietly
-/// (benchmarks, where thousands of panels would drown the report).
-/// One line for the holder on stdout. A line that cannot be written (stdout
-/// a file on a full disk) is dropped: `println!` would panic, and end the
-/// session that was printing.
+/// The phone's screen: lines for the holder on stdout, unless the relay runs
+/// quietly (benchmarks, where thousands of panels would drown the report).
+/// A line that cannot be written (stdout a file on a full disk) is dropped:
+/// `println!` would panic, and end the session that was printing.
 macro_rules! say {
     ($quiet:expr, $($arg:tt)*) => {
         if !$quiet {
