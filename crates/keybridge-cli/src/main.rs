@@ -99,6 +99,43 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
+    match std::panic::catch_unwind(run) {
+        Ok(code) => code,
+        // The reader of our output went away (`keybridge admin audit | head`):
+        // stop as a Unix tool stopped by SIGPIPE would, with its exit status,
+        // after the unwinding has stopped the processes `demo` started.
+        Err(payload) if is_broken_pipe(payload.as_ref()) => ExitCode::from(BROKEN_PIPE_EXIT),
+        Err(payload) => std::panic::resume_unwind(payload),
+    }
+}
+
+/// What a shell reports for a process ended by SIGPIPE: 128 + 13.
+const BROKEN_PIPE_EXIT: u8 = 141;
+
+/// `println!` panics when stdout is a pipe whose reader has gone (Rust
+/// ignores SIGPIPE, so the write fails with `EPIPE`). That is no bug to
+/// report: the panic hook stays quiet about it, and `main` ends the process.
+fn quiet_on_broken_pipe() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_broken_pipe(info.payload()) {
+            report(info);
+        }
+    }));
+}
+
+/// Whether a panic is `println!`'s (or `print!`'s) on a closed pipe.
+fn is_broken_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    message.starts_with("failed printing to stdout") && message.contains("Broken pipe")
+}
+
+fn run() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -163,3 +163,52 @@ fn ble_sim_demo_settles_under_loss_at_mtu_23() {
     assert!(out.contains("BLE: ATT MTU 23, 20-byte fragments"), "{out}");
     assert!(out.contains("payer moved -1234, payee moved 1234"), "{out}");
 }
+
+/// Piped into a reader that stops early (`keybridge demo | head -1`), the
+/// demo stops as a Unix tool stopped by SIGPIPE does: exit status 141, no
+/// panic report, its working directory removed and none of the processes
+/// it started left running. (`println!` on the closed pipe used to panic
+/// with a backtrace, exit 101.)
+#[test]
+fn a_reader_that_stops_early_ends_the_demo_quietly() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keybridge"))
+        .arg("demo")
+        .env_remove("KEYBRIDGE_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run keybridge demo");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let workdir = first
+        .split("working directory ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{first}"))
+        .trim()
+        .to_owned();
+    // The reader is gone (dropped with the BufReader).
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!std::path::Path::new(&workdir).exists(), "{workdir} left");
+    let left = Command::new("pgrep")
+        .args(["-f", &workdir])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "still running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}
