@@ -73,3 +73,52 @@ async fn an_untrusted_server_certificate_fails_at_once() {
     assert!(!stderr.contains("sending the request again"), "{stderr}");
     server.shutdown().await;
 }
+
+/// A server that accepts the connection and never answers (hung, or behind
+/// a proxy that lost its upstream): `keybridge pay --wait-s 3` sends the
+/// request again within its wait and then gives up as it says it will,
+/// exit 1 with the idempotency key, instead of waiting forever on the
+/// first request (which had no time limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_is_given_up_on_within_the_wait() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    // Accepts and holds every connection, reads nothing, answers nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keybridge"))
+        .args(["pay", "--server", &url, "--from", "alice", "--to", "shop"])
+        .args(["--amount", "2.50", "--currency", "CNY", "--order", "O-HUNG"])
+        .args(["--idempotency-key", "k-O-HUNG", "--wait-s", "3"])
+        .env("KEYBRIDGE_API_KEY", "kbt_unused")
+        .env("KEYBRIDGE_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run keybridge pay");
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            child.kill().unwrap();
+            panic!("keybridge pay --wait-s 3 still waiting after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("--idempotency-key k-O-HUNG"), "{stdout}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+}

@@ -74,6 +74,14 @@ fn is_tls_failure(e: &reqwest::Error) -> bool {
     false
 }
 
+/// The longest a request may take, unless it says otherwise (the long
+/// polls wait longer on purpose; the audit chain check reads the whole log):
+/// a server that accepts the connection and never answers must not hang a
+/// till, an operator or a phone. A timed-out request is transient.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// For the checks that read every audit row or every transfer.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// One server, one credential.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -95,7 +103,9 @@ impl Client {
         bearer: &str,
         ca_pem: Option<&[u8]>,
     ) -> Result<Client, ClientError> {
-        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(REQUEST_TIMEOUT);
         if let Some(pem) = ca_pem {
             for cert in reqwest::Certificate::from_pem_bundle(pem)? {
                 builder = builder.add_root_certificate(cert);
@@ -155,10 +165,23 @@ impl Client {
         idempotency_key: &str,
         body: &CreateTransaction,
     ) -> Result<TransactionView, ClientError> {
+        self.create_transaction_within(idempotency_key, body, REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// [`Client::create_transaction`] that gives up after `limit` (a till
+    /// with a deadline of its own).
+    pub async fn create_transaction_within(
+        &self,
+        idempotency_key: &str,
+        body: &CreateTransaction,
+        limit: Duration,
+    ) -> Result<TransactionView, ClientError> {
         let request = self
             .http
             .post(format!("{}/v1/transactions", self.base))
             .header("Idempotency-Key", idempotency_key)
+            .timeout(limit)
             .json(body);
         self.send(request).await
     }
@@ -348,11 +371,13 @@ impl Client {
 
     /// The server's check of the audit log's hash chain.
     pub async fn verify_audit(&self) -> Result<AuditVerification, ClientError> {
-        self.get("/v1/admin/audit/verify").await
+        let url = format!("{}/v1/admin/audit/verify", self.base);
+        self.send(self.http.get(url).timeout(CHECK_TIMEOUT)).await
     }
 
     /// The server's check of the books (double entry, read back).
     pub async fn verify_books(&self) -> Result<BooksVerification, ClientError> {
-        self.get("/v1/admin/books/verify").await
+        let url = format!("{}/v1/admin/books/verify", self.base);
+        self.send(self.http.get(url).timeout(CHECK_TIMEOUT)).await
     }
 }

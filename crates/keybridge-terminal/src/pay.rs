@@ -56,8 +56,12 @@ pub async fn pay(
 ) -> Result<PayOutcome, ClientError> {
     let deadline = tokio::time::Instant::now() + request.wait_max;
     let body = body(request);
+    // Each attempt within what is left of the wait (at least a second): a
+    // server that accepts and never answers must not hold the till past it.
     let created = again_until(deadline, || {
-        client.create_transaction(&request.idempotency_key, &body)
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let limit = left.clamp(Duration::from_secs(1), crate::client::REQUEST_TIMEOUT);
+        client.create_transaction_within(&request.idempotency_key, &body, limit)
     })
     .await?;
     on_created(&created);
