@@ -244,26 +244,9 @@ async fn requests_work_again_after_the_database_drops_every_connection() {
 /// authenticated (and remembered) its key: A hears of it from B.
 #[tokio::test]
 async fn a_terminal_disabled_on_one_instance_is_refused_by_another_at_once() {
-    let Some((a, terminal, _card)) = on_postgres().await else {
+    let Some((a, terminal)) = terminal_changed_on_another_instance("disable").await else {
         return;
     };
-    let b = a.another_instance().await;
-    assert_eq!(
-        a.pay(&terminal, 100).await.status,
-        TransactionStatus::Pending
-    );
-
-    let disabled = a
-        .http
-        .post(format!(
-            "http://{}/v1/admin/terminals/{}/disable",
-            b.addr, terminal.id
-        ))
-        .bearer_auth(common::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(disabled.status(), StatusCode::OK);
     refused_soon(&a, &terminal.api_key).await;
 }
 
@@ -271,30 +254,50 @@ async fn a_terminal_disabled_on_one_instance_is_refused_by_another_at_once() {
 /// authenticated (and remembered) it; the new key works on A.
 #[tokio::test]
 async fn a_key_rotated_on_one_instance_is_refused_by_another_at_once() {
-    let Some((a, terminal, _card)) = on_postgres().await else {
+    let Some((a, terminal)) = terminal_changed_on_another_instance("rotate-key").await else {
         return;
     };
+    refused_soon(&a, &terminal.api_key).await;
+    let rotated: TerminalCreated = terminal.answer.json().await.unwrap();
+    let r = a.create(&rotated.api_key, "new-key", payment(100)).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+}
+
+/// A terminal that has just paid through instance A, and B's 200 answer to
+/// `POST /v1/admin/terminals/{id}/{action}` (B kept running). `None` without
+/// PostgreSQL.
+struct Changed {
+    api_key: String,
+    answer: reqwest::Response,
+    _b: keybridge_server::RunningServer,
+}
+
+async fn terminal_changed_on_another_instance(action: &str) -> Option<(Harness, Changed)> {
+    let (a, terminal, _card) = on_postgres().await?;
     let b = a.another_instance().await;
     assert_eq!(
         a.pay(&terminal, 100).await.status,
         TransactionStatus::Pending
     );
-
-    let rotated = a
+    let answer = a
         .http
         .post(format!(
-            "http://{}/v1/admin/terminals/{}/rotate-key",
+            "http://{}/v1/admin/terminals/{}/{action}",
             b.addr, terminal.id
         ))
         .bearer_auth(common::ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
-    assert_eq!(rotated.status(), StatusCode::OK);
-    let rotated: TerminalCreated = rotated.json().await.unwrap();
-    refused_soon(&a, &terminal.api_key).await;
-    let r = a.create(&rotated.api_key, "new-key", payment(100)).await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(answer.status(), StatusCode::OK, "{action}");
+    Some((
+        a,
+        Changed {
+            api_key: terminal.api_key,
+            answer,
+            _b: b,
+        },
+    ))
 }
 
 /// Waits until `a` refuses `api_key`: well inside the terminal cache's 30 s,

@@ -19,6 +19,14 @@ async fn terminals(h: &Harness) -> Vec<TerminalView> {
     r.json().await.unwrap()
 }
 
+/// The audit rows of `event` (the first 500 rows of the log).
+async fn audit_rows(h: &Harness, event: &str) -> Vec<AuditEntryView> {
+    let r = h.admin_get("/v1/admin/audit?limit=500").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let all: Vec<AuditEntryView> = r.json().await.unwrap();
+    all.into_iter().filter(|r| r.event == event).collect()
+}
+
 #[tokio::test]
 async fn a_disabled_terminal_is_refused_at_once_and_others_carry_on() {
     let (h, leaked, card) = Harness::standard().await;
@@ -81,17 +89,8 @@ async fn a_disabled_terminal_is_refused_at_once_and_others_carry_on() {
         .await
         .unwrap();
     assert_eq!(again.disabled_at_unix_s, Some(at));
-    let audit: Vec<AuditEntryView> = h
-        .admin_get("/v1/admin/audit?limit=500")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let disables: Vec<&AuditEntryView> = audit
-        .iter()
-        .filter(|r| r.event == "terminal_disabled")
-        .collect();
-    assert_eq!(disables.len(), 1, "{audit:?}");
+    let disables = audit_rows(&h, "terminal_disabled").await;
+    assert_eq!(disables.len(), 1, "{disables:?}");
     assert!(disables[0].detail.contains(&leaked.id));
     h.assert_ledger_balanced().await;
 }
@@ -205,17 +204,8 @@ async fn a_rotated_key_replaces_the_old_one_at_once() {
     assert_eq!(r.status(), StatusCode::ACCEPTED);
 
     // Audited once, with no key material; the terminal is still active.
-    let audit: Vec<AuditEntryView> = h
-        .admin_get("/v1/admin/audit?limit=500")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let rotations: Vec<&AuditEntryView> = audit
-        .iter()
-        .filter(|r| r.event == "terminal_key_rotated")
-        .collect();
-    assert_eq!(rotations.len(), 1, "{audit:?}");
+    let rotations = audit_rows(&h, "terminal_key_rotated").await;
+    assert_eq!(rotations.len(), 1, "{rotations:?}");
     assert!(rotations[0].detail.contains(&terminal.id));
     let new_hash = hex::encode(sha2::Sha256::digest(rotated.api_key.as_bytes()));
     for secret in [rotated.api_key.as_str(), &rotated.api_key[4..], &new_hash] {

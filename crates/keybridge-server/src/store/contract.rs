@@ -110,6 +110,16 @@ pub(crate) fn signed(id: u8, counter: u32) -> SignedConfirmation {
     }
 }
 
+/// Inserts [`pending`] transactions `ids` (keys `k{id}`), each of `amount`.
+async fn insert_pending(store: &dyn Store, ids: std::ops::RangeInclusive<u8>, amount: u64) {
+    for n in ids {
+        store
+            .insert_transaction(pending(n, &format!("k{n}"), amount))
+            .await
+            .unwrap();
+    }
+}
+
 /// The balances sum to zero, and the store's own check of the books, which
 /// reads every transfer back, finds every rule kept.
 async fn balances_sum_to_zero(store: &dyn Store) {
@@ -606,12 +616,7 @@ pub(crate) async fn a_terminal_key_rotates_once_and_only_while_enabled(store: &d
 /// are the rows of the whole log, hashes included.
 pub(crate) async fn a_transaction_reads_its_own_audit_rows(store: &dyn Store) {
     seed(store).await;
-    for n in 1..=3u8 {
-        store
-            .insert_transaction(pending(n, &format!("k{n}"), 100))
-            .await
-            .unwrap();
-    }
+    insert_pending(store, 1..=3, 100).await;
     store.apply_signed_confirmation(signed(2, 1)).await.unwrap();
     // A replayed counter: transaction 3 ends rejected, with its reason.
     store.apply_signed_confirmation(signed(3, 1)).await.unwrap();
@@ -656,12 +661,7 @@ pub(crate) async fn a_transaction_reads_its_own_audit_rows(store: &dyn Store) {
 /// page boundaries to the same head as in one piece.
 pub(crate) async fn the_audit_log_reads_in_pages(store: &dyn Store) {
     seed(store).await;
-    for n in 1..=3u8 {
-        store
-            .insert_transaction(pending(n, &format!("k{n}"), 100))
-            .await
-            .unwrap();
-    }
+    insert_pending(store, 1..=3, 100).await;
     let all = store.audit_log().await.unwrap();
     assert_eq!(all.len(), 8);
     let seqs = |rows: Vec<AuditRecord>| rows.iter().map(|r| r.seq).collect::<Vec<_>>();
@@ -698,12 +698,7 @@ pub(crate) async fn concurrent_answers_pay_at_most_once(store: &dyn Store) {
         .all(|o| matches!(o, Ok(Finalized::Applied(_) | Finalized::NotPending(_)))));
     assert_eq!(balance(store, "alice").await, 9_900);
 
-    for n in 2..=21u8 {
-        store
-            .insert_transaction(pending(n, &format!("k{n}"), 100))
-            .await
-            .unwrap();
-    }
+    insert_pending(store, 2..=21, 100).await;
     // Counters 9..=28 in a shuffled order: whichever lands after a higher
     // one is a replay and must move nothing.
     let order = (2..=21u8).map(|n| (n, 9 + u32::from((n * 7) % 20)));
@@ -854,12 +849,7 @@ pub(crate) async fn concurrent_payments_never_overdraw_the_payer(store: &dyn Sto
         d.credential_hash = [10 + i; 32];
         store.create_device(d).await.unwrap();
     }
-    for n in 1..=30u8 {
-        store
-            .insert_transaction(pending(n, &format!("k{n}"), 500))
-            .await
-            .unwrap();
-    }
+    insert_pending(store, 1..=30, 500).await;
     // No counter (as PIV): the order the answers land in does not matter.
     let answers = (1..=30u8).map(|n| SignedConfirmation {
         device_id: devices[usize::from(n) % devices.len()].into(),
@@ -891,12 +881,7 @@ pub(crate) async fn concurrent_payments_never_overdraw_the_payer(store: &dyn Sto
 /// transaction is told apart from the end.
 pub(crate) async fn transactions_list_in_pages_newest_first(store: &dyn Store) {
     seed(store).await;
-    for n in 1..=5u8 {
-        store
-            .insert_transaction(pending(n, &format!("k{n}"), 10))
-            .await
-            .unwrap();
-    }
+    insert_pending(store, 1..=5, 10).await;
     let ids = |page: &[TransactionRecord]| page.iter().map(|t| t.id.0[0]).collect::<Vec<_>>();
     let first = store.list_transactions(2).await.unwrap();
     assert_eq!(ids(&first), [5, 4]);
