@@ -12,6 +12,7 @@
 //! origin = "pay.example.com"
 //! ttl_s = 120
 //! body_limit_bytes = 65536
+//! read_timeout_s = 30
 //!
 //! [tls]
 //! cert = "/etc/keybridge/tls-cert.pem"
@@ -35,6 +36,7 @@ pub struct FileConfig {
     pub origin: Option<String>,
     pub ttl_s: Option<u64>,
     pub body_limit_bytes: Option<usize>,
+    pub read_timeout_s: Option<u64>,
     #[serde(default)]
     pub tls: FileTls,
 }
@@ -74,6 +76,7 @@ pub struct Overrides {
     pub origin: Option<String>,
     pub ttl_s: Option<u64>,
     pub body_limit_bytes: Option<usize>,
+    pub read_timeout_s: Option<u64>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_self_signed: Option<bool>,
@@ -94,6 +97,7 @@ pub struct Settings {
     pub origin: String,
     pub ttl_s: u64,
     pub body_limit_bytes: usize,
+    pub read_timeout_s: u64,
     pub tls: Tls,
 }
 
@@ -140,6 +144,10 @@ pub fn resolve(over: Overrides, file: FileConfig) -> anyhow::Result<Settings> {
             .body_limit_bytes
             .or(file.body_limit_bytes)
             .unwrap_or(keybridge_server::ServerConfig::BODY_LIMIT_BYTES_DEFAULT),
+        read_timeout_s: over
+            .read_timeout_s
+            .or(file.read_timeout_s)
+            .unwrap_or(keybridge_server::ServerConfig::READ_TIMEOUT_S_DEFAULT),
         tls,
     })
 }
@@ -152,6 +160,7 @@ mod tests {
         listen = "0.0.0.0:9000"
         origin = "from-file"
         ttl_s = 60
+        read_timeout_s = 10
         [tls]
         cert = "c.pem"
         key = "k.pem"
@@ -164,6 +173,7 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from(DATA_DIR_DEFAULT));
         assert_eq!(s.origin, "keybridge.local");
         assert_eq!(s.ttl_s, 120);
+        assert_eq!(s.read_timeout_s, 30);
         assert_eq!(s.tls, Tls::Off);
     }
 
@@ -173,6 +183,7 @@ mod tests {
         let s = resolve(Overrides::default(), FileConfig::parse(FILE).unwrap()).unwrap();
         assert_eq!(s.listen.to_string(), "0.0.0.0:9000");
         assert_eq!((s.origin.as_str(), s.ttl_s), ("from-file", 60));
+        assert_eq!(s.read_timeout_s, 10);
         assert_eq!(
             s.tls,
             Tls::Files {
@@ -183,10 +194,12 @@ mod tests {
         let over = Overrides {
             origin: Some("from-flag".into()),
             tls_cert: Some("flag.pem".into()),
+            read_timeout_s: Some(5),
             ..Overrides::default()
         };
         let s = resolve(over, file).unwrap();
         assert_eq!((s.origin.as_str(), s.ttl_s), ("from-flag", 60));
+        assert_eq!(s.read_timeout_s, 5);
         assert_eq!(
             s.tls,
             Tls::Files {
@@ -194,6 +207,15 @@ mod tests {
                 key: "k.pem".into()
             }
         );
+    }
+
+    /// The phone's and the till's client drop an idle connection before the
+    /// server would close it, so none of their requests races the close.
+    #[test]
+    fn clients_let_go_of_idle_connections_before_the_server_does() {
+        let server =
+            std::time::Duration::from_secs(keybridge_server::ServerConfig::READ_TIMEOUT_S_DEFAULT);
+        assert!(keybridge_terminal::POOL_IDLE_TIMEOUT < server);
     }
 
     #[test]

@@ -33,6 +33,11 @@ pub struct ServerArgs {
     /// Largest accepted request body [default: 65536].
     #[arg(long, env = "KEYBRIDGE_BODY_LIMIT_BYTES")]
     pub body_limit_bytes: Option<usize>,
+    /// Seconds a client may take to send a request head (from connecting or
+    /// from its last answer), finish the TLS handshake, or send a body;
+    /// then its connection is closed [default: 30].
+    #[arg(long, env = "KEYBRIDGE_READ_TIMEOUT_S")]
+    pub read_timeout_s: Option<u64>,
     /// Serve HTTPS with this PEM certificate chain (with --tls-key).
     #[arg(long, env = "KEYBRIDGE_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -112,6 +117,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
             origin: args.origin,
             ttl_s: args.ttl_s,
             body_limit_bytes: args.body_limit_bytes,
+            read_timeout_s: args.read_timeout_s,
             tls_cert: args.tls_cert,
             tls_key: args.tls_key,
             tls_self_signed: args.tls_self_signed,
@@ -128,6 +134,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.origin = settings.origin;
     config.confirmation_ttl_s = settings.ttl_s;
     config.body_limit_bytes = settings.body_limit_bytes;
+    config.read_timeout_s = settings.read_timeout_s;
     config.tls = match settings.tls {
         Tls::Off => None,
         Tls::Files { cert, key } => Some(keybridge_server::tls::TlsFiles {

@@ -35,6 +35,12 @@ pub struct ServerConfig {
     pub relay_ping_interval_ms: u64,
     /// Largest accepted request body.
     pub body_limit_bytes: usize,
+    /// The most a client may take to send a request head (counted from
+    /// connecting or from its previous answer), to finish the TLS
+    /// handshake, or to send a request body. Past it the connection is
+    /// closed (a body gets 408 first), so idle or stalled sockets cannot
+    /// pile up until the server runs out of file descriptors.
+    pub read_timeout_s: u64,
     /// Serve HTTPS with this certificate and key; `None`: plain HTTP.
     pub tls: Option<crate::tls::TlsFiles>,
     /// External CA: trust anchor certificates (PEM or DER files). Empty: the
@@ -57,6 +63,9 @@ impl ServerConfig {
     pub const SWEEP_INTERVAL_MS_DEFAULT: u64 = 1000;
     pub const RELAY_PING_INTERVAL_MS_DEFAULT: u64 = 15_000;
     pub const BODY_LIMIT_BYTES_DEFAULT: usize = 64 * 1024;
+    /// hyper's own default for the request head, and far longer than a
+    /// client on any working network needs.
+    pub const READ_TIMEOUT_S_DEFAULT: u64 = 30;
     pub const CRL_REFRESH_S_DEFAULT: u64 = 300;
 
     pub fn new(listen: SocketAddr, data_dir: PathBuf, admin_token: String) -> ServerConfig {
@@ -71,6 +80,7 @@ impl ServerConfig {
             sweep_interval_ms: Self::SWEEP_INTERVAL_MS_DEFAULT,
             relay_ping_interval_ms: Self::RELAY_PING_INTERVAL_MS_DEFAULT,
             body_limit_bytes: Self::BODY_LIMIT_BYTES_DEFAULT,
+            read_timeout_s: Self::READ_TIMEOUT_S_DEFAULT,
             tls: None,
             trust_anchors: Vec::new(),
             intermediates: Vec::new(),
@@ -100,7 +110,9 @@ impl std::fmt::Debug for ServerConfig {
             .field("admin_token", &"<redacted>")
             .field("confirmation_ttl_s", &self.confirmation_ttl_s)
             .field("sweep_interval_ms", &self.sweep_interval_ms)
+            .field("relay_ping_interval_ms", &self.relay_ping_interval_ms)
             .field("body_limit_bytes", &self.body_limit_bytes)
+            .field("read_timeout_s", &self.read_timeout_s)
             .field("tls", &self.tls)
             .field("trust_anchors", &self.trust_anchors)
             .field("intermediates", &self.intermediates)
@@ -134,5 +146,6 @@ mod tests {
         assert!(!text.contains("pg-s3cret"), "{text}");
         assert_eq!(c.confirmation_ttl_s, 120);
         assert_eq!(c.body_limit_bytes, 65536);
+        assert_eq!(c.read_timeout_s, 30);
     }
 }

@@ -54,6 +54,10 @@ pub enum ApiError {
     /// 409 `terminal_disabled`: a disabled terminal gets no new API key.
     #[error("the terminal is disabled: create a new one")]
     TerminalDisabled,
+    /// 408 `request_timeout`: the request body did not arrive in time
+    /// (`ServerConfig::read_timeout_s`); the connection is closed after.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     /// 413 `payload_too_large`.
     #[error("request body is too large")]
     PayloadTooLarge,
@@ -95,6 +99,7 @@ impl ApiError {
             | ApiError::Expired
             | ApiError::AlreadyExists(_)
             | ApiError::TerminalDisabled => StatusCode::CONFLICT,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnknownAccount(_) | ApiError::CurrencyMismatch | ApiError::NoDevice => {
                 StatusCode::UNPROCESSABLE_ENTITY
@@ -120,6 +125,7 @@ impl ApiError {
             ApiError::Expired => "expired_token",
             ApiError::AlreadyExists(_) => "already_exists",
             ApiError::TerminalDisabled => "terminal_disabled",
+            ApiError::RequestTimeout => "request_timeout",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnknownAccount(_) => "unknown_account",
             ApiError::CurrencyMismatch => "currency_mismatch",
@@ -208,6 +214,7 @@ mod tests {
             (ApiError::NotReady, 503, "not_ready"),
             (ApiError::AlreadyExists("a".into()), 409, "already_exists"),
             (ApiError::TerminalDisabled, 409, "terminal_disabled"),
+            (ApiError::RequestTimeout, 408, "request_timeout"),
             (ApiError::PayloadTooLarge, 413, "payload_too_large"),
             (ApiError::UnknownAccount("a".into()), 422, "unknown_account"),
             (ApiError::CurrencyMismatch, 422, "currency_mismatch"),

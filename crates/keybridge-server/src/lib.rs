@@ -50,6 +50,7 @@ mod random;
 mod routes;
 mod secret;
 pub mod secretbox;
+mod serve;
 pub mod service;
 mod state;
 pub mod store;
@@ -222,55 +223,18 @@ pub async fn start_with_state(
     let addr = listener
         .local_addr()
         .map_err(ServerError::io("reading the bound address"))?;
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let router = app(state.clone());
-    // No Nagle on accepted sockets: the relay WebSocket carries small frames
-    // back to back (a result, then the next request); with Nagle each second
-    // frame waited for the peer's delayed ACK, about 40 ms.
-    let (scheme, server) = match &config.tls {
-        None => {
-            use axum::serve::ListenerExt;
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-                }
-            });
-            let server = tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = stopped.wait_for(|s| *s).await;
-                    })
-                    .await
-            });
-            ("http", server)
-        }
-        Some(files) => {
-            let tls =
-                axum_server::tls_rustls::RustlsConfig::from_config(tls::server_config(files)?);
-            let listener = listener
-                .into_std()
-                .map_err(ServerError::io("preparing the TLS listener"))?;
-            let handle = axum_server::Handle::new();
-            let stopper = handle.clone();
-            // Like `axum::serve`'s graceful shutdown: stop accepting, let
-            // in-flight requests finish (long-lived streams end on the hub's
-            // shutdown signal), then return.
-            tokio::spawn(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-                stopper.graceful_shutdown(None);
-            });
-            let server = tokio::spawn(async move {
-                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
-                    .acceptor(axum_server::accept::NoDelayAcceptor::new());
-                axum_server::from_tcp(listener)
-                    .acceptor(acceptor)
-                    .handle(handle)
-                    .serve(router.into_make_service())
-                    .await
-            });
-            ("https", server)
-        }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (scheme, tls) = match &config.tls {
+        None => ("http", None),
+        Some(files) => ("https", Some(tls::server_config(files)?)),
     };
+    let serve = serve::Serve {
+        listener,
+        router: app(state.clone()),
+        tls,
+        read_timeout: std::time::Duration::from_secs(config.read_timeout_s),
+    };
+    let server = tokio::spawn(serve.run(stopped));
     let mut background = vec![
         tokio::spawn(sweeper::run(state.clone())),
         tokio::spawn(webhook::run(state.clone())),

@@ -23,7 +23,7 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(
         title = "KeyBridge API",
-        description = "Out-of-band payment confirmation: a terminal submits a payment, the payer's phone relays the confirmation payload to a security device, the server verifies the device's signature over the payload it stored and settles.\n\nEvery error has the body `ErrorBody` (`{\"error\": <stable code>, \"message\": <text>}`). Request bodies refuse unknown fields and are size-limited (413 `payload_too_large`). Codes: `invalid_request` (400), `unauthorized` (401), `not_found` (404), `method_not_allowed` (405), `idempotency_conflict`, `not_pending`, `expired_token`, `already_exists` (409), `payload_too_large` (413), `unknown_account`, `currency_mismatch`, `no_device` (422), `internal_error` (500), `not_ready` (503).",
+        description = "Out-of-band payment confirmation: a terminal submits a payment, the payer's phone relays the confirmation payload to a security device, the server verifies the device's signature over the payload it stored and settles.\n\nEvery error has the body `ErrorBody` (`{\"error\": <stable code>, \"message\": <text>}`). Request bodies refuse unknown fields, are size-limited (413 `payload_too_large`) and must arrive within the server's read timeout (408 `request_timeout`). Codes: `invalid_request` (400), `unauthorized` (401), `not_found` (404), `method_not_allowed` (405), `idempotency_conflict`, `not_pending`, `expired_token`, `already_exists` (409), `request_timeout` (408), `payload_too_large` (413), `unknown_account`, `currency_mismatch`, `no_device` (422), `internal_error` (500), `not_ready` (503).",
         license(name = "Apache-2.0"),
     ),
     paths(

@@ -79,6 +79,11 @@ fn is_tls_failure(e: &reqwest::Error) -> bool {
 /// a server that accepts the connection and never answers must not hang a
 /// till, an operator or a phone. A timed-out request is transient.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// A kept-alive connection unused this long is dropped. Shorter than the
+/// server's default read timeout (30 s), after which the server closes an
+/// idle connection: the client lets go first, so a request is not sent on a
+/// socket the server is closing at that moment (it would fail half-sent).
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// For the checks that read every audit row or every transfer.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -105,7 +110,8 @@ impl Client {
     ) -> Result<Client, ClientError> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(REQUEST_TIMEOUT);
+            .timeout(REQUEST_TIMEOUT)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT);
         if let Some(pem) = ca_pem {
             for cert in reqwest::Certificate::from_pem_bundle(pem)? {
                 builder = builder.add_root_certificate(cert);

@@ -14,5 +14,5 @@
 mod client;
 mod pay;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, POOL_IDLE_TIMEOUT};
 pub use pay::{new_idempotency_key, pay, pay_waiting, PayOutcome, PayRequest};

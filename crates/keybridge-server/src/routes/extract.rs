@@ -19,25 +19,30 @@ const BEARER_LEN_MAX: usize = 512;
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 128;
 
 /// A JSON body, refusing unknown fields (the API types say so), floats for
-/// integers, and bodies over the limit (413), always with an `ErrorBody`.
+/// integers, bodies over the limit (413) and bodies that do not arrive within
+/// the read timeout (408), always with an `ErrorBody`.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
-impl<T, S> FromRequest<S> for ApiJson<T>
+impl<T> FromRequest<AppState> for ApiJson<T>
 where
     T: DeserializeOwned,
-    S: Send + Sync,
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::invalid("could not read the request body")
-            }
-        })?;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        // One deadline for the whole body: a client trickling a byte now and
+        // then would pass a timeout that restarts with each piece.
+        let bytes = tokio::time::timeout(state.read_timeout, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| ApiError::RequestTimeout)?
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::invalid("could not read the request body")
+                }
+            })?;
         json_object(&bytes)
             .map(ApiJson)
             .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))

@@ -40,6 +40,7 @@ pub struct Harness {
 pub struct Options {
     pub sweep_interval_ms: u64,
     pub body_limit_bytes: usize,
+    pub read_timeout_s: u64,
     /// External CA mode when not empty.
     pub trust_anchors: Vec<std::path::PathBuf>,
     pub intermediates: Vec<std::path::PathBuf>,
@@ -54,6 +55,7 @@ impl Default for Options {
         Options {
             sweep_interval_ms: 50,
             body_limit_bytes: 64 * 1024,
+            read_timeout_s: 30,
             trust_anchors: Vec::new(),
             intermediates: Vec::new(),
             crl_sources: Vec::new(),
@@ -411,6 +413,7 @@ async fn launch(
     config.origin = "keybridge.test".into();
     config.sweep_interval_ms = options.sweep_interval_ms;
     config.body_limit_bytes = options.body_limit_bytes;
+    config.read_timeout_s = options.read_timeout_s;
     config.trust_anchors = options.trust_anchors.clone();
     config.intermediates = options.intermediates.clone();
     config.crl_sources = options.crl_sources.clone();
