@@ -103,7 +103,12 @@ impl Serve {
                 match tls {
                     None => serve_connection(&http, stream, router, stop).await,
                     Some(tls) => {
-                        if let Some(stream) = handshake(&tls, stream, read_timeout).await {
+                        // Shutting down does not wait for a handshake.
+                        let shaken = tokio::select! {
+                            shaken = handshake(&tls, stream, read_timeout) => shaken,
+                            () = stopped(stop.clone()) => None,
+                        };
+                        if let Some(stream) = shaken {
                             serve_connection(&http, stream, router, stop).await;
                         }
                     }

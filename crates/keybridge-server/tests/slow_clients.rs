@@ -206,3 +206,38 @@ async fn over_tls_a_silent_connection_is_closed_before_and_after_the_handshake()
     assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
     server.shutdown().await;
 }
+
+/// Stopping the server waits for requests in flight, not for clients that
+/// have not sent one: a quiet connection, plain or mid-TLS-handshake, does
+/// not hold up a shutdown for the read timeout.
+#[tokio::test]
+async fn shutting_down_does_not_wait_for_quiet_clients() {
+    for tls in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = keybridge_server::ServerConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.path().to_path_buf(),
+            ADMIN_TOKEN.into(),
+        );
+        if tls {
+            config.tls = Some(
+                keybridge_server::tls::write_self_signed(dir.path(), &["localhost".into()])
+                    .unwrap(),
+            );
+        }
+        config.read_timeout_s = 60;
+        let server = keybridge_server::start(config).await.unwrap();
+        let quiet = TcpStream::connect(server.addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let start = Instant::now();
+        tokio::time::timeout(PATIENCE, server.shutdown())
+            .await
+            .unwrap_or_else(|_| panic!("tls {tls}: shutdown still waiting after {PATIENCE:?}"));
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "tls {tls}: {:?}",
+            start.elapsed()
+        );
+        drop(quiet);
+    }
+}
