@@ -15,6 +15,7 @@ mod backup;
 mod bench;
 mod config;
 mod demo;
+mod limits;
 mod ocra;
 mod pay;
 mod roles;

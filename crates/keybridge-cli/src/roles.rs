@@ -157,6 +157,10 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.crl_sources = args.crl_sources;
     config.crl_refresh_s = args.crl_refresh_s;
     // The master key (KEYBRIDGE_MASTER_KEY) is read by the server itself.
+    match crate::limits::raise_descriptor_limit() {
+        Some(limit) => tracing::info!(limit, "file descriptors"),
+        None => tracing::info!("file descriptors: no limit"),
+    }
     let running = keybridge_server::start(config)
         .await
         .context("starting the server")?;

@@ -22,12 +22,24 @@ impl Drop for Killed {
     }
 }
 
-/// Starts `keybridge server` on an ephemeral port; returns it and its address.
-fn start_server(dir: &Path) -> (Killed, String) {
+/// Starts `keybridge server` on an ephemeral port, through `prlimit` with
+/// `nofile` (`soft:hard`) if given; returns it and its address.
+fn start_server(dir: &Path, nofile: Option<&str>) -> (Killed, String) {
     let ready = dir.join("ready");
     let log = std::fs::File::create(dir.join("server.log")).unwrap();
+    let mut command = match nofile {
+        // prlimit sets the limit on itself and then runs the server in its
+        // place: same process.
+        Some(limit) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={limit}"))
+                .arg(env!("CARGO_BIN_EXE_keybridge"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_keybridge")),
+    };
     let server = Killed(
-        Command::new(env!("CARGO_BIN_EXE_keybridge"))
+        command
             .args(["server", "--listen", "127.0.0.1:0", "--read-timeout-s", "1"])
             .arg("--data-dir")
             .arg(dir.join("data"))
@@ -69,7 +81,7 @@ fn health(addr: &str, wait: Duration) -> Result<String, String> {
 #[test]
 fn quiet_connections_that_use_up_the_descriptors_are_closed_and_the_server_serves_again() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, addr) = start_server(dir.path());
+    let (mut server, addr) = start_server(dir.path(), None);
     let pid = server.0.id();
 
     // Leave the server 16 descriptors more than it holds now.
@@ -109,4 +121,25 @@ fn quiet_connections_that_use_up_the_descriptors_are_closed_and_the_server_serve
     let warnings = log.matches("cannot accept connections").count();
     assert!(warnings <= 5, "{warnings} warnings:\n{log}");
     drop(quiet);
+}
+
+/// The server starts with its soft descriptor limit raised to the hard one:
+/// each connected phone holds a socket, and the usual soft limit of 1,024
+/// would cap it near a thousand.
+#[test]
+fn the_server_raises_its_descriptor_limit_to_the_hard_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _addr) = start_server(dir.path(), Some("256:4096"));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.0.id())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = open_files.split_whitespace().collect();
+    assert_eq!(fields[3..5], ["4096", "4096"], "{open_files}");
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    assert!(
+        log.contains("file descriptors") && log.contains("4096"),
+        "{log}"
+    );
 }
