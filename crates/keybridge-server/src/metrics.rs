@@ -13,6 +13,11 @@
 //! - `pending_confirmations`: transactions waiting for the payer, read from
 //!   the store at each scrape.
 //! - `webhook_deliveries_total{result}`: webhook attempts by result.
+//! - `http_connections_open`: client connections now (TLS handshakes and
+//!   HTTP; a connection upgraded to a relay channel leaves this count).
+//! - `read_timeouts_total{stage}`: connections closed because the client
+//!   sent its request head (`head`), TLS handshake (`tls`) or body (`body`)
+//!   too slowly: many of them mean broken clients, or someone holding sockets.
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -26,6 +31,8 @@ pub const VERIFICATION_FAILURES: &str = "keybridge_verification_failures_total";
 pub const RELAY_CHANNELS: &str = "keybridge_relay_channels_open";
 pub const PENDING: &str = "keybridge_pending_confirmations";
 pub const WEBHOOK_DELIVERIES: &str = "keybridge_webhook_deliveries_total";
+pub const HTTP_CONNECTIONS: &str = "keybridge_http_connections_open";
+pub const READ_TIMEOUTS: &str = "keybridge_read_timeouts_total";
 
 /// Payments are confirmed by a person: seconds to minutes.
 const LATENCY_BUCKETS_S: &[f64] = &[
@@ -91,6 +98,12 @@ impl Metrics {
         metrics::counter!(WEBHOOK_DELIVERIES, "result" => result).increment(1);
     }
 
+    /// A client was too slow: its request head, TLS handshake or body did
+    /// not arrive within the read timeout, and its connection was closed.
+    pub fn read_timed_out(stage: &'static str) {
+        metrics::counter!(READ_TIMEOUTS, "stage" => stage).increment(1);
+    }
+
     pub fn set_pending(count: u64) {
         metrics::gauge!(PENDING).set(count as f64);
     }
@@ -101,19 +114,20 @@ impl Metrics {
     }
 }
 
-/// Counts one open relay channel for as long as it lives.
+/// Counts one open thing (a relay channel, an HTTP connection) in the gauge
+/// it names, for as long as it lives.
 #[derive(Debug)]
-pub struct RelayChannelGuard(());
+pub struct Open(&'static str);
 
-impl RelayChannelGuard {
-    pub fn open() -> RelayChannelGuard {
-        metrics::gauge!(RELAY_CHANNELS).increment(1.0);
-        RelayChannelGuard(())
+impl Open {
+    pub fn count(gauge: &'static str) -> Open {
+        metrics::gauge!(gauge).increment(1.0);
+        Open(gauge)
     }
 }
 
-impl Drop for RelayChannelGuard {
+impl Drop for Open {
     fn drop(&mut self) {
-        metrics::gauge!(RELAY_CHANNELS).decrement(1.0);
+        metrics::gauge!(self.0).decrement(1.0);
     }
 }

@@ -28,6 +28,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tower::ServiceExt as _;
 
+use crate::metrics::{Metrics, Open, HTTP_CONNECTIONS};
+
 /// How long `accept` waits before trying again after a failure such as
 /// `EMFILE` (out of file descriptors): long enough not to spin, short
 /// enough that the server takes connections again soon after some close.
@@ -100,6 +102,7 @@ impl Serve {
             let open = open.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
+                let _counted = Open::count(HTTP_CONNECTIONS);
                 match tls {
                     None => serve_connection(&http, stream, router, stop).await,
                     Some(tls) => {
@@ -139,7 +142,12 @@ where
     // A client that goes away mid-request, or breaks a time limit, is its
     // own business: nothing to report.
     tokio::select! {
-        _ = conn.as_mut() => return,
+        served = conn.as_mut() => {
+            if served.is_err_and(|e| e.is_timeout()) {
+                Metrics::read_timed_out("head");
+            }
+            return;
+        }
         () = stopped(stop) => {}
     }
     // Shutting down: the request in flight, if any, is answered, then the
@@ -179,6 +187,7 @@ async fn handshake(
         }
         Err(_) => {
             tracing::debug!("TLS handshake timed out");
+            Metrics::read_timed_out("tls");
             None
         }
     }

@@ -35,17 +35,36 @@ async fn connect(h: &Harness) -> TcpStream {
     TcpStream::connect(h.server().addr).await.unwrap()
 }
 
-/// Reads until the server closes the connection: what it sent, and after
-/// how long it closed.
-async fn until_closed(stream: &mut (impl AsyncRead + Unpin)) -> (String, Duration) {
-    let start = Instant::now();
+/// Reads until the server closes the connection: what it sent, and how long
+/// after `since` it closed.
+async fn until_closed(stream: &mut (impl AsyncRead + Unpin), since: Instant) -> (String, Duration) {
     let mut got = Vec::new();
     // A reset counts as closed as much as an orderly end does.
     let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut got)).await;
     let got = String::from_utf8_lossy(&got).into_owned();
     assert!(read.is_ok(), "still open after {PATIENCE:?}; got {got:?}");
-    (got, start.elapsed())
+    (got, since.elapsed())
 }
+
+/// A sample from `GET /metrics` (0 when absent). The recorder is shared by
+/// every server in this process and tests run side by side: compare
+/// before and after, never absolute values.
+async fn metric(base: &str, sample: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+const HEAD_TIMEOUTS: &str = r#"keybridge_read_timeouts_total{stage="head"}"#;
+const BODY_TIMEOUTS: &str = r#"keybridge_read_timeouts_total{stage="body"}"#;
+const TLS_TIMEOUTS: &str = r#"keybridge_read_timeouts_total{stage="tls"}"#;
+const CONNECTIONS: &str = "keybridge_http_connections_open";
 
 /// Closed by the read timeout, not at once (a refusal) and not much later.
 fn closed_by_the_timeout(after: Duration) {
@@ -59,21 +78,29 @@ fn closed_by_the_timeout(after: Duration) {
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed() {
     let h = server().await;
+    let base = h.url("");
+    let timeouts = metric(&base, HEAD_TIMEOUTS).await;
+    let since = Instant::now();
     let mut stream = connect(&h).await;
-    let (got, after) = until_closed(&mut stream).await;
+    // Counted while open (other tests' connections only add to the gauge).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(metric(&base, CONNECTIONS).await >= 1.0);
+    let (got, after) = until_closed(&mut stream, since).await;
     assert_eq!(got, "");
     closed_by_the_timeout(after);
+    assert!(metric(&base, HEAD_TIMEOUTS).await > timeouts);
 }
 
 #[tokio::test]
 async fn a_request_head_sent_by_halves_is_closed() {
     let h = server().await;
+    let since = Instant::now();
     let mut stream = connect(&h).await;
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: kb\r\n")
         .await
         .unwrap();
-    let (got, after) = until_closed(&mut stream).await;
+    let (got, after) = until_closed(&mut stream, since).await;
     assert!(!got.contains("200 OK"), "{got}");
     closed_by_the_timeout(after);
 }
@@ -81,12 +108,13 @@ async fn a_request_head_sent_by_halves_is_closed() {
 #[tokio::test]
 async fn a_kept_alive_connection_left_idle_is_closed_after_its_answer() {
     let h = server().await;
+    let since = Instant::now();
     let mut stream = connect(&h).await;
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: kb\r\n\r\n")
         .await
         .unwrap();
-    let (got, after) = until_closed(&mut stream).await;
+    let (got, after) = until_closed(&mut stream, since).await;
     assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
     closed_by_the_timeout(after);
 }
@@ -101,7 +129,9 @@ async fn a_trickled_body_gets_408_and_creates_nothing() {
         terminal.api_key,
         body.len()
     );
+    let timeouts = metric(&h.url(""), BODY_TIMEOUTS).await;
     let (mut read, mut write) = connect(&h).await.into_split();
+    let since = Instant::now();
     write.write_all(head.as_bytes()).await.unwrap();
     // One byte every 100 ms: each piece comes well within the timeout, the
     // whole body (some 100 bytes, 10 s) far outside it.
@@ -113,11 +143,12 @@ async fn a_trickled_body_gets_408_and_creates_nothing() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let (got, after) = until_closed(&mut read).await;
+    let (got, after) = until_closed(&mut read, since).await;
     trickle.abort();
     assert!(got.starts_with("HTTP/1.1 408"), "{got}");
     assert!(got.contains(r#""error":"request_timeout""#), "{got}");
     closed_by_the_timeout(after);
+    assert!(metric(&h.url(""), BODY_TIMEOUTS).await > timeouts);
 
     let listed: Vec<TransactionView> = h
         .admin_get("/v1/admin/transactions")
@@ -169,12 +200,20 @@ async fn over_tls_a_silent_connection_is_closed_before_and_after_the_handshake()
     );
     config.tls = Some(tls.clone());
     config.read_timeout_s = READ_TIMEOUT_S;
+    // The metrics, from a plain-HTTP server in this process: they are global.
+    let plain = server().await;
     let server = keybridge_server::start(config).await.unwrap();
+    let (tls_timeouts, head_timeouts) = (
+        metric(&plain.url(""), TLS_TIMEOUTS).await,
+        metric(&plain.url(""), HEAD_TIMEOUTS).await,
+    );
 
+    let since = Instant::now();
     let mut silent = TcpStream::connect(server.addr).await.unwrap();
-    let (got, after) = until_closed(&mut silent).await;
+    let (got, after) = until_closed(&mut silent, since).await;
     assert_eq!(got, "");
     closed_by_the_timeout(after);
+    assert!(metric(&plain.url(""), TLS_TIMEOUTS).await > tls_timeouts);
 
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -192,9 +231,11 @@ async fn over_tls_a_silent_connection_is_closed_before_and_after_the_handshake()
 
     let tcp = TcpStream::connect(server.addr).await.unwrap();
     let mut quiet = connector.connect(name.clone(), tcp).await.unwrap();
-    let (got, after) = until_closed(&mut quiet).await;
+    let since = Instant::now();
+    let (got, after) = until_closed(&mut quiet, since).await;
     assert_eq!(got, "");
     closed_by_the_timeout(after);
+    assert!(metric(&plain.url(""), HEAD_TIMEOUTS).await > head_timeouts);
 
     let tcp = TcpStream::connect(server.addr).await.unwrap();
     let mut prompt = connector.connect(name, tcp).await.unwrap();
@@ -202,7 +243,7 @@ async fn over_tls_a_silent_connection_is_closed_before_and_after_the_handshake()
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    let (got, _) = until_closed(&mut prompt).await;
+    let (got, _) = until_closed(&mut prompt, Instant::now()).await;
     assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
     server.shutdown().await;
 }

@@ -35,7 +35,10 @@ where
         // then would pass a timeout that restarts with each piece.
         let bytes = tokio::time::timeout(state.read_timeout, Bytes::from_request(req, state))
             .await
-            .map_err(|_| ApiError::RequestTimeout)?
+            .map_err(|_| {
+                crate::metrics::Metrics::read_timed_out("body");
+                ApiError::RequestTimeout
+            })?
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::PayloadTooLarge

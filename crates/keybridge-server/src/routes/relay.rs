@@ -160,7 +160,7 @@ async fn resync(
 }
 
 async fn session(state: AppState, device: DeviceRecord, socket: WebSocket) {
-    let _open = crate::metrics::RelayChannelGuard::open();
+    let _open = crate::metrics::Open::count(crate::metrics::RELAY_CHANNELS);
     let (mut sink, mut incoming) = socket.split();
     // Subscribe before the initial read so nothing created in between is lost;
     // `sent` drops the duplicates that overlap.
