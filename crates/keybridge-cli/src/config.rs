@@ -13,6 +13,7 @@
 //! ttl_s = 120
 //! body_limit_bytes = 65536
 //! read_timeout_s = 30
+//! pending_per_payer_max = 10
 //!
 //! [tls]
 //! cert = "/etc/keybridge/tls-cert.pem"
@@ -37,6 +38,7 @@ pub struct FileConfig {
     pub ttl_s: Option<u64>,
     pub body_limit_bytes: Option<usize>,
     pub read_timeout_s: Option<u64>,
+    pub pending_per_payer_max: Option<u32>,
     #[serde(default)]
     pub tls: FileTls,
 }
@@ -77,6 +79,7 @@ pub struct Overrides {
     pub ttl_s: Option<u64>,
     pub body_limit_bytes: Option<usize>,
     pub read_timeout_s: Option<u64>,
+    pub pending_per_payer_max: Option<u32>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_self_signed: Option<bool>,
@@ -98,6 +101,7 @@ pub struct Settings {
     pub ttl_s: u64,
     pub body_limit_bytes: usize,
     pub read_timeout_s: u64,
+    pub pending_per_payer_max: u32,
     pub tls: Tls,
 }
 
@@ -148,6 +152,10 @@ pub fn resolve(over: Overrides, file: FileConfig) -> anyhow::Result<Settings> {
             .read_timeout_s
             .or(file.read_timeout_s)
             .unwrap_or(keybridge_server::ServerConfig::READ_TIMEOUT_S_DEFAULT),
+        pending_per_payer_max: over
+            .pending_per_payer_max
+            .or(file.pending_per_payer_max)
+            .unwrap_or(keybridge_server::ServerConfig::PENDING_PER_PAYER_MAX_DEFAULT),
         tls,
     })
 }
@@ -161,6 +169,7 @@ mod tests {
         origin = "from-file"
         ttl_s = 60
         read_timeout_s = 10
+        pending_per_payer_max = 3
         [tls]
         cert = "c.pem"
         key = "k.pem"
@@ -174,6 +183,7 @@ mod tests {
         assert_eq!(s.origin, "keybridge.local");
         assert_eq!(s.ttl_s, 120);
         assert_eq!(s.read_timeout_s, 30);
+        assert_eq!(s.pending_per_payer_max, 10);
         assert_eq!(s.tls, Tls::Off);
     }
 
@@ -184,6 +194,7 @@ mod tests {
         assert_eq!(s.listen.to_string(), "0.0.0.0:9000");
         assert_eq!((s.origin.as_str(), s.ttl_s), ("from-file", 60));
         assert_eq!(s.read_timeout_s, 10);
+        assert_eq!(s.pending_per_payer_max, 3);
         assert_eq!(
             s.tls,
             Tls::Files {

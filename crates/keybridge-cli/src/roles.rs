@@ -38,6 +38,12 @@ pub struct ServerArgs {
     /// then its connection is closed [default: 30].
     #[arg(long, env = "KEYBRIDGE_READ_TIMEOUT_S")]
     pub read_timeout_s: Option<u64>,
+    /// The most payments one payer may have waiting for confirmation at once;
+    /// one more gets 429 `too_many_pending`. Each is a prompt on the payer's
+    /// phone, and a flood of prompts is how "MFA fatigue" attacks get one
+    /// approved [default: 10].
+    #[arg(long, env = "KEYBRIDGE_PENDING_PER_PAYER_MAX")]
+    pub pending_per_payer_max: Option<u32>,
     /// Serve HTTPS with this PEM certificate chain (with --tls-key).
     #[arg(long, env = "KEYBRIDGE_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -118,6 +124,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
             ttl_s: args.ttl_s,
             body_limit_bytes: args.body_limit_bytes,
             read_timeout_s: args.read_timeout_s,
+            pending_per_payer_max: args.pending_per_payer_max,
             tls_cert: args.tls_cert,
             tls_key: args.tls_key,
             tls_self_signed: args.tls_self_signed,
@@ -135,6 +142,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.confirmation_ttl_s = settings.ttl_s;
     config.body_limit_bytes = settings.body_limit_bytes;
     config.read_timeout_s = settings.read_timeout_s;
+    config.pending_per_payer_max = settings.pending_per_payer_max;
     config.tls = match settings.tls {
         Tls::Off => None,
         Tls::Files { cert, key } => Some(keybridge_server::tls::TlsFiles {

@@ -35,6 +35,10 @@ pub struct ServerConfig {
     pub relay_ping_interval_ms: u64,
     /// Largest accepted request body.
     pub body_limit_bytes: usize,
+    /// The most transactions one payer may have waiting for confirmation at
+    /// once; one more is refused (429 `too_many_pending`). Each is a prompt
+    /// on the payer's phone: a flood of them is the "MFA fatigue" attack.
+    pub pending_per_payer_max: u32,
     /// The most a client may take to send a request head (counted from
     /// connecting or from its previous answer), to finish the TLS
     /// handshake, or to send a request body. Past it the connection is
@@ -63,6 +67,9 @@ impl ServerConfig {
     pub const SWEEP_INTERVAL_MS_DEFAULT: u64 = 1000;
     pub const RELAY_PING_INTERVAL_MS_DEFAULT: u64 = 15_000;
     pub const BODY_LIMIT_BYTES_DEFAULT: usize = 64 * 1024;
+    /// A person confirms one payment at a time; ten covers a few tills
+    /// serving one account and retries, and bounds a flood to ten prompts.
+    pub const PENDING_PER_PAYER_MAX_DEFAULT: u32 = 10;
     /// hyper's own default for the request head, and far longer than a
     /// client on any working network needs.
     pub const READ_TIMEOUT_S_DEFAULT: u64 = 30;
@@ -80,6 +87,7 @@ impl ServerConfig {
             sweep_interval_ms: Self::SWEEP_INTERVAL_MS_DEFAULT,
             relay_ping_interval_ms: Self::RELAY_PING_INTERVAL_MS_DEFAULT,
             body_limit_bytes: Self::BODY_LIMIT_BYTES_DEFAULT,
+            pending_per_payer_max: Self::PENDING_PER_PAYER_MAX_DEFAULT,
             read_timeout_s: Self::READ_TIMEOUT_S_DEFAULT,
             tls: None,
             trust_anchors: Vec::new(),
@@ -112,6 +120,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("sweep_interval_ms", &self.sweep_interval_ms)
             .field("relay_ping_interval_ms", &self.relay_ping_interval_ms)
             .field("body_limit_bytes", &self.body_limit_bytes)
+            .field("pending_per_payer_max", &self.pending_per_payer_max)
             .field("read_timeout_s", &self.read_timeout_s)
             .field("tls", &self.tls)
             .field("trust_anchors", &self.trust_anchors)

@@ -61,6 +61,13 @@ pub enum ApiError {
     /// 413 `payload_too_large`.
     #[error("request body is too large")]
     PayloadTooLarge,
+    /// 429 `too_many_pending`: the payer already has this many payments
+    /// waiting for confirmation (`ServerConfig::pending_per_payer_max`).
+    /// Transient: try again once one of them ends.
+    #[error(
+        "the payer already has {0} payments waiting for confirmation; try again when one ends"
+    )]
+    TooManyPending(u64),
     /// 422 `unknown_account`.
     #[error("unknown account: {0}")]
     UnknownAccount(String),
@@ -101,6 +108,7 @@ impl ApiError {
             | ApiError::TerminalDisabled => StatusCode::CONFLICT,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyPending(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UnknownAccount(_) | ApiError::CurrencyMismatch | ApiError::NoDevice => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -127,6 +135,7 @@ impl ApiError {
             ApiError::TerminalDisabled => "terminal_disabled",
             ApiError::RequestTimeout => "request_timeout",
             ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::TooManyPending(_) => "too_many_pending",
             ApiError::UnknownAccount(_) => "unknown_account",
             ApiError::CurrencyMismatch => "currency_mismatch",
             ApiError::NoDevice => "no_device",
@@ -216,6 +225,7 @@ mod tests {
             (ApiError::TerminalDisabled, 409, "terminal_disabled"),
             (ApiError::RequestTimeout, 408, "request_timeout"),
             (ApiError::PayloadTooLarge, 413, "payload_too_large"),
+            (ApiError::TooManyPending(10), 429, "too_many_pending"),
             (ApiError::UnknownAccount("a".into()), 422, "unknown_account"),
             (ApiError::CurrencyMismatch, 422, "currency_mismatch"),
             (ApiError::NoDevice, 422, "no_device"),

@@ -30,7 +30,9 @@
 //!   scheduled import of an external CA's CRLs, and terminals remembered by
 //!   API-key hash.
 //!
-//! Not here: OCSP, rate limits.
+//! Not here: OCSP, request-rate limits per client or terminal (what is
+//! limited: payments waiting per payer, `ServerConfig::pending_per_payer_max`;
+//! request bodies; the time a client may take, `serve`).
 #![forbid(unsafe_code)]
 
 pub mod backup;

@@ -23,7 +23,7 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(
         title = "KeyBridge API",
-        description = "Out-of-band payment confirmation: a terminal submits a payment, the payer's phone relays the confirmation payload to a security device, the server verifies the device's signature over the payload it stored and settles.\n\nEvery error has the body `ErrorBody` (`{\"error\": <stable code>, \"message\": <text>}`). Request bodies refuse unknown fields, are size-limited (413 `payload_too_large`) and must arrive within the server's read timeout (408 `request_timeout`). Codes: `invalid_request` (400), `unauthorized` (401), `not_found` (404), `method_not_allowed` (405), `idempotency_conflict`, `not_pending`, `expired_token`, `already_exists` (409), `request_timeout` (408), `payload_too_large` (413), `unknown_account`, `currency_mismatch`, `no_device` (422), `internal_error` (500), `not_ready` (503).",
+        description = "Out-of-band payment confirmation: a terminal submits a payment, the payer's phone relays the confirmation payload to a security device, the server verifies the device's signature over the payload it stored and settles.\n\nEvery error has the body `ErrorBody` (`{\"error\": <stable code>, \"message\": <text>}`). Request bodies refuse unknown fields, are size-limited (413 `payload_too_large`) and must arrive within the server's read timeout (408 `request_timeout`). Codes: `invalid_request` (400), `unauthorized` (401), `not_found` (404), `method_not_allowed` (405), `idempotency_conflict`, `not_pending`, `expired_token`, `already_exists` (409), `request_timeout` (408), `payload_too_large` (413), `too_many_pending` (429: the payer already has the server's limit of payments waiting for confirmation; retry once one ends), `unknown_account`, `currency_mismatch`, `no_device` (422), `internal_error` (500), `not_ready` (503).",
         license(name = "Apache-2.0"),
     ),
     paths(
@@ -149,7 +149,7 @@ mod paths {
             (status = 201, description = "With `Prefer: wait`: created, and final within the wait.", body = TransactionView),
             (status = 202, description = "Stored `pending`; the payer's device was asked (with `Prefer: wait`: still pending when the wait ran out).", body = TransactionView),
             (status = 200, description = "A replay of an earlier request with this key.", body = TransactionView),
-            (status = "4XX", description = "`invalid_request`, `unauthorized`, `idempotency_conflict`, `payload_too_large`, `unknown_account`, `currency_mismatch`, `no_device`", body = ErrorBody)))]
+            (status = "4XX", description = "`invalid_request`, `unauthorized`, `idempotency_conflict`, `payload_too_large`, `unknown_account`, `currency_mismatch`, `no_device`, `too_many_pending`", body = ErrorBody)))]
     fn create_transaction() {}
 
     #[utoipa::path(get, path = "/v1/transactions/{id}", tag = "terminal",

@@ -75,6 +75,8 @@ struct Draft {
     challenge: Challenge,
     now: u64,
     expires: u64,
+    /// `ServerConfig::pending_per_payer_max`.
+    pending_max: u64,
 }
 
 /// An account a payment may name: one that exists and is not a system account.
@@ -121,6 +123,13 @@ impl Draft {
         }
         if facts.payer_active_devices == 0 {
             return Err(ApiError::NoDevice);
+        }
+        // Each pending transaction is a prompt on the payer's phone. A payer
+        // flooded with prompts (a stolen terminal key, a till in a retry
+        // loop) may approve one just to make them stop: the "MFA fatigue"
+        // attack on push confirmation. So a payer has few at a time.
+        if facts.payer_pending >= self.pending_max {
+            return Err(ApiError::TooManyPending(self.pending_max));
         }
         let payload = ConfirmationPayload {
             origin: self.origin.clone(),
@@ -205,6 +214,7 @@ pub async fn create_transaction(
         expires: now
             .checked_add(state.confirmation_ttl_s)
             .ok_or(ApiError::Internal)?,
+        pending_max: u64::from(state.pending_per_payer_max),
         body,
     });
     // Subscribed before the transaction exists, so its end cannot be missed.
@@ -214,6 +224,8 @@ pub async fn create_transaction(
         idempotency_key: idempotency_key.to_owned(),
         payer: draft.body.payer.clone(),
         payee: draft.body.payee.clone(),
+        now_unix_s: now,
+        pending_count_max: draft.pending_max,
     };
     let inside = Arc::clone(&draft);
     let build: BuildTransaction = Box::new(move |facts| inside.build(facts).ok());

@@ -44,6 +44,7 @@ pub struct Shared {
     pub sweep_interval_ms: u64,
     pub relay_ping_interval_ms: u64,
     pub body_limit_bytes: usize,
+    pub pending_per_payer_max: u32,
     /// How long a request body may take to arrive (`ServerConfig::read_timeout_s`).
     pub read_timeout: std::time::Duration,
     /// Only the hash is kept, so the token itself sits in no long-lived struct.
@@ -140,6 +141,7 @@ impl AppState {
             sweep_interval_ms: config.sweep_interval_ms,
             relay_ping_interval_ms: config.relay_ping_interval_ms,
             body_limit_bytes: config.body_limit_bytes,
+            pending_per_payer_max: config.pending_per_payer_max,
             read_timeout: std::time::Duration::from_secs(config.read_timeout_s),
             admin_token_hash: sha256(&config.admin_token),
             terminals: TerminalCache::default(),
@@ -177,6 +179,9 @@ fn validate(config: &ServerConfig) -> Result<(), ServerError> {
     }
     if config.body_limit_bytes < 1024 {
         return bad("body limit must be at least 1 KiB");
+    }
+    if config.pending_per_payer_max == 0 {
+        return bad("pending per payer maximum must be at least 1");
     }
     if config.read_timeout_s == 0 || config.read_timeout_s > 3600 {
         return bad("read timeout must be 1 second to 1 hour");

@@ -905,3 +905,72 @@ async fn shutdown_ends_open_streams() {
         assert_eq!(view.status, TransactionStatus::Pending);
     }
 }
+
+/// A payer has at most `pending_per_payer_max` payments waiting for
+/// confirmation: one more is refused with 429 `too_many_pending` and stores
+/// nothing, so a stolen terminal key or a till in a loop cannot flood the
+/// payer's phone with prompts ("MFA fatigue"). Replays of a stored request
+/// still answer; other payers are not held back; a payment that ends, or
+/// expires (swept or not yet), makes room.
+#[tokio::test]
+async fn a_payer_has_at_most_the_limit_of_payments_waiting() {
+    let h = Harness::start_with(Options {
+        pending_per_payer_max: 2,
+        // Expired transactions stay `pending` in the store until confirmed
+        // or swept: the limit must not count them.
+        sweep_interval_ms: 3_600_000,
+        ..Options::default()
+    })
+    .await;
+    let (h, terminal, card) = h.standard_setup().await;
+    let r = h.create(&terminal.api_key, "first", payment(100)).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let first: TransactionView = r.json().await.unwrap();
+    h.pay(&terminal, 200).await;
+
+    let r = h.create(&terminal.api_key, "third", payment(300)).await;
+    let (status, body) = error_body(r).await;
+    assert_eq!(
+        (status, body.error.as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "too_many_pending")
+    );
+    assert!(
+        body.message.contains("already has 2 payments waiting"),
+        "{}",
+        body.message
+    );
+    let listed: Vec<TransactionView> = h
+        .admin_get("/v1/admin/transactions")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2, "the refused one was stored: {listed:?}");
+
+    // A replay of a stored request answers with it, at the limit or not.
+    let r = h.create(&terminal.api_key, "first", payment(100)).await;
+    assert!(r.status().is_success(), "{}", r.status());
+
+    // Another payer has its own limit.
+    h.enroll("shop").await;
+    let mut theirs = payment(50);
+    theirs["payer"] = "shop".into();
+    theirs["payee"] = "alice".into();
+    let r = h.create(&terminal.api_key, "shop-pays", theirs).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+
+    // The first ends: room for one.
+    let confirmation = card.sign(&h.payload(&first.id).await);
+    let settled = h.confirm_ok(&card, &first.id, &confirmation).await;
+    assert_eq!(settled.status, TransactionStatus::Settled);
+    let r = h.create(&terminal.api_key, "third", payment(300)).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = h.create(&terminal.api_key, "fourth", payment(400)).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // Both waiting ones expire; not yet swept, they no longer count.
+    h.clock.advance(121);
+    let r = h.create(&terminal.api_key, "fourth", payment(400)).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    h.assert_ledger_balanced().await;
+}

@@ -104,6 +104,10 @@ impl Harness {
             keybridge_server::ServerConfig::new("127.0.0.1:0".parse()?, data_dir, token.clone());
         server_config.confirmation_ttl_s = config.confirmation_ttl_s;
         server_config.database_url = database_url;
+        // A load generator is no flood of prompts on a person's phone: the
+        // open loop may hold hundreds per card, `--pending` thousands. The
+        // limit is still checked (counted) on every creation.
+        server_config.pending_per_payer_max = u32::MAX;
         let server = keybridge_server::start(server_config.clone()).await?;
         // The others read the CA and master key the first one made.
         let mut others = Vec::new();

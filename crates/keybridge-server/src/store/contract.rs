@@ -497,6 +497,7 @@ pub(crate) async fn create_transaction_decides_on_facts_read_inside_the_write(st
     assert_eq!(facts.payer.as_ref().map(|a| a.balance_minor), Some(10_000));
     assert_eq!(facts.payee, None);
     assert_eq!(facts.payer_active_devices, 1);
+    assert_eq!(facts.payer_pending, 0);
     assert!(store.list_transactions(10).await.unwrap().is_empty());
 
     let built = store
@@ -531,12 +532,74 @@ pub(crate) async fn create_transaction_decides_on_facts_read_inside_the_write(st
     assert_eq!(store.audit_log().await.unwrap().len(), audit_rows + 1);
 }
 
+/// The payer's pending transactions, as the rules see them at creation:
+/// unexpired ones only, ended ones not, counted no further than asked.
+pub(crate) async fn creation_counts_the_payers_pending_transactions(store: &dyn Store) {
+    seed(store).await;
+    insert_pending(store, 1..=3, 100).await;
+    let facts = |now_unix_s: u64, pending_count_max: u64| {
+        let keys = CreationKeys {
+            now_unix_s,
+            pending_count_max,
+            ..keys("new", "shop")
+        };
+        async move {
+            match store.create_transaction(keys, Box::new(|_| None)).await {
+                Ok(CreateOutcome::Refused(facts)) => facts.payer_pending,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    assert_eq!(facts(NOW, 100).await, 3);
+    assert_eq!(facts(NOW, 2).await, 2);
+    // `pending` expires at NOW + 120: over then, swept or not.
+    assert_eq!(facts(NOW + 119, 100).await, 3);
+    assert_eq!(facts(NOW + 120, 100).await, 0);
+    store
+        .finalize(
+            &TransactionId([1; 16]),
+            TransactionStatus::Rejected,
+            Reason::Declined,
+            None,
+            NOW + 1,
+        )
+        .await
+        .unwrap();
+    store.apply_signed_confirmation(signed(2, 1)).await.unwrap();
+    assert_eq!(facts(NOW + 1, 100).await, 1);
+}
+
+/// Creations for one payer at once count each other's inserts: a limit of
+/// three lets exactly three through, on every backend (PostgreSQL: several
+/// connections, as several instances would be).
+pub(crate) async fn concurrent_creations_for_one_payer_stop_at_the_limit(store: &dyn Store) {
+    seed(store).await;
+    let creations = (1..=12u8).map(|n| {
+        let key = format!("k{n}");
+        store.create_transaction(
+            keys(&key, "shop"),
+            Box::new(move |facts| (facts.payer_pending < 3).then(|| pending(n, &key, 100))),
+        )
+    });
+    let outcomes = futures_util::future::join_all(creations).await;
+    let created = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(CreateOutcome::Created(_))))
+        .count();
+    assert_eq!(created, 3, "{outcomes:?}");
+    assert!(outcomes
+        .iter()
+        .all(|o| matches!(o, Ok(CreateOutcome::Created(_) | CreateOutcome::Refused(_)))));
+}
+
 fn keys(key: &str, payee: &str) -> CreationKeys {
     CreationKeys {
         terminal_id: "term_1".into(),
         idempotency_key: key.into(),
         payer: acct("alice"),
         payee: acct(payee),
+        now_unix_s: NOW,
+        pending_count_max: 100,
     }
 }
 
@@ -926,6 +989,8 @@ macro_rules! contract_tests {
             devices_need_a_customer_account,
             a_revoked_device_cannot_settle_and_renames_are_kept,
             create_transaction_decides_on_facts_read_inside_the_write,
+            creation_counts_the_payers_pending_transactions,
+            concurrent_creations_for_one_payer_stop_at_the_limit,
             every_state_change_is_audited_in_one_chain,
             concurrent_answers_pay_at_most_once,
             an_ended_transaction_queues_its_webhook_event,

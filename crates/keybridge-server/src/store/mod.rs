@@ -59,6 +59,12 @@ pub struct CreationKeys {
     pub idempotency_key: String,
     pub payer: AccountId,
     pub payee: AccountId,
+    /// Pending transactions expiring at or before this are not counted in
+    /// [`CreationFacts::payer_pending`]: they are over, swept or not.
+    pub now_unix_s: u64,
+    /// Counting the payer's pending transactions stops here: the rules only
+    /// ask whether the payer is at the limit.
+    pub pending_count_max: u64,
 }
 
 /// What deciding on a new transaction needs to know, read by
@@ -69,6 +75,12 @@ pub struct CreationFacts {
     pub payee: Option<AccountRecord>,
     /// The payer's active, unrevoked devices (as [`Store::count_active_devices`]).
     pub payer_active_devices: u64,
+    /// The payer's transactions waiting for confirmation (pending, expiring
+    /// after [`CreationKeys::now_unix_s`]), counted up to
+    /// [`CreationKeys::pending_count_max`]. On PostgreSQL the count and the
+    /// insert hold a lock per payer, so instances creating for one payer at
+    /// once take turns and none counts past another's insert.
+    pub payer_pending: u64,
 }
 
 /// Builds the new transaction from the facts, or `None` to refuse it (the

@@ -106,6 +106,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
 /// in ASCII, then 1.
 const AUDIT_LOCK: i64 = 0x4b42_0001;
 
+/// The class of the advisory locks (two-key form, which never collides
+/// with the one-key `AUDIT_LOCK`) that make creations for one payer take
+/// turns across instances; the other key is a hash of the payer's id.
+const PAYER_CREATION_LOCK_CLASS: i32 = 0x4b42;
+
 /// How many times a settle runs when its commit keeps finding the payer's
 /// funds spent by another payment (see `apply_signed_confirmation`).
 const SETTLE_ATTEMPTS: usize = 4;
@@ -533,6 +538,36 @@ async fn by_idempotency_key(
         )
         .await?,
     ))
+}
+
+/// Until the transaction ends, no other creation for `payer` gets past this.
+async fn lock_payer_creations(c: &impl GenericClient, payer: &AccountId) -> Result<(), StoreError> {
+    query(
+        c,
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        &[&PAYER_CREATION_LOCK_CLASS, &payer.as_str()],
+    )
+    .await
+    .map(drop)
+}
+
+/// The payer's pending, unexpired transactions, up to the keys' maximum.
+async fn count_pending(c: &impl GenericClient, keys: &CreationKeys) -> Result<u64, StoreError> {
+    let rows = query(
+        c,
+        "SELECT count(*) FROM (SELECT 1 FROM transactions
+             WHERE payer = $1 AND status = 'pending' AND expires_at > $2 LIMIT $3) AS p",
+        &[
+            &keys.payer.as_str(),
+            &to_i64(keys.now_unix_s)?,
+            &to_i64(keys.pending_count_max)?,
+        ],
+    )
+    .await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| corrupt("count returned no row"))?;
+    to_u64(get(row, 0)?)
 }
 
 async fn count_active_devices(
@@ -1232,12 +1267,20 @@ impl Store for PgStore {
     ) -> Result<CreateOutcome, StoreError> {
         let mut client = self.client().await?;
         let tx = begin_write(&mut client).await?;
+        // The payer's pending transactions are counted once this creation
+        // holds the payer's lock: another instance creating for the payer has
+        // committed its insert by then, or waits for this commit. A round
+        // trip of its own: pipelined with the reads below, the lock did not
+        // reliably run first (`concurrent_creations_for_one_payer_stop_at_the_limit`
+        // let six of twelve through a limit of three).
+        lock_payer_creations(&tx, &keys.payer).await?;
         // Independent reads: pipelined, one round trip.
-        let (existing, payer, payee, payer_active_devices) = tokio::try_join!(
+        let (existing, payer, payee, payer_active_devices, payer_pending) = tokio::try_join!(
             by_idempotency_key(&tx, &keys.terminal_id, &keys.idempotency_key),
             get_account(&tx, &keys.payer),
             get_account(&tx, &keys.payee),
-            count_active_devices(&tx, &keys.payer)
+            count_active_devices(&tx, &keys.payer),
+            count_pending(&tx, &keys)
         )?;
         if let Some(existing) = existing {
             return Ok(CreateOutcome::Existing(existing));
@@ -1246,6 +1289,7 @@ impl Store for PgStore {
             payer,
             payee,
             payer_active_devices,
+            payer_pending,
         };
         let outcome = match build(&facts) {
             Some(record) => match insert_tx(&tx, record).await? {

@@ -516,6 +516,21 @@ fn count_active_devices(conn: &Connection, account: &AccountId) -> Result<u64, S
     )
 }
 
+/// The payer's pending, unexpired transactions, up to the keys' maximum
+/// (`transactions_pending_by_payer` holds exactly the rows to count).
+fn count_pending(conn: &Connection, keys: &CreationKeys) -> Result<u64, StoreError> {
+    count(
+        conn,
+        "SELECT COUNT(*) FROM (SELECT 1 FROM transactions
+             WHERE payer = ?1 AND status = 'pending' AND expires_at > ?2 LIMIT ?3)",
+        params![
+            keys.payer.as_str(),
+            to_i64(keys.now_unix_s)?,
+            to_i64(keys.pending_count_max)?
+        ],
+    )
+}
+
 /// The number a `SELECT COUNT(*) …` answers, through the statement cache.
 fn count(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<u64, StoreError> {
     let n: i64 = one_row(conn, sql, params, |r| r.get(0)).map_err(backend)?;
@@ -1005,6 +1020,7 @@ impl Store for SqliteStore {
                 payer: get_account(tx, &keys.payer)?,
                 payee: get_account(tx, &keys.payee)?,
                 payer_active_devices: count_active_devices(tx, &keys.payer)?,
+                payer_pending: count_pending(tx, &keys)?,
             };
             match build(&facts) {
                 Some(record) => Ok(match insert_tx(tx, record)? {

@@ -41,6 +41,7 @@ pub struct Options {
     pub sweep_interval_ms: u64,
     pub body_limit_bytes: usize,
     pub read_timeout_s: u64,
+    pub pending_per_payer_max: u32,
     /// External CA mode when not empty.
     pub trust_anchors: Vec<std::path::PathBuf>,
     pub intermediates: Vec<std::path::PathBuf>,
@@ -56,6 +57,7 @@ impl Default for Options {
             sweep_interval_ms: 50,
             body_limit_bytes: 64 * 1024,
             read_timeout_s: 30,
+            pending_per_payer_max: ServerConfig::PENDING_PER_PAYER_MAX_DEFAULT,
             trust_anchors: Vec::new(),
             intermediates: Vec::new(),
             crl_sources: Vec::new(),
@@ -414,6 +416,7 @@ async fn launch(
     config.sweep_interval_ms = options.sweep_interval_ms;
     config.body_limit_bytes = options.body_limit_bytes;
     config.read_timeout_s = options.read_timeout_s;
+    config.pending_per_payer_max = options.pending_per_payer_max;
     config.trust_anchors = options.trust_anchors.clone();
     config.intermediates = options.intermediates.clone();
     config.crl_sources = options.crl_sources.clone();
