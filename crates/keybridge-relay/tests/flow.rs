@@ -185,7 +185,9 @@ async fn each_payment_needs_the_card_and_the_counter_moves_forward() {
 /// in counter order used to reach the server out of order, and the earlier
 /// one was refused as `counter_replay`. Found by `keybridge bench` under load
 /// (55 of 2000 payments); the interleaving depends on timing, so this test
-/// exercises the path without forcing the bad order every run.
+/// exercises the path without forcing the bad order every run. At most ten
+/// wait at once (the server's `pending_per_payer_max`): the others get 429
+/// and `pay` sends them again as room frees, so all forty still settle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_payments_on_one_card_all_settle() {
     let w = world().await;
