@@ -1,0 +1,112 @@
+//! `keybridge server --pending-per-payer-max` reaches the server: with a
+//! limit of one, a payer's second waiting payment is refused with 429
+//! `too_many_pending` (the rule itself is tested in keybridge-server's
+//! tests/payments.rs; this is the flag's path through the command line).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keybridge_proto::ocra::{OtpauthUri, Suite};
+use serde_json::{json, Value};
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server(dir: &Path) -> (Killed, String) {
+    let ready = dir.join("ready");
+    let server = Killed(
+        Command::new(env!("CARGO_BIN_EXE_keybridge"))
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--pending-per-payer-max",
+                "1",
+            ])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .env_remove("KEYBRIDGE_DATABASE_URL")
+            .env_remove("KEYBRIDGE_PENDING_PER_PAYER_MAX")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start keybridge server"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (server, std::fs::read_to_string(&ready).unwrap())
+}
+
+#[tokio::test]
+async fn the_flag_limits_the_payments_waiting_per_payer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, base) = start_server(dir.path());
+    let admin_token = std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap();
+    let http = reqwest::Client::new();
+    let admin = |path: &str, body: Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(admin_token.trim())
+            .json(&body)
+            .send()
+    };
+    for (id, opening) in [("alice", 10_000), ("shop", 0)] {
+        let r = admin(
+            "/v1/admin/accounts",
+            json!({"id": id, "display_name": id, "currency": "CNY", "opening_balance_minor": opening}),
+        )
+        .await
+        .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+    // A device for alice (an OCRA token: no card needed to be enrolled).
+    let uri = OtpauthUri {
+        label: "KeyBridge:alice".into(),
+        suite: Suite::parse("OCRA-1:HOTP-SHA256-8:C-QH64-T30S").unwrap(),
+        secret: b"0123456789abcdef0123456789ABCDEF".to_vec(),
+        counter: 0,
+    }
+    .to_uri();
+    let r = admin(
+        "/v1/admin/devices/ocra",
+        json!({"account": "alice", "uri": uri, "label": "token"}),
+    )
+    .await
+    .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let terminal: Value = admin("/v1/admin/terminals", json!({"name": "till"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let api_key = terminal["api_key"].as_str().unwrap();
+
+    let create = |key: &'static str| {
+        http.post(format!("{base}/v1/transactions"))
+            .bearer_auth(api_key)
+            .header("Idempotency-Key", key)
+            .json(&json!({
+                "payer": "alice", "payee": "shop", "amount_minor": 100,
+                "currency": "CNY", "order_id": key, "description": ""
+            }))
+            .send()
+    };
+    assert_eq!(create("o-1").await.unwrap().status(), 202);
+    let second = create("o-2").await.unwrap();
+    assert_eq!(second.status(), 429);
+    let body: Value = second.json().await.unwrap();
+    assert_eq!(body["error"], "too_many_pending", "{body}");
+}
