@@ -3,51 +3,37 @@
 //! `too_many_pending` (the rule itself is tested in keybridge-server's
 //! tests/payments.rs; this is the flag's path through the command line).
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::removal::Killed;
+use common::server;
 use keybridge_proto::ocra::{OtpauthUri, Suite};
 use serde_json::{json, Value};
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_server(dir: &Path) -> (Killed, String) {
     let ready = dir.join("ready");
-    let server = Killed(
-        Command::new(env!("CARGO_BIN_EXE_keybridge"))
-            .args([
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-                "--pending-per-payer-max",
-                "1",
-            ])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--ready-file")
-            .arg(&ready)
-            .env_remove("KEYBRIDGE_DATABASE_URL")
-            .env_remove("KEYBRIDGE_PENDING_PER_PAYER_MAX")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start keybridge server"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (server, std::fs::read_to_string(&ready).unwrap())
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keybridge"));
+    command
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--pending-per-payer-max",
+            "1",
+        ])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--ready-file")
+        .arg(&ready)
+        .env_remove("KEYBRIDGE_DATABASE_URL")
+        .env_remove("KEYBRIDGE_PENDING_PER_PAYER_MAX")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    server::until_ready(&mut command, &ready)
 }
 
 #[tokio::test]

@@ -6,21 +6,16 @@
 //! after. Before that, the quiet sockets stayed open for good and the server
 //! answered nobody until it was restarted.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-/// Kills the server when the test ends, passed or not.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::removal::Killed;
+use common::server;
 
 /// Starts `keybridge server` on an ephemeral port, through `prlimit` with
 /// `nofile` (`soft:hard`) if given; returns it and its address.
@@ -38,29 +33,19 @@ fn start_server(dir: &Path, nofile: Option<&str>) -> (Killed, String) {
         }
         None => Command::new(env!("CARGO_BIN_EXE_keybridge")),
     };
-    let server = Killed(
-        command
-            .args(["server", "--listen", "127.0.0.1:0", "--read-timeout-s", "1"])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--ready-file")
-            .arg(&ready)
-            .env_remove("KEYBRIDGE_DATABASE_URL")
-            .env("KEYBRIDGE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start keybridge server"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let url = std::fs::read_to_string(&ready).unwrap();
-    let addr = url.trim().trim_start_matches("http://").to_owned();
-    (server, addr)
+    command
+        .args(["server", "--listen", "127.0.0.1:0", "--read-timeout-s", "1"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--ready-file")
+        .arg(&ready)
+        .env_remove("KEYBRIDGE_DATABASE_URL")
+        .env("KEYBRIDGE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let (server, url) = server::until_ready(&mut command, &ready);
+    (server, url.trim_start_matches("http://").to_owned())
 }
 
 /// `GET /healthz` on a new connection; the answer's status line, or why

@@ -218,11 +218,7 @@ async fn the_account_page_shows_only_accounts_this_terminal_has_paid_from() {
 async fn https_round_trip_with_a_trusted_self_signed_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let tls = keybridge_server::tls::write_self_signed(dir.path(), &["localhost".into()]).unwrap();
-    let mut config = keybridge_server::ServerConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        dir.path().to_path_buf(),
-        ADMIN_TOKEN.into(),
-    );
+    let mut config = common::config_in(dir.path());
     config.tls = Some(tls.clone());
     let server = keybridge_server::start(config).await.unwrap();
     assert_eq!(server.scheme, "https");

@@ -196,13 +196,7 @@ async fn an_idempotent_replay_returns_the_same_transaction() {
     ids.dedup();
     assert_eq!(ids.len(), 1);
 
-    let listed: Vec<TransactionView> = h
-        .admin_get("/v1/admin/transactions")
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(listed.len(), 2);
+    assert_eq!(h.transactions().await.len(), 2);
 
     let payload = h.payload(&first.id).await;
     h.confirm_ok(&card, &first.id, &card.sign(&payload)).await;
@@ -939,12 +933,7 @@ async fn a_payer_has_at_most_the_limit_of_payments_waiting() {
         "{}",
         body.message
     );
-    let listed: Vec<TransactionView> = h
-        .admin_get("/v1/admin/transactions")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let listed = h.transactions().await;
     assert_eq!(listed.len(), 2, "the refused one was stored: {listed:?}");
 
     // A replay of a stored request answers with it, at the limit or not.

@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{payment, Harness, Options, ADMIN_TOKEN};
+use common::{config_in, payment, Harness, Options};
 use keybridge_proto::api::TransactionView;
 use reqwest::StatusCode;
 use rustls::pki_types::pem::PemObject;
@@ -150,12 +150,7 @@ async fn a_trickled_body_gets_408_and_creates_nothing() {
     closed_by_the_timeout(after);
     assert!(metric(&h.url(""), BODY_TIMEOUTS).await > timeouts);
 
-    let listed: Vec<TransactionView> = h
-        .admin_get("/v1/admin/transactions")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let listed = h.transactions().await;
     assert!(listed.is_empty(), "{listed:?}");
     h.assert_ledger_balanced().await;
 }
@@ -193,11 +188,7 @@ async fn a_long_poll_outlives_the_read_timeout() {
 async fn over_tls_a_silent_connection_is_closed_before_and_after_the_handshake() {
     let dir = tempfile::tempdir().unwrap();
     let tls = keybridge_server::tls::write_self_signed(dir.path(), &["localhost".into()]).unwrap();
-    let mut config = keybridge_server::ServerConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        dir.path().to_path_buf(),
-        ADMIN_TOKEN.into(),
-    );
+    let mut config = config_in(dir.path());
     config.tls = Some(tls.clone());
     config.read_timeout_s = READ_TIMEOUT_S;
     // The metrics, from a plain-HTTP server in this process: they are global.
@@ -255,11 +246,7 @@ async fn over_tls_a_silent_connection_is_closed_before_and_after_the_handshake()
 async fn shutting_down_does_not_wait_for_quiet_clients() {
     for tls in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = keybridge_server::ServerConfig::new(
-            "127.0.0.1:0".parse().unwrap(),
-            dir.path().to_path_buf(),
-            ADMIN_TOKEN.into(),
-        );
+        let mut config = config_in(dir.path());
         if tls {
             config.tls = Some(
                 keybridge_server::tls::write_self_signed(dir.path(), &["localhost".into()])

@@ -8,6 +8,7 @@
 #![allow(dead_code)] // each test file uses a different part of this module
 
 pub mod removal;
+pub mod server;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

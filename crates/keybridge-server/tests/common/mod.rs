@@ -357,6 +357,13 @@ impl Harness {
         r.json().await.unwrap()
     }
 
+    /// Every transaction, newest first, as the admin API lists them.
+    pub async fn transactions(&self) -> Vec<TransactionView> {
+        let r = self.admin_get("/v1/admin/transactions").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
     pub async fn balances(&self) -> HashMap<String, i64> {
         let r = self.admin_get("/v1/admin/accounts").await;
         assert_eq!(r.status(), StatusCode::OK);
@@ -425,6 +432,16 @@ async fn launch(
     keybridge_server::start_with_clock(config, clock.clone())
         .await
         .unwrap()
+}
+
+/// A configuration for a server of its own on `dir` (SQLite, the real
+/// clock, an ephemeral port), for tests that start one without a harness.
+pub fn config_in(dir: &std::path::Path) -> ServerConfig {
+    ServerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.to_path_buf(),
+        ADMIN_TOKEN.into(),
+    )
 }
 
 /// Whether this run puts every harness on PostgreSQL.
