@@ -95,4 +95,26 @@ async fn the_flag_limits_the_payments_waiting_per_payer() {
     assert_eq!(second.status(), 429);
     let body: Value = second.json().await.unwrap();
     assert_eq!(body["error"], "too_many_pending", "{body}");
+
+    // `keybridge pay` takes the 429 for a wait (one payment may end soon),
+    // sends the request again with its key until `--wait-s`, then says why
+    // it gave up and which key retries the same payment.
+    let till = std::process::Command::new(env!("CARGO_BIN_EXE_keybridge"))
+        .args(["pay", "--server", &base, "--from", "alice", "--to", "shop"])
+        .args(["--amount", "1.00", "--currency", "CNY", "--order", "O-3"])
+        .args(["--idempotency-key", "k-O-3", "--wait-s", "2"])
+        .env("KEYBRIDGE_API_KEY", api_key)
+        .env("KEYBRIDGE_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run keybridge pay");
+    let stdout = String::from_utf8_lossy(&till.stdout);
+    let stderr = String::from_utf8_lossy(&till.stderr);
+    assert_eq!(till.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("limit of 1 payments waiting")
+            && stdout.contains("--idempotency-key k-O-3"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("sending the request again"), "{stderr}");
 }

@@ -61,11 +61,11 @@ pub enum ApiError {
     /// 413 `payload_too_large`.
     #[error("request body is too large")]
     PayloadTooLarge,
-    /// 429 `too_many_pending`: the payer already has this many payments
+    /// 429 `too_many_pending`: the payer has this many payments
     /// waiting for confirmation (`ServerConfig::pending_per_payer_max`).
     /// Transient: try again once one of them ends.
     #[error(
-        "the payer already has {0} payments waiting for confirmation; try again when one ends"
+        "the payer has reached the limit of {0} payments waiting for confirmation; try again when one ends"
     )]
     TooManyPending(u64),
     /// 422 `unknown_account`.

@@ -929,7 +929,7 @@ async fn a_payer_has_at_most_the_limit_of_payments_waiting() {
         (StatusCode::TOO_MANY_REQUESTS, "too_many_pending")
     );
     assert!(
-        body.message.contains("already has 2 payments waiting"),
+        body.message.contains("limit of 2 payments waiting"),
         "{}",
         body.message
     );
