@@ -121,11 +121,41 @@ async fn answer(state: &AppState, device: &DeviceRecord, text: &str) -> Option<R
     })
 }
 
-type Sink = SplitSink<WebSocket, Message>;
+/// The server's half of a relay socket. Every frame must be taken by the
+/// relay within `patience`: a relay that stops reading (a frozen app whose
+/// phone still acknowledges TCP) fills the socket's buffers, and a send
+/// without a limit then waited for good, holding the session, its socket
+/// and its subscription, and no ping check could run to end it.
+///
+/// Not exercised end to end: on loopback the kernel grows the server's send
+/// buffer to about 4 MB, some 13,000 unread requests; the unit test below
+/// gives `Sink` a socket that takes nothing.
+struct Sink<S = SplitSink<WebSocket, Message>> {
+    frames: S,
+    patience: Duration,
+}
 
-async fn send(sink: &mut Sink, message: &RelayMessage) -> Result<(), ()> {
-    let json = serde_json::to_string(message).map_err(|_| ())?;
-    sink.send(Message::Text(json.into())).await.map_err(|_| ())
+impl<S> Sink<S>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    async fn frame(&mut self, frame: Message) -> Result<(), ()> {
+        match tokio::time::timeout(self.patience, self.frames.send(frame)).await {
+            Ok(sent) => sent.map_err(|_| ()),
+            Err(_) => {
+                tracing::info!(
+                    "relay took no frame for {:?}: closing its socket",
+                    self.patience
+                );
+                Err(())
+            }
+        }
+    }
+
+    async fn send(&mut self, message: &RelayMessage) -> Result<(), ()> {
+        let json = serde_json::to_string(message).map_err(|_| ())?;
+        self.frame(Message::Text(json.into())).await
+    }
 }
 
 /// Sends a request for every pending, unexpired transaction of `account` not
@@ -145,7 +175,8 @@ async fn resync(
     let gone: Vec<TransactionId> = sent.difference(&still).copied().collect();
     for transaction_id in gone {
         sent.remove(&transaction_id);
-        send(sink, &RelayMessage::Cancelled { transaction_id }).await?;
+        sink.send(&RelayMessage::Cancelled { transaction_id })
+            .await?;
     }
     for t in pending {
         if sent.insert(t.id) {
@@ -153,7 +184,7 @@ async fn resync(
                 transaction_id: t.id,
                 payload: b64::encode(&t.payload),
             };
-            send(sink, &message).await?;
+            sink.send(&message).await?;
         }
     }
     Ok(())
@@ -161,7 +192,13 @@ async fn resync(
 
 async fn session(state: AppState, device: DeviceRecord, socket: WebSocket) {
     let _open = crate::metrics::Open::count(crate::metrics::RELAY_CHANNELS);
-    let (mut sink, mut incoming) = socket.split();
+    let (frames, mut incoming) = socket.split();
+    // As long as a relay may stay silent before it is taken for gone.
+    let interval = Duration::from_millis(state.relay_ping_interval_ms);
+    let mut sink = Sink {
+        frames,
+        patience: interval * RELAY_PINGS_UNANSWERED_MAX,
+    };
     // Subscribe before the initial read so nothing created in between is lost;
     // `sent` drops the duplicates that overlap.
     let account = device.account.clone();
@@ -176,7 +213,6 @@ async fn session(state: AppState, device: DeviceRecord, socket: WebSocket) {
     // Pings keep NATs and proxies from dropping an idle socket and tell the
     // relay the server is there (it reconnects after a silence); any frame
     // from the relay, its pongs included, tells the server the relay is.
-    let interval = Duration::from_millis(state.relay_ping_interval_ms);
     let mut ping = tokio::time::interval(interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
@@ -191,7 +227,7 @@ async fn session(state: AppState, device: DeviceRecord, socket: WebSocket) {
                     tracing::info!(device = %device.id, "relay answered no ping: closing its socket");
                     Err(())
                 } else {
-                    sink.send(Message::Ping(Bytes::new())).await.map_err(|_| ())
+                    sink.frame(Message::Ping(Bytes::new())).await
                 }
             }
             message = incoming.next() => match message.inspect(|_| heard_at = tokio::time::Instant::now()) {
@@ -213,7 +249,7 @@ async fn session(state: AppState, device: DeviceRecord, socket: WebSocket) {
                                 sent.remove(transaction_id);
                             }
                         }
-                        send(&mut sink, &result).await
+                        sink.send(&result).await
                     }
                     None => Ok(()),
                 },
@@ -227,7 +263,7 @@ async fn session(state: AppState, device: DeviceRecord, socket: WebSocket) {
                             transaction_id: view.id,
                             payload: b64::encode(&payload),
                         };
-                        send(&mut sink, &message).await
+                        sink.send(&message).await
                     } else {
                         Ok(())
                     }
@@ -236,7 +272,7 @@ async fn session(state: AppState, device: DeviceRecord, socket: WebSocket) {
                 // result for.
                 Ok(HubEvent::Ended { view }) if view.payer == account => {
                     if sent.remove(&view.id) {
-                        send(&mut sink, &RelayMessage::Cancelled { transaction_id: view.id }).await
+                        sink.send(&RelayMessage::Cancelled { transaction_id: view.id }).await
                     } else {
                         Ok(())
                     }
@@ -254,6 +290,57 @@ async fn session(state: AppState, device: DeviceRecord, socket: WebSocket) {
             break;
         }
     }
-    let _ = sink.send(Message::Close(None)).await;
+    let _ = sink.frame(Message::Close(None)).await;
     tracing::info!(device = %device.id, "relay disconnected");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// A socket whose buffers are full for good: it takes no frame.
+    struct Full;
+
+    impl futures_util::Sink<Message> for Full {
+        type Error = std::io::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Pending
+        }
+        fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), Self::Error> {
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Pending
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_the_relay_does_not_take_in_time_ends_the_session() {
+        let patience = Duration::from_millis(50);
+        let mut sink = Sink {
+            frames: Full,
+            patience,
+        };
+        let started = tokio::time::Instant::now();
+        let message = RelayMessage::Cancelled {
+            transaction_id: TransactionId([7; 16]),
+        };
+        // Bounded here too, so that losing the limit fails instead of hanging.
+        let guard = Duration::from_secs(10);
+        let sent = tokio::time::timeout(guard, sink.send(&message)).await;
+        assert_eq!(sent, Ok(Err(())));
+        let pinged = tokio::time::timeout(guard, sink.frame(Message::Ping(Bytes::new()))).await;
+        assert_eq!(pinged, Ok(Err(())));
+        let took = started.elapsed();
+        assert!(
+            took >= patience * 2 && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+    }
 }
