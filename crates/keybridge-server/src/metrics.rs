@@ -13,6 +13,9 @@
 //! - `pending_confirmations`: transactions waiting for the payer, read from
 //!   the store at each scrape.
 //! - `webhook_deliveries_total{result}`: webhook attempts by result.
+//! - `creations_refused_total{reason}`: payments refused at creation by the
+//!   rules, by error code; `too_many_pending` climbing means some terminal is
+//!   flooding payers with prompts (the log names it).
 //! - `http_connections_open`: client connections now (TLS handshakes and
 //!   HTTP; a connection upgraded to a relay channel leaves this count).
 //! - `read_timeouts_total{stage}`: connections closed because the client
@@ -31,6 +34,7 @@ pub const VERIFICATION_FAILURES: &str = "keybridge_verification_failures_total";
 pub const RELAY_CHANNELS: &str = "keybridge_relay_channels_open";
 pub const PENDING: &str = "keybridge_pending_confirmations";
 pub const WEBHOOK_DELIVERIES: &str = "keybridge_webhook_deliveries_total";
+pub const CREATIONS_REFUSED: &str = "keybridge_creations_refused_total";
 pub const HTTP_CONNECTIONS: &str = "keybridge_http_connections_open";
 pub const READ_TIMEOUTS: &str = "keybridge_read_timeouts_total";
 
@@ -96,6 +100,11 @@ impl Metrics {
 
     pub fn webhook_attempt(result: &'static str) {
         metrics::counter!(WEBHOOK_DELIVERIES, "result" => result).increment(1);
+    }
+
+    /// The rules refused a new payment; `reason` is the error's code.
+    pub fn creation_refused(reason: &'static str) {
+        metrics::counter!(CREATIONS_REFUSED, "reason" => reason).increment(1);
     }
 
     /// A client was too slow: its request head, TLS handshake or body did

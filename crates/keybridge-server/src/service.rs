@@ -248,7 +248,14 @@ pub async fn create_transaction(
         // The same rules on the same facts give the same refusal, now with
         // its reason.
         CreateOutcome::Refused(facts) => match draft.build(&facts) {
-            Err(refused) => Err(refused),
+            Err(refused) => {
+                crate::metrics::Metrics::creation_refused(refused.code());
+                if let ApiError::TooManyPending(limit) = refused {
+                    // Who floods whom: the operator's lead on a leaked key.
+                    tracing::warn!(terminal = %terminal.id, payer = %draft.body.payer, limit, "refused: the payer has the most payments waiting");
+                }
+                Err(refused)
+            }
             Ok(_) => {
                 tracing::error!("the store refused a transaction its rules accept");
                 Err(ApiError::Internal)

@@ -8,17 +8,7 @@ use common::*;
 use keybridge_proto::api::{Confirmation, DeclineReason};
 use reqwest::StatusCode;
 
-/// The value of one sample line, e.g. `name{labels} 3`; 0 if absent.
-fn sample(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            (key == name_and_labels).then(|| value.parse().ok())?
-        })
-        .unwrap_or(0.0)
-}
-
+/// The whole `GET /metrics` text, checked to be Prometheus' text format.
 async fn metrics(h: &Harness) -> String {
     let r = h.http.get(h.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);

@@ -922,6 +922,8 @@ async fn a_payer_has_at_most_the_limit_of_payments_waiting() {
     let first: TransactionView = r.json().await.unwrap();
     h.pay(&terminal, 200).await;
 
+    let refusals = r#"keybridge_creations_refused_total{reason="too_many_pending"}"#;
+    let before = h.metric(refusals).await;
     let r = h.create(&terminal.api_key, "third", payment(300)).await;
     let (status, body) = error_body(r).await;
     assert_eq!(
@@ -935,6 +937,8 @@ async fn a_payer_has_at_most_the_limit_of_payments_waiting() {
     );
     let listed = h.transactions().await;
     assert_eq!(listed.len(), 2, "the refused one was stored: {listed:?}");
+    // Counted for the operator (other tests share the process's counters).
+    assert!(h.metric(refusals).await > before);
 
     // A replay of a stored request answers with it, at the limit or not.
     let r = h.create(&terminal.api_key, "first", payment(100)).await;

@@ -46,21 +46,6 @@ async fn until_closed(stream: &mut (impl AsyncRead + Unpin), since: Instant) -> 
     (got, since.elapsed())
 }
 
-/// A sample from `GET /metrics` (0 when absent). The recorder is shared by
-/// every server in this process and tests run side by side: compare
-/// before and after, never absolute values.
-async fn metric(base: &str, sample: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
 const HEAD_TIMEOUTS: &str = r#"keybridge_read_timeouts_total{stage="head"}"#;
 const BODY_TIMEOUTS: &str = r#"keybridge_read_timeouts_total{stage="body"}"#;
 const TLS_TIMEOUTS: &str = r#"keybridge_read_timeouts_total{stage="tls"}"#;
@@ -78,17 +63,16 @@ fn closed_by_the_timeout(after: Duration) {
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed() {
     let h = server().await;
-    let base = h.url("");
-    let timeouts = metric(&base, HEAD_TIMEOUTS).await;
+    let timeouts = h.metric(HEAD_TIMEOUTS).await;
     let since = Instant::now();
     let mut stream = connect(&h).await;
     // Counted while open (other tests' connections only add to the gauge).
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(metric(&base, CONNECTIONS).await >= 1.0);
+    assert!(h.metric(CONNECTIONS).await >= 1.0);
     let (got, after) = until_closed(&mut stream, since).await;
     assert_eq!(got, "");
     closed_by_the_timeout(after);
-    assert!(metric(&base, HEAD_TIMEOUTS).await > timeouts);
+    assert!(h.metric(HEAD_TIMEOUTS).await > timeouts);
 }
 
 #[tokio::test]
@@ -129,7 +113,7 @@ async fn a_trickled_body_gets_408_and_creates_nothing() {
         terminal.api_key,
         body.len()
     );
-    let timeouts = metric(&h.url(""), BODY_TIMEOUTS).await;
+    let timeouts = h.metric(BODY_TIMEOUTS).await;
     let (mut read, mut write) = connect(&h).await.into_split();
     let since = Instant::now();
     write.write_all(head.as_bytes()).await.unwrap();
@@ -148,7 +132,7 @@ async fn a_trickled_body_gets_408_and_creates_nothing() {
     assert!(got.starts_with("HTTP/1.1 408"), "{got}");
     assert!(got.contains(r#""error":"request_timeout""#), "{got}");
     closed_by_the_timeout(after);
-    assert!(metric(&h.url(""), BODY_TIMEOUTS).await > timeouts);
+    assert!(h.metric(BODY_TIMEOUTS).await > timeouts);
 
     let listed = h.transactions().await;
     assert!(listed.is_empty(), "{listed:?}");
@@ -195,8 +179,8 @@ async fn over_tls_a_silent_connection_is_closed_before_and_after_the_handshake()
     let plain = server().await;
     let server = keybridge_server::start(config).await.unwrap();
     let (tls_timeouts, head_timeouts) = (
-        metric(&plain.url(""), TLS_TIMEOUTS).await,
-        metric(&plain.url(""), HEAD_TIMEOUTS).await,
+        plain.metric(TLS_TIMEOUTS).await,
+        plain.metric(HEAD_TIMEOUTS).await,
     );
 
     let since = Instant::now();
@@ -204,7 +188,7 @@ async fn over_tls_a_silent_connection_is_closed_before_and_after_the_handshake()
     let (got, after) = until_closed(&mut silent, since).await;
     assert_eq!(got, "");
     closed_by_the_timeout(after);
-    assert!(metric(&plain.url(""), TLS_TIMEOUTS).await > tls_timeouts);
+    assert!(plain.metric(TLS_TIMEOUTS).await > tls_timeouts);
 
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -226,7 +210,7 @@ async fn over_tls_a_silent_connection_is_closed_before_and_after_the_handshake()
     let (got, after) = until_closed(&mut quiet, since).await;
     assert_eq!(got, "");
     closed_by_the_timeout(after);
-    assert!(metric(&plain.url(""), HEAD_TIMEOUTS).await > head_timeouts);
+    assert!(plain.metric(HEAD_TIMEOUTS).await > head_timeouts);
 
     let tcp = TcpStream::connect(server.addr).await.unwrap();
     let mut prompt = connector.connect(name, tcp).await.unwrap();

@@ -357,6 +357,20 @@ impl Harness {
         r.json().await.unwrap()
     }
 
+    /// One sample from `GET /metrics` ([`sample`]).
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        sample(&text, name_and_labels)
+    }
+
     /// Every transaction, newest first, as the admin API lists them.
     pub async fn transactions(&self) -> Vec<TransactionView> {
         let r = self.admin_get("/v1/admin/transactions").await;
@@ -432,6 +446,19 @@ async fn launch(
     keybridge_server::start_with_clock(config, clock.clone())
         .await
         .unwrap()
+}
+
+/// One sample's value in Prometheus text (`name{labels}`), 0 when absent.
+/// The recorder is process-wide and tests run side by side: compare before
+/// and after, in the direction a value can move, never absolute values.
+pub fn sample(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            (key == name_and_labels).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
 }
 
 /// A configuration for a server of its own on `dir` (SQLite, the real
