@@ -14,6 +14,7 @@
 //! body_limit_bytes = 65536
 //! read_timeout_s = 30
 //! pending_per_payer_max = 10
+//! relay_ping_s = 15
 //!
 //! [tls]
 //! cert = "/etc/keybridge/tls-cert.pem"
@@ -39,6 +40,7 @@ pub struct FileConfig {
     pub body_limit_bytes: Option<usize>,
     pub read_timeout_s: Option<u64>,
     pub pending_per_payer_max: Option<u32>,
+    pub relay_ping_s: Option<u64>,
     #[serde(default)]
     pub tls: FileTls,
 }
@@ -80,6 +82,7 @@ pub struct Overrides {
     pub body_limit_bytes: Option<usize>,
     pub read_timeout_s: Option<u64>,
     pub pending_per_payer_max: Option<u32>,
+    pub relay_ping_s: Option<u64>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_self_signed: Option<bool>,
@@ -102,6 +105,7 @@ pub struct Settings {
     pub body_limit_bytes: usize,
     pub read_timeout_s: u64,
     pub pending_per_payer_max: u32,
+    pub relay_ping_s: u64,
     pub tls: Tls,
 }
 
@@ -156,6 +160,10 @@ pub fn resolve(over: Overrides, file: FileConfig) -> anyhow::Result<Settings> {
             .pending_per_payer_max
             .or(file.pending_per_payer_max)
             .unwrap_or(keybridge_server::ServerConfig::PENDING_PER_PAYER_MAX_DEFAULT),
+        relay_ping_s: over
+            .relay_ping_s
+            .or(file.relay_ping_s)
+            .unwrap_or(keybridge_server::ServerConfig::RELAY_PING_INTERVAL_MS_DEFAULT / 1000),
         tls,
     })
 }
@@ -170,6 +178,7 @@ mod tests {
         ttl_s = 60
         read_timeout_s = 10
         pending_per_payer_max = 3
+        relay_ping_s = 5
         [tls]
         cert = "c.pem"
         key = "k.pem"
@@ -184,6 +193,7 @@ mod tests {
         assert_eq!(s.ttl_s, 120);
         assert_eq!(s.read_timeout_s, 30);
         assert_eq!(s.pending_per_payer_max, 10);
+        assert_eq!(s.relay_ping_s, 15);
         assert_eq!(s.tls, Tls::Off);
     }
 
@@ -195,6 +205,7 @@ mod tests {
         assert_eq!((s.origin.as_str(), s.ttl_s), ("from-file", 60));
         assert_eq!(s.read_timeout_s, 10);
         assert_eq!(s.pending_per_payer_max, 3);
+        assert_eq!(s.relay_ping_s, 5);
         assert_eq!(
             s.tls,
             Tls::Files {

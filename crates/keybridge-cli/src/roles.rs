@@ -44,6 +44,12 @@ pub struct ServerArgs {
     /// approved [default: 10].
     #[arg(long, env = "KEYBRIDGE_PENDING_PER_PAYER_MAX")]
     pub pending_per_payer_max: Option<u32>,
+    /// Seconds between the server's pings on each relay's socket. Relays
+    /// learn it when they connect and reconnect after three missed; lower
+    /// it behind a proxy or NAT that drops sockets idle for less than
+    /// three times this [default: 15].
+    #[arg(long, env = "KEYBRIDGE_RELAY_PING_S")]
+    pub relay_ping_s: Option<u64>,
     /// Serve HTTPS with this PEM certificate chain (with --tls-key).
     #[arg(long, env = "KEYBRIDGE_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -125,6 +131,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
             body_limit_bytes: args.body_limit_bytes,
             read_timeout_s: args.read_timeout_s,
             pending_per_payer_max: args.pending_per_payer_max,
+            relay_ping_s: args.relay_ping_s,
             tls_cert: args.tls_cert,
             tls_key: args.tls_key,
             tls_self_signed: args.tls_self_signed,
@@ -143,6 +150,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.body_limit_bytes = settings.body_limit_bytes;
     config.read_timeout_s = settings.read_timeout_s;
     config.pending_per_payer_max = settings.pending_per_payer_max;
+    config.relay_ping_interval_ms = settings.relay_ping_s.saturating_mul(1000);
     config.tls = match settings.tls {
         Tls::Off => None,
         Tls::Files { cert, key } => Some(keybridge_server::tls::TlsFiles {

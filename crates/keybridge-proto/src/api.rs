@@ -222,6 +222,19 @@ pub struct TransactionView {
     pub reason_text: Option<String>,
 }
 
+/// The header of the server's answer to a relay's WebSocket upgrade (101)
+/// that says how often, in milliseconds, the server pings the socket. A
+/// relay that hears nothing, not even a ping, for [`PINGS_MISSED_MAX`] of
+/// them takes the path for dead and reconnects; so the interval is set on
+/// the server alone (`keybridge server --relay-ping-s`), and the two ends
+/// cannot disagree.
+pub const PING_INTERVAL_HEADER: &str = "keybridge-ping-interval-ms";
+
+/// Pings either end of a relay socket may miss before it takes the other
+/// for gone: the server closes a session whose relay answered none of
+/// them, a relay reconnects when none arrived.
+pub const PINGS_MISSED_MAX: u32 = 3;
+
 /// Server → relay, one JSON text message per WebSocket frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

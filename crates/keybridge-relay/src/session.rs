@@ -117,8 +117,10 @@ pub struct RelayOptions {
     /// bench, which never restart).
     pub outbox: Option<std::path::PathBuf>,
     /// How long the server's socket may stay silent, not even a ping,
-    /// before the relay takes the path for dead and reconnects
-    /// ([`SERVER_SILENCE_MAX`]).
+    /// before the relay takes the path for dead and reconnects, when the
+    /// server did not announce its ping interval
+    /// ([`keybridge_proto::api::PING_INTERVAL_HEADER`]; it does since
+    /// 2026-11-27, and then that interval decides) ([`SERVER_SILENCE_MAX`]).
     pub silence_max: Duration,
 }
 
@@ -206,11 +208,11 @@ pub async fn run_with_link(options: RelayOptions, link: CardLink) -> Result<(), 
         match connect(&ctx).await {
             Err(RelayError::Unauthorized) => return Err(RelayError::Unauthorized),
             Err(e) => tracing::warn!("cannot open a session: {e}"),
-            Ok(ws) => {
+            Ok((ws, silence_max)) => {
                 // Connected: the next loss is a new outage, not this one
                 // going on, so it starts again from the shortest pause.
                 backoff = RECONNECT_PAUSE_FIRST;
-                match serve(&ctx, ws).await {
+                match serve(&ctx, ws, silence_max).await {
                     Err(e) => tracing::warn!("server session ended: {e}"),
                     Ok(()) => tracing::info!("server closed the session"),
                 }
@@ -269,8 +271,10 @@ fn websocket_url(server: &str) -> String {
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Opens the session's WebSocket, authenticated by the device credential.
-async fn connect(ctx: &Arc<Context>) -> Result<Socket, RelayError> {
+/// Opens the session's WebSocket, authenticated by the device credential;
+/// with it, how long the server's socket may stay silent: the pings the
+/// server announced it sends ([`silence_allowed`]).
+async fn connect(ctx: &Arc<Context>) -> Result<(Socket, Duration), RelayError> {
     let mut request = websocket_url(&ctx.options.credential.server)
         .into_client_request()
         .map_err(|e| RelayError::Protocol(e.to_string()))?;
@@ -282,7 +286,7 @@ async fn connect(ctx: &Arc<Context>) -> Result<Socket, RelayError> {
             .map_err(|_| RelayError::Credential("credential is not a valid header".into()))?,
     );
     let connector = tls_connector(ctx.options.ca_cert_pem.as_deref())?;
-    let (ws, _) =
+    let (ws, response) =
         // No Nagle: the answers this socket carries are small frames that
         // must leave at once (with Nagle and the peer's delayed ACK, each
         // waited about 40 ms).
@@ -295,11 +299,29 @@ async fn connect(ctx: &Arc<Context>) -> Result<Socket, RelayError> {
             }
             Err(e) => return Err(RelayError::Protocol(e.to_string())),
         };
-    Ok(ws)
+    let announced = response
+        .headers()
+        .get(keybridge_proto::api::PING_INTERVAL_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    Ok((ws, silence_allowed(announced, ctx.options.silence_max)))
+}
+
+/// The pings the server may miss, at the interval it announced (clamped to
+/// 100 ms – 10 min, so a garbled header neither makes the relay reconnect in
+/// a loop nor wait an hour), or `otherwise` from a server that announced
+/// none.
+fn silence_allowed(announced_ms: Option<u64>, otherwise: Duration) -> Duration {
+    match announced_ms {
+        Some(ms) => {
+            let interval = Duration::from_millis(ms.clamp(100, 600_000));
+            interval * keybridge_proto::api::PINGS_MISSED_MAX
+        }
+        None => otherwise,
+    }
 }
 
 /// Serves one session: requests in, answers out, until the socket closes.
-async fn serve(ctx: &Arc<Context>, ws: Socket) -> Result<(), RelayError> {
+async fn serve(ctx: &Arc<Context>, ws: Socket, silence_max: Duration) -> Result<(), RelayError> {
     say!(
         ctx.options.quiet,
         "connected to {} as device {} for account {}",
@@ -317,7 +339,7 @@ async fn serve(ctx: &Arc<Context>, ws: Socket) -> Result<(), RelayError> {
         }
     });
     *ctx.outbox.lock().map_err(|_| RelayError::Poisoned)? = Some(outbox);
-    let read = read_session(ctx, &mut incoming).await;
+    let read = read_session(ctx, &mut incoming, silence_max).await;
     // Answers in flight lose their socket: each falls back to HTTP.
     *ctx.outbox.lock().map_err(|_| RelayError::Poisoned)? = None;
     ctx.waiting
@@ -330,8 +352,11 @@ async fn serve(ctx: &Arc<Context>, ws: Socket) -> Result<(), RelayError> {
 
 type Incoming = futures_util::stream::SplitStream<Socket>;
 
-async fn read_session(ctx: &Arc<Context>, incoming: &mut Incoming) -> Result<(), RelayError> {
-    let silence_max = ctx.options.silence_max;
+async fn read_session(
+    ctx: &Arc<Context>,
+    incoming: &mut Incoming,
+    silence_max: Duration,
+) -> Result<(), RelayError> {
     loop {
         let Ok(next) = tokio::time::timeout(silence_max, incoming.next()).await else {
             return Err(RelayError::Protocol(format!(
@@ -825,6 +850,30 @@ async fn ask(prompt: &'static str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_silence_allowed_is_three_of_the_pings_the_server_announced() {
+        let otherwise = Duration::from_secs(45);
+        assert_eq!(
+            silence_allowed(Some(200), otherwise),
+            Duration::from_millis(600)
+        );
+        assert_eq!(
+            silence_allowed(Some(15_000), otherwise),
+            Duration::from_secs(45)
+        );
+        // A server that says nothing: the relay's own setting.
+        assert_eq!(silence_allowed(None, otherwise), otherwise);
+        // Nonsense is clamped, not obeyed.
+        assert_eq!(
+            silence_allowed(Some(0), otherwise),
+            Duration::from_millis(300)
+        );
+        assert_eq!(
+            silence_allowed(Some(u64::MAX), otherwise),
+            Duration::from_secs(1800)
+        );
+    }
 
     #[test]
     fn websocket_urls() {

@@ -411,19 +411,21 @@ async fn pump(
 /// reconnects and pays the request made meanwhile; the server notices its
 /// pings go unanswered and closes the dead session. Without either check
 /// the payment would wait out its window and the session would stay open.
+/// The relay keeps its default patience (45 s): it learns the server's
+/// interval (200 ms here) from the upgrade's answer, so it gives up on the
+/// path after 600 ms; with its default it would not pay within 15 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_path_is_noticed_by_both_ends_and_the_relay_pays_through_a_new_one() {
     let w = world_pinging_every(Some(200)).await;
     let proxy = silencing_proxy(w.bank.server.addr).await;
     let mut credential = w.credential.clone();
     credential.server = proxy.url.clone();
-    let silence_max = Duration::from_secs(1);
     start_relay_with(
         &w,
         credential,
         PIN,
         keybridge_relay::SOCKET_ANSWER_WAIT,
-        silence_max,
+        keybridge_relay::SERVER_SILENCE_MAX,
     );
     let out = pay(&w.bank.terminal, &request("S-1", "s-1"), |_| {})
         .await

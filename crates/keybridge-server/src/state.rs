@@ -174,8 +174,9 @@ fn validate(config: &ServerConfig) -> Result<(), ServerError> {
     if config.sweep_interval_ms == 0 {
         return bad("sweep interval must be positive");
     }
-    if config.relay_ping_interval_ms == 0 {
-        return bad("relay ping interval must be positive");
+    // Relays take at most 10 minutes from the interval they are told.
+    if config.relay_ping_interval_ms == 0 || config.relay_ping_interval_ms > 600_000 {
+        return bad("relay ping interval must be 1 ms to 10 minutes");
     }
     if config.body_limit_bytes < 1024 {
         return bad("body limit must be at least 1 KiB");

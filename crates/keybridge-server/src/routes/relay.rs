@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
+use axum::http::HeaderValue;
 use axum::response::Response;
 use axum::Json;
 use futures_util::stream::SplitSink;
@@ -28,7 +29,7 @@ use crate::store::{DeviceRecord, DeviceStatus};
 /// Pings a relay's socket may go unanswered before the server closes it: a
 /// phone that vanished without closing (out of coverage, its NAT mapping
 /// gone) holds no session for long.
-const RELAY_PINGS_UNANSWERED_MAX: u32 = 3;
+const RELAY_PINGS_UNANSWERED_MAX: u32 = keybridge_proto::api::PINGS_MISSED_MAX;
 /// Relays send only their answers (a signature or an OCRA response, well
 /// under this); bound what they may send anyway.
 const RELAY_MESSAGE_LEN_MAX: usize = 4096;
@@ -63,10 +64,16 @@ pub async fn connect(
     }
     let upgrade = upgrade.map_err(|_| ApiError::invalid("expected a WebSocket upgrade"))?;
     tracing::info!(device = %device.id, account = %device.account, "relay connected");
-    Ok(upgrade
+    // The relay times its patience by our pings: tell it how often they come.
+    let interval = HeaderValue::from(state.relay_ping_interval_ms);
+    let mut response = upgrade
         .max_message_size(RELAY_MESSAGE_LEN_MAX)
         .read_buffer_size(RELAY_READ_BUFFER_LEN)
-        .on_upgrade(move |socket| session(state, device, socket)))
+        .on_upgrade(move |socket| session(state, device, socket));
+    response
+        .headers_mut()
+        .insert(keybridge_proto::api::PING_INTERVAL_HEADER, interval);
+    Ok(response)
 }
 
 /// Judges a `RelayAnswer` from the socket as `POST /v1/confirmations/{id}`

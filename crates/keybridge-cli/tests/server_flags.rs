@@ -1,7 +1,10 @@
-//! `keybridge server --pending-per-payer-max` reaches the server: with a
-//! limit of one, a payer's second waiting payment is refused with 429
-//! `too_many_pending` (the rule itself is tested in keybridge-server's
-//! tests/payments.rs; this is the flag's path through the command line).
+//! Server settings given as flags reach the server (the rules themselves are
+//! tested in keybridge-server's and keybridge-relay's tests; this is each
+//! flag's path through the command line):
+//! - `--pending-per-payer-max 1`: a payer's second waiting payment is
+//!   refused with 429 `too_many_pending`;
+//! - `--relay-ping-s 7`: a relay's upgrade is answered with the ping
+//!   interval it times its patience by (7000 ms).
 
 mod common;
 
@@ -12,6 +15,7 @@ use common::removal::Killed;
 use common::server;
 use keybridge_proto::ocra::{OtpauthUri, Suite};
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn start_server(dir: &Path) -> (Killed, String) {
     let ready = dir.join("ready");
@@ -23,6 +27,8 @@ fn start_server(dir: &Path) -> (Killed, String) {
             "127.0.0.1:0",
             "--pending-per-payer-max",
             "1",
+            "--relay-ping-s",
+            "7",
         ])
         .arg("--data-dir")
         .arg(dir.join("data"))
@@ -30,6 +36,7 @@ fn start_server(dir: &Path) -> (Killed, String) {
         .arg(&ready)
         .env_remove("KEYBRIDGE_DATABASE_URL")
         .env_remove("KEYBRIDGE_PENDING_PER_PAYER_MAX")
+        .env_remove("KEYBRIDGE_RELAY_PING_S")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -37,7 +44,7 @@ fn start_server(dir: &Path) -> (Killed, String) {
 }
 
 #[tokio::test]
-async fn the_flag_limits_the_payments_waiting_per_payer() {
+async fn the_flags_reach_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let (_server, base) = start_server(dir.path());
     let admin_token = std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap();
@@ -72,6 +79,21 @@ async fn the_flag_limits_the_payments_waiting_per_payer() {
     .await
     .unwrap();
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let enrolled: Value = r.json().await.unwrap();
+
+    // The device's relay connects: the server says how often it pings.
+    let mut upgrade = format!("{}/v1/relay", base.replacen("http://", "ws://", 1))
+        .into_client_request()
+        .unwrap();
+    let bearer = format!("Bearer {}", enrolled["credential"].as_str().unwrap());
+    upgrade
+        .headers_mut()
+        .insert("Authorization", bearer.parse().unwrap());
+    let (_relay, answer) = tokio_tungstenite::connect_async(upgrade).await.unwrap();
+    assert_eq!(
+        answer.headers()[keybridge_proto::api::PING_INTERVAL_HEADER],
+        "7000"
+    );
     let terminal: Value = admin("/v1/admin/terminals", json!({"name": "till"}))
         .await
         .unwrap()
