@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::removal::{card, enrol_and_start_relay, request, Killed, ALICE_OPENING, AMOUNT};
+use common::server;
 use keybridge_proto::api::{CreateAccount, TransactionStatus};
 use keybridge_proto::AccountId;
 use keybridge_relay::{CardLink, CardLinkSpec};
@@ -31,31 +32,24 @@ impl Server {
     fn start(data_dir: &Path, database: &str, name: &str) -> Server {
         let ready = data_dir.with_file_name(format!("{name}.ready"));
         let log = std::fs::File::create(data_dir.with_file_name(format!("{name}.log"))).unwrap();
-        let process = Killed(
-            Command::new(env!("CARGO_BIN_EXE_keybridge"))
-                .args(["server", "--listen", "127.0.0.1:0"])
-                .arg("--data-dir")
-                .arg(data_dir)
-                .arg("--ready-file")
-                .arg(&ready)
-                .env("KEYBRIDGE_DATABASE_URL", database)
-                // Over TLS to the database when the test cluster serves it
-                // (scripts/postgres does): the flag's whole path.
-                .envs(std::env::var(scratch::CA_ENV).map(|ca| ("KEYBRIDGE_DATABASE_CA_CERT", ca)))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("start keybridge server"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ready.exists() {
-            assert!(Instant::now() < deadline, "{name} did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keybridge"));
+        command
+            .args(["server", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--ready-file")
+            .arg(&ready)
+            .env("KEYBRIDGE_DATABASE_URL", database)
+            // Over TLS to the database when the test cluster serves it
+            // (scripts/postgres does): the flag's whole path.
+            .envs(std::env::var(scratch::CA_ENV).map(|ca| ("KEYBRIDGE_DATABASE_CA_CERT", ca)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let (process, url) = server::until_ready(&mut command, &ready);
         Server {
             _process: process,
-            url: std::fs::read_to_string(&ready).unwrap(),
+            url,
         }
     }
 }

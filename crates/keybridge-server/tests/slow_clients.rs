@@ -51,6 +51,15 @@ const BODY_TIMEOUTS: &str = r#"keybridge_read_timeouts_total{stage="body"}"#;
 const TLS_TIMEOUTS: &str = r#"keybridge_read_timeouts_total{stage="tls"}"#;
 const CONNECTIONS: &str = "keybridge_http_connections_open";
 
+/// Connects, sends `bytes`, and reads until the server closes: what it
+/// sent, and how long after connecting it closed.
+async fn send_then_wait_for_close(h: &Harness, bytes: &[u8]) -> (String, Duration) {
+    let since = Instant::now();
+    let mut stream = connect(h).await;
+    stream.write_all(bytes).await.unwrap();
+    until_closed(&mut stream, since).await
+}
+
 /// Closed by the read timeout, not at once (a refusal) and not much later.
 fn closed_by_the_timeout(after: Duration) {
     let timeout = Duration::from_secs(READ_TIMEOUT_S);
@@ -78,13 +87,7 @@ async fn a_connection_that_sends_nothing_is_closed() {
 #[tokio::test]
 async fn a_request_head_sent_by_halves_is_closed() {
     let h = server().await;
-    let since = Instant::now();
-    let mut stream = connect(&h).await;
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: kb\r\n")
-        .await
-        .unwrap();
-    let (got, after) = until_closed(&mut stream, since).await;
+    let (got, after) = send_then_wait_for_close(&h, b"GET /healthz HTTP/1.1\r\nHost: kb\r\n").await;
     assert!(!got.contains("200 OK"), "{got}");
     closed_by_the_timeout(after);
 }
@@ -92,13 +95,8 @@ async fn a_request_head_sent_by_halves_is_closed() {
 #[tokio::test]
 async fn a_kept_alive_connection_left_idle_is_closed_after_its_answer() {
     let h = server().await;
-    let since = Instant::now();
-    let mut stream = connect(&h).await;
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: kb\r\n\r\n")
-        .await
-        .unwrap();
-    let (got, after) = until_closed(&mut stream, since).await;
+    let (got, after) =
+        send_then_wait_for_close(&h, b"GET /healthz HTTP/1.1\r\nHost: kb\r\n\r\n").await;
     assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
     closed_by_the_timeout(after);
 }

@@ -26,10 +26,6 @@ use crate::service;
 use crate::state::AppState;
 use crate::store::{DeviceRecord, DeviceStatus};
 
-/// Pings a relay's socket may go unanswered before the server closes it: a
-/// phone that vanished without closing (out of coverage, its NAT mapping
-/// gone) holds no session for long.
-const RELAY_PINGS_UNANSWERED_MAX: u32 = keybridge_proto::api::PINGS_MISSED_MAX;
 /// Relays send only their answers (a signature or an OCRA response, well
 /// under this); bound what they may send anyway.
 const RELAY_MESSAGE_LEN_MAX: usize = 4096;
@@ -200,12 +196,12 @@ async fn resync(
 async fn session(state: AppState, device: DeviceRecord, socket: WebSocket) {
     let _open = crate::metrics::Open::count(crate::metrics::RELAY_CHANNELS);
     let (frames, mut incoming) = socket.split();
-    // As long as a relay may stay silent before it is taken for gone.
+    // A relay that answers none of this many pings, or takes no frame for
+    // as long, is gone (out of coverage, its NAT mapping lost, its app
+    // frozen): its session ends.
     let interval = Duration::from_millis(state.relay_ping_interval_ms);
-    let mut sink = Sink {
-        frames,
-        patience: interval * RELAY_PINGS_UNANSWERED_MAX,
-    };
+    let patience = interval * keybridge_proto::api::PINGS_MISSED_MAX;
+    let mut sink = Sink { frames, patience };
     // Subscribe before the initial read so nothing created in between is lost;
     // `sent` drops the duplicates that overlap.
     let account = device.account.clone();
@@ -230,7 +226,7 @@ async fn session(state: AppState, device: DeviceRecord, socket: WebSocket) {
         let step: Result<(), ()> = tokio::select! {
             _ = &mut shutdown => Err(()),
             _ = ping.tick() => {
-                if heard_at.elapsed() > interval * RELAY_PINGS_UNANSWERED_MAX {
+                if heard_at.elapsed() > patience {
                     tracing::info!(device = %device.id, "relay answered no ping: closing its socket");
                     Err(())
                 } else {
