@@ -10,10 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::removal::{bank, card, enrol_and_start_relay, request, ALICE_OPENING, AMOUNT};
+use common::removal::{
+    bank, card, enrol_and_start_relay, request, vpcd_reader, ALICE_OPENING, AMOUNT,
+};
 use keybridge_proto::api::TransactionStatus;
 use keybridge_proto::AccountId;
-use keybridge_relay::{CardLink, CardLinkSpec};
 use keybridge_terminal::{pay, Client, PayRequest};
 
 /// The admin token of the testkit's bank.
@@ -52,10 +53,7 @@ async fn a_backup_taken_while_paying_restores_to_a_server_that_pays() {
     let dir = tempfile::tempdir().unwrap();
     let live_dir = dir.path().join("server");
     let live = bank(&live_dir, 60).await;
-    let port = keybridge_transport::port::listen_port().unwrap();
-    let spec = CardLinkSpec::VpcdListen(format!("127.0.0.1:{port}"));
-    let enrol = CardLink::open(&spec).unwrap();
-    let link = format!("vpcd=127.0.0.1:{port}");
+    let (enrol, spec, link) = vpcd_reader();
     let state = dir.path().join("card.json");
     let enrolling = card(&state, &link, "approve", true);
     enrol_and_start_relay(&live.admin, enrol, enrolling, spec, Duration::from_secs(10)).await;

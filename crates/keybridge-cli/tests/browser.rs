@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use keybridge_proto::api::CreateAccount;
 use keybridge_proto::{AccountId, Currency};
-use keybridge_relay::{CardLink, CardLinkSpec, Decision, RelayOptions};
+use keybridge_relay::{CardLink, Decision, RelayOptions};
 use keybridge_terminal::Client;
 use zeroize::Zeroizing;
 
@@ -99,9 +99,8 @@ async fn start_browser(chromedriver: &Path, chromium: &Path, profile: &Path) -> 
 /// Enrols a real virtual card (its own thread, speaking vpcd) for `account`
 /// and runs a real relay for it as a task, answering `decision`.
 async fn card_and_relay(admin: &Client, dir: &Path, account: &str, decision: Decision) {
-    let port = free_port();
-    let spec = CardLinkSpec::VpcdListen(format!("127.0.0.1:{port}"));
-    let enrol_link = Arc::new(Mutex::new(CardLink::open(&spec).unwrap()));
+    let (enrol_link, spec, port) = CardLink::vpcd_on_free_port().unwrap();
+    let enrol_link = Arc::new(Mutex::new(enrol_link));
     let options = keybridge_card::CardOptions {
         state_path: dir.join(format!("{account}-card.json")),
         vpcd_addr: format!("127.0.0.1:{port}"),

@@ -9,10 +9,9 @@ mod common;
 use std::time::Duration;
 
 use common::removal::{
-    bank, card, enrol_and_start_relay, request, wait_for_line, ALICE_OPENING, AMOUNT,
+    bank, card, enrol_and_start_relay, request, vpcd_reader, wait_for_line, ALICE_OPENING, AMOUNT,
 };
 use keybridge_proto::api::TransactionStatus;
-use keybridge_relay::{CardLink, CardLinkSpec};
 use keybridge_testkit::Bank;
 
 /// A server, and a vpcd reader for the card on a port of its own.
@@ -31,11 +30,8 @@ async fn world(ttl_s: u64) -> World {
     // dropped. A port the kernel picked (bind to port 0) lies in the
     // ephemeral range, where in that window any outgoing connection of this
     // test could take it as its source port (seen in CI: the relay's reader
-    // never came up). `listen_port` picks below that range.
-    let port = keybridge_transport::port::listen_port().unwrap();
-    let spec = CardLinkSpec::VpcdListen(format!("127.0.0.1:{port}"));
-    let enrol = CardLink::open(&spec).unwrap();
-    let link = format!("vpcd=127.0.0.1:{port}");
+    // never came up). `vpcd_reader` picks below that range.
+    let (enrol, spec, link) = vpcd_reader();
     let enrolling = card(&state, &link, "approve", true);
     enrol_and_start_relay(&bank.admin, enrol, enrolling, spec, Duration::from_secs(4)).await;
     World {

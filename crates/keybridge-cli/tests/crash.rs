@@ -46,10 +46,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::removal::{card, enrol_card, request, Killed, AMOUNT, PIN};
+use common::removal::{card, enrol_card, request, vpcd_reader, Killed, AMOUNT, PIN};
 use keybridge_proto::api::{CreateAccount, Reason, TransactionStatus, WebhookEvent};
 use keybridge_proto::{AccountId, TransactionId};
-use keybridge_relay::{CardLink, CardLinkSpec};
+use keybridge_relay::CardLinkSpec;
 use keybridge_server::store::postgres::scratch;
 use keybridge_terminal::Client;
 use keybridge_testkit::cny;
@@ -703,13 +703,10 @@ impl Bank {
         }
         let terminal_key = admin.create_terminal("till").await.unwrap().api_key;
         // The phone's own vpcd reader: the enrolment holds it first.
-        let card_port = keybridge_transport::port::listen_port().unwrap();
-        let reader = CardLinkSpec::VpcdListen(format!("127.0.0.1:{card_port}"));
+        let (reading, reader, link) = vpcd_reader();
         let state = dir.join("card.json");
-        let link = format!("vpcd=127.0.0.1:{card_port}");
         let enrolling = card(&state, &link, "approve", true);
         let enrol_admin = Client::new(&enrol_on.url(), token.trim()).unwrap();
-        let reading = CardLink::open(&reader).unwrap();
         let credential = enrol_card(&enrol_admin, reading, enrolling).await;
         Bank {
             admin,

@@ -11,11 +11,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::removal::{card, enrol_and_start_relay, request, Killed, ALICE_OPENING, AMOUNT};
+use common::removal::{
+    card, enrol_and_start_relay, request, vpcd_reader, Killed, ALICE_OPENING, AMOUNT,
+};
 use common::server;
 use keybridge_proto::api::{CreateAccount, TransactionStatus};
 use keybridge_proto::AccountId;
-use keybridge_relay::{CardLink, CardLinkSpec};
 use keybridge_server::store::postgres::scratch;
 use keybridge_terminal::Client;
 use keybridge_testkit::cny;
@@ -83,11 +84,8 @@ async fn two_server_processes_on_one_database_confirm_a_payment_together() {
     let terminal_b = Client::new(&b.url, &terminal_key).unwrap();
 
     // Alice's card, enrolled through A; her phone's relay holds A's socket.
-    let port = keybridge_transport::port::listen_port().unwrap();
-    let spec = CardLinkSpec::VpcdListen(format!("127.0.0.1:{port}"));
-    let enrol = CardLink::open(&spec).unwrap();
+    let (enrol, spec, link) = vpcd_reader();
     let state = dir.path().join("card.json");
-    let link = format!("vpcd=127.0.0.1:{port}");
     let enrolling = card(&state, &link, "approve", true);
     enrol_and_start_relay(&admin_a, enrol, enrolling, spec, Duration::from_secs(10)).await;
     let (mut signing_card, card_lines) = card(&state, &link, "approve", false);

@@ -261,6 +261,19 @@ impl CardLink {
         }
     }
 
+    /// A vpcd reader on a free loopback port below the ephemeral range (see
+    /// `keybridge_transport::port`), bound in the same step as the port is
+    /// picked, with the spec that binds that port again once this link is
+    /// dropped. Picking a port first and binding it a moment later lets a
+    /// neighbour take it in between (seen in CI: `AddrInUse`).
+    pub fn vpcd_on_free_port() -> std::io::Result<(CardLink, CardLinkSpec, u16)> {
+        let (port, reader) = keybridge_transport::port::bind_in_range(|port| {
+            VpcdReader::bind((std::net::Ipv4Addr::LOCALHOST, port))
+        })?;
+        let spec = CardLinkSpec::VpcdListen(format!("127.0.0.1:{port}"));
+        Ok((CardLink::Vpcd(reader), spec, port))
+    }
+
     /// Waits up to `wait` for a card to be present (connected and powered).
     pub fn wait_for_card(&mut self, wait: Duration) -> Result<(), LinkError> {
         match self {

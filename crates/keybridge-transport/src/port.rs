@@ -19,13 +19,27 @@ pub const LISTEN_PORTS: Range<u16> = 20_000..32_000;
 /// Random picks tried before giving up.
 const ATTEMPTS: usize = 64;
 
-/// A loopback TCP port in [`LISTEN_PORTS`] that was free a moment ago.
+/// A loopback TCP port in [`LISTEN_PORTS`] that was free a moment ago, for a
+/// listener another process binds. Between this check and that bind anyone
+/// may take it; when this process binds it itself, use [`bind_in_range`],
+/// which has no such window.
 pub fn listen_port() -> std::io::Result<u16> {
+    bind_in_range(|port| TcpListener::bind((Ipv4Addr::LOCALHOST, port))).map(|(port, _)| port)
+}
+
+/// Runs `bind` on random ports of [`LISTEN_PORTS`] until one is not in use,
+/// and returns that port with what `bind` made of it. Any error other than
+/// "address in use" ends the search: it would not go away on another port.
+pub fn bind_in_range<T>(
+    mut bind: impl FnMut(u16) -> std::io::Result<T>,
+) -> std::io::Result<(u16, T)> {
     let mut rng = rand::thread_rng();
     for _ in 0..ATTEMPTS {
         let port = rng.gen_range(LISTEN_PORTS);
-        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            return Ok(port);
+        match bind(port) {
+            Ok(bound) => return Ok((port, bound)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(e),
         }
     }
     Err(std::io::Error::new(
@@ -43,5 +57,34 @@ mod tests {
         let port = listen_port().unwrap();
         assert!(LISTEN_PORTS.contains(&port));
         assert!(TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok());
+    }
+
+    #[test]
+    fn binding_in_range_moves_on_from_a_port_in_use() {
+        let (taken, _held) =
+            bind_in_range(|port| TcpListener::bind((Ipv4Addr::LOCALHOST, port))).unwrap();
+        let mut tried = Vec::new();
+        let (port, _listener) = bind_in_range(|port| {
+            tried.push(port);
+            // The first pick is answered with the port already held.
+            let port = if tried.len() == 1 { taken } else { port };
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+        })
+        .unwrap();
+        assert_eq!(tried.len(), 2, "one retry after the port in use");
+        assert_ne!(port, taken);
+        assert!(LISTEN_PORTS.contains(&port));
+    }
+
+    #[test]
+    fn binding_in_range_stops_at_other_errors() {
+        let mut calls = 0;
+        let err = bind_in_range(|_| -> std::io::Result<()> {
+            calls += 1;
+            Err(std::io::ErrorKind::PermissionDenied.into())
+        })
+        .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        assert_eq!(calls, 1);
     }
 }

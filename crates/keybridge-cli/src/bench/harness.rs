@@ -209,19 +209,25 @@ impl Harness {
             Cards::Serving(transport) => transport,
             Cards::Silent => BenchTransport::Direct,
         };
-        let port = keybridge_transport::port::listen_port()?;
-        let spec = CardLinkSpec::VpcdListen(format!("127.0.0.1:{port}"));
+        // The card process listens on BLE only after the enrolment; a
+        // picked port is the best there is for a listener bound elsewhere.
         let ble_port = keybridge_transport::port::listen_port()?;
         let state_path = self.temp.path().join(format!("card-{i}.json"));
-        let enrol = Arc::new(Mutex::new(match transport {
-            BenchTransport::Direct => CardLink::InProcess(InProcessCard(Box::new(
-                DirectCard::new(&state_path, CardState::File)?,
-            ))),
-            BenchTransport::DirectMemory => CardLink::InProcess(InProcessCard(Box::new(
-                DirectCard::new(&state_path, CardState::Memory)?,
-            ))),
-            BenchTransport::Vpcd | BenchTransport::BleSim => CardLink::open(&spec)?,
-        }));
+        let (enrol, spec, port) = match transport {
+            BenchTransport::Direct | BenchTransport::DirectMemory => {
+                let state = if transport == BenchTransport::Direct {
+                    CardState::File
+                } else {
+                    CardState::Memory
+                };
+                let card = DirectCard::new(&state_path, state)?;
+                // In process: no reader, no port.
+                let spec = CardLinkSpec::VpcdListen("127.0.0.1:0".to_owned());
+                (CardLink::InProcess(InProcessCard(Box::new(card))), spec, 0)
+            }
+            BenchTransport::Vpcd | BenchTransport::BleSim => CardLink::vpcd_on_free_port()?,
+        };
+        let enrol = Arc::new(Mutex::new(enrol));
         let options = move |reconnect: bool| keybridge_card::CardOptions {
             state_path: state_path.clone(),
             vpcd_addr: format!("127.0.0.1:{port}"),

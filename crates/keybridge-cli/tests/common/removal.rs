@@ -89,6 +89,15 @@ pub async fn bank(data_dir: &Path, ttl_s: u64) -> Bank {
     Bank::open(data_dir, options).await
 }
 
+/// A vpcd reader bound at once on a loopback port of its own
+/// (`CardLink::vpcd_on_free_port`): the link the card is enrolled through,
+/// the spec a relay binds the same port again by once that link is dropped,
+/// and `keybridge card`'s `--link` to it.
+pub fn vpcd_reader() -> (CardLink, CardLinkSpec, String) {
+    let (link, spec, port) = CardLink::vpcd_on_free_port().unwrap();
+    (link, spec, format!("vpcd=127.0.0.1:{port}"))
+}
+
 /// Enrols the card on `enrol` for alice, with the server of `admin` (`card` is the card process serving
 /// that reader, stopped afterwards), then starts a relay that reaches it
 /// through `spec` and waits up to `card_wait` for each tap.
