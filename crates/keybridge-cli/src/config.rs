@@ -14,6 +14,7 @@
 //! body_limit_bytes = 65536
 //! read_timeout_s = 30
 //! pending_per_payer_max = 10
+//! terminal_rate_per_s = 100
 //! relay_ping_s = 15
 //!
 //! [tls]
@@ -40,6 +41,7 @@ pub struct FileConfig {
     pub body_limit_bytes: Option<usize>,
     pub read_timeout_s: Option<u64>,
     pub pending_per_payer_max: Option<u32>,
+    pub terminal_rate_per_s: Option<u32>,
     pub relay_ping_s: Option<u64>,
     #[serde(default)]
     pub tls: FileTls,
@@ -82,6 +84,7 @@ pub struct Overrides {
     pub body_limit_bytes: Option<usize>,
     pub read_timeout_s: Option<u64>,
     pub pending_per_payer_max: Option<u32>,
+    pub terminal_rate_per_s: Option<u32>,
     pub relay_ping_s: Option<u64>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -105,6 +108,7 @@ pub struct Settings {
     pub body_limit_bytes: usize,
     pub read_timeout_s: u64,
     pub pending_per_payer_max: u32,
+    pub terminal_rate_per_s: u32,
     pub relay_ping_s: u64,
     pub tls: Tls,
 }
@@ -160,6 +164,10 @@ pub fn resolve(over: Overrides, file: FileConfig) -> anyhow::Result<Settings> {
             .pending_per_payer_max
             .or(file.pending_per_payer_max)
             .unwrap_or(keybridge_server::ServerConfig::PENDING_PER_PAYER_MAX_DEFAULT),
+        terminal_rate_per_s: over
+            .terminal_rate_per_s
+            .or(file.terminal_rate_per_s)
+            .unwrap_or(keybridge_server::ServerConfig::TERMINAL_RATE_PER_S_DEFAULT),
         relay_ping_s: over
             .relay_ping_s
             .or(file.relay_ping_s)
@@ -178,6 +186,7 @@ mod tests {
         ttl_s = 60
         read_timeout_s = 10
         pending_per_payer_max = 3
+        terminal_rate_per_s = 0
         relay_ping_s = 5
         [tls]
         cert = "c.pem"
@@ -193,6 +202,7 @@ mod tests {
         assert_eq!(s.ttl_s, 120);
         assert_eq!(s.read_timeout_s, 30);
         assert_eq!(s.pending_per_payer_max, 10);
+        assert_eq!(s.terminal_rate_per_s, 100);
         assert_eq!(s.relay_ping_s, 15);
         assert_eq!(s.tls, Tls::Off);
     }
@@ -205,6 +215,10 @@ mod tests {
         assert_eq!((s.origin.as_str(), s.ttl_s), ("from-file", 60));
         assert_eq!(s.read_timeout_s, 10);
         assert_eq!(s.pending_per_payer_max, 3);
+        assert_eq!(
+            s.terminal_rate_per_s, 0,
+            "0 (no limit) is a value, not absence"
+        );
         assert_eq!(s.relay_ping_s, 5);
         assert_eq!(
             s.tls,

@@ -44,6 +44,11 @@ pub struct ServerArgs {
     /// approved [default: 10].
     #[arg(long, env = "KEYBRIDGE_PENDING_PER_PAYER_MAX")]
     pub pending_per_payer_max: Option<u32>,
+    /// The most requests a second one terminal's API key may send, in
+    /// bursts of at most this many; more get 429 `rate_limited` with
+    /// `Retry-After`. Counted per server instance; 0: no limit [default: 100].
+    #[arg(long, env = "KEYBRIDGE_TERMINAL_RATE_PER_S")]
+    pub terminal_rate_per_s: Option<u32>,
     /// Seconds between the server's pings on each relay's socket. Relays
     /// learn it when they connect and reconnect after three missed; lower
     /// it behind a proxy or NAT that drops sockets idle for less than
@@ -131,6 +136,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
             body_limit_bytes: args.body_limit_bytes,
             read_timeout_s: args.read_timeout_s,
             pending_per_payer_max: args.pending_per_payer_max,
+            terminal_rate_per_s: args.terminal_rate_per_s,
             relay_ping_s: args.relay_ping_s,
             tls_cert: args.tls_cert,
             tls_key: args.tls_key,
@@ -150,6 +156,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.body_limit_bytes = settings.body_limit_bytes;
     config.read_timeout_s = settings.read_timeout_s;
     config.pending_per_payer_max = settings.pending_per_payer_max;
+    config.terminal_rate_per_s = settings.terminal_rate_per_s;
     config.relay_ping_interval_ms = settings.relay_ping_s.saturating_mul(1000);
     config.tls = match settings.tls {
         Tls::Off => None,

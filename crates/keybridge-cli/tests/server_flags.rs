@@ -4,7 +4,9 @@
 //! - `--pending-per-payer-max 1`: a payer's second waiting payment is
 //!   refused with 429 `too_many_pending`;
 //! - `--relay-ping-s 7`: a relay's upgrade is answered with the ping
-//!   interval it times its patience by (7000 ms).
+//!   interval it times its patience by (7000 ms);
+//! - `--terminal-rate-per-s 1`: a terminal's second request within a second
+//!   is refused with 429 `rate_limited` and `Retry-After: 1`.
 
 mod common;
 
@@ -17,19 +19,13 @@ use keybridge_proto::ocra::{OtpauthUri, Suite};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-fn start_server(dir: &Path) -> (Killed, String) {
+/// `keybridge server` with `flags`, and none of the settings' variables.
+fn start_server(dir: &Path, flags: &[&str]) -> (Killed, String) {
     let ready = dir.join("ready");
     let mut command = Command::new(env!("CARGO_BIN_EXE_keybridge"));
     command
-        .args([
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--pending-per-payer-max",
-            "1",
-            "--relay-ping-s",
-            "7",
-        ])
+        .args(["server", "--listen", "127.0.0.1:0"])
+        .args(flags)
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--ready-file")
@@ -37,6 +33,7 @@ fn start_server(dir: &Path) -> (Killed, String) {
         .env_remove("KEYBRIDGE_DATABASE_URL")
         .env_remove("KEYBRIDGE_PENDING_PER_PAYER_MAX")
         .env_remove("KEYBRIDGE_RELAY_PING_S")
+        .env_remove("KEYBRIDGE_TERMINAL_RATE_PER_S")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -46,7 +43,8 @@ fn start_server(dir: &Path) -> (Killed, String) {
 #[tokio::test]
 async fn the_flags_reach_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let (_server, base) = start_server(dir.path());
+    let flags = ["--pending-per-payer-max", "1", "--relay-ping-s", "7"];
+    let (_server, base) = start_server(dir.path(), &flags);
     let admin_token = std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap();
     let http = reqwest::Client::new();
     let admin = |path: &str, body: Value| {
@@ -139,4 +137,36 @@ async fn the_flags_reach_the_server() {
         "{stdout}"
     );
     assert!(stderr.contains("sending the request again"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_terminal_rate_flag_reaches_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, base) = start_server(dir.path(), &["--terminal-rate-per-s", "1"]);
+    let admin_token = std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap();
+    let http = reqwest::Client::new();
+    let terminal: Value = http
+        .post(format!("{base}/v1/admin/terminals"))
+        .bearer_auth(admin_token.trim())
+        .json(&json!({"name": "till"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let api_key = terminal["api_key"].as_str().unwrap();
+    // Any terminal request counts; this one is answered 404 once the key
+    // is accepted (the terminal has no transaction with that account).
+    let read = || {
+        http.get(format!("{base}/v1/accounts/nobody"))
+            .bearer_auth(api_key)
+            .send()
+    };
+    assert_eq!(read().await.unwrap().status(), 404);
+    let second = read().await.unwrap();
+    assert_eq!(second.status(), 429);
+    assert_eq!(second.headers()["retry-after"], "1");
+    let body: Value = second.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited", "{body}");
 }

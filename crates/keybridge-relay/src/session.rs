@@ -453,6 +453,8 @@ async fn submit(
                             status,
                             code: error.error,
                             message: error.message,
+                            // An answer on the socket has no headers.
+                            retry_after: None,
                         }))
                     }
                 };

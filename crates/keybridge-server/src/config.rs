@@ -39,6 +39,11 @@ pub struct ServerConfig {
     /// once; one more is refused (429 `too_many_pending`). Each is a prompt
     /// on the payer's phone: a flood of them is the "MFA fatigue" attack.
     pub pending_per_payer_max: u32,
+    /// The most requests a second one terminal's API key may send, in
+    /// bursts of at most this many; more get 429 `rate_limited` with
+    /// `Retry-After` (`crate::rate`). Counted per server instance. 0: no
+    /// limit.
+    pub terminal_rate_per_s: u32,
     /// The most a client may take to send a request head (counted from
     /// connecting or from its previous answer), to finish the TLS
     /// handshake, or to send a request body. Past it the connection is
@@ -70,6 +75,11 @@ impl ServerConfig {
     /// A person confirms one payment at a time; ten covers a few tills
     /// serving one account and retries, and bounds a flood to ten prompts.
     pub const PENDING_PER_PAYER_MAX_DEFAULT: u32 = 10;
+    /// A till sends a few requests per payment (create, then a long poll or
+    /// an event stream), so 100 a second is far beyond any till and many
+    /// checkouts behind one merchant key, and still a small share of what
+    /// one instance serves (docs/performance.md).
+    pub const TERMINAL_RATE_PER_S_DEFAULT: u32 = 100;
     /// hyper's own default for the request head, and far longer than a
     /// client on any working network needs.
     pub const READ_TIMEOUT_S_DEFAULT: u64 = 30;
@@ -88,6 +98,7 @@ impl ServerConfig {
             relay_ping_interval_ms: Self::RELAY_PING_INTERVAL_MS_DEFAULT,
             body_limit_bytes: Self::BODY_LIMIT_BYTES_DEFAULT,
             pending_per_payer_max: Self::PENDING_PER_PAYER_MAX_DEFAULT,
+            terminal_rate_per_s: Self::TERMINAL_RATE_PER_S_DEFAULT,
             read_timeout_s: Self::READ_TIMEOUT_S_DEFAULT,
             tls: None,
             trust_anchors: Vec::new(),
@@ -121,6 +132,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("relay_ping_interval_ms", &self.relay_ping_interval_ms)
             .field("body_limit_bytes", &self.body_limit_bytes)
             .field("pending_per_payer_max", &self.pending_per_payer_max)
+            .field("terminal_rate_per_s", &self.terminal_rate_per_s)
             .field("read_timeout_s", &self.read_timeout_s)
             .field("tls", &self.tls)
             .field("trust_anchors", &self.trust_anchors)

@@ -68,6 +68,17 @@ pub enum ApiError {
         "the payer has reached the limit of {0} payments waiting for confirmation; try again when one ends"
     )]
     TooManyPending(u64),
+    /// 429 `rate_limited`: this terminal sent more than its rate of requests
+    /// (`ServerConfig::terminal_rate_per_s`); the answer's `Retry-After` says
+    /// when to send again.
+    #[error(
+        "this terminal sent more than {per_s} requests a second; try again in {} ms",
+        retry_after.as_millis().max(1)
+    )]
+    RateLimited {
+        per_s: u32,
+        retry_after: std::time::Duration,
+    },
     /// 422 `unknown_account`.
     #[error("unknown account: {0}")]
     UnknownAccount(String),
@@ -108,7 +119,9 @@ impl ApiError {
             | ApiError::TerminalDisabled => StatusCode::CONFLICT,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::TooManyPending(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyPending(_) | ApiError::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::UnknownAccount(_) | ApiError::CurrencyMismatch | ApiError::NoDevice => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -136,6 +149,7 @@ impl ApiError {
             ApiError::RequestTimeout => "request_timeout",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::TooManyPending(_) => "too_many_pending",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::UnknownAccount(_) => "unknown_account",
             ApiError::CurrencyMismatch => "currency_mismatch",
             ApiError::NoDevice => "no_device",
@@ -162,14 +176,31 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status(), Json(self.body())).into_response();
-        if self == ApiError::Unauthorized {
-            response.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
+        let headers = response.headers_mut();
+        match self {
+            ApiError::Unauthorized => {
+                headers.insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer"),
+                );
+            }
+            ApiError::RateLimited { retry_after, .. } => {
+                headers.insert(
+                    axum::http::header::RETRY_AFTER,
+                    retry_after_header(retry_after),
+                );
+            }
+            _ => {}
         }
         response
     }
+}
+
+/// `Retry-After` counts whole seconds (RFC 9110 section 10.2.3): the wait
+/// rounded up, so a client that obeys it is let in.
+fn retry_after_header(wait: std::time::Duration) -> axum::http::HeaderValue {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    axum::http::HeaderValue::from(seconds.max(1))
 }
 
 /// Store failures reach clients only as `internal_error`; the cause is logged here.
@@ -226,6 +257,14 @@ mod tests {
             (ApiError::RequestTimeout, 408, "request_timeout"),
             (ApiError::PayloadTooLarge, 413, "payload_too_large"),
             (ApiError::TooManyPending(10), 429, "too_many_pending"),
+            (
+                ApiError::RateLimited {
+                    per_s: 100,
+                    retry_after: std::time::Duration::from_millis(10),
+                },
+                429,
+                "rate_limited",
+            ),
             (ApiError::UnknownAccount("a".into()), 422, "unknown_account"),
             (ApiError::CurrencyMismatch, 422, "currency_mismatch"),
             (ApiError::NoDevice, 422, "no_device"),

@@ -30,9 +30,10 @@
 //!   scheduled import of an external CA's CRLs, and terminals remembered by
 //!   API-key hash.
 //!
-//! Not here: OCSP, request-rate limits per client or terminal (what is
-//! limited: payments waiting per payer, `ServerConfig::pending_per_payer_max`;
-//! request bodies; the time a client may take, `serve`).
+//! Not here: OCSP, request-rate limits per client address (what is limited:
+//! requests per terminal, `rate`; payments waiting per payer,
+//! `ServerConfig::pending_per_payer_max`; request bodies; the time a client
+//! may take, `serve`).
 #![forbid(unsafe_code)]
 
 pub mod backup;
@@ -49,6 +50,7 @@ pub mod peers;
 mod pending_cache;
 pub mod pki;
 mod random;
+mod rate;
 mod routes;
 mod secret;
 pub mod secretbox;

@@ -16,6 +16,8 @@
 //! - `creations_refused_total{reason}`: payments refused at creation by the
 //!   rules, by error code; `too_many_pending` climbing means some terminal is
 //!   flooding payers with prompts (the log names it).
+//! - `rate_limited_total{role}`: requests refused because their sender
+//!   (`terminal`) went over its rate (`crate::rate`); the log names it.
 //! - `http_connections_open`: client connections now (TLS handshakes and
 //!   HTTP; a connection upgraded to a relay channel leaves this count).
 //! - `read_timeouts_total{stage}`: connections closed because the client
@@ -37,6 +39,7 @@ pub const WEBHOOK_DELIVERIES: &str = "keybridge_webhook_deliveries_total";
 pub const CREATIONS_REFUSED: &str = "keybridge_creations_refused_total";
 pub const HTTP_CONNECTIONS: &str = "keybridge_http_connections_open";
 pub const READ_TIMEOUTS: &str = "keybridge_read_timeouts_total";
+pub const RATE_LIMITED: &str = "keybridge_rate_limited_total";
 
 /// Payments are confirmed by a person: seconds to minutes.
 const LATENCY_BUCKETS_S: &[f64] = &[
@@ -105,6 +108,11 @@ impl Metrics {
     /// The rules refused a new payment; `reason` is the error's code.
     pub fn creation_refused(reason: &'static str) {
         metrics::counter!(CREATIONS_REFUSED, "reason" => reason).increment(1);
+    }
+
+    /// A request was refused because its sender went over its rate.
+    pub fn rate_limited(role: &'static str) {
+        metrics::counter!(RATE_LIMITED, "role" => role).increment(1);
     }
 
     /// A client was too slow: its request head, TLS handshake or body did

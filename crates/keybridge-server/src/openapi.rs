@@ -23,7 +23,7 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(
         title = "KeyBridge API",
-        description = "Out-of-band payment confirmation: a terminal submits a payment, the payer's phone relays the confirmation payload to a security device, the server verifies the device's signature over the payload it stored and settles.\n\nEvery error has the body `ErrorBody` (`{\"error\": <stable code>, \"message\": <text>}`). Request bodies refuse unknown fields, are size-limited (413 `payload_too_large`) and must arrive within the server's read timeout (408 `request_timeout`). Codes: `invalid_request` (400), `unauthorized` (401), `not_found` (404), `method_not_allowed` (405), `idempotency_conflict`, `not_pending`, `expired_token`, `already_exists` (409), `request_timeout` (408), `payload_too_large` (413), `too_many_pending` (429: the payer already has the server's limit of payments waiting for confirmation; retry once one ends), `unknown_account`, `currency_mismatch`, `no_device` (422), `internal_error` (500), `not_ready` (503).",
+        description = "Out-of-band payment confirmation: a terminal submits a payment, the payer's phone relays the confirmation payload to a security device, the server verifies the device's signature over the payload it stored and settles.\n\nEvery error has the body `ErrorBody` (`{\"error\": <stable code>, \"message\": <text>}`). Request bodies refuse unknown fields, are size-limited (413 `payload_too_large`) and must arrive within the server's read timeout (408 `request_timeout`). Codes: `invalid_request` (400), `unauthorized` (401), `not_found` (404), `method_not_allowed` (405), `idempotency_conflict`, `not_pending`, `expired_token`, `already_exists` (409), `request_timeout` (408), `payload_too_large` (413), `too_many_pending` (429: the payer already has the server's limit of payments waiting for confirmation; retry once one ends), `rate_limited` (429: the terminal's API key sent more than the server's rate of requests a second; `Retry-After` says how many seconds to wait), `unknown_account`, `currency_mismatch`, `no_device` (422), `internal_error` (500), `not_ready` (503).",
         license(name = "Apache-2.0"),
     ),
     paths(
@@ -149,7 +149,7 @@ mod paths {
             (status = 201, description = "With `Prefer: wait`: created, and final within the wait.", body = TransactionView),
             (status = 202, description = "Stored `pending`; the payer's device was asked (with `Prefer: wait`: still pending when the wait ran out).", body = TransactionView),
             (status = 200, description = "A replay of an earlier request with this key.", body = TransactionView),
-            (status = "4XX", description = "`invalid_request`, `unauthorized`, `idempotency_conflict`, `payload_too_large`, `unknown_account`, `currency_mismatch`, `no_device`, `too_many_pending`", body = ErrorBody)))]
+            (status = "4XX", description = "`invalid_request`, `unauthorized`, `idempotency_conflict`, `payload_too_large`, `unknown_account`, `currency_mismatch`, `no_device`, `too_many_pending`; `rate_limited` (429, with `Retry-After`: this terminal sent more than its rate)", body = ErrorBody)))]
     fn create_transaction() {}
 
     #[utoipa::path(get, path = "/v1/transactions/{id}", tag = "terminal",
@@ -158,7 +158,7 @@ mod paths {
             ("wait" = Option<u64>, Query, description = "Long-poll: hold up to this many seconds (0 to 60) until the transaction ends.")),
         responses(
             (status = 200, description = "The transaction now (final, or pending when the wait ran out).", body = TransactionView),
-            (status = "4XX", description = "`invalid_request`, `unauthorized`, `not_found` (also for other terminals' transactions)", body = ErrorBody)))]
+            (status = "4XX", description = "`invalid_request`, `unauthorized`, `not_found` (also for other terminals' transactions); `rate_limited` (429, with `Retry-After`: this terminal sent more than its rate)", body = ErrorBody)))]
     fn get_transaction() {}
 
     #[utoipa::path(get, path = "/v1/transactions/{id}/events", tag = "terminal",
@@ -166,7 +166,7 @@ mod paths {
         params(("id" = String, Path, description = "Transaction id.")),
         responses(
             (status = 200, description = "Server-sent events: `event: status` with a `TransactionView` now and when it ends; the stream closes after a final status.", body = String, content_type = "text/event-stream"),
-            (status = "4XX", description = "`unauthorized`, `not_found`", body = ErrorBody)))]
+            (status = "4XX", description = "`unauthorized`, `not_found`; `rate_limited` (429, with `Retry-After`: this terminal sent more than its rate)", body = ErrorBody)))]
     fn transaction_events() {}
 
     #[utoipa::path(get, path = "/v1/accounts/{id}", tag = "terminal",
@@ -174,7 +174,7 @@ mod paths {
         params(("id" = String, Path, description = "A payer account id.")),
         responses(
             (status = 200, description = "Balance and this terminal's recent transactions for the payer.", body = AccountActivity),
-            (status = "4XX", description = "`unauthorized`; `not_found` also when this terminal has no transaction with the account", body = ErrorBody)))]
+            (status = "4XX", description = "`unauthorized`; `not_found` also when this terminal has no transaction with the account; `rate_limited` (429, with `Retry-After`: this terminal sent more than its rate)", body = ErrorBody)))]
     fn account_activity() {}
 
     #[utoipa::path(put, path = "/v1/webhook", tag = "terminal",
@@ -182,21 +182,21 @@ mod paths {
         request_body = RegisterWebhook,
         responses(
             (status = 200, description = "Registered; the secret is shown only now. Outcomes are POSTed as `WebhookEvent` with `KeyBridge-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, \"<t>.<body>\")>` and `KeyBridge-Event-Id`.", body = WebhookRegistered),
-            (status = "4XX", description = "`invalid_request`, `unauthorized`", body = ErrorBody)))]
+            (status = "4XX", description = "`invalid_request`, `unauthorized`; `rate_limited` (429, with `Retry-After`: this terminal sent more than its rate)", body = ErrorBody)))]
     fn put_webhook() {}
 
     #[utoipa::path(get, path = "/v1/webhook", tag = "terminal",
         security(("terminal_key" = [])),
         responses(
             (status = 200, description = "The registration, without its secret.", body = WebhookView),
-            (status = "4XX", description = "`unauthorized`, `not_found`", body = ErrorBody)))]
+            (status = "4XX", description = "`unauthorized`, `not_found`; `rate_limited` (429, with `Retry-After`: this terminal sent more than its rate)", body = ErrorBody)))]
     fn get_webhook() {}
 
     #[utoipa::path(delete, path = "/v1/webhook", tag = "terminal",
         security(("terminal_key" = [])),
         responses(
             (status = 204, description = "Removed; queued events will not be sent."),
-            (status = "4XX", description = "`unauthorized`, `not_found`", body = ErrorBody)))]
+            (status = "4XX", description = "`unauthorized`, `not_found`; `rate_limited` (429, with `Retry-After`: this terminal sent more than its rate)", body = ErrorBody)))]
     fn delete_webhook() {}
 
     // ---- Relay ------------------------------------------------------------------------

@@ -50,6 +50,8 @@ pub struct Shared {
     /// Only the hash is kept, so the token itself sits in no long-lived struct.
     pub(crate) admin_token_hash: [u8; 32],
     pub(crate) terminals: TerminalCache,
+    /// `None` when the configuration sets no limit.
+    pub(crate) terminal_rate: Option<crate::rate::TerminalRate>,
     /// Pending transactions created here, for judging their confirmations.
     pub(crate) pending: PendingCache,
 }
@@ -145,6 +147,7 @@ impl AppState {
             read_timeout: std::time::Duration::from_secs(config.read_timeout_s),
             admin_token_hash: sha256(&config.admin_token),
             terminals: TerminalCache::default(),
+            terminal_rate: crate::rate::TerminalRate::new(config.terminal_rate_per_s),
             pending: PendingCache::default(),
         })))
     }

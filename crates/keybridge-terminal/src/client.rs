@@ -21,6 +21,9 @@ pub enum ClientError {
         status: u16,
         code: String,
         message: String,
+        /// The answer's `Retry-After` in seconds (a 429 or a 503): the
+        /// least to wait before sending again.
+        retry_after: Option<Duration>,
     },
     #[error("cannot reach the server: {0}")]
     Http(#[from] reqwest::Error),
@@ -44,12 +47,34 @@ impl ClientError {
         }
     }
 
+    /// How long the server asked to be left alone (`Retry-After`), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Api { retry_after, .. } => *retry_after,
+            ClientError::Http(_) => None,
+        }
+    }
+
     /// Whether the TLS handshake was refused (the server's certificate is
     /// not trusted or does not name it): not transient, but a server whose
     /// certificate is put right would answer.
     pub fn is_tls_refused(&self) -> bool {
         matches!(self, ClientError::Http(e) if is_tls_failure(e))
     }
+}
+
+/// `Retry-After` as a number of seconds. The HTTP-date form is not read:
+/// KeyBridge servers send seconds, and a wrong guess at a clock skew would
+/// be worse than the caller's own backoff.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let seconds: u64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds))
 }
 
 /// Whether rustls refused the connection: somewhere in the error's chain is
@@ -138,6 +163,7 @@ impl Client {
         if status.is_success() {
             return Ok(response.json().await?);
         }
+        let retry_after = retry_after(response.headers());
         let text = response.text().await.unwrap_or_default();
         let body: ErrorBody = serde_json::from_str(&text).unwrap_or(ErrorBody {
             error: "http_error".into(),
@@ -147,6 +173,7 @@ impl Client {
             status: status.as_u16(),
             code: body.error,
             message: body.message,
+            retry_after,
         })
     }
 
@@ -385,5 +412,28 @@ impl Client {
     pub async fn verify_books(&self) -> Result<BooksVerification, ClientError> {
         let url = format!("{}/v1/admin/books/verify", self.base);
         self.send(self.http.get(url).timeout(CHECK_TIMEOUT)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+
+    use super::*;
+
+    fn with(value: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static(value));
+        headers
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_anything_else_is_ignored() {
+        assert_eq!(retry_after(&with("1")), Some(Duration::from_secs(1)));
+        assert_eq!(retry_after(&with(" 30 ")), Some(Duration::from_secs(30)));
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+        assert_eq!(retry_after(&with("Fri, 27 Nov 2026 03:00:00 GMT")), None);
+        assert_eq!(retry_after(&with("-1")), None);
+        assert_eq!(retry_after(&with("1.5")), None);
     }
 }

@@ -73,8 +73,9 @@ pub async fn pay(
 const AGAIN_PAUSE_FIRST: Duration = Duration::from_millis(100);
 const AGAIN_PAUSE_MAX: Duration = Duration::from_secs(2);
 
-/// Runs `call` until it succeeds, fails for good, or a pause would reach
-/// past `deadline` (then its last error).
+/// Runs `call` until it succeeds, fails for good, or a pause (the backoff,
+/// or the server's `Retry-After` when longer) would reach past `deadline`
+/// (then its last error).
 async fn again_until<T, F, Fut>(
     deadline: tokio::time::Instant,
     mut call: F,
@@ -86,9 +87,15 @@ where
     let mut pause = AGAIN_PAUSE_FIRST;
     loop {
         match call().await {
-            Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < deadline => {
-                tracing::warn!(error = %e, "sending the request again in {} ms", pause.as_millis());
-                tokio::time::sleep(pause).await;
+            Err(e) if e.is_transient() => {
+                // A server that says how long to wait (429 `rate_limited`)
+                // is obeyed: sooner would only be refused again.
+                let wait = pause.max(e.retry_after().unwrap_or_default());
+                if tokio::time::Instant::now() + wait >= deadline {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, "sending the request again in {} ms", wait.as_millis());
+                tokio::time::sleep(wait).await;
                 pause = (pause * 2).min(AGAIN_PAUSE_MAX);
             }
             done => return done,
@@ -151,6 +158,63 @@ async fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refused(retry_after: Option<Duration>) -> ClientError {
+        ClientError::Api {
+            status: 429,
+            code: "rate_limited".into(),
+            message: "slow down".into(),
+            retry_after,
+        }
+    }
+
+    /// Sends until the second call, answered `first` before it; how long that took.
+    async fn second_call_after(
+        first: ClientError,
+        wait_max: Duration,
+    ) -> (Result<u8, ClientError>, Duration) {
+        let started = tokio::time::Instant::now();
+        let mut first = Some(first);
+        let result = again_until(started + wait_max, || {
+            let answer = first.take().map_or(Ok(7), Err);
+            async move { answer }
+        })
+        .await;
+        (result, started.elapsed())
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_longer_than_the_backoff_is_waited_for() {
+        let (result, took) = second_call_after(
+            refused(Some(Duration::from_millis(600))),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(result.unwrap(), 7);
+        // The backoff alone would have sent again after 100 ms.
+        assert!(took >= Duration::from_millis(600), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn without_retry_after_the_backoff_applies() {
+        let (result, took) = second_call_after(refused(None), Duration::from_secs(5)).await;
+        assert_eq!(result.unwrap(), 7);
+        assert!(took >= AGAIN_PAUSE_FIRST, "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_past_the_deadline_gives_up_at_once() {
+        let (result, took) = second_call_after(
+            refused(Some(Duration::from_secs(60))),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(
+            result.unwrap_err().retry_after(),
+            Some(Duration::from_secs(60))
+        );
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
 
     #[test]
     fn idempotency_keys_are_fresh_and_printable() {

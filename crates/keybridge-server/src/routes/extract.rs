@@ -92,7 +92,8 @@ impl FromRequestParts<AppState> for Admin {
 }
 
 /// A terminal, found by the hash of its API key (remembered: see
-/// [`crate::terminal_cache`]).
+/// [`crate::terminal_cache`]), and within its request rate
+/// ([`crate::rate`]).
 #[derive(Debug)]
 pub struct Terminal(pub TerminalRecord);
 
@@ -102,15 +103,21 @@ impl FromRequestParts<AppState> for Terminal {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
         let key_hash = sha256(token);
-        if let Some(terminal) = state.terminals.get(&key_hash) {
-            return Ok(Terminal(terminal));
+        let terminal = match state.terminals.get(&key_hash) {
+            Some(terminal) => terminal,
+            None => {
+                let terminal = state
+                    .store
+                    .terminal_by_key_hash(key_hash)
+                    .await?
+                    .ok_or(ApiError::Unauthorized)?;
+                state.terminals.insert(key_hash, terminal.clone());
+                terminal
+            }
+        };
+        if let Some(rate) = &state.terminal_rate {
+            rate.admit(&terminal.id)?;
         }
-        let terminal = state
-            .store
-            .terminal_by_key_hash(key_hash)
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
-        state.terminals.insert(key_hash, terminal.clone());
         Ok(Terminal(terminal))
     }
 }

@@ -42,6 +42,7 @@ pub struct Options {
     pub body_limit_bytes: usize,
     pub read_timeout_s: u64,
     pub pending_per_payer_max: u32,
+    pub terminal_rate_per_s: u32,
     /// External CA mode when not empty.
     pub trust_anchors: Vec<std::path::PathBuf>,
     pub intermediates: Vec<std::path::PathBuf>,
@@ -58,6 +59,7 @@ impl Default for Options {
             body_limit_bytes: 64 * 1024,
             read_timeout_s: 30,
             pending_per_payer_max: ServerConfig::PENDING_PER_PAYER_MAX_DEFAULT,
+            terminal_rate_per_s: ServerConfig::TERMINAL_RATE_PER_S_DEFAULT,
             trust_anchors: Vec::new(),
             intermediates: Vec::new(),
             crl_sources: Vec::new(),
@@ -438,6 +440,7 @@ async fn launch(
     config.body_limit_bytes = options.body_limit_bytes;
     config.read_timeout_s = options.read_timeout_s;
     config.pending_per_payer_max = options.pending_per_payer_max;
+    config.terminal_rate_per_s = options.terminal_rate_per_s;
     config.trust_anchors = options.trust_anchors.clone();
     config.intermediates = options.intermediates.clone();
     config.crl_sources = options.crl_sources.clone();
