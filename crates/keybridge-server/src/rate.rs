@@ -28,6 +28,7 @@ use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 
 use crate::error::ApiError;
+use crate::store::TerminalRecord;
 
 type Limiter<C> =
     RateLimiter<String, DashMapStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
@@ -70,17 +71,19 @@ impl<C: Clock + Clone> TerminalRate<C> {
         }
     }
 
-    /// Counts one request of terminal `id`: `Ok` within the rate, otherwise
-    /// `RateLimited` with how long until the next one would be let in (then
-    /// counted in the metrics, and logged at most once a minute per terminal).
-    pub fn admit(&self, id: &str) -> Result<(), ApiError> {
-        let key = id.to_owned();
-        let Err(not_until) = self.requests.check_key(&key) else {
+    /// Counts one request of the terminal with this id: `Ok` within the
+    /// rate, otherwise `RateLimited` with how long until the next one would
+    /// be let in (then counted in the metrics, and logged at most once a
+    /// minute per terminal). Takes the record's own `String`, so a request
+    /// within the rate allocates nothing.
+    pub fn admit(&self, terminal: &TerminalRecord) -> Result<(), ApiError> {
+        let id = &terminal.id;
+        let Err(not_until) = self.requests.check_key(id) else {
             return Ok(());
         };
         let retry_after = not_until.wait_time_from(self.clock.now());
         crate::metrics::Metrics::rate_limited("terminal");
-        if self.warnings.check_key(&key).is_ok() {
+        if self.warnings.check_key(id).is_ok() {
             tracing::warn!(terminal = %id, per_s = self.per_s.get(), "refused: the terminal sends more requests than its rate");
         }
         Err(ApiError::RateLimited {
@@ -96,6 +99,14 @@ mod tests {
 
     use super::*;
 
+    fn terminal(id: &str) -> TerminalRecord {
+        TerminalRecord {
+            id: id.to_owned(),
+            name: id.to_owned(),
+            disabled_at_unix_s: None,
+        }
+    }
+
     fn rate(per_s: u32) -> (TerminalRate<FakeRelativeClock>, FakeRelativeClock) {
         let clock = FakeRelativeClock::default();
         let per_s = NonZeroU32::new(per_s).unwrap();
@@ -106,9 +117,9 @@ mod tests {
     fn a_burst_of_one_seconds_worth_then_refusals_with_the_wait() {
         let (rate, _clock) = rate(10);
         for i in 0..10 {
-            assert_eq!(rate.admit("till"), Ok(()), "request {i}");
+            assert_eq!(rate.admit(&terminal("till")), Ok(()), "request {i}");
         }
-        match rate.admit("till") {
+        match rate.admit(&terminal("till")) {
             Err(ApiError::RateLimited { per_s, retry_after }) => {
                 assert_eq!(per_s, 10);
                 // One request's share of a second, at 10 a second.
@@ -125,20 +136,20 @@ mod tests {
     fn the_rate_refills_with_time() {
         let (rate, clock) = rate(10);
         for _ in 0..10 {
-            rate.admit("till").unwrap();
+            rate.admit(&terminal("till")).unwrap();
         }
-        assert!(rate.admit("till").is_err());
+        assert!(rate.admit(&terminal("till")).is_err());
         clock.advance(Duration::from_millis(100));
         assert_eq!(
-            rate.admit("till"),
+            rate.admit(&terminal("till")),
             Ok(()),
             "one more after a tenth of a second"
         );
-        assert!(rate.admit("till").is_err());
+        assert!(rate.admit(&terminal("till")).is_err());
         clock.advance(Duration::from_secs(1));
         for i in 0..10 {
             assert_eq!(
-                rate.admit("till"),
+                rate.admit(&terminal("till")),
                 Ok(()),
                 "request {i} after a full second"
             );
@@ -148,11 +159,11 @@ mod tests {
     #[test]
     fn each_terminal_has_its_own_count() {
         let (rate, _clock) = rate(2);
-        rate.admit("a").unwrap();
-        rate.admit("a").unwrap();
-        assert!(rate.admit("a").is_err());
-        assert_eq!(rate.admit("b"), Ok(()));
-        assert_eq!(rate.admit("b"), Ok(()));
+        rate.admit(&terminal("a")).unwrap();
+        rate.admit(&terminal("a")).unwrap();
+        assert!(rate.admit(&terminal("a")).is_err());
+        assert_eq!(rate.admit(&terminal("b")), Ok(()));
+        assert_eq!(rate.admit(&terminal("b")), Ok(()));
     }
 
     #[test]

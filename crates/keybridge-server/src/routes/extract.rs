@@ -116,7 +116,7 @@ impl FromRequestParts<AppState> for Terminal {
             }
         };
         if let Some(rate) = &state.terminal_rate {
-            rate.admit(&terminal.id)?;
+            rate.admit(&terminal)?;
         }
         Ok(Terminal(terminal))
     }
