@@ -1,7 +1,8 @@
 //! The server's per-payment work, measured apart: signature verification,
 //! certificate path validation (cold, and through the cache every payment
 //! after the first one uses), and ledger commits one at a time versus
-//! concurrently (where group commit lets writes share one fsync).
+//! concurrently (where group commit lets writes share one fsync), and the
+//! request-rate check every terminal request passes.
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -100,5 +101,19 @@ fn ledger(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, crypto, ledger);
+/// `TerminalRate::admit` within the rate: what every terminal request pays
+/// (the bench runs its payments with the check on and never reached).
+fn rate(c: &mut Criterion) {
+    let rate = keybridge_server::rate::TerminalRate::new(1_000_000_000).expect("a rate");
+    let terminal = keybridge_server::store::TerminalRecord {
+        id: "term_0123456789abcdef".to_owned(),
+        name: "till".to_owned(),
+        disabled_at_unix_s: None,
+    };
+    c.bench_function("terminal_rate_admit", |b| {
+        b.iter(|| rate.admit(&terminal).expect("within the rate"))
+    });
+}
+
+criterion_group!(benches, crypto, ledger, rate);
 criterion_main!(benches);

@@ -50,7 +50,7 @@ pub mod peers;
 mod pending_cache;
 pub mod pki;
 mod random;
-mod rate;
+pub mod rate;
 mod routes;
 mod secret;
 pub mod secretbox;
