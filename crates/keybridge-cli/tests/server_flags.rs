@@ -40,26 +40,42 @@ fn start_server(dir: &Path, flags: &[&str]) -> (Killed, String) {
     server::until_ready(&mut command, &ready)
 }
 
+/// POSTs `body` to the admin API path `path` of the server `start_server`
+/// ran in `dir`, with the admin token it left there.
+async fn admin_post(dir: &Path, base: &str, path: &str, body: Value) -> reqwest::Response {
+    let token = std::fs::read_to_string(dir.join("data/admin-token")).unwrap();
+    reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .bearer_auth(token.trim())
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A new terminal's API key.
+async fn terminal_key(dir: &Path, base: &str) -> String {
+    let terminal: Value = admin_post(dir, base, "/v1/admin/terminals", json!({"name": "till"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    terminal["api_key"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn the_flags_reach_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let flags = ["--pending-per-payer-max", "1", "--relay-ping-s", "7"];
     let (_server, base) = start_server(dir.path(), &flags);
-    let admin_token = std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap();
     let http = reqwest::Client::new();
-    let admin = |path: &str, body: Value| {
-        http.post(format!("{base}{path}"))
-            .bearer_auth(admin_token.trim())
-            .json(&body)
-            .send()
-    };
+    let admin = |path: &'static str, body: Value| admin_post(dir.path(), &base, path, body);
     for (id, opening) in [("alice", 10_000), ("shop", 0)] {
         let r = admin(
             "/v1/admin/accounts",
             json!({"id": id, "display_name": id, "currency": "CNY", "opening_balance_minor": opening}),
         )
-        .await
-        .unwrap();
+        .await;
         assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     }
     // A device for alice (an OCRA token: no card needed to be enrolled).
@@ -74,8 +90,7 @@ async fn the_flags_reach_the_server() {
         "/v1/admin/devices/ocra",
         json!({"account": "alice", "uri": uri, "label": "token"}),
     )
-    .await
-    .unwrap();
+    .await;
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     let enrolled: Value = r.json().await.unwrap();
 
@@ -92,13 +107,7 @@ async fn the_flags_reach_the_server() {
         answer.headers()[keybridge_proto::api::PING_INTERVAL_HEADER],
         "7000"
     );
-    let terminal: Value = admin("/v1/admin/terminals", json!({"name": "till"}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let api_key = terminal["api_key"].as_str().unwrap();
+    let api_key = &terminal_key(dir.path(), &base).await;
 
     let create = |key: &'static str| {
         http.post(format!("{base}/v1/transactions"))
@@ -143,24 +152,13 @@ async fn the_flags_reach_the_server() {
 async fn the_terminal_rate_flag_reaches_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let (_server, base) = start_server(dir.path(), &["--terminal-rate-per-s", "1"]);
-    let admin_token = std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap();
+    let api_key = terminal_key(dir.path(), &base).await;
     let http = reqwest::Client::new();
-    let terminal: Value = http
-        .post(format!("{base}/v1/admin/terminals"))
-        .bearer_auth(admin_token.trim())
-        .json(&json!({"name": "till"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let api_key = terminal["api_key"].as_str().unwrap();
     // Any terminal request counts; this one is answered 404 once the key
     // is accepted (the terminal has no transaction with that account).
     let read = || {
         http.get(format!("{base}/v1/accounts/nobody"))
-            .bearer_auth(api_key)
+            .bearer_auth(&api_key)
             .send()
     };
     assert_eq!(read().await.unwrap().status(), 404);
