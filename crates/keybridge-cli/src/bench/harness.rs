@@ -216,18 +216,15 @@ impl Harness {
         // picked port is the best there is for a listener bound elsewhere.
         let ble_port = keybridge_transport::port::listen_port()?;
         let state_path = self.temp.path().join(format!("card-{i}.json"));
+        // In process there is no reader: the spec is only the relay's label.
+        let in_process = |state| -> anyhow::Result<(CardLink, CardLinkSpec, u16)> {
+            let card = DirectCard::new(&state_path, state)?;
+            let spec = CardLinkSpec::VpcdListen("127.0.0.1:0".to_owned());
+            Ok((CardLink::InProcess(InProcessCard(Box::new(card))), spec, 0))
+        };
         let (enrol, spec, port) = match transport {
-            BenchTransport::Direct | BenchTransport::DirectMemory => {
-                let state = if transport == BenchTransport::Direct {
-                    CardState::File
-                } else {
-                    CardState::Memory
-                };
-                let card = DirectCard::new(&state_path, state)?;
-                // In process: no reader, no port.
-                let spec = CardLinkSpec::VpcdListen("127.0.0.1:0".to_owned());
-                (CardLink::InProcess(InProcessCard(Box::new(card))), spec, 0)
-            }
+            BenchTransport::Direct => in_process(CardState::File)?,
+            BenchTransport::DirectMemory => in_process(CardState::Memory)?,
             BenchTransport::Vpcd | BenchTransport::BleSim => CardLink::vpcd_on_free_port()?,
         };
         let enrol = Arc::new(Mutex::new(enrol));
