@@ -14,12 +14,14 @@
 //! status. The store stays the truth; the hub only says "look again".
 //!
 //! Several server instances on one PostgreSQL database share their events
-//! through it: each write's own transaction notifies the events it causes
-//! (PostgreSQL migration 5), and `peers` hands what it hears from other
-//! instances to [`Hub::publish_from_peer`].
+//! through it: a transaction's creation and end are handed to a [`Forward`]
+//! as they are published here (after their commit), which `peers` sends to
+//! the others; the rarer security events are notified by their write's own
+//! transaction (PostgreSQL migration 8). `peers` hands what it hears from
+//! other instances to [`Hub::publish_from_peer`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use keybridge_proto::api::TransactionView;
 use keybridge_proto::{AccountId, TransactionId};
@@ -61,6 +63,32 @@ pub enum HubEvent {
     Resync,
 }
 
+/// What other instances need to hear of a transaction event: which
+/// transaction, and whether it began or ended. They read the rest from the
+/// store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum News {
+    Created(TransactionId),
+    Ended(TransactionId),
+}
+
+impl News {
+    /// The news in an event this instance publishes, if other instances need it.
+    fn of(event: &HubEvent) -> Option<News> {
+        match event {
+            HubEvent::Created { view, .. } => Some(News::Created(view.id)),
+            HubEvent::Ended { view } => Some(News::Ended(view.id)),
+            _ => None,
+        }
+    }
+}
+
+/// Takes this instance's transaction news to the other instances
+/// (`peers`). Called on the publishing task: it must not block.
+pub trait Forward: Send + Sync + std::fmt::Debug {
+    fn forward(&self, news: News);
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Topic {
     /// What a payer's relays need: `Created`, `Ended`, `DeviceDisabled`.
@@ -90,6 +118,8 @@ struct Inner {
     /// the store once for all the ends since its last look.
     ended: Notify,
     shutdown: watch::Sender<bool>,
+    /// Set once when this instance shares a database with others.
+    forward: OnceLock<Arc<dyn Forward>>,
 }
 
 impl Inner {
@@ -121,14 +151,26 @@ impl Hub {
                 topics: Mutex::new(HashMap::new()),
                 ended: Notify::new(),
                 shutdown,
+                forward: OnceLock::new(),
             }),
         }
     }
 
     /// Sends to the subscribers of the topics the event concerns (having none
-    /// is fine). Other instances hear of it from the database, not from here.
+    /// is fine), and a transaction's news to the [`Forward`], if any. Call it
+    /// only after the write that caused the event has committed: other
+    /// instances read the store when they hear of it.
     pub fn publish(&self, event: HubEvent) {
+        if let (Some(forward), Some(news)) = (self.inner.forward.get(), News::of(&event)) {
+            forward.forward(news);
+        }
         self.publish_from_peer(event);
+    }
+
+    /// Hands this instance's transaction news to `forward` from now on; a
+    /// second call is ignored (one instance has one link to the others).
+    pub fn forward_with(&self, forward: Arc<dyn Forward>) {
+        let _ = self.inner.forward.set(forward);
     }
 
     /// Delivers an event another instance caused, to this instance's

@@ -3,15 +3,28 @@
 //!
 //! A relay keeps its WebSocket open to one instance, a terminal waits on
 //! whichever instance its load balancer picked, and the answer may arrive at
-//! a third. Every write that causes an event notifies it inside its own
-//! database transaction (a trigger on the audit rows it stages, PostgreSQL
-//! migration 5), so PostgreSQL delivers the notification exactly when the
-//! write commits: whoever hears it and reads the store sees the change, and
-//! an instance that dies right after its commit cannot lose the event (when
-//! each instance sent its events itself after the commit, one killed in
-//! between left a payment unannounced until it expired). Each instance
-//! listens, and delivers what it hears from the others to its own
-//! subscribers; its own events it delivered already, and skips.
+//! a third. Each instance listens, and delivers what it hears from the others
+//! to its own subscribers; its own events it delivered already, and skips.
+//!
+//! Two kinds of event, sent two ways:
+//!
+//! - **A transaction's creation and end**, two per payment. The instance
+//!   that wrote sends them after its commit, from the hub ([`Outbox`], one
+//!   connection, several notes per statement, `synchronous_commit` off). Not
+//!   from inside the write: PostgreSQL lets one notifying transaction commit
+//!   at a time, each holding a database-wide lock until its WAL flush, which
+//!   cost about a quarter of the payments per second (migration 8 says
+//!   more). An instance that dies between its commit and its note would
+//!   lose the event (a payment unannounced until it expired, crash test
+//!   `payments_survive_each_of_two_postgres_servers_killed_in_turn`), so
+//!   every instance also reads the sealed audit log every
+//!   [`CATCH_UP_PERIOD`] and delivers the transaction events it has not
+//!   heard of ([`Recent`]).
+//! - **A device disabled or revoked, a terminal disabled or its key
+//!   rotated**: rare, and a security decision rests on each, so the write's
+//!   own transaction notifies it (a trigger on the audit rows it stages,
+//!   PostgreSQL migrations 5, 7 and 8): it is heard exactly when the write
+//!   commits, and never lost to a crash.
 //!
 //! A notification names what changed, never how: any role that can connect
 //! to the database may NOTIFY (PostgreSQL checks no privilege for it), so an
@@ -26,7 +39,8 @@
 //! connected again, the instance tells every relay socket and waiting
 //! terminal it serves to re-read the store ([`crate::hub::Hub::resync_all`]).
 
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -38,7 +52,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::error::ServerError;
-use crate::hub::HubEvent;
+use crate::hub::{Forward, HubEvent, News};
 use crate::state::AppState;
 use crate::store::postgres::Endpoint;
 use crate::store::{DeviceStatus, Store, StoreError};
@@ -50,9 +64,34 @@ pub const RECONNECT_WAIT: Duration = Duration::from_secs(1);
 /// The listening connections' `application_name`, so an operator (or a
 /// test) can find them in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "keybridge-peers";
+
+/// The `application_name` of the connection that sends this instance's
+/// transaction news and reads the audit log for news not heard.
+pub const OUTBOX_APPLICATION_NAME: &str = "keybridge-peers-out";
+
+/// How often an instance reads the audit log for transaction events it has
+/// not heard of: those of an instance that died between its commit and its
+/// note. The sealer chains a committed row within its own period (50 ms).
+pub const CATCH_UP_PERIOD: Duration = Duration::from_millis(250);
+
+/// Transaction events remembered as heard (or sent), so the catch-up does
+/// not deliver them again: many seconds of the busiest server's events, for
+/// about 3 MiB.
+const RECENT_MAX: usize = 65_536;
+
+/// This instance's news waiting to be sent. Past this (the database slower
+/// than the payments) news is dropped: the other instances' catch-up finds
+/// it in the audit log.
+const OUTBOX_MAX: usize = 65_536;
+
+/// Most notes sent by one statement.
+const NOTES_PER_STATEMENT: usize = 256;
+
+/// Most audit rows one catch-up read takes; it reads again while full.
+const CATCH_UP_ROWS: i64 = 2_000;
 /// One event as it travels: what changed, and the instance whose write
-/// caused it (its connections' `application_name`). Written by the trigger
-/// of migration `0005_notify_at_commit`, in this shape.
+/// caused it (its connections' `application_name`). Written in this shape by
+/// the [`Outbox`] and by the trigger of migration `0008_notify_after_commit`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Note {
     from: String,
@@ -69,7 +108,25 @@ enum WireEvent {
     TerminalKeyRotated { terminal_id: String },
 }
 
+impl From<News> for WireEvent {
+    fn from(news: News) -> WireEvent {
+        match news {
+            News::Created(id) => WireEvent::Created { id },
+            News::Ended(id) => WireEvent::Ended { id },
+        }
+    }
+}
+
 impl WireEvent {
+    /// The transaction news it carries, if it is one.
+    fn news(&self) -> Option<News> {
+        match self {
+            WireEvent::Created { id } => Some(News::Created(*id)),
+            WireEvent::Ended { id } => Some(News::Ended(*id)),
+            _ => None,
+        }
+    }
+
     /// The event the store confirms, if it does (see the module doc).
     async fn confirmed(self, store: &dyn Store) -> Result<Option<HubEvent>, StoreError> {
         Ok(match self {
@@ -111,24 +168,43 @@ impl WireEvent {
 }
 
 /// Delivers to `state`'s hub what the other instances' writes notify on the
-/// database at `endpoint`; `instance` is this instance's id
-/// ([`crate::store::PgStore::instance`]), whose own events are skipped.
-/// Fails if the first connection fails (a wrong URL should stop the start);
-/// after that, the returned task reconnects by itself until aborted.
+/// database at `endpoint`, and sends them this instance's transaction news;
+/// `instance` is this instance's id ([`crate::store::PgStore::instance`]),
+/// whose own events are skipped. Fails if the first connections fail (a
+/// wrong URL should stop the start); after that, the returned task
+/// reconnects by itself until aborted.
 pub async fn start(
     mut endpoint: Endpoint,
     instance: String,
     state: AppState,
 ) -> Result<JoinHandle<()>, ServerError> {
+    let mut out = endpoint.clone();
     endpoint.config.application_name(APPLICATION_NAME);
+    out.config.application_name(OUTBOX_APPLICATION_NAME);
     let link = Link::open(&endpoint).await?;
+    let recent = Arc::new(Mutex::new(Recent::default()));
+    let (sender, news) = mpsc::channel(OUTBOX_MAX);
+    let mut outbox = Outbox::open(out, instance.clone(), Arc::clone(&recent), news).await?;
+    state.hub.forward_with(Arc::new(Forwarder {
+        recent: Arc::clone(&recent),
+        sender,
+    }));
     tracing::info!(%instance, channel = CHANNEL, "sharing events with other instances");
-    Ok(tokio::spawn(run(endpoint, instance, state, link)))
+    let listening = run(endpoint, instance, state.clone(), link, recent);
+    Ok(tokio::spawn(async move {
+        tokio::join!(listening, outbox.run(&state));
+    }))
 }
 
-async fn run(endpoint: Endpoint, instance: String, state: AppState, mut link: Link) {
+async fn run(
+    endpoint: Endpoint,
+    instance: String,
+    state: AppState,
+    mut link: Link,
+    recent: Arc<Mutex<Recent>>,
+) {
     loop {
-        let error = link.serve(&instance, &state).await;
+        let error = link.serve(&instance, &state, &recent).await;
         tracing::warn!(%error, "lost the connection to other instances; reconnecting");
         link = loop {
             tokio::time::sleep(RECONNECT_WAIT).await;
@@ -146,61 +222,89 @@ async fn run(endpoint: Endpoint, instance: String, state: AppState, mut link: Li
     }
 }
 
-/// One listening connection and the notifications it has received.
-struct Link {
-    /// Held, not used: dropping it would close the connection.
-    _client: tokio_postgres::Client,
-    heard: mpsc::UnboundedReceiver<String>,
+/// One connection to the database, and the task that drives it.
+struct Connection {
+    client: tokio_postgres::Client,
     driver: JoinHandle<()>,
 }
 
-impl Drop for Link {
+impl Drop for Connection {
     fn drop(&mut self) {
         self.driver.abort();
     }
 }
 
-impl Link {
-    async fn open(endpoint: &Endpoint) -> Result<Link, ServerError> {
-        let failed =
-            |e: tokio_postgres::Error| ServerError::Store(StoreError::Backend(e.to_string()));
-        let (heard_tx, heard) = mpsc::unbounded_channel();
+impl Connection {
+    /// Connects; the notifications it receives go to `heard`, if given.
+    async fn open(
+        endpoint: &Endpoint,
+        heard: Option<mpsc::UnboundedSender<String>>,
+    ) -> Result<Connection, ServerError> {
         let (client, driver) = match &endpoint.tls {
             Some(tls) => {
                 let (client, connection) =
                     endpoint.config.connect(tls.clone()).await.map_err(failed)?;
-                (client, tokio::spawn(forward(connection, heard_tx)))
+                (client, tokio::spawn(forward(connection, heard)))
             }
             None => {
                 let (client, connection) = endpoint.config.connect(NoTls).await.map_err(failed)?;
-                (client, tokio::spawn(forward(connection, heard_tx)))
+                (client, tokio::spawn(forward(connection, heard)))
             }
         };
-        client
+        Ok(Connection { client, driver })
+    }
+}
+
+fn failed(e: tokio_postgres::Error) -> ServerError {
+    ServerError::Store(crate::store::postgres::backend(e))
+}
+
+/// One listening connection and the notifications it has received.
+struct Link {
+    /// Held, not used: dropping it would close the connection.
+    _connection: Connection,
+    heard: mpsc::UnboundedReceiver<String>,
+}
+
+impl Link {
+    async fn open(endpoint: &Endpoint) -> Result<Link, ServerError> {
+        let (heard_tx, heard) = mpsc::unbounded_channel();
+        let connection = Connection::open(endpoint, Some(heard_tx)).await?;
+        connection
+            .client
             .batch_execute(&format!("LISTEN {CHANNEL}"))
             .await
             .map_err(failed)?;
         Ok(Link {
-            _client: client,
+            _connection: connection,
             heard,
-            driver,
         })
     }
 
     /// Delivers what is heard until the connection fails; returns why.
-    async fn serve(&mut self, instance: &str, state: &AppState) -> String {
+    async fn serve(&mut self, instance: &str, state: &AppState, recent: &Mutex<Recent>) -> String {
         while let Some(text) = self.heard.recv().await {
-            deliver(instance, state, &text).await;
+            let Some(event) = decode(instance, &text) else {
+                if serde_json::from_str::<Note>(&text).is_err() {
+                    tracing::warn!(bytes = text.len(), "unreadable event from another instance");
+                }
+                continue;
+            };
+            if let Some(news) = event.news() {
+                lock(recent).remember(news);
+            }
+            deliver(state, event).await;
         }
         "the connection closed".into()
     }
 }
 
 /// Polls `connection` (it delivers notifications only while polled) and
-/// forwards each notification's payload, until it fails or nobody listens.
+/// forwards each notification's payload to `heard`, until it fails or
+/// nobody listens.
 async fn forward<S, T>(
     mut connection: tokio_postgres::Connection<S, T>,
-    heard: mpsc::UnboundedSender<String>,
+    heard: Option<mpsc::UnboundedSender<String>>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -209,8 +313,10 @@ async fn forward<S, T>(
     while let Some(message) = messages.next().await {
         match message {
             Ok(AsyncMessage::Notification(n)) => {
-                if heard.send(n.payload().to_owned()).is_err() {
-                    return;
+                if let Some(heard) = &heard {
+                    if heard.send(n.payload().to_owned()).is_err() {
+                        return;
+                    }
                 }
             }
             Ok(_) => {}
@@ -228,14 +334,8 @@ fn decode(instance: &str, text: &str) -> Option<WireEvent> {
     (note.from != instance).then_some(note.event)
 }
 
-/// Delivers what the store confirms of one heard notification.
-async fn deliver(instance: &str, state: &AppState, text: &str) {
-    let Some(event) = decode(instance, text) else {
-        if serde_json::from_str::<Note>(text).is_err() {
-            tracing::warn!(bytes = text.len(), "unreadable event from another instance");
-        }
-        return;
-    };
+/// Delivers what the store confirms of one event another instance caused.
+async fn deliver(state: &AppState, event: WireEvent) {
     let event = match event.confirmed(state.store.as_ref()).await {
         Ok(Some(event)) => event,
         Ok(None) => return,
@@ -257,6 +357,238 @@ async fn deliver(instance: &str, state: &AppState, text: &str) {
     state.hub.publish_from_peer(event);
 }
 
+fn lock(recent: &Mutex<Recent>) -> std::sync::MutexGuard<'_, Recent> {
+    // A set of ids: a panic elsewhere cannot leave it half-updated in a way
+    // that matters (at worst one event is delivered twice, which is safe).
+    recent.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The last [`RECENT_MAX`] transaction events this instance sent or heard,
+/// oldest first out. Hearing one twice is safe (hearers read the store, and
+/// relays and waiting terminals drop what they know), so this only spares
+/// the catch-up a read per event.
+#[derive(Debug, Default)]
+struct Recent {
+    order: VecDeque<News>,
+    known: HashSet<News>,
+}
+
+impl Recent {
+    /// Remembers `news`; whether it was new.
+    fn remember(&mut self, news: News) -> bool {
+        if !self.known.insert(news) {
+            return false;
+        }
+        self.order.push_back(news);
+        if self.order.len() > RECENT_MAX {
+            if let Some(oldest) = self.order.pop_front() {
+                self.known.remove(&oldest);
+            }
+        }
+        true
+    }
+}
+
+/// The hub's end of the outbox: called as this instance publishes.
+#[derive(Debug)]
+struct Forwarder {
+    recent: Arc<Mutex<Recent>>,
+    sender: mpsc::Sender<News>,
+}
+
+impl Forward for Forwarder {
+    fn forward(&self, news: News) {
+        lock(&self.recent).remember(news);
+        // Full (the database is behind) or closed (shutting down): the other
+        // instances' catch-up finds the event in the audit log.
+        let _ = self.sender.try_send(news);
+    }
+}
+
+/// Sends this instance's transaction news to the others, and reads the audit
+/// log for transaction events it has not heard of, over one connection of
+/// its own.
+struct Outbox {
+    endpoint: Endpoint,
+    instance: String,
+    recent: Arc<Mutex<Recent>>,
+    news: mpsc::Receiver<News>,
+    connection: Option<Connection>,
+    /// The last audit row the catch-up has looked at.
+    cursor: i64,
+}
+
+impl Outbox {
+    /// Connects, and starts the catch-up after the audit log's last row:
+    /// what came before, this instance had no one to tell of.
+    async fn open(
+        endpoint: Endpoint,
+        instance: String,
+        recent: Arc<Mutex<Recent>>,
+        news: mpsc::Receiver<News>,
+    ) -> Result<Outbox, ServerError> {
+        let mut outbox = Outbox {
+            endpoint,
+            instance,
+            recent,
+            news,
+            connection: None,
+            cursor: 0,
+        };
+        let client = outbox.client().await?;
+        outbox.cursor = client
+            .query_one("SELECT COALESCE(max(seq), 0) FROM audit_log", &[])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(failed)?;
+        Ok(outbox)
+    }
+
+    /// The connection, opened again if the last one failed.
+    async fn client(&mut self) -> Result<&tokio_postgres::Client, ServerError> {
+        if self
+            .connection
+            .as_ref()
+            .is_some_and(|c| c.client.is_closed())
+        {
+            self.connection = None;
+        }
+        if self.connection.is_none() {
+            let connection = Connection::open(&self.endpoint, None).await?;
+            // Notes need no durability (they are not stored, and the audit
+            // log covers a lost one): the commit need not wait for its WAL
+            // flush, so it holds PostgreSQL's notify lock for microseconds.
+            connection
+                .client
+                .batch_execute("SET synchronous_commit TO off")
+                .await
+                .map_err(failed)?;
+            self.connection = Some(connection);
+        }
+        match &self.connection {
+            Some(connection) => Ok(&connection.client),
+            None => Err(ServerError::Store(StoreError::Backend(
+                "no connection for events".into(),
+            ))),
+        }
+    }
+
+    async fn run(&mut self, state: &AppState) {
+        let mut every = tokio::time::interval(CATCH_UP_PERIOD);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                news = self.news.recv() => {
+                    let Some(first) = news else { return };
+                    let mut batch = vec![first];
+                    while batch.len() < NOTES_PER_STATEMENT {
+                        match self.news.try_recv() {
+                            Ok(news) => batch.push(news),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(error) = self.send(&batch).await {
+                        // Dropped, not retried: the other instances' catch-up
+                        // delivers these from the audit log.
+                        tracing::warn!(%error, notes = batch.len(), "cannot send events to other instances");
+                        self.connection = None;
+                    }
+                }
+                _ = every.tick() => {
+                    if let Err(error) = self.catch_up(state).await {
+                        tracing::warn!(%error, "cannot read the audit log for missed events");
+                        self.connection = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One statement, one autocommitted transaction, one note per event.
+    async fn send(&mut self, batch: &[News]) -> Result<(), ServerError> {
+        let notes: Vec<String> = batch
+            .iter()
+            .filter_map(|news| {
+                serde_json::to_string(&Note {
+                    from: self.instance.clone(),
+                    event: WireEvent::from(*news),
+                })
+                .ok()
+            })
+            .collect();
+        self.client()
+            .await?
+            .execute(
+                "SELECT pg_notify($1, note) FROM unnest($2::text[]) AS note",
+                &[&CHANNEL, &notes],
+            )
+            .await
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    /// Delivers the transaction events chained into the audit log since the
+    /// last look that this instance has neither sent nor heard: those of an
+    /// instance that died between its commit and its note. A row is chained
+    /// after its write commits, so the store shows what it records.
+    async fn catch_up(&mut self, state: &AppState) -> Result<(), ServerError> {
+        loop {
+            let cursor = self.cursor;
+            let rows = self
+                .client()
+                .await?
+                .query(
+                    "SELECT seq, event, transaction_id FROM audit_log
+                     WHERE seq > $1 AND transaction_id IS NOT NULL
+                     ORDER BY seq LIMIT $2",
+                    &[&cursor, &CATCH_UP_ROWS],
+                )
+                .await
+                .map_err(failed)?;
+            let full = rows.len() == usize::try_from(CATCH_UP_ROWS).unwrap_or(usize::MAX);
+            let mut missed = 0u64;
+            for row in &rows {
+                let (seq, event, id): (i64, String, String) = (
+                    row.try_get(0).map_err(failed)?,
+                    row.try_get(1).map_err(failed)?,
+                    row.try_get(2).map_err(failed)?,
+                );
+                self.cursor = seq;
+                let Some(news) = news_of(&event, &id) else {
+                    continue;
+                };
+                if lock(&self.recent).remember(news) {
+                    missed += 1;
+                    deliver(state, WireEvent::from(news)).await;
+                }
+            }
+            if missed > 0 {
+                tracing::info!(
+                    events = missed,
+                    "delivered events no note told of (an instance died after its commit?)"
+                );
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The transaction news an audit row records, if any: the same events the
+/// notifying trigger of migration 5 named.
+fn news_of(event: &str, transaction_id: &str) -> Option<News> {
+    let id = transaction_id.parse().ok()?;
+    match event {
+        "transaction_created" => Some(News::Created(id)),
+        "transaction_settled"
+        | "transaction_rejected"
+        | "transaction_expired"
+        | "transaction_failed" => Some(News::Ended(id)),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,12 +596,14 @@ mod tests {
     use crate::store::postgres::scratch;
     use crate::store::PgStore;
 
-    /// Each write that causes an event notifies it in its own transaction
-    /// (PostgreSQL migration 5), named by the writing instance, in the shape
-    /// `decode` reads; a write that rolls back notifies nothing; writes
-    /// without an event (accounts, terminals, devices created) are silent.
+    /// Each write that disables a device or a terminal or rotates a key
+    /// notifies it in its own transaction (PostgreSQL migration 8), named by
+    /// the writing instance, in the shape `decode` reads; a write that rolls
+    /// back notifies nothing. Transaction writes notify nothing themselves
+    /// (the outbox sends their news after the commit), nor do writes
+    /// without an event (accounts, terminals, devices created).
     #[tokio::test]
-    async fn writes_notify_their_events_when_they_commit() {
+    async fn security_writes_notify_their_events_when_they_commit() {
         let Some(url) = scratch::database_or_skip().await else {
             return;
         };
@@ -278,7 +612,6 @@ mod tests {
         let mut link = Link::open(&endpoint).await.unwrap();
 
         seed(&store).await;
-        let id = TransactionId([1; 16]);
         store
             .insert_transaction(pending(1, "k1", 100))
             .await
@@ -291,8 +624,8 @@ mod tests {
             let tx = client.transaction().await.unwrap();
             tx.execute(
                 "INSERT INTO audit_staging (at, transaction_id, event, detail)
-                 VALUES (1, $1, 'transaction_created', '{}')",
-                &[&TransactionId([9; 16]).to_hex()],
+                 VALUES (1, NULL, 'device_disabled', '{\"device\": \"dev_9\"}')",
+                &[],
             )
             .await
             .unwrap();
@@ -306,8 +639,6 @@ mod tests {
         store.disable_device("dev_1", NOW).await.unwrap();
 
         let expected = [
-            WireEvent::Created { id },
-            WireEvent::Ended { id },
             WireEvent::TerminalKeyRotated {
                 terminal_id: "term_1".into(),
             },
@@ -328,6 +659,99 @@ mod tests {
         }
         let more = tokio::time::timeout(Duration::from_millis(300), link.heard.recv()).await;
         assert!(more.is_err(), "nothing else: {more:?}");
+    }
+
+    /// The outbox's notes reach a listener, named by the sending instance,
+    /// in the shape `decode` reads, in the order sent; many go out in one
+    /// statement.
+    #[tokio::test]
+    async fn the_outbox_sends_one_note_per_event() {
+        let Some(url) = scratch::database_or_skip().await else {
+            return;
+        };
+        let endpoint = Endpoint::new(&url, None).unwrap();
+        // Migrated: the outbox reads the audit log.
+        let _store = PgStore::connect(endpoint.clone(), NOW).await.unwrap();
+        let mut link = Link::open(&endpoint).await.unwrap();
+        let (_sender, news) = mpsc::channel(1);
+        let recent = Arc::new(Mutex::new(Recent::default()));
+        let mut outbox = Outbox::open(endpoint, "me".into(), recent, news)
+            .await
+            .unwrap();
+        let batch: Vec<News> = (0..300u16)
+            .map(|i| {
+                let mut id = [0; 16];
+                id[..2].copy_from_slice(&i.to_be_bytes());
+                match i % 2 {
+                    0 => News::Created(TransactionId(id)),
+                    _ => News::Ended(TransactionId(id)),
+                }
+            })
+            .collect();
+        outbox.send(&batch).await.unwrap();
+        for news in batch {
+            let text = tokio::time::timeout(Duration::from_secs(5), link.heard.recv())
+                .await
+                .expect("a notification within 5 s")
+                .unwrap();
+            assert_eq!(
+                decode("another instance", &text),
+                Some(WireEvent::from(news))
+            );
+            assert_eq!(decode("me", &text), None, "its own: {text}");
+        }
+    }
+
+    #[test]
+    fn recent_remembers_the_last_events_and_forgets_the_oldest() {
+        let news = |i: u32| {
+            let mut id = [0; 16];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            News::Ended(TransactionId(id))
+        };
+        let mut recent = Recent::default();
+        assert!(recent.remember(news(0)));
+        assert!(!recent.remember(news(0)), "known");
+        assert!(
+            recent.remember(News::Created(TransactionId([0; 16]))),
+            "another kind"
+        );
+        for i in 1..=u32::try_from(RECENT_MAX).unwrap() {
+            assert!(recent.remember(news(i)));
+        }
+        assert_eq!(recent.order.len(), RECENT_MAX);
+        assert_eq!(recent.known.len(), RECENT_MAX);
+        assert!(recent.remember(news(0)), "the oldest is forgotten");
+        assert!(
+            !recent.remember(news(u32::try_from(RECENT_MAX).unwrap())),
+            "the newest is not"
+        );
+    }
+
+    #[test]
+    fn audit_rows_name_the_news_the_trigger_did() {
+        let id = TransactionId([3; 16]);
+        let hex = id.to_hex();
+        assert_eq!(
+            news_of("transaction_created", &hex),
+            Some(News::Created(id))
+        );
+        for status in ["settled", "rejected", "expired", "failed"] {
+            let event = format!("transaction_{status}");
+            assert_eq!(news_of(&event, &hex), Some(News::Ended(id)), "{event}");
+        }
+        for status in [
+            TransactionStatus::Settled,
+            TransactionStatus::Rejected,
+            TransactionStatus::Expired,
+            TransactionStatus::Failed,
+        ] {
+            let event = format!("transaction_{}", status.as_str());
+            assert_eq!(news_of(&event, &hex), Some(News::Ended(id)), "{event}");
+        }
+        assert_eq!(news_of("transaction_pending", &hex), None);
+        assert_eq!(news_of("device_disabled", &hex), None);
+        assert_eq!(news_of("transaction_created", "not an id"), None);
     }
 
     #[test]

@@ -166,6 +166,88 @@ async fn instances_reconnect_after_their_event_connections_are_cut() {
     b.shutdown().await;
 }
 
+/// A transaction's creation and end are sent by the instance that wrote
+/// them, after its commit, one note each, named by id: heard here on a plain
+/// listening connection (the catch-up sends no notes). After its connection
+/// is cut, the next note goes out on a new one.
+#[tokio::test]
+async fn an_instance_sends_its_transaction_news_after_each_commit() {
+    let Some((a, terminal, card)) = on_postgres().await else {
+        return;
+    };
+    let b = a.another_instance().await;
+    let mut relay = a.relay(&card.enrolled.credential).await;
+    let (listener, mut heard) = listen(&a).await;
+    let tx = create_on(&a, &b.addr, &terminal.api_key, "noted", 300).await;
+    assert_eq!(
+        next_note(&mut heard).await,
+        ("created".into(), tx.id.to_hex())
+    );
+    let payload = request_payload(&relay.next().await, &tx.id);
+    let settled = a
+        .http
+        .post(format!("http://{}/v1/confirmations/{}", b.addr, tx.id))
+        .bearer_auth(&card.enrolled.credential)
+        .json(&card.sign(&payload))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(settled.status(), StatusCode::OK);
+    assert_eq!(
+        next_note(&mut heard).await,
+        ("ended".into(), tx.id.to_hex())
+    );
+
+    let db = connect(&a).await;
+    assert_eq!(
+        cut(&db, keybridge_server::peers::OUTBOX_APPLICATION_NAME).await,
+        2,
+        "one outbox connection per instance"
+    );
+    let tx = create_on(&a, &b.addr, &terminal.api_key, "noted-after-the-cut", 300).await;
+    assert_eq!(
+        next_note(&mut heard).await,
+        ("created".into(), tx.id.to_hex())
+    );
+    drop(listener);
+    b.shutdown().await;
+}
+
+/// An instance that dies between its commit and its note (here B's store
+/// ends a payment with no note sent: the hub never hears of it) loses no
+/// event: A reads the sealed audit log and tells its waiting terminal,
+/// well before the long-poll's own 30 s.
+#[tokio::test]
+async fn an_end_whose_note_was_never_sent_is_still_heard() {
+    let Some((a, terminal, _card)) = on_postgres().await else {
+        return;
+    };
+    let b = a.another_instance().await;
+    let tx = a.pay(&terminal, 400).await;
+    let wait = tokio::spawn(
+        a.http
+            .get(a.url(&format!("/v1/transactions/{}?wait=30", tx.id)))
+            .bearer_auth(&terminal.api_key)
+            .send(),
+    );
+    // Subscribed before the end is written (A's long-poll subscribes first,
+    // then reads the store).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let ended = b.store().expire_due(tx.expires_at_unix_s).await.unwrap();
+    assert_eq!(ended.len(), 1);
+    let heard: TransactionView = tokio::time::timeout(GUARD, wait)
+        .await
+        .expect("A's waiting terminal was not told")
+        .unwrap()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(heard.status, TransactionStatus::Expired);
+    assert_eq!(a.transfer_count(&tx.id).await, 0);
+    b.shutdown().await;
+}
+
 /// Any role that can connect to the database may NOTIFY. A forged note
 /// saying a pending transaction ended reaches the instance, which reads the
 /// store, finds it pending, and tells the waiting terminal nothing.
@@ -350,14 +432,57 @@ async fn connect(h: &Harness) -> tokio_postgres::Client {
 
 /// Terminates every instance's listening connection; returns how many.
 async fn cut_listeners(db: &tokio_postgres::Client) -> i64 {
+    cut(db, keybridge_server::peers::APPLICATION_NAME).await
+}
+
+/// Terminates every connection with `application_name`; returns how many.
+async fn cut(db: &tokio_postgres::Client, application_name: &str) -> i64 {
     db.query_one(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
          WHERE application_name = $1 AND datname = current_database()",
-        &[&keybridge_server::peers::APPLICATION_NAME],
+        &[&application_name],
     )
     .await
     .unwrap()
     .get(0)
+}
+
+/// A connection listening on the instances' channel, and what it hears.
+async fn listen(
+    h: &Harness,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use futures_util::StreamExt;
+    let url = h.database_url.clone().unwrap();
+    let (db, mut connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (sender, heard) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = sender.send(n.payload().to_owned());
+            }
+        }
+    });
+    db.batch_execute(&format!("LISTEN {}", keybridge_server::peers::CHANNEL))
+        .await
+        .unwrap();
+    (db, heard)
+}
+
+/// The next note heard: its event's kind and transaction id.
+async fn next_note(heard: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> (String, String) {
+    let text = tokio::time::timeout(GUARD, heard.recv())
+        .await
+        .expect("a note")
+        .unwrap();
+    let note: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let field = |name: &str| note["event"][name].as_str().unwrap_or_default().to_owned();
+    (field("kind"), field("id"))
 }
 
 /// Waits (up to [`GUARD`]) until exactly `n` listening connections are open.

@@ -99,6 +99,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0007_notify_key_rotation",
         include_str!("../../migrations/postgres/0007_notify_key_rotation.sql"),
     ),
+    (
+        8,
+        "0008_notify_after_commit",
+        include_str!("../../migrations/postgres/0008_notify_after_commit.sql"),
+    ),
 ];
 
 /// The advisory lock that orders appends to the audit chain: each seal
@@ -340,7 +345,7 @@ async fn begin_write(
     client.transaction().await.map_err(backend)
 }
 
-fn backend(e: tokio_postgres::Error) -> StoreError {
+pub(crate) fn backend(e: tokio_postgres::Error) -> StoreError {
     // The server's message, without the client's connection details.
     match e.as_db_error() {
         Some(db) => StoreError::Backend(format!("{}: {}", db.code().code(), db.message())),
