@@ -576,7 +576,7 @@ impl Outbox {
 }
 
 /// The transaction news an audit row records, if any: the same events the
-/// notifying trigger of migration 5 named.
+/// notifying trigger named until migration 8.
 fn news_of(event: &str, transaction_id: &str) -> Option<News> {
     let id = transaction_id.parse().ok()?;
     match event {

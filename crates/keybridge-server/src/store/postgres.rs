@@ -132,7 +132,7 @@ type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 pub struct PgStore {
     pool: Pool,
     /// This instance's id: its connections' `application_name`, which names
-    /// the instance in the events its writes notify (migration 5).
+    /// the instance in the events its writes notify (migrations 5 and 8).
     instance: String,
     /// Stops when the last clone of this store is dropped.
     _sealer: std::sync::Arc<sealer::Sealer>,
