@@ -290,8 +290,12 @@ impl Link {
                 }
                 continue;
             };
+            // Already delivered by the catch-up (the note came late):
+            // once is enough.
             if let Some(news) = event.news() {
-                lock(recent).remember(news);
+                if !lock(recent).remember(news) {
+                    continue;
+                }
             }
             deliver(state, event).await;
         }
@@ -414,6 +418,9 @@ struct Outbox {
     recent: Arc<Mutex<Recent>>,
     news: mpsc::Receiver<News>,
     connection: Option<Connection>,
+    /// After a failure, no new connection is tried before this: a database
+    /// that is down is not asked, nor logged about, several times a second.
+    retry_at: tokio::time::Instant,
     /// The last audit row the catch-up has looked at.
     cursor: i64,
 }
@@ -433,6 +440,7 @@ impl Outbox {
             recent,
             news,
             connection: None,
+            retry_at: tokio::time::Instant::now(),
             cursor: 0,
         };
         let client = outbox.client().await?;
@@ -473,6 +481,17 @@ impl Outbox {
         }
     }
 
+    /// Whether a connection is open or may be opened now.
+    fn may_connect(&self) -> bool {
+        self.connection.is_some() || tokio::time::Instant::now() >= self.retry_at
+    }
+
+    /// Drops the connection after a failure, and waits a while before the next.
+    fn failed(&mut self) {
+        self.connection = None;
+        self.retry_at = tokio::time::Instant::now() + RECONNECT_WAIT;
+    }
+
     async fn run(&mut self, state: &AppState) {
         let mut every = tokio::time::interval(CATCH_UP_PERIOD);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -487,17 +506,24 @@ impl Outbox {
                             Err(_) => break,
                         }
                     }
+                    // Dropped when they cannot go, not retried: the other
+                    // instances' catch-up delivers them from the audit log.
+                    if !self.may_connect() {
+                        continue;
+                    }
                     if let Err(error) = self.send(&batch).await {
-                        // Dropped, not retried: the other instances' catch-up
-                        // delivers these from the audit log.
                         tracing::warn!(%error, notes = batch.len(), "cannot send events to other instances");
-                        self.connection = None;
+                        self.failed();
                     }
                 }
                 _ = every.tick() => {
+                    // The cursor stays: the next read resumes where this one stopped.
+                    if !self.may_connect() {
+                        continue;
+                    }
                     if let Err(error) = self.catch_up(state).await {
                         tracing::warn!(%error, "cannot read the audit log for missed events");
-                        self.connection = None;
+                        self.failed();
                     }
                 }
             }
