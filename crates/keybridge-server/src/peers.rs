@@ -9,7 +9,7 @@
 //! Two kinds of event, sent two ways:
 //!
 //! - **A transaction's creation and end**, two per payment. The instance
-//!   that wrote sends them after its commit, from the hub ([`Outbox`], one
+//!   that wrote sends them after its commit, from the hub (`Outbox`, one
 //!   connection, several notes per statement, `synchronous_commit` off). Not
 //!   from inside the write: PostgreSQL lets one notifying transaction commit
 //!   at a time, each holding a database-wide lock until its WAL flush, which
@@ -19,7 +19,7 @@
 //!   `payments_survive_each_of_two_postgres_servers_killed_in_turn`), so
 //!   every instance also reads the sealed audit log every
 //!   [`CATCH_UP_PERIOD`] and delivers the transaction events it has not
-//!   heard of ([`Recent`]).
+//!   heard of (`Recent`).
 //! - **A device disabled or revoked, a terminal disabled or its key
 //!   rotated**: rare, and a security decision rests on each, so the write's
 //!   own transaction notifies it (a trigger on the audit rows it stages,
