@@ -23,6 +23,12 @@
 //! - `read_timeouts_total{stage}`: connections closed because the client
 //!   sent its request head (`head`), TLS handshake (`tls`) or body (`body`)
 //!   too slowly: many of them mean broken clients, or someone holding sockets.
+//! - `peer_events_total{way}`: on PostgreSQL, this instance's transaction
+//!   events `sent` to the other instances after their commit, or `dropped`
+//!   unsent (the database unreachable or behind), and events of other
+//!   instances it `caught_up` on from the audit log because no note came
+//!   (`crate::peers`): `caught_up` climbing means notes are being lost (an
+//!   instance died after a commit, or its connection to the database broke).
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -40,6 +46,7 @@ pub const CREATIONS_REFUSED: &str = "keybridge_creations_refused_total";
 pub const HTTP_CONNECTIONS: &str = "keybridge_http_connections_open";
 pub const READ_TIMEOUTS: &str = "keybridge_read_timeouts_total";
 pub const RATE_LIMITED: &str = "keybridge_rate_limited_total";
+pub const PEER_EVENTS: &str = "keybridge_peer_events_total";
 
 /// Payments are confirmed by a person: seconds to minutes.
 const LATENCY_BUCKETS_S: &[f64] = &[
@@ -119,6 +126,12 @@ impl Metrics {
     /// not arrive within the read timeout, and its connection was closed.
     pub fn read_timed_out(stage: &'static str) {
         metrics::counter!(READ_TIMEOUTS, "stage" => stage).increment(1);
+    }
+
+    /// Transaction events between instances, by `way`: `sent`, `dropped`
+    /// or `caught_up` (see the module doc).
+    pub fn peer_events(way: &'static str, count: u64) {
+        metrics::counter!(PEER_EVENTS, "way" => way).increment(count);
     }
 
     pub fn set_pending(count: u64) {

@@ -53,6 +53,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::error::ServerError;
 use crate::hub::{Forward, HubEvent, News};
+use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::store::postgres::Endpoint;
 use crate::store::{DeviceStatus, Store, StoreError};
@@ -405,7 +406,9 @@ impl Forward for Forwarder {
         lock(&self.recent).remember(news);
         // Full (the database is behind) or closed (shutting down): the other
         // instances' catch-up finds the event in the audit log.
-        let _ = self.sender.try_send(news);
+        if self.sender.try_send(news).is_err() {
+            Metrics::peer_events("dropped", 1);
+        }
     }
 }
 
@@ -508,12 +511,18 @@ impl Outbox {
                     }
                     // Dropped when they cannot go, not retried: the other
                     // instances' catch-up delivers them from the audit log.
+                    let notes = u64::try_from(batch.len()).unwrap_or(u64::MAX);
                     if !self.may_connect() {
+                        Metrics::peer_events("dropped", notes);
                         continue;
                     }
-                    if let Err(error) = self.send(&batch).await {
-                        tracing::warn!(%error, notes = batch.len(), "cannot send events to other instances");
-                        self.failed();
+                    match self.send(&batch).await {
+                        Ok(()) => Metrics::peer_events("sent", notes),
+                        Err(error) => {
+                            tracing::warn!(%error, notes, "cannot send events to other instances");
+                            Metrics::peer_events("dropped", notes);
+                            self.failed();
+                        }
                     }
                 }
                 _ = every.tick() => {
@@ -589,6 +598,7 @@ impl Outbox {
                 }
             }
             if missed > 0 {
+                Metrics::peer_events("caught_up", missed);
                 tracing::info!(
                     events = missed,
                     "delivered events no note told of (an instance died after its commit?)"

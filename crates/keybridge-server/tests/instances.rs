@@ -14,6 +14,9 @@ use keybridge_server::store::postgres::scratch;
 use reqwest::StatusCode;
 use serde_json::json;
 
+const PEER_EVENTS_SENT: &str = "keybridge_peer_events_total{way=\"sent\"}";
+const PEER_EVENTS_CAUGHT_UP: &str = "keybridge_peer_events_total{way=\"caught_up\"}";
+
 /// Instance A with alice, the shop, a terminal and alice's card; `None` when
 /// no PostgreSQL is configured outside CI.
 async fn on_postgres() -> Option<(Harness, keybridge_proto::api::TerminalCreated, common::Card)> {
@@ -178,6 +181,7 @@ async fn an_instance_sends_its_transaction_news_after_each_commit() {
     let b = a.another_instance().await;
     let mut relay = a.relay(&card.enrolled.credential).await;
     let (listener, mut heard) = listen(&a).await;
+    let sent = a.metric(PEER_EVENTS_SENT).await;
     let tx = create_on(&a, &b.addr, &terminal.api_key, "noted", 300).await;
     assert_eq!(
         next_note(&mut heard).await,
@@ -197,6 +201,9 @@ async fn an_instance_sends_its_transaction_news_after_each_commit() {
         next_note(&mut heard).await,
         ("ended".into(), tx.id.to_hex())
     );
+    // At least the creation's note: counted before the end's was sent (the
+    // end's own count may land just after its note is heard).
+    assert!(a.metric(PEER_EVENTS_SENT).await >= sent + 1.0);
 
     let db = connect(&a).await;
     assert_eq!(
@@ -224,6 +231,7 @@ async fn an_end_whose_note_was_never_sent_is_still_heard() {
     };
     let b = a.another_instance().await;
     let tx = a.pay(&terminal, 400).await;
+    let caught_up = a.metric(PEER_EVENTS_CAUGHT_UP).await;
     let wait = tokio::spawn(
         a.http
             .get(a.url(&format!("/v1/transactions/{}?wait=30", tx.id)))
@@ -245,6 +253,7 @@ async fn an_end_whose_note_was_never_sent_is_still_heard() {
         .unwrap();
     assert_eq!(heard.status, TransactionStatus::Expired);
     assert_eq!(a.transfer_count(&tx.id).await, 0);
+    assert!(a.metric(PEER_EVENTS_CAUGHT_UP).await > caught_up);
     b.shutdown().await;
 }
 
