@@ -545,22 +545,15 @@ async fn by_idempotency_key(
     ))
 }
 
-/// Until the transaction ends, no other creation for the payer gets past
-/// this ([`lock_payer_creations`]).
-const LOCK_PAYER_CREATIONS: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
-
-/// Takes the payer's creation lock with `lock`, the prepared
-/// [`LOCK_PAYER_CREATIONS`]. Sends its request at the first poll: it has
-/// nothing to prepare.
-async fn lock_payer_creations(
-    c: &impl GenericClient,
-    lock: &tokio_postgres::Statement,
-    payer: &AccountId,
-) -> Result<(), StoreError> {
-    c.query(lock, &[&PAYER_CREATION_LOCK_CLASS, &payer.as_str()])
-        .await
-        .map(drop)
-        .map_err(backend)
+/// Until the transaction ends, no other creation for `payer` gets past this.
+async fn lock_payer_creations(c: &impl GenericClient, payer: &AccountId) -> Result<(), StoreError> {
+    query(
+        c,
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        &[&PAYER_CREATION_LOCK_CLASS, &payer.as_str()],
+    )
+    .await
+    .map(drop)
 }
 
 /// The payer's pending, unexpired transactions, up to the keys' maximum.
@@ -1281,22 +1274,13 @@ impl Store for PgStore {
         let tx = begin_write(&mut client).await?;
         // The payer's pending transactions are counted once this creation
         // holds the payer's lock: another instance creating for the payer has
-        // committed its insert by then, or waits for this commit. The lock
-        // and the reads go out in one round trip, the lock first: prepared
-        // here (no round trip once cached), its request is sent at
-        // `try_join!`'s first poll, before any of the reads' (whose own
-        // statements may still need preparing), and PostgreSQL runs a
-        // connection's requests in the order sent. Each read takes its
-        // snapshot when it starts, so after the lock is held. When the lock
-        // was not prepared first, its preparing let reads run before it:
-        // `concurrent_creations_for_one_payer_stop_at_the_limit` let six of
-        // twelve through a limit of three.
-        let lock = tx
-            .prepare_cached(LOCK_PAYER_CREATIONS)
-            .await
-            .map_err(backend)?;
-        let ((), existing, payer, payee, payer_active_devices, payer_pending) = tokio::try_join!(
-            lock_payer_creations(&tx, &lock, &keys.payer),
+        // committed its insert by then, or waits for this commit. A round
+        // trip of its own: pipelined with the reads below, the lock did not
+        // reliably run first (`concurrent_creations_for_one_payer_stop_at_the_limit`
+        // let six of twelve through a limit of three).
+        lock_payer_creations(&tx, &keys.payer).await?;
+        // Independent reads: pipelined, one round trip.
+        let (existing, payer, payee, payer_active_devices, payer_pending) = tokio::try_join!(
             by_idempotency_key(&tx, &keys.terminal_id, &keys.idempotency_key),
             get_account(&tx, &keys.payer),
             get_account(&tx, &keys.payee),
