@@ -257,6 +257,34 @@ async fn an_end_whose_note_was_never_sent_is_still_heard() {
     b.shutdown().await;
 }
 
+/// A request written by an instance that died before its note (here
+/// inserted through B's store: B's hub never hears of it, so no note goes)
+/// still reaches the payer's relay on A, from the audit log, well inside
+/// the relay's 20 s guard.
+#[tokio::test]
+async fn a_request_whose_note_was_never_sent_still_reaches_the_relay() {
+    let Some((a, terminal, card)) = on_postgres().await else {
+        return;
+    };
+    let b = a.another_instance().await;
+    let first = a.pay(&terminal, 100).await;
+    let mut relay = a.relay(&card.enrolled.credential).await;
+    // The request pending at connect comes from the resync.
+    request_payload(&relay.next().await, &first.id);
+
+    let caught_up = a.metric(PEER_EVENTS_CAUGHT_UP).await;
+    let mut unannounced = b.store().get_transaction(&first.id).await.unwrap().unwrap();
+    unannounced.id = keybridge_proto::TransactionId([0x5a; 16]);
+    unannounced.idempotency_key = "written-by-an-instance-that-died".into();
+    b.store().insert_transaction(unannounced).await.unwrap();
+    request_payload(
+        &relay.next().await,
+        &keybridge_proto::TransactionId([0x5a; 16]),
+    );
+    assert!(a.metric(PEER_EVENTS_CAUGHT_UP).await > caught_up);
+    b.shutdown().await;
+}
+
 /// Any role that can connect to the database may NOTIFY. A forged note
 /// saying a pending transaction ended reaches the instance, which reads the
 /// store, finds it pending, and tells the waiting terminal nothing.
