@@ -457,31 +457,23 @@ impl Outbox {
 
     /// The connection, opened again if the last one failed.
     async fn client(&mut self) -> Result<&tokio_postgres::Client, ServerError> {
-        if self
-            .connection
-            .as_ref()
-            .is_some_and(|c| c.client.is_closed())
-        {
-            self.connection = None;
-        }
-        if self.connection.is_none() {
-            let connection = Connection::open(&self.endpoint, None).await?;
-            // Notes need no durability (they are not stored, and the audit
-            // log covers a lost one): the commit need not wait for its WAL
-            // flush, so it holds PostgreSQL's notify lock for microseconds.
-            connection
-                .client
-                .batch_execute("SET synchronous_commit TO off")
-                .await
-                .map_err(failed)?;
-            self.connection = Some(connection);
-        }
-        match &self.connection {
-            Some(connection) => Ok(&connection.client),
-            None => Err(ServerError::Store(StoreError::Backend(
-                "no connection for events".into(),
-            ))),
-        }
+        let connection = match self.connection.take() {
+            Some(open) if !open.client.is_closed() => open,
+            _ => {
+                let connection = Connection::open(&self.endpoint, None).await?;
+                // Notes need no durability (they are not stored, and the
+                // audit log covers a lost one): the commit need not wait for
+                // its WAL flush, so it holds PostgreSQL's notify lock for
+                // microseconds.
+                connection
+                    .client
+                    .batch_execute("SET synchronous_commit TO off")
+                    .await
+                    .map_err(failed)?;
+                connection
+            }
+        };
+        Ok(&self.connection.insert(connection).client)
     }
 
     /// Whether a connection is open or may be opened now.
@@ -490,7 +482,7 @@ impl Outbox {
     }
 
     /// Drops the connection after a failure, and waits a while before the next.
-    fn failed(&mut self) {
+    fn connection_failed(&mut self) {
         self.connection = None;
         self.retry_at = tokio::time::Instant::now() + RECONNECT_WAIT;
     }
@@ -521,7 +513,7 @@ impl Outbox {
                         Err(error) => {
                             tracing::warn!(%error, notes, "cannot send events to other instances");
                             Metrics::peer_events("dropped", notes);
-                            self.failed();
+                            self.connection_failed();
                         }
                     }
                 }
@@ -532,7 +524,7 @@ impl Outbox {
                     }
                     if let Err(error) = self.catch_up(state).await {
                         tracing::warn!(%error, "cannot read the audit log for missed events");
-                        self.failed();
+                        self.connection_failed();
                     }
                 }
             }
@@ -611,18 +603,15 @@ impl Outbox {
     }
 }
 
-/// The transaction news an audit row records, if any: the same events the
-/// notifying trigger named until migration 8.
+/// The transaction news an audit row records, if any: its creation, or
+/// its end (`transaction_` and a final status, as the stores write it).
 fn news_of(event: &str, transaction_id: &str) -> Option<News> {
     let id = transaction_id.parse().ok()?;
-    match event {
-        "transaction_created" => Some(News::Created(id)),
-        "transaction_settled"
-        | "transaction_rejected"
-        | "transaction_expired"
-        | "transaction_failed" => Some(News::Ended(id)),
-        _ => None,
+    if event == "transaction_created" {
+        return Some(News::Created(id));
     }
+    let status = TransactionStatus::parse(event.strip_prefix("transaction_")?)?;
+    status.is_final().then_some(News::Ended(id))
 }
 
 #[cfg(test)]
@@ -714,14 +703,10 @@ mod tests {
         let mut outbox = Outbox::open(endpoint, "me".into(), recent, news)
             .await
             .unwrap();
-        let batch: Vec<News> = (0..300u16)
-            .map(|i| {
-                let mut id = [0; 16];
-                id[..2].copy_from_slice(&i.to_be_bytes());
-                match i % 2 {
-                    0 => News::Created(TransactionId(id)),
-                    _ => News::Ended(TransactionId(id)),
-                }
+        let batch: Vec<News> = (0..300)
+            .map(|i| match i % 2 {
+                0 => News::Created(numbered(i)),
+                _ => News::Ended(numbered(i)),
             })
             .collect();
         outbox.send(&batch).await.unwrap();
@@ -738,13 +723,16 @@ mod tests {
         }
     }
 
+    /// A distinct transaction id for each `i`.
+    fn numbered(i: u32) -> TransactionId {
+        let mut id = [0; 16];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        TransactionId(id)
+    }
+
     #[test]
     fn recent_remembers_the_last_events_and_forgets_the_oldest() {
-        let news = |i: u32| {
-            let mut id = [0; 16];
-            id[..4].copy_from_slice(&i.to_be_bytes());
-            News::Ended(TransactionId(id))
-        };
+        let news = |i: u32| News::Ended(numbered(i));
         let mut recent = Recent::default();
         assert!(recent.remember(news(0)));
         assert!(!recent.remember(news(0)), "known");

@@ -54,12 +54,7 @@ async fn a_payment_made_on_one_instance_is_confirmed_through_another() {
         .unwrap();
     assert_eq!(created.status(), StatusCode::ACCEPTED);
     let tx: TransactionView = created.json().await.unwrap();
-    let wait = tokio::spawn(
-        a.http
-            .get(b_url(&format!("/v1/transactions/{}?wait=30", tx.id)))
-            .bearer_auth(&terminal.api_key)
-            .send(),
-    );
+    let wait = long_poll(&a, &b_url(""), &terminal.api_key, &tx.id, 30);
 
     let payload = request_payload(&relay.next().await, &tx.id);
     let confirmation = card.sign(&payload);
@@ -81,14 +76,7 @@ async fn a_payment_made_on_one_instance_is_confirmed_through_another() {
 
     // The long-poll on B ends on A's news (its own timeout is 30 s, past
     // the guard), not by reading the store at its timeout.
-    let heard: TransactionView = tokio::time::timeout(GUARD, wait)
-        .await
-        .expect("B's waiting terminal was not told")
-        .unwrap()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let heard = answered(wait, "B's waiting terminal was not told").await;
     assert_eq!(heard.status, TransactionStatus::Settled);
     assert_eq!(a.transfer_count(&tx.id).await, 1);
     let on_b = b.store().transfers_for_transaction(&tx.id).await.unwrap();
@@ -232,25 +220,13 @@ async fn an_end_whose_note_was_never_sent_is_still_heard() {
     let b = a.another_instance().await;
     let tx = a.pay(&terminal, 400).await;
     let caught_up = a.metric(PEER_EVENTS_CAUGHT_UP).await;
-    let wait = tokio::spawn(
-        a.http
-            .get(a.url(&format!("/v1/transactions/{}?wait=30", tx.id)))
-            .bearer_auth(&terminal.api_key)
-            .send(),
-    );
+    let wait = long_poll(&a, &a.base, &terminal.api_key, &tx.id, 30);
     // Subscribed before the end is written (A's long-poll subscribes first,
     // then reads the store).
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let ended = b.store().expire_due(tx.expires_at_unix_s).await.unwrap();
     assert_eq!(ended.len(), 1);
-    let heard: TransactionView = tokio::time::timeout(GUARD, wait)
-        .await
-        .expect("A's waiting terminal was not told")
-        .unwrap()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let heard = answered(wait, "A's waiting terminal was not told").await;
     assert_eq!(heard.status, TransactionStatus::Expired);
     assert_eq!(a.transfer_count(&tx.id).await, 0);
     assert!(a.metric(PEER_EVENTS_CAUGHT_UP).await > caught_up);
@@ -294,12 +270,7 @@ async fn a_forged_notification_cannot_end_a_payment() {
         return;
     };
     let tx = a.pay(&terminal, 700).await;
-    let wait = tokio::spawn(
-        a.http
-            .get(a.url(&format!("/v1/transactions/{}?wait=3", tx.id)))
-            .bearer_auth(&terminal.api_key)
-            .send(),
-    );
+    let wait = long_poll(&a, &a.base, &terminal.api_key, &tx.id, 3);
     let (db, connection) =
         tokio_postgres::connect(a.database_url.as_deref().unwrap(), tokio_postgres::NoTls)
             .await
@@ -316,14 +287,7 @@ async fn a_forged_notification_cannot_end_a_payment() {
     )
     .await
     .unwrap();
-    let heard: TransactionView = tokio::time::timeout(GUARD, wait)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let heard = answered(wait, "the waiting terminal got no answer").await;
     assert_eq!(heard.status, TransactionStatus::Pending);
     assert_eq!(a.transfer_count(&tx.id).await, 0);
 }
@@ -544,6 +508,38 @@ async fn wait_for_listeners(db: &tokio_postgres::Client, n: i64) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+/// A terminal's long-poll (`?wait=wait_s`) for `id` on the instance at
+/// `base`, running.
+fn long_poll(
+    h: &Harness,
+    base: &str,
+    api_key: &str,
+    id: &keybridge_proto::TransactionId,
+    wait_s: u32,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    tokio::spawn(
+        h.http
+            .get(format!("{base}/v1/transactions/{id}?wait={wait_s}"))
+            .bearer_auth(api_key)
+            .send(),
+    )
+}
+
+/// The transaction as the long-poll answered it, within [`GUARD`].
+async fn answered(
+    poll: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+    untold: &str,
+) -> TransactionView {
+    tokio::time::timeout(GUARD, poll)
+        .await
+        .expect(untold)
+        .unwrap()
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// Creates a payment on the instance at `addr`, with the harness's client.
