@@ -59,6 +59,46 @@ fn bench_runs_200_payments_and_reports_json() {
         "{report}"
     );
     assert_audited(&report, 202);
+    assert!(
+        report["floor"].is_null(),
+        "measured only when asked: {report}"
+    );
+}
+
+/// `--floor`: the bare hops are measured after the payments, each figure
+/// positive, their sum the floor, and the run's rate set against it.
+#[test]
+fn bench_measures_the_floor_of_the_hops() {
+    let report = bench_json(&[
+        "--payments",
+        "40",
+        "--cards",
+        "2",
+        "--concurrency",
+        "4",
+        "--transport",
+        "direct-memory",
+        "--floor",
+    ]);
+    assert_eq!(report["payments_settled"], 40, "{report}");
+    let floor = &report["floor"];
+    let us = |key: &str| {
+        floor[key]
+            .as_f64()
+            .filter(|v| *v > 0.0)
+            .unwrap_or_else(|| panic!("{key} in {report}"))
+    };
+    let parts = us("http_exchange_us")
+        + us("websocket_exchange_us")
+        + us("durable_writes_us")
+        + us("crypto_us");
+    let total = us("total_us");
+    assert!((total - parts).abs() < 1e-6, "{report}");
+    let cores = report["cores"].as_f64().unwrap();
+    assert!((us("per_s") - cores * 1e6 / total).abs() < 1e-6, "{report}");
+    let ratio = report["ratio_to_floor"].as_f64().unwrap();
+    let rate = report["confirmed_per_s"].as_f64().unwrap();
+    assert!((ratio - rate / us("per_s")).abs() < 1e-9, "{report}");
 }
 
 /// The audit chain checks, and holds at least a creation and an end for

@@ -155,6 +155,11 @@ impl Harness {
     }
 
     /// A progress bar, hidden when the output is JSON.
+    /// The run's scratch directory, removed with the harness.
+    pub fn scratch(&self) -> &std::path::Path {
+        self.temp.path()
+    }
+
     pub fn progress(&self, len: u64, template: &str) -> anyhow::Result<indicatif::ProgressBar> {
         let bar = indicatif::ProgressBar::new(len);
         bar.set_style(indicatif::ProgressStyle::with_template(template)?);

@@ -28,6 +28,7 @@ use machine::{crypto_limit, peak_rss_kib};
 
 mod accounts;
 mod direct_card;
+mod floor;
 mod harness;
 mod load;
 mod machine;
@@ -108,6 +109,11 @@ pub struct BenchArgs {
     /// Print the figures as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// After the payments, also measure the floor: the bare hops a payment
+    /// takes (HTTP and WebSocket exchanges, two durable writes, the two
+    /// signatures) with none of KeyBridge's own work, on this machine.
+    #[arg(long, conflicts_with = "pending")]
+    pub floor: bool,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -120,6 +126,9 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 }
 
 const PIN: &str = "123456";
+
+/// How long `--floor` runs each of its measurements.
+const FLOOR_EACH: Duration = Duration::from_millis(1500);
 
 /// How long a transaction may wait for its card: longer than any run.
 const CONFIRMATION_TTL_S: u64 = 600;
@@ -226,6 +235,13 @@ async fn payments(
     let books = harness.admin.verify_books().await?;
     let crypto = crypto_limit(Duration::from_millis(1500));
     let mut report = payments_report(args, &run, crypto);
+    if args.floor {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let floor = floor::measure(FLOOR_EACH, harness.scratch(), crypto, cores).await?;
+        let throughput = report["confirmed_per_s"].as_f64().unwrap_or(0.0);
+        report["floor"] = floor.json(cores);
+        report["ratio_to_floor"] = (throughput / floor.per_s(cores)).into();
+    }
     report["ledger"] = serde_json::json!({
         "payers_debited_minor": ledger.payers_debited_minor,
         "merchant_credited_minor": ledger.merchant_credited_minor,
@@ -300,6 +316,8 @@ fn payments_report(args: &BenchArgs, run: &Run, crypto: f64) -> serde_json::Valu
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "crypto_limit_per_s": crypto,
         "ratio_to_crypto_limit": if crypto > 0.0 { throughput / crypto } else { 0.0 },
+        "floor": null,
+        "ratio_to_floor": null,
     })
 }
 
@@ -469,4 +487,21 @@ fn print_payments(report: &serde_json::Value) {
         "ratio                {:.4} of the crypto limit",
         f(&report["ratio_to_crypto_limit"])
     );
+    let floor = &report["floor"];
+    if !floor.is_null() {
+        println!(
+            "floor                {:.1} µs of CPU per payment, {:.0}/s on {} cores: HTTP exchange {:.1} + WebSocket exchange {:.1} + two durable writes {:.1} + sign and verify {:.1} µs (bare hops, same run)",
+            f(&floor["total_us"]),
+            f(&floor["per_s"]),
+            report["cores"],
+            f(&floor["http_exchange_us"]),
+            f(&floor["websocket_exchange_us"]),
+            f(&floor["durable_writes_us"]),
+            f(&floor["crypto_us"])
+        );
+        println!(
+            "ratio                {:.4} of the floor",
+            f(&report["ratio_to_floor"])
+        );
+    }
 }
