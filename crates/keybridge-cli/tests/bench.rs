@@ -131,29 +131,16 @@ fn bench_runs_over_ble_sim_and_direct() {
 }
 
 fn smoke(transport: &str) {
-    let output = Command::new(env!("CARGO_BIN_EXE_keybridge"))
-        .args([
-            "bench",
-            "--payments",
-            "40",
-            "--cards",
-            "2",
-            "--concurrency",
-            "4",
-            "--transport",
-            transport,
-            "--json",
-        ])
-        .env("KEYBRIDGE_LOG", "warn")
-        .output()
-        .expect("run keybridge bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "bench exited {}:\n{stdout}",
-        output.status
-    );
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let report = bench_json(&[
+        "--payments",
+        "40",
+        "--cards",
+        "2",
+        "--concurrency",
+        "4",
+        "--transport",
+        transport,
+    ]);
     assert_eq!(report["transport"], transport, "{report}");
     assert_eq!(report["payments_settled"], 40, "{report}");
     assert_eq!(report["payments_failed"], 0, "{report}");
