@@ -481,10 +481,24 @@ impl Outbox {
         self.connection.is_some() || tokio::time::Instant::now() >= self.retry_at
     }
 
-    /// Drops the connection after a failure, and waits a while before the next.
-    fn connection_failed(&mut self) {
+    /// Drops the connection after a failure. Only a failure on a connection
+    /// opened for this very attempt waits a while before the next: one that
+    /// had been open may simply have been closed by the database since its
+    /// last use (a restart, an idle timeout, an operator), which the client
+    /// learns only when it next sends, and a new one is worth trying at once.
+    fn connection_failed(&mut self, was_open: bool) {
         self.connection = None;
-        self.retry_at = tokio::time::Instant::now() + RECONNECT_WAIT;
+        if !was_open {
+            self.retry_at = tokio::time::Instant::now() + RECONNECT_WAIT;
+        }
+    }
+
+    /// Whether a connection was open and, as far as the client knows, alive
+    /// before an attempt: if the attempt fails, it may be worth another.
+    fn open_before(&self) -> bool {
+        self.connection
+            .as_ref()
+            .is_some_and(|open| !open.client.is_closed())
     }
 
     async fn run(&mut self, state: &AppState) {
@@ -501,32 +515,46 @@ impl Outbox {
                             Err(_) => break,
                         }
                     }
-                    // Dropped when they cannot go, not retried: the other
-                    // instances' catch-up delivers them from the audit log.
-                    let notes = u64::try_from(batch.len()).unwrap_or(u64::MAX);
-                    if !self.may_connect() {
-                        Metrics::peer_events("dropped", notes);
-                        continue;
-                    }
-                    match self.send(&batch).await {
-                        Ok(()) => Metrics::peer_events("sent", notes),
-                        Err(error) => {
-                            tracing::warn!(%error, notes, "cannot send events to other instances");
-                            Metrics::peer_events("dropped", notes);
-                            self.connection_failed();
-                        }
-                    }
+                    self.send_or_drop(&batch).await;
                 }
                 _ = every.tick() => {
                     // The cursor stays: the next read resumes where this one stopped.
                     if !self.may_connect() {
                         continue;
                     }
+                    let was_open = self.open_before();
                     if let Err(error) = self.catch_up(state).await {
                         tracing::warn!(%error, "cannot read the audit log for missed events");
-                        self.connection_failed();
+                        self.connection_failed(was_open);
                     }
                 }
+            }
+        }
+    }
+
+    /// Sends `batch`, on a new connection if the open one fails, or drops
+    /// it: not retried later, since the other instances' catch-up delivers
+    /// it from the audit log.
+    async fn send_or_drop(&mut self, batch: &[News]) {
+        let notes = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+        if !self.may_connect() {
+            Metrics::peer_events("dropped", notes);
+            return;
+        }
+        let mut was_open = self.open_before();
+        let mut sent = self.send(batch).await;
+        if sent.is_err() && was_open {
+            // Once more, on a new connection (see `connection_failed`).
+            self.connection_failed(true);
+            was_open = false;
+            sent = self.send(batch).await;
+        }
+        match sent {
+            Ok(()) => Metrics::peer_events("sent", notes),
+            Err(error) => {
+                tracing::warn!(%error, notes, "cannot send events to other instances");
+                Metrics::peer_events("dropped", notes);
+                self.connection_failed(was_open);
             }
         }
     }
@@ -721,6 +749,99 @@ mod tests {
             );
             assert_eq!(decode("me", &text), None, "its own: {text}");
         }
+    }
+
+    /// A connection the database closed since its last use, which the
+    /// client has not noticed yet (nothing polled it meanwhile), fails the
+    /// next send: the notes go out at once on a new connection instead of
+    /// being dropped, and the next ones follow without waiting.
+    #[tokio::test]
+    async fn notes_sent_on_a_connection_the_database_closed_go_out_on_a_new_one() {
+        let Some(url) = scratch::database_or_skip().await else {
+            return;
+        };
+        let endpoint = Endpoint::new(&url, None).unwrap();
+        let _store = PgStore::connect(endpoint.clone(), NOW).await.unwrap();
+        let mut link = Link::open(&endpoint).await.unwrap();
+        let (_sender, news) = mpsc::channel(1);
+        let recent = Arc::new(Mutex::new(Recent::default()));
+        let mut outbox = Outbox::open(endpoint, "me".into(), recent, news)
+            .await
+            .unwrap();
+        let pid: i32 = outbox
+            .client()
+            .await
+            .unwrap()
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        // On a thread of its own, so this runtime (and the outbox's
+        // connection task on it) runs nothing until the backend is gone.
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(terminate(&url, pid));
+            });
+        });
+        assert!(
+            !outbox.connection.as_ref().unwrap().client.is_closed(),
+            "the client has not noticed yet"
+        );
+        for i in 0..2 {
+            outbox.send_or_drop(&[News::Created(numbered(i))]).await;
+            let text = tokio::time::timeout(Duration::from_secs(5), link.heard.recv())
+                .await
+                .expect("a notification within 5 s")
+                .unwrap();
+            assert_eq!(
+                decode("another instance", &text),
+                Some(WireEvent::from(News::Created(numbered(i))))
+            );
+        }
+    }
+
+    /// A failure on a connection that had been open is followed by a new
+    /// one at once; a failure on a new one waits `RECONNECT_WAIT`.
+    #[tokio::test]
+    async fn only_a_failure_on_a_new_connection_waits_before_the_next() {
+        let (_sender, news) = mpsc::channel(1);
+        let mut outbox = Outbox {
+            endpoint: Endpoint::new("host=127.0.0.1 port=1 user=nobody", None).unwrap(),
+            instance: "me".into(),
+            recent: Arc::new(Mutex::new(Recent::default())),
+            news,
+            connection: None,
+            retry_at: tokio::time::Instant::now(),
+            cursor: 0,
+        };
+        outbox.connection_failed(true);
+        assert!(outbox.may_connect());
+        outbox.connection_failed(false);
+        assert!(!outbox.may_connect());
+    }
+
+    /// Terminates backend `pid` and waits until it has gone.
+    async fn terminate(url: &str, pid: i32) {
+        let (db, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        db.execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .unwrap();
+        for _ in 0..500 {
+            let left = db
+                .query("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&pid])
+                .await
+                .unwrap();
+            if left.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("backend {pid} still there after 5 s");
     }
 
     /// A distinct transaction id for each `i`.
