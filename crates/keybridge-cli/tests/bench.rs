@@ -69,17 +69,7 @@ fn bench_runs_200_payments_and_reports_json() {
 /// positive, their sum the floor, and the run's rate set against it.
 #[test]
 fn bench_measures_the_floor_of_the_hops() {
-    let report = bench_json(&[
-        "--payments",
-        "40",
-        "--cards",
-        "2",
-        "--concurrency",
-        "4",
-        "--transport",
-        "direct-memory",
-        "--floor",
-    ]);
+    let report = small_run("direct-memory", &["--floor"]);
     assert_eq!(report["payments_settled"], 40, "{report}");
     let floor = &report["floor"];
     let us = |key: &str| {
@@ -131,7 +121,15 @@ fn bench_runs_over_ble_sim_and_direct() {
 }
 
 fn smoke(transport: &str) {
-    let report = bench_json(&[
+    let report = small_run(transport, &[]);
+    assert_eq!(report["transport"], transport, "{report}");
+    assert_eq!(report["payments_settled"], 40, "{report}");
+    assert_eq!(report["payments_failed"], 0, "{report}");
+}
+
+/// 40 payments over `transport`, 2 cards, 4 in flight, and `extra`.
+fn small_run(transport: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
         "--payments",
         "40",
         "--cards",
@@ -140,10 +138,9 @@ fn smoke(transport: &str) {
         "4",
         "--transport",
         transport,
-    ]);
-    assert_eq!(report["transport"], transport, "{report}");
-    assert_eq!(report["payments_settled"], 40, "{report}");
-    assert_eq!(report["payments_failed"], 0, "{report}");
+    ];
+    args.extend_from_slice(extra);
+    bench_json(&args)
 }
 
 /// Runs `keybridge bench ARGS --json` and returns its one JSON object.

@@ -722,32 +722,59 @@ mod tests {
         let Some(url) = scratch::database_or_skip().await else {
             return;
         };
-        let endpoint = Endpoint::new(&url, None).unwrap();
-        // Migrated: the outbox reads the audit log.
-        let _store = PgStore::connect(endpoint.clone(), NOW).await.unwrap();
-        let mut link = Link::open(&endpoint).await.unwrap();
-        let (_sender, news) = mpsc::channel(1);
-        let recent = Arc::new(Mutex::new(Recent::default()));
-        let mut outbox = Outbox::open(endpoint, "me".into(), recent, news)
-            .await
-            .unwrap();
+        let mut at = OutboxAndListener::open(&url).await;
         let batch: Vec<News> = (0..300)
             .map(|i| match i % 2 {
                 0 => News::Created(numbered(i)),
                 _ => News::Ended(numbered(i)),
             })
             .collect();
-        outbox.send(&batch).await.unwrap();
+        at.outbox.send(&batch).await.unwrap();
         for news in batch {
-            let text = tokio::time::timeout(Duration::from_secs(5), link.heard.recv())
-                .await
-                .expect("a notification within 5 s")
-                .unwrap();
+            let text = at.next_heard().await;
             assert_eq!(
                 decode("another instance", &text),
                 Some(WireEvent::from(news))
             );
             assert_eq!(decode("me", &text), None, "its own: {text}");
+        }
+    }
+
+    /// An outbox of instance "me" on a migrated database (the outbox reads
+    /// the audit log), and a connection listening on the channel.
+    struct OutboxAndListener {
+        outbox: Outbox,
+        link: Link,
+        /// Held, not used: the database stays migrated and the news
+        /// channel open while the test runs.
+        _store: PgStore,
+        _news: mpsc::Sender<News>,
+    }
+
+    impl OutboxAndListener {
+        async fn open(url: &str) -> OutboxAndListener {
+            let endpoint = Endpoint::new(url, None).unwrap();
+            let store = PgStore::connect(endpoint.clone(), NOW).await.unwrap();
+            let link = Link::open(&endpoint).await.unwrap();
+            let (sender, news) = mpsc::channel(1);
+            let recent = Arc::new(Mutex::new(Recent::default()));
+            let outbox = Outbox::open(endpoint, "me".into(), recent, news)
+                .await
+                .unwrap();
+            OutboxAndListener {
+                outbox,
+                link,
+                _store: store,
+                _news: sender,
+            }
+        }
+
+        /// The next note the listener hears, within 5 s.
+        async fn next_heard(&mut self) -> String {
+            tokio::time::timeout(Duration::from_secs(5), self.link.heard.recv())
+                .await
+                .expect("a notification within 5 s")
+                .unwrap()
         }
     }
 
@@ -760,15 +787,9 @@ mod tests {
         let Some(url) = scratch::database_or_skip().await else {
             return;
         };
-        let endpoint = Endpoint::new(&url, None).unwrap();
-        let _store = PgStore::connect(endpoint.clone(), NOW).await.unwrap();
-        let mut link = Link::open(&endpoint).await.unwrap();
-        let (_sender, news) = mpsc::channel(1);
-        let recent = Arc::new(Mutex::new(Recent::default()));
-        let mut outbox = Outbox::open(endpoint, "me".into(), recent, news)
-            .await
-            .unwrap();
-        let pid: i32 = outbox
+        let mut at = OutboxAndListener::open(&url).await;
+        let pid: i32 = at
+            .outbox
             .client()
             .await
             .unwrap()
@@ -788,15 +809,12 @@ mod tests {
             });
         });
         assert!(
-            !outbox.connection.as_ref().unwrap().client.is_closed(),
+            !at.outbox.connection.as_ref().unwrap().client.is_closed(),
             "the client has not noticed yet"
         );
         for i in 0..2 {
-            outbox.send_or_drop(&[News::Created(numbered(i))]).await;
-            let text = tokio::time::timeout(Duration::from_secs(5), link.heard.recv())
-                .await
-                .expect("a notification within 5 s")
-                .unwrap();
+            at.outbox.send_or_drop(&[News::Created(numbered(i))]).await;
+            let text = at.next_heard().await;
             assert_eq!(
                 decode("another instance", &text),
                 Some(WireEvent::from(News::Created(numbered(i))))
